@@ -1,0 +1,81 @@
+"""Run directories and checkpoints.
+
+runs/<group>/<name>/
+    config.json         everything needed to rebuild the run: model config, run settings, seed,
+                        tokenizer and data fingerprints
+    model.safetensors   weights (safetensors: no pickle, detects truncation)
+    trainer_state.pt    optimizer, scheduler, RNG and data-reader state for an exact resume
+                        (plain tensors and dicts, loaded with weights_only=True)
+    summary.json        written last, when the run completes or fails
+Every file is written atomically, and trainer_state.pt records the sha256 of the weights it
+belongs to, so a kill between the two writes is detected instead of resuming from a mismatch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .config import ModelConfig, config_from_dict
+from .io import atomic_path, atomic_write_json, read_json, sha256_file
+from .model import build_model
+
+CONFIG, WEIGHTS, STATE, SUMMARY = "config.json", "model.safetensors", "trainer_state.pt", "summary.json"
+
+
+def save_weights(model: nn.Module, path: str | Path) -> str:
+    """Write weights atomically; return their sha256."""
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_model(_unwrap(model), str(tmp))
+        digest = sha256_file(tmp)
+    return digest
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    try:
+        missing, unexpected = safetensors.torch.load_model(_unwrap(model), str(path), strict=False)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"checkpoint {path} is corrupted or not a safetensors file: {e}") from e
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]} (was it trained with another config?)")
+
+
+def save_state(state: dict, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"trainer state {path} is corrupted: {e}; delete it to restart the run") from e
+
+
+def write_run_config(run_dir: str | Path, cfg: dict) -> None:
+    atomic_write_json(Path(run_dir) / CONFIG, cfg)
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    return read_json(Path(run_dir) / CONFIG, "run config")
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict]:
+    """Rebuild a trained model from its run directory: (model in eval mode, model config, run config)."""
+    run_dir = Path(run_dir)
+    run_cfg = read_run_config(run_dir)
+    model_cfg = config_from_dict(run_cfg["model"], where=f"{run_dir / CONFIG}: model")
+    model = build_model(model_cfg)
+    load_weights(model, run_dir / WEIGHTS)
+    return model.to(device).eval(), model_cfg, run_cfg
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    return getattr(model, "module", model)  # DistributedDataParallel wrapper
