@@ -1,0 +1,55 @@
+"""Validation loss, perplexity and bits per byte."""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -1  # targets the loss skips (a window's last target when it would cross domains)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype):
+    """bf16 autocast where asked for; a no-op context for fp32."""
+    device = torch.device(device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def eval_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+              n_loops: int | None = None, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> tuple[float, int]:
+    """Mean next-token loss (nats) over all target tokens in `batches`, and the token count."""
+    was_training = model.training
+    model.eval()
+    kwargs = {} if n_loops is None else {"n_loops": n_loops}
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast(device, dtype):
+            logits = model(x, **kwargs)
+        total += lm_loss(logits, y, reduction="sum").item()
+        count += int((y != IGNORE_INDEX).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("eval_loss: no target tokens to evaluate")
+    return total / count, count
+
+
+def perplexity(loss_nats: float) -> float:
+    return math.exp(min(loss_nats, 700.0))
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: float) -> float:
+    """BPB = (loss / ln 2) * tokens/bytes, i.e. log2(PPL) / (bytes per token) for that text."""
+    return loss_nats / math.log(2) / bytes_per_token

@@ -1,0 +1,177 @@
+"""Behaviour of the model library: causality, the LTI gate, ablation flags, variable R,
+generation, config validation, and that a tiny CART can learn."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cart import CARTConfig, DenseConfig, LTIGate, build_model, generate
+from cart.config import config_from_dict
+
+SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)
+VARIANTS = {
+    "base": {}, "X_unfreeze_kv": {"unfreeze_kv": True}, "Y_R1": {"n_loops": 1},
+    "Z_unshare": {"unshare_core": True}, "W_unshare_self": {"unshare_core": True, "self_attn_core": True},
+    "HC": {"disable_hyperconnection": True}, "LTI": {"disable_lti": True}, "LIE": {"disable_lie": True},
+}
+
+
+def tiny(**flags) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model(CARTConfig(**(SMALL | flags))).eval()
+
+
+def leaks_future(model, T=12, t=5) -> bool:
+    """True when changing tokens after position t changes any logit at positions <= t."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(0, 61, (2, T), generator=g)
+    b = a.clone()
+    b[:, t + 1:] = torch.randint(0, 61, (2, T - t - 1), generator=g)
+    with torch.no_grad():
+        la, lb = model(a), model(b)
+    return not torch.allclose(la[:, :t + 1], lb[:, :t + 1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_cart_variant_is_causal(name):
+    assert not leaks_future(tiny(**VARIANTS[name]))
+
+
+def test_dense_is_causal():
+    torch.manual_seed(0)
+    assert not leaks_future(build_model(DenseConfig(vocab_size=61, d_model=32, head_dim=8, n_layers=2)).eval())
+
+
+def test_noncausal_cross_attention_fails_the_causality_check():
+    # the paper's bug: without is_causal the frozen anchor leaks token t+1 into position t
+    assert leaks_future(tiny(noncausal_cross_attn=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=16))
+def test_lti_spectral_radius_below_one_for_any_theta(thetas):
+    gate = LTIGate(CARTConfig(**(SMALL | {"d_model": len(thetas) * 8, "head_dim": 8})))
+    with torch.no_grad():
+        gate.theta.copy_(torch.tensor(thetas * 8))
+    lam = gate.lam()
+    assert (lam < 1).all() and (lam >= 0).all()
+
+
+def test_spectral_radius_reported_and_init_value():
+    m = tiny()
+    assert m.spectral_radius() == pytest.approx(0.9, abs=1e-5)
+    with torch.no_grad():
+        m.gate.theta[3] = 50.0  # fp32 sigmoid rounds to exactly 1 here; rho must stay < 1
+    assert m.spectral_radius() < 1.0
+
+
+def test_disable_lti_is_the_plain_residual():
+    gate = LTIGate(CARTConfig(**SMALL, disable_lti=True))
+    x, delta = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    assert torch.equal(gate(x, delta), x + delta)
+    gated = LTIGate(CARTConfig(**SMALL))
+    assert torch.allclose(gated(x, delta), 0.9 * x + delta, atol=1e-5)
+    # rho is still logged with the gate disabled
+    assert 0 < build_model(CARTConfig(**SMALL, disable_lti=True)).spectral_radius() < 1
+
+
+@pytest.mark.parametrize("flag", ["disable_hyperconnection", "disable_lie", "disable_lti"])
+def test_disabling_machinery_changes_the_function(flag):
+    base = tiny()
+    with torch.no_grad():  # move HC off its near-identity init so it does something visible
+        base.hyper.logits.copy_(torch.tensor([0.5, 0.3, 0.2]))
+    variant = tiny(**{flag: True})
+    missing, unexpected = variant.load_state_dict(base.state_dict(), strict=False)
+    assert not missing and set(unexpected) <= {"hyper.logits"}
+    x = torch.randint(0, 61, (2, 10))
+    with torch.no_grad():
+        assert not torch.allclose(base(x), variant(x), atol=1e-4)
+
+
+def test_variable_r_same_weights_any_depth():
+    m = tiny()
+    x = torch.randint(0, 61, (2, 10))
+    outs = {}
+    with torch.no_grad():
+        for R in range(1, 17):
+            outs[R] = m(x, n_loops=R)
+            assert outs[R].shape == (2, 10, 61) and torch.isfinite(outs[R]).all()
+        assert torch.equal(m(x), outs[3])  # n_loops=None uses the configured R
+    assert not torch.allclose(outs[1], outs[16])
+
+
+def test_unshared_core_rejects_other_depths():
+    with pytest.raises(ValueError, match="n_loops=4"):
+        tiny(unshare_core=True)(torch.randint(0, 61, (1, 4)), n_loops=4)
+
+
+def test_dense_rejects_n_loops():
+    m = build_model(DenseConfig(vocab_size=61, d_model=32, head_dim=8, n_layers=1))
+    with pytest.raises(ValueError, match="CART only"):
+        m(torch.randint(0, 61, (1, 4)), n_loops=2)
+
+
+def test_bf16_autocast_is_finite():
+    m = tiny()
+    x = torch.randint(0, 61, (2, 10))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert torch.isfinite(out.float()).all()
+    assert torch.allclose(out.float(), m(x).detach(), atol=0.15)
+
+
+def test_generate_greedy_matches_argmax():
+    m = tiny()
+    prompt = torch.randint(0, 61, (1, 5))
+    out = generate(m, prompt, max_new_tokens=4, temperature=0)
+    assert out.shape == (1, 9) and torch.equal(out[:, :5], prompt)
+    with torch.no_grad():
+        for i in range(5, 9):
+            assert out[0, i] == m(out[:, :i])[0, -1].argmax()
+    sampled = generate(m, prompt, max_new_tokens=3, temperature=1.0, top_k=5)
+    assert sampled.shape == (1, 8) and int(sampled.max()) < 61
+
+
+def test_tiny_cart_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = build_model(CARTConfig(**SMALL)).train()
+    x = torch.randint(0, 61, (4, 17))
+    inp, tgt = x[:, :-1], x[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(200):
+        loss = torch.nn.functional.cross_entropy(model(inp).reshape(-1, 61), tgt.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(61), rel=0.1)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"d_model": 100, "head_dim": 64}, "d_model"),
+    ({"n_prelude": 0}, "n_prelude"),
+    ({"n_loops": 0}, "n_loops"),
+    ({"vocab_size": -1}, "vocab_size"),
+    ({"head_dim": 7, "d_model": 28}, "head_dim"),
+    ({"kv_latent_ratio": 3}, "kv_latent_ratio"),
+    ({"lti_init": 1.0}, "lti_init"),
+    ({"unfreeze_kv": True, "self_attn_core": True}, "unfreeze_kv"),
+    ({"disable_lti": "yes"}, "disable_lti"),
+    ({"n_loops": 2.5}, "n_loops"),
+])
+def test_bad_cart_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        CARTConfig(**kwargs)
+
+
+def test_bad_dense_config_and_unknown_keys():
+    with pytest.raises(ValueError, match="n_layers"):
+        DenseConfig(n_layers=0)
+    with pytest.raises(ValueError, match="n_loopz"):
+        config_from_dict({"arch": "cart", "n_loopz": 3})
+    with pytest.raises(ValueError, match="arch"):
+        config_from_dict({"arch": "rnn"})
