@@ -1,0 +1,376 @@
+"""The training loop shared by every run (Stage 1, Stage 2, Dense, ablations).
+
+Guarantees: a finished run is not retrained; an interrupted run (SIGKILL, SIGTERM, Ctrl-C)
+resumes at the exact optimizer step and data position and ends bit-identical to an
+uninterrupted run on CPU; a run whose config changed starts over; a NaN/inf stops the run
+naming the step, keeps the last good checkpoint and records the failure.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .accounting import count_params, forward_flops, mfu, peak_flops_for
+from .data import BatchReader, domains, read_meta, val_batches
+from .evaluate import autocast, bits_per_byte, eval_loss, lm_loss, perplexity
+from .experiments import RunSpec
+from .io import atomic_path, atomic_write_json, read_json, sha256_file
+from .model import build_model
+from .tokenizer import tokenizer_info
+
+TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu"]
+EVAL_COLUMNS = ["step", "domain", "loss", "ppl", "bpb"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    run_dir: Path
+    plots_dir: Path
+    metrics_file: Path
+    bins_dir: Path
+    tokenizer_dir: Path
+
+    @classmethod
+    def for_run(cls, group: str, name: str, root: Path = Path(".")) -> "RunPaths":
+        return cls(root / "runs" / group / name, root / "plots" / group / name,
+                   root / "metrics" / group / f"{name}.json", root / "data" / "bins", root / "data" / "tokenizer")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class Interrupted(RuntimeError):
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
+def lr_multiplier(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `floor` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only: norms' gains, the LTI theta and the
+    HyperConnection logits are per-channel scalars that decay would pull toward 0 (the gate
+    toward lambda = 0.5), which is a prior on the architecture, not regularisation."""
+    t = spec.train
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr, betas = t.peak_lr(spec.model.d_model), (t.beta1, t.beta2)
+    if t.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise ValueError("train.optimizer: adamw8bit (bitsandbytes) needs a CUDA device; use adamw on CPU")
+        import bitsandbytes as bnb
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class TSVLog:
+    """A curve kept in memory and rewritten atomically, so a reader never sees a torn row and a
+    resumed run drops rows logged after its checkpoint."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns, self.rows = path, columns, []
+
+    def load_until(self, step: int) -> None:
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                self.rows = [r for r in csv.DictReader(f, delimiter="\t") if int(r["step"]) <= step]
+
+    def append(self, row: dict) -> None:
+        self.rows.append({k: _fmt(row.get(k)) for k in self.columns})
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, self.columns, delimiter="\t", lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.rows)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, paths: RunPaths, progress: bool = True):
+        self.spec, self.paths, self.progress = spec, paths, progress
+        t = spec.train
+        self.device = resolve_device(t.device)
+        self.dtype = resolve_dtype(t.dtype, self.device)
+        self.tok = tokenizer_info(paths.tokenizer_dir)
+        meta = read_meta(paths.bins_dir)
+        if meta["vocab_size"] != spec.model.vocab_size or self.tok["vocab_size"] != spec.model.vocab_size:
+            raise ValueError(f"vocab mismatch: model {spec.model.vocab_size}, tokenizer {self.tok['vocab_size']}, "
+                             f"bins {meta['vocab_size']}; re-run the tokenizer and bins stages")
+        if meta["tokenizer_sha256"] != self.tok["sha256"]:
+            raise ValueError("data/bins was built with another tokenizer; re-run the bins stage")
+        self.run_config = spec.to_dict() | {
+            "tokenizer": {"vocab_size": self.tok["vocab_size"], "sha256": self.tok["sha256"]},
+            "data": {"train_sha256": meta["files"]["train.bin"]["sha256"]},
+        }
+        self.peak = peak_flops_for(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
+        self.counts = count_params(spec.model)
+        self._signal = None
+
+    # ---- run-directory state machine: complete / resume / fresh ----
+    def _existing_state(self) -> str:
+        p = self.paths
+        if not (p.run_dir / ckpt.CONFIG).is_file():
+            return "fresh"
+        if ckpt.read_run_config(p.run_dir) != self.run_config:
+            return "stale"
+        summary = p.run_dir / ckpt.SUMMARY
+        if summary.is_file() and read_json(summary, "run summary").get("status") == "complete":
+            return "complete"
+        return "resume" if (p.run_dir / ckpt.STATE).is_file() else "fresh"
+
+    def _reset_dirs(self) -> None:
+        for d in (self.paths.run_dir, self.paths.plots_dir):
+            if d.exists():
+                for f in d.iterdir():
+                    f.unlink()
+            d.mkdir(parents=True, exist_ok=True)
+        self.paths.metrics_file.unlink(missing_ok=True)
+
+    # ---- checkpoints ----
+    def _save_checkpoint(self, step: int) -> None:
+        name = f"weights-{step:07d}.safetensors"
+        digest = ckpt.save_weights(self.model, self.paths.run_dir / name)
+        ckpt.save_state({
+            "step": step, "weights": name, "weights_sha256": digest,
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "reader": self.reader.state_dict(), "rng": torch.get_rng_state(),
+            "train_time_s": self.train_time, "tokens": self.tokens, "grad_norm_ema": self.grad_ema,
+        }, self.paths.run_dir / ckpt.STATE)
+        for old in self.paths.run_dir.glob("weights-*.safetensors"):
+            if old.name != name:
+                old.unlink()
+
+    def _load_checkpoint(self) -> int:
+        state = ckpt.load_state(self.paths.run_dir / ckpt.STATE)
+        weights = self.paths.run_dir / state["weights"]
+        if not weights.is_file() or sha256_file(weights) != state["weights_sha256"]:
+            raise ValueError(f"checkpoint weights {weights} are missing or do not match trainer_state.pt; "
+                             f"delete {self.paths.run_dir} to restart the run")
+        ckpt.load_weights(self.model, weights)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.reader.load_state_dict(state["reader"])
+        torch.set_rng_state(state["rng"])
+        self.train_time, self.tokens, self.grad_ema = state["train_time_s"], state["tokens"], state["grad_norm_ema"]
+        for orphan in self.paths.run_dir.glob("weights-*.safetensors"):  # written after the state was
+            if orphan.name != state["weights"]:
+                orphan.unlink()
+        return state["step"]
+
+    # ---- evaluation ----
+    def _evaluate(self, step: int) -> dict:
+        out = {}
+        for dom, batches in self.val.items():
+            loss, _ = eval_loss(self.fwd, batches, device=self.device, dtype=self.dtype)
+            bpt = self.tok["bytes_per_token"][dom]
+            out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
+            self.eval_log.append({"step": step, "domain": dom, **out[dom]})
+        return out
+
+    def _on_signal(self, signum, frame):
+        self._signal = signum
+
+    # ---- the loop ----
+    def run(self) -> dict:
+        spec, paths, t, r = self.spec, self.paths, self.spec.train, self.spec.run
+        state = self._existing_state()
+        if state == "complete":
+            summary = read_json(paths.run_dir / ckpt.SUMMARY, "run summary")
+            print(f"{spec.run_id}: already complete ({summary['steps']} steps), not retraining")
+            return summary
+        if state in ("fresh", "stale"):
+            if state == "stale":
+                print(f"{spec.run_id}: config changed since the last run; starting over")
+            self._reset_dirs()
+            ckpt.write_run_config(paths.run_dir, self.run_config)
+
+        torch.manual_seed(spec.seed)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.model = build_model(spec.model).to(self.device)
+        self.opt = make_optimizer(self.model, spec, self.device)
+        floor = t.min_lr_ratio
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_multiplier(s, t.warmup_steps, r.steps, floor))
+        self.reader = BatchReader(paths.bins_dir, r.seq_len, r.micro_batch)
+        self.val = {d: val_batches(paths.bins_dir, d, r.seq_len, t.eval_seqs, r.micro_batch)
+                    for d in domains(paths.bins_dir)}
+        self.train_log = TSVLog(paths.plots_dir / "train.tsv", TRAIN_COLUMNS)
+        self.eval_log = TSVLog(paths.plots_dir / "eval.tsv", EVAL_COLUMNS)
+        self.train_time, self.tokens, self.grad_ema = 0.0, 0, None
+        start = 0
+        if state == "resume":
+            start = self._load_checkpoint()
+            print(f"{spec.run_id}: resuming at step {start}/{r.steps}")
+        self.train_log.load_until(start)
+        self.eval_log.load_until(start)
+
+        use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
+        self.fwd = torch.compile(self.model) if use_compile else self.model
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            final_eval, last_loss = self._loop(start)
+        except NonFiniteError as e:
+            self._finish("failed", str(e), None, None)
+            raise
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return self._finish("complete", None, final_eval, last_loss)
+
+    def _loop(self, start: int):
+        spec, t, r = self.spec, self.spec.train, self.spec.run
+        self.model.train()
+        bar = tqdm(total=r.steps, initial=start, desc=spec.run_id, disable=not self.progress,
+                   dynamic_ncols=True, mininterval=1.0)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        loss_acc, n_acc, interval_tokens = torch.zeros((), device=self.device), 0, 0
+        interval_t0 = time.perf_counter()
+        final_eval, last_loss = None, None
+        for step in range(start, r.steps):
+            t0 = time.perf_counter()
+            for _ in range(r.grad_accum):
+                x, y = self.reader.next_batch()
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with autocast(self.device, self.dtype):
+                    loss = lm_loss(self.fwd(x), y)
+                (loss / r.grad_accum).backward()
+                loss_acc += loss.detach()
+                n_acc += 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+            # one host sync per optimizer step: stop before a non-finite update touches the weights
+            if not torch.isfinite(grad_norm):
+                raise NonFiniteError(f"{spec.run_id}: non-finite loss/gradient at step {step + 1} "
+                                     f"(grad norm {grad_norm.item()}); last good checkpoint kept")
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()
+            done = step + 1
+            self.tokens += r.tokens_per_step
+            interval_tokens += r.tokens_per_step
+            gn = grad_norm.item()
+            if self.grad_ema is not None and done > t.warmup_steps and gn > 5 * self.grad_ema:
+                tqdm.write(f"{spec.run_id}: grad-norm spike at step {done}: {gn:.3g} (EMA {self.grad_ema:.3g})")
+            self.grad_ema = gn if self.grad_ema is None else 0.9 * self.grad_ema + 0.1 * gn
+            self.train_time += time.perf_counter() - t0
+
+            if done % t.log_every == 0 or done == r.steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - interval_t0
+                last_loss = (loss_acc / n_acc).item()
+                if not math.isfinite(last_loss):
+                    raise NonFiniteError(f"{spec.run_id}: non-finite loss at step {done}; last good checkpoint kept")
+                tok_s = interval_tokens / elapsed
+                row = {"step": done, "tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
+                       "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
+                       "mfu": mfu(spec.model, tok_s, self.peak) if self.peak else None}
+                self.train_log.append(row)
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
+                loss_acc.zero_()
+                n_acc, interval_tokens = 0, 0
+            if done % r.eval_every == 0 or done == r.steps:
+                final_eval = self._evaluate(done)
+            if done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None:
+                self._save_checkpoint(done)
+            if done % t.log_every == 0 or done == r.steps:
+                interval_t0 = time.perf_counter()  # eval and checkpoint time is not training time
+            bar.update(1)
+            if self._signal is not None:
+                bar.close()
+                raise Interrupted(self._signal)
+        bar.close()
+        return final_eval, last_loss
+
+    def _rho(self) -> float | None:
+        return self.model.spectral_radius() if hasattr(self.model, "spectral_radius") else None
+
+    def _finish(self, status: str, failure: str | None, final_eval: dict | None, last_loss: float | None) -> dict:
+        spec, paths = self.spec, self.paths
+        if status == "complete":
+            ckpt.save_weights(self.model, paths.run_dir / ckpt.WEIGHTS)
+        tok_s = self.tokens / self.train_time if self.train_time > 0 else None
+        summary = {
+            "status": status, "failure": failure, "steps": spec.run.steps if status == "complete" else None,
+            "tokens": self.tokens, "wall_s": round(self.train_time, 3), "tokens_per_s": tok_s,
+            "mfu": mfu(spec.model, tok_s, self.peak) if (self.peak and tok_s) else None,
+            "peak_flops": self.peak, "device": _device_name(self.device), "torch": torch.__version__,
+            "git_commit": git_commit(), "params": self.counts,
+            "flops_per_seq": forward_flops(spec.model, spec.run.seq_len),
+            "spectral_radius": self._rho(), "final_train_loss": last_loss, "final_eval": final_eval,
+        }
+        atomic_write_json(paths.run_dir / ckpt.SUMMARY, summary)
+        metrics = {"status": status, "final_train_loss": last_loss, "tokens_per_s": tok_s, "mfu": summary["mfu"],
+                   "spectral_radius": summary["spectral_radius"], "stored_params": self.counts["stored"],
+                   "effective_params": self.counts["effective"]}
+        for dom, m in (final_eval or {}).items():
+            metrics |= {f"ppl_{dom}": m["ppl"], f"bpb_{dom}": m["bpb"], f"loss_{dom}": m["loss"]}
+        atomic_write_json(paths.metrics_file, metrics)
+        return summary
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def train_run(spec: RunSpec, paths: RunPaths, progress: bool = True) -> dict:
+    """Train one run to completion (or resume it); returns its summary. Exits cleanly on signals."""
+    trainer = Trainer(spec, paths, progress)
+    try:
+        summary = trainer.run()
+    except Interrupted as e:
+        print(f"{spec.run_id}: {e}; checkpoint saved, re-run to resume", file=sys.stderr)
+        raise SystemExit(128 + e.signum)
+    ev = summary.get("final_eval") or {}
+    ppl = " ".join(f"{d}={m['ppl']:.2f}" for d, m in ev.items())
+    tok_s = summary.get("tokens_per_s")
+    print(f"{spec.run_id}: {summary['status']} | steps {summary['steps']} | loss {summary['final_train_loss']:.4f} "
+          f"| ppl {ppl} | {tok_s:,.0f} tok/s | {summary['wall_s']:.1f}s train" if tok_s else f"{spec.run_id}: {summary}")
+    return summary

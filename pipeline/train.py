@@ -1,0 +1,28 @@
+"""DVC stage: train one run. `python -m pipeline.train <group> <name>`, e.g. `stage2 d128-R4-s42`.
+
+The run's full config comes from params.yaml (see cart/experiments.py); outputs go to
+runs/<group>/<name>/ (checkpoints), plots/<group>/<name>/ (curves), metrics/<group>/<name>.json.
+"""
+import argparse
+
+from cart.experiments import GROUPS, resolve_run
+from cart.params import load_params
+from cart.tokenizer import tokenizer_info
+from cart.train import RunPaths, train_run
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("group", choices=GROUPS)
+    ap.add_argument("name", help="run name encoding its config, e.g. d128-P2-R4 (stage1)")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    paths = RunPaths.for_run(args.group, args.name)
+    vocab = tokenizer_info(paths.tokenizer_dir)["vocab_size"]
+    spec = resolve_run(load_params(args.params), args.group, args.name, vocab)
+    train_run(spec, paths, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""params.yaml -> runs: every profile resolves, and bad params fail up front naming the key."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cart import CARTConfig, DenseConfig
+from cart.experiments import resolve_run, run_names, validate_profile
+from cart.params import load_params
+from pipeline.profile import apply_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = load_params(ROOT / "params.yaml")
+
+
+def test_default_profile_resolves_every_run():
+    names = validate_profile(DEFAULT, vocab_size=2048)
+    assert all(names.values())
+    spec = resolve_run(DEFAULT, "stage2", names["stage2"][0], 2048)
+    assert isinstance(spec.model, CARTConfig) and spec.model.n_prelude == DEFAULT["stage2"]["n_prelude"]
+    dense = resolve_run(DEFAULT, "dense", names["dense"][0], 2048)
+    assert isinstance(dense.model, DenseConfig) and dense.model.d_model == DEFAULT["dense"]["d_model"]
+    assert dense.run == spec.run  # Dense uses Stage 2's run settings, as in the paper
+
+
+def test_ablation_variants_change_only_their_flag():
+    base = DEFAULT["ablation"]["base"]
+    x = resolve_run(DEFAULT, "ablation", "X", 2048)
+    assert x.model.unfreeze_kv and x.model.d_model == base["d_model"] and x.variant == "X"
+    assert x.seed == DEFAULT["ablation"]["seed"]
+    assert resolve_run(DEFAULT, "ablation", "Y", 2048).model.n_loops == 1
+
+
+def test_paper_profile_expands_to_the_papers_runs(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    merged = apply_profile("paper", p)
+    counts = {g: len(n) for g, n in validate_profile(merged).items()}
+    assert counts == {"stage1": 64, "stage2": 36, "dense": 6, "ablation": 8}
+    spec = resolve_run(merged, "stage2", "d1024-R6-s42", 32_000)
+    assert spec.run.tokens_per_step == 32_768 and spec.run.steps == 30_500
+    assert resolve_run(merged, "stage1", "d256-P6-R6", 32_000).run.tokens_per_step == 16_384
+
+
+def test_unknown_profile_is_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown profile 'papr'.*paper"):
+        apply_profile("papr", ROOT / "params.yaml")
+
+
+def _edit(path: str, value):
+    params = copy.deepcopy(DEFAULT)
+    node = params
+    *parents, last = path.split(".")
+    for k in parents:
+        node = node[k]
+    node[last] = value
+    return params
+
+
+@pytest.mark.parametrize("path,value,key", [
+    ("train.lrr", 1e-3, "lrr"),
+    ("train.lr", "fast", "train.lr"),
+    ("train.lr", -1.0, "lr"),
+    ("train.optimizer", "sgd", "train.optimizer"),
+    ("train.warmup_steps", 10_000, "warmup_steps"),
+    ("stage2.run.seq_len", 0, "seq_len"),
+    ("stage2.run.steps", "60", "stage2.run.steps"),
+    ("stage1.grid.d_model", [100], "d_model"),
+    ("stage1.grid.n_prelude", [0], "n_prelude"),
+    ("stage2.grid.n_loops", [0], "n_loops"),
+    ("stage2.grid.seed", [], "stage2"),
+    ("model.d_model", 64, "model.d_model"),
+    ("model.head_dmi", 64, "head_dmi"),
+    ("ablation.variants.X", {"unfreeze_kvv": True}, "ablation.variants.X"),
+])
+def test_bad_params_fail_up_front_naming_the_key(path, value, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        validate_profile(_edit(path, value), vocab_size=2048)
+
+
+def test_bad_run_names_are_rejected():
+    with pytest.raises(ValueError, match="pattern"):
+        resolve_run(DEFAULT, "stage1", "d64-R2", 2048)
+    with pytest.raises(ValueError, match="not in ablation.variants"):
+        resolve_run(DEFAULT, "ablation", "Q", 2048)
+    with pytest.raises(ValueError, match="unknown group"):
+        resolve_run(DEFAULT, "stage3", "x", 2048)
+
+
+_values = st.one_of(st.integers(-3, 5000), st.floats(-1, 1e4, allow_nan=False), st.booleans(),
+                    st.text(max_size=5), st.none(), st.lists(st.integers(-2, 300), max_size=3))
+_paths = st.sampled_from([
+    "train.lr", "train.warmup_steps", "train.device", "train.eval_seqs", "train.grad_clip", "train.beta2",
+    "stage1.run.steps", "stage1.run.micro_batch", "stage1.grid.d_model", "stage1.grid.n_loops",
+    "stage2.n_prelude", "stage2.run.grad_accum", "stage2.grid.seed", "dense.d_model", "dense.grid.n_layers",
+    "model.head_dim", "model.kv_latent_ratio", "model.lti_init", "ablation.seed", "ablation.base.n_loops",
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_paths, _values), min_size=1, max_size=3))
+def test_random_params_are_accepted_or_rejected_with_a_named_key(edits):
+    params = copy.deepcopy(DEFAULT)
+    for path, value in edits:
+        params = _edit_in(params, path, value)
+    try:
+        validate_profile(params, vocab_size=2048)
+    except ValueError as e:
+        named = [p for p, _ in edits if p.split(".")[-1] in str(e) or p.split(".")[0] in str(e)]
+        assert named, f"error does not name an edited key: {e}"
+    # anything else (TypeError, ZeroDivisionError, a torch error...) fails the test
+
+
+def _edit_in(params, path, value):
+    node = params
+    *parents, last = path.split(".")
+    for k in parents:
+        node = node[k]
+    node[last] = value
+    return params
+
+
+def test_profile_cli_writes_valid_params(tmp_path):
+    from pipeline.profile import main
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    main(["paper", "--params", str(p)])
+    written = yaml.safe_load(p.read_text())
+    assert written["profile"] == "paper" and written["stage2"]["run"]["steps"] == 30_500
+    assert written["corpus"] == DEFAULT["corpus"] or written["profile"] == "paper"
