@@ -65,6 +65,7 @@ class TrainSettings:
     eval_seqs: int
     checkpoint_every: int
     deterministic: bool
+    nproc: int = 1  # processes (GPUs) per run; > 1 launches the run under torchrun with DDP
 
     def __post_init__(self):
         checks = {
@@ -72,7 +73,7 @@ class TrainSettings:
             "warmup_steps": self.warmup_steps >= 0, "weight_decay": self.weight_decay >= 0,
             "beta1": 0 <= self.beta1 < 1, "beta2": 0 <= self.beta2 < 1, "grad_clip": self.grad_clip >= 0,
             "log_every": self.log_every >= 1, "eval_seqs": self.eval_seqs >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1, "nproc": self.nproc >= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -20,12 +20,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed
 from .accounting import count_params, forward_flops, mfu, peak_flops_for
 from .data import BatchReader, domains, read_meta, val_batches
-from .evaluate import autocast, bits_per_byte, eval_loss, lm_loss, perplexity
+from .evaluate import bits_per_byte, eval_loss, perplexity
 from .experiments import RunSpec
 from .io import atomic_path, atomic_write_json, read_json, sha256_file
 from .model import build_model
+from .step import lr_multiplier, make_loss_fn, make_optimizer, resolve_device, resolve_dtype, train_step
 from .tokenizer import tokenizer_info
 
 TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu"]
@@ -54,45 +56,6 @@ class Interrupted(RuntimeError):
     def __init__(self, signum: int):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
-
-
-def lr_multiplier(step: int, warmup: int, total: int, floor: float) -> float:
-    """Linear warm-up to 1, then cosine decay to `floor` at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, spec: RunSpec, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only: norms' gains, the LTI theta and the
-    HyperConnection logits are per-channel scalars that decay would pull toward 0 (the gate
-    toward lambda = 0.5), which is a prior on the architecture, not regularisation."""
-    t = spec.train
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    lr, betas = t.peak_lr(spec.model.d_model), (t.beta1, t.beta2)
-    if t.optimizer == "adamw8bit":
-        if device.type != "cuda":
-            raise ValueError("train.optimizer: adamw8bit (bitsandbytes) needs a CUDA device; use adamw on CPU")
-        import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
 
 
 def git_commit() -> str:
@@ -133,7 +96,10 @@ class Trainer:
     def __init__(self, spec: RunSpec, paths: RunPaths, progress: bool = True):
         self.spec, self.paths, self.progress = spec, paths, progress
         t = spec.train
-        self.device = resolve_device(t.device)
+        self.dist, self.device = distributed.setup(resolve_device(t.device))
+        if spec.run.grad_accum % self.dist.world:
+            raise ValueError(f"grad_accum={spec.run.grad_accum} must be divisible by the number of processes "
+                             f"({self.dist.world}) so tokens per optimizer step stay the same")
         self.dtype = resolve_dtype(t.dtype, self.device)
         self.tok = tokenizer_info(paths.tokenizer_dir)
         meta = read_meta(paths.bins_dir)
@@ -205,7 +171,7 @@ class Trainer:
     def _evaluate(self, step: int) -> dict:
         out = {}
         for dom, batches in self.val.items():
-            loss, _ = eval_loss(self.fwd, batches, device=self.device, dtype=self.dtype)
+            loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
             bpt = self.tok["bytes_per_token"][dom]
             out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
             self.eval_log.append({"step": step, "domain": dom, **out[dom]})
@@ -222,17 +188,18 @@ class Trainer:
             summary = read_json(paths.run_dir / ckpt.SUMMARY, "run summary")
             print(f"{spec.run_id}: already complete ({summary['steps']} steps), not retraining")
             return summary
-        if state in ("fresh", "stale"):
+        if state in ("fresh", "stale") and self.dist.is_main:
             if state == "stale":
                 print(f"{spec.run_id}: config changed since the last run; starting over")
             self._reset_dirs()
             ckpt.write_run_config(paths.run_dir, self.run_config)
+        self.dist.barrier()
 
         torch.manual_seed(spec.seed)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = build_model(spec.model).to(self.device)
-        self.opt = make_optimizer(self.model, spec, self.device)
+        self.opt = make_optimizer(self.model, t, spec.model.d_model, self.device)
         floor = t.min_lr_ratio
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_multiplier(s, t.warmup_steps, r.steps, floor))
@@ -250,17 +217,22 @@ class Trainer:
         self.eval_log.load_until(start)
 
         use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
-        self.fwd = torch.compile(self.model) if use_compile else self.model
+        self.ddp = distributed.wrap(self.model, self.dist, self.device)
+        self.loss_fn = make_loss_fn(self.ddp, use_compile)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             final_eval, last_loss = self._loop(start)
         except NonFiniteError as e:
-            self._finish("failed", str(e), None, None)
+            if self.dist.is_main:
+                self._finish("failed", str(e), None, None)
             raise
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return self._finish("complete", None, final_eval, last_loss)
+        summary = self._finish("complete", None, final_eval, last_loss) if self.dist.is_main else {}
+        self.dist.barrier()
+        distributed.teardown(self.dist)
+        return summary
 
     def _loop(self, start: int):
         spec, t, r = self.spec, self.spec.train, self.spec.run
@@ -273,15 +245,9 @@ class Trainer:
         final_eval, last_loss = None, None
         for step in range(start, r.steps):
             t0 = time.perf_counter()
-            for _ in range(r.grad_accum):
-                x, y = self.reader.next_batch()
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                with autocast(self.device, self.dtype):
-                    loss = lm_loss(self.fwd(x), y)
-                (loss / r.grad_accum).backward()
-                loss_acc += loss.detach()
-                n_acc += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+            batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
+            loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device, self.dtype,
+                                             self.ddp)
             # one host sync per optimizer step: stop before a non-finite update touches the weights
             if not torch.isfinite(grad_norm):
                 raise NonFiniteError(f"{spec.run_id}: non-finite loss/gradient at step {step + 1} "
@@ -289,6 +255,8 @@ class Trainer:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
+            loss_acc += loss_sum
+            n_acc += len(batches)
             done = step + 1
             self.tokens += r.tokens_per_step
             interval_tokens += r.tokens_per_step
@@ -302,21 +270,24 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - interval_t0
-                last_loss = (loss_acc / n_acc).item()
+                last_loss = self.dist.mean(loss_acc / n_acc).item()
                 if not math.isfinite(last_loss):
                     raise NonFiniteError(f"{spec.run_id}: non-finite loss at step {done}; last good checkpoint kept")
                 tok_s = interval_tokens / elapsed
                 row = {"step": done, "tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
                        "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
                        "mfu": mfu(spec.model, tok_s, self.peak) if self.peak else None}
-                self.train_log.append(row)
+                if self.dist.is_main:
+                    self.train_log.append(row)
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_acc.zero_()
                 n_acc, interval_tokens = 0, 0
-            if done % r.eval_every == 0 or done == r.steps:
+            if (done % r.eval_every == 0 or done == r.steps) and self.dist.is_main:
                 final_eval = self._evaluate(done)
-            if done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None:
+            if (done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None) and self.dist.is_main:
                 self._save_checkpoint(done)
+            if done % r.eval_every == 0 or done % t.checkpoint_every == 0:
+                self.dist.barrier()
             if done % t.log_every == 0 or done == r.steps:
                 interval_t0 = time.perf_counter()  # eval and checkpoint time is not training time
             bar.update(1)
@@ -368,6 +339,8 @@ def train_run(spec: RunSpec, paths: RunPaths, progress: bool = True) -> dict:
     except Interrupted as e:
         print(f"{spec.run_id}: {e}; checkpoint saved, re-run to resume", file=sys.stderr)
         raise SystemExit(128 + e.signum)
+    if not trainer.dist.is_main:
+        return summary
     ev = summary.get("final_eval") or {}
     ppl = " ".join(f"{d}={m['ppl']:.2f}" for d, m in ev.items())
     tok_s = summary.get("tokens_per_s")

@@ -4,6 +4,9 @@ The run's full config comes from params.yaml (see cart/experiments.py); outputs 
 runs/<group>/<name>/ (checkpoints), plots/<group>/<name>/ (curves), metrics/<group>/<name>.json.
 """
 import argparse
+import os
+import shutil
+import sys
 
 from cart.experiments import GROUPS, resolve_run
 from cart.params import load_params
@@ -21,7 +24,13 @@ def main(argv=None) -> None:
     paths = RunPaths.for_run(args.group, args.name)
     vocab = tokenizer_info(paths.tokenizer_dir)["vocab_size"]
     spec = resolve_run(load_params(args.params), args.group, args.name, vocab)
-    train_run(spec, paths, progress=not args.no_progress)
+    if spec.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        # one process per GPU under torchrun; every process re-reads params and joins DDP
+        torchrun = shutil.which("torchrun") or "torchrun"
+        os.execv(torchrun, [torchrun, "--standalone", f"--nproc_per_node={spec.train.nproc}",
+                            "-m", "pipeline.train", *(argv if argv is not None else sys.argv[1:])])
+    rank = int(os.environ.get("RANK", "0"))
+    train_run(spec, paths, progress=not args.no_progress and rank == 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""One optimizer step, shared by the training stage and the throughput benchmark, so the
+benchmark measures exactly the code that trains: device/dtype choice, the optimizer, the
+(compiled) loss, gradient accumulation and clipping."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import distributed
+from .evaluate import autocast, lm_loss
+from .experiments import TrainSettings
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
+def lr_multiplier(step: int, warmup: int, total: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `floor` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainSettings, d_model: int, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only: norms' gains, the LTI theta and the
+    HyperConnection logits are per-channel scalars that decay would pull toward 0 (the gate
+    toward lambda = 0.5), which is a prior on the architecture, not regularisation."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr, betas = t.peak_lr(d_model), (t.beta1, t.beta2)
+    if t.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise ValueError("train.optimizer: adamw8bit (bitsandbytes) needs a CUDA device; use adamw on CPU")
+        import bitsandbytes as bnb
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+def make_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
+    """(x, y) -> mean loss. Compiled together with the loss, so the LM head's logits and the
+    cross-entropy fuse instead of materialising fp32 logits for the whole micro-batch."""
+    def loss_fn(x, y):
+        return lm_loss(model(x), y)
+    return torch.compile(loss_fn, mode=mode) if compile else loss_fn
+
+
+def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device, dtype: torch.dtype,
+               ddp_model: torch.nn.Module | None = None):
+    """Forward/backward over the micro-batches of one optimizer step (gradient accumulation) and
+    clip. Returns (sum of micro-batch losses, pre-clip grad norm) as device tensors: no host sync,
+    so the caller decides when to look. With DDP, gradients are all-reduced on the last
+    micro-batch only."""
+    loss_sum = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, dtype), distributed.no_sync(ddp_model, i == len(batches) - 1):
+            loss = loss_fn(x, y)
+        (loss / len(batches)).backward()
+        loss_sum += loss.detach()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    return loss_sum, grad_norm

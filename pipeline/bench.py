@@ -1,0 +1,179 @@
+"""Training-throughput benchmark, outside the DVC DAG: CART and Dense side by side, one GPU, one run.
+
+    python -m pipeline.bench                      # the full table (GPU)
+    python -m pipeline.bench --configs cart-d256-R6 dense-L7 --steps 5 --device cpu   # a quick look
+
+Each config trains for --steps optimizer steps after --warmup steps (compilation happens there)
+on random tokens already on the device, through the same `train_step` and optimizer code as the
+training stage. Prints tokens/s, MFU in the paper's accounting (6 x effective params x tokens/s /
+peak), MFU counting the real FLOPs (attention and LM head included), peak memory, and CART/Dense.
+"""
+import argparse
+import dataclasses
+import json
+import time
+
+import torch
+
+from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_flops_for, train_flops_per_token
+from cart.experiments import TrainSettings
+from cart.io import atomic_write_json
+from cart.params import build, load_params, section
+from cart.step import make_loss_fn, make_optimizer, resolve_dtype, train_step
+
+DEFAULT_CONFIGS = ([f"cart-d{d}-R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
+                   + ["dense-L7", "dense-L12"])
+
+
+def parse_config(name: str, vocab: int) -> CARTConfig | DenseConfig:
+    """cart-d<d>-R<R>[-P<P>] (P defaults to 6) or dense-L<layers>[-d<d>] (d defaults to 1024)."""
+    kind, *parts = name.split("-")
+    fields = {p[0]: int(p[1:]) for p in parts}
+    if kind == "cart" and {"d", "R"} <= set(fields) <= {"d", "R", "P"}:
+        return CARTConfig(vocab_size=vocab, d_model=fields["d"], n_loops=fields["R"], n_prelude=fields.get("P", 6))
+    if kind == "dense" and {"L"} <= set(fields) <= {"L", "d"}:
+        return DenseConfig(vocab_size=vocab, d_model=fields.get("d", 1024), n_layers=fields["L"])
+    raise ValueError(f"bad config name {name!r}: use cart-d<d>-R<R>[-P<P>] or dense-L<layers>[-d<d>]")
+
+
+def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_len: int, steps: int,
+              warmup: int, compile: bool, device: torch.device, peak: float | None,
+              compile_mode: str | None = None, profile: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    opt = make_optimizer(model, train, cfg.d_model, device)
+    loss_fn = make_loss_fn(model, compile, compile_mode)
+    params = [p for p in model.parameters() if p.requires_grad]
+    dtype = resolve_dtype(train.dtype, device)
+    g = torch.Generator(device=device).manual_seed(0)
+    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device, generator=g),) * 2
+               for _ in range(grad_accum)]
+    batches = [(x, torch.roll(x, -1, dims=1)) for x, _ in batches]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            compile_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        loss_sum, grad_norm = train_step(loss_fn, batches, params, train.grad_clip, device, dtype)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    if profile:
+        _profile_steps(loss_fn, batches, params, opt, train, device, dtype)
+    tok_s = steps * grad_accum * micro_batch * seq_len / dt
+    counts = count_params(cfg)
+    return {
+        "model": _label(cfg), "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
+        "mfu_paper": mfu(cfg, tok_s, peak) if peak else None,
+        "mfu_real": train_flops_per_token(cfg, seq_len) * tok_s / peak if peak else None,
+        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "stored_m": counts["stored"] / 1e6, "effective_m": counts["effective"] / 1e6,
+        "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
+    }
+
+
+def _profile_steps(loss_fn, batches, params, opt, train, device, dtype, steps: int = 3) -> None:
+    """Print the kernels that take the most GPU time over a few steps (the 'where does it go')."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            train_step(loss_fn, batches, params, train.grad_clip, device, dtype)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _sync(device)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+def _label(cfg) -> str:
+    if isinstance(cfg, DenseConfig):
+        return f"Dense {cfg.n_layers}L d{cfg.d_model}"
+    return f"CART d{cfg.d_model} P{cfg.n_prelude} R{cfg.n_loops}"
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--vocab", type=int, default=32_000)
+    ap.add_argument("--compile", choices=["on", "off"], default="on")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of the first config")
+    ap.add_argument("--optimizer", choices=["adamw8bit", "adamw"], default=None,
+                    help="default: train.optimizer from params.yaml's paper profile choice on GPU (adamw8bit)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="override the peak looked up by device name")
+    ap.add_argument("--out", default="metrics/bench.json")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    train = build(TrainSettings, section(load_params(), "train"), "train")
+    optimizer = args.optimizer or ("adamw8bit" if device.type == "cuda" else "adamw")
+    train = dataclasses.replace(train, optimizer=optimizer, dtype="auto")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops_for(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    configs = [parse_config(c, args.vocab) for c in args.configs]  # all names checked before any work
+    print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
+          f"| optimizer {optimizer} | compile {args.compile}")
+    rows = []
+    for i, cfg in enumerate(configs):
+        try:
+            row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
+                            args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0)
+        except torch.OutOfMemoryError:
+            row = {"model": _label(cfg), "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}", "oom": True}
+            torch.cuda.empty_cache()
+        rows.append(row)
+        print(_fmt_row(row), flush=True)
+    dense = {r["model"]: r for r in rows if r["model"].startswith("Dense") and "tokens_per_s" in r}
+    ref = dense.get("Dense 7L d1024")
+    if ref:
+        for r in rows:
+            if "mfu_paper" in r and r["mfu_paper"] and ref["mfu_paper"]:
+                r["mfu_vs_dense7l"] = r["mfu_paper"] / ref["mfu_paper"]
+    print("\n" + markdown_table(rows))
+    atomic_write_json(args.out, {"device": name, "torch": torch.__version__, "optimizer": optimizer,
+                                 "compile": args.compile, "peak_flops": peak, "rows": rows})
+    best = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r.get("mfu_paper") or 0, default=None)
+    if best:
+        print(f"bench: {len(rows)} configs on {name}; best paper-MFU {best['model']} "
+              f"{(best.get('mfu_paper') or 0):.1%}; results in {args.out}")
+
+
+def _fmt_row(r: dict) -> str:
+    if r.get("oom"):
+        return f"{r['model']:<22} {r['batch']:>12}  OOM"
+    pct = lambda v: f"{v:6.1%}" if v is not None else "   n/a"
+    mem = f"{r['peak_mem_gib']:6.1f} GiB" if r["peak_mem_gib"] is not None else "      n/a"
+    return (f"{r['model']:<22} {r['batch']:>12} {r['tokens_per_s']:>11,.0f} tok/s  MFU(paper) {pct(r['mfu_paper'])}  "
+            f"MFU(real) {pct(r['mfu_real'])}  {mem}  warmup {r['warmup_s']:.0f}s")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = "| model | batch | tok/s | MFU paper | MFU real | peak mem GiB | MFU / Dense 7L |\n|---|---|---|---|---|---|---|"
+    lines = [head]
+    for r in rows:
+        if r.get("oom"):
+            lines.append(f"| {r['model']} | {r['batch']} | OOM | | | | |")
+            continue
+        f = lambda v, s="{:.1%}": s.format(v) if v is not None else "n/a"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {f(r['mfu_paper'])} | "
+                     f"{f(r['mfu_real'])} | {f(r['peak_mem_gib'], '{:.1f}')} | {f(r.get('mfu_vs_dense7l'), '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
