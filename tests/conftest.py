@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny project directory (params + data stages already run) for training,
+resume and pipeline tests."""
+import copy
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tiny_params() -> dict:
+    """The default profile shrunk further so a training run takes a second or two on CPU."""
+    p = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    p["corpus"].update(train_tokens=30_000, val_tokens=6_000)
+    p["tokenizer"].update(vocab_size=512)
+    p["model"].update(head_dim=16, ffn_multiple=32)
+    p["train"].update(warmup_steps=2, log_every=2, eval_seqs=2, checkpoint_every=4)
+    p["stage1"].update(run={"steps": 8, "seq_len": 32, "micro_batch": 2, "grad_accum": 1, "eval_every": 4},
+                       grid={"d_model": [32], "n_prelude": [1], "n_loops": [2]})
+    p["stage2"].update(n_prelude=1, run={"steps": 12, "seq_len": 32, "micro_batch": 2, "grad_accum": 2,
+                                         "eval_every": 6},
+                       grid={"d_model": [32], "n_loops": [2], "seed": [42]})
+    p["dense"].update(d_model=32, grid={"n_layers": [2], "seed": [42]})
+    p["ablation"]["base"] = {"d_model": 32, "n_prelude": 1, "n_loops": 2}
+    return p
+
+
+def write_params(directory: Path, params: dict) -> None:
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A directory holding data/{corpus,tokenizer,bins} built by the real data stages."""
+    from pipeline import bins, corpus, tokenizer
+    d = tmp_path_factory.mktemp("tiny_data")
+    write_params(d, tiny_params())
+    cwd = Path.cwd()
+    try:
+        import os
+        os.chdir(d)
+        for stage in (corpus, tokenizer, bins):
+            stage.main([])
+    finally:
+        os.chdir(cwd)
+    return d
+
+
+@pytest.fixture
+def tiny_project(tiny_data, tmp_path, monkeypatch) -> Path:
+    """A fresh working directory with the tiny params and (a copy of) the tiny data; cwd is set."""
+    shutil.copytree(tiny_data / "data", tmp_path / "data")
+    shutil.copy(tiny_data / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

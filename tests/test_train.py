@@ -1,0 +1,160 @@
+"""The training stage: outputs, no retraining, exact resume after SIGKILL/SIGTERM, config
+changes, NaN handling and up-front validation."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from cart.checkpoint import SUMMARY
+from cart.experiments import resolve_run
+from cart.params import load_params
+from cart.tokenizer import tokenizer_info
+from cart.train import NonFiniteError, RunPaths, Trainer, train_run
+from conftest import tiny_params, write_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec_for(group="stage2", name="d32-R2-s42", params_file="params.yaml"):
+    vocab = tokenizer_info("data/tokenizer")["vocab_size"]
+    return resolve_run(load_params(params_file), group, name, vocab)
+
+
+def weights(path: Path) -> dict:
+    return safetensors.torch.load_file(str(path))
+
+
+def test_run_writes_outputs_and_is_not_retrained(tiny_project, capsys):
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    summary = train_run(spec, paths, progress=False)
+    assert summary["status"] == "complete" and summary["steps"] == 12
+    assert set(summary["final_eval"]) == {"tinystories", "wikipedia", "fineweb_edu"}
+    metrics = json.loads(paths.metrics_file.read_text())
+    assert metrics["ppl_wikipedia"] > 1 and 0 < metrics["spectral_radius"] < 1
+    train_rows = (paths.plots_dir / "train.tsv").read_text().splitlines()
+    assert train_rows[0].split("\t")[:3] == ["step", "tokens", "loss"] and len(train_rows) == 1 + 12 // 2
+    assert len((paths.plots_dir / "eval.tsv").read_text().splitlines()) == 1 + 2 * 3
+    mtime = (paths.run_dir / "model.safetensors").stat().st_mtime_ns
+    again = train_run(spec, paths, progress=False)
+    assert "already complete" in capsys.readouterr().out
+    assert again == summary and (paths.run_dir / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_changed_config_starts_over(tiny_project, capsys):
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    train_run(spec, paths, progress=False)
+    p = tiny_params()
+    p["stage2"]["run"]["steps"] = 8
+    p["stage2"]["run"]["eval_every"] = 4
+    write_params(tiny_project, p)
+    summary = train_run(spec_for(), paths, progress=False)
+    assert "starting over" in capsys.readouterr().out and summary["steps"] == 8
+    assert len((paths.plots_dir / "train.tsv").read_text().splitlines()) == 1 + 8 // 2
+
+
+def test_dense_and_every_ablation_train(tiny_project):
+    names = [("dense", "L2-s42")] + [("ablation", v) for v in load_params()["ablation"]["variants"]]
+    for group, name in names:
+        spec = spec_for(group, name)
+        summary = train_run(spec, RunPaths.for_run(group, name), progress=False)
+        assert summary["status"] == "complete", (group, name)
+        assert summary["final_train_loss"] < 7.0
+
+
+def _run_cli(cwd: Path, *args, **popen):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "pipeline.train", "stage2", "d32-R2-s42", "--no-progress", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def _long_run(project: Path) -> None:
+    p = tiny_params()
+    p["stage2"]["run"].update(steps=150, eval_every=50)
+    p["train"].update(checkpoint_every=5, log_every=5)
+    write_params(project, p)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_interrupted_run_resumes_bit_identical(tiny_data, tmp_path, sig):
+    import shutil
+    runs = {}
+    for label in ("reference", "interrupted"):
+        proj = tmp_path / label
+        proj.mkdir()
+        shutil.copytree(tiny_data / "data", proj / "data")
+        _long_run(proj)
+        runs[label] = proj
+    ref = _run_cli(runs["reference"])
+    assert ref.wait(timeout=600) == 0, ref.stdout.read().decode()
+
+    proj = runs["interrupted"]
+    state = proj / "runs/stage2/d32-R2-s42/trainer_state.pt"
+    proc = _run_cli(proj)
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    out = proc.stdout.read().decode()
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM), out
+    if sig == signal.SIGTERM:
+        assert "checkpoint saved" in out
+    assert not (proj / "runs/stage2/d32-R2-s42" / SUMMARY).exists()  # it really stopped mid-run
+    resumed = _run_cli(proj)
+    out = resumed.stdout.read().decode()
+    assert resumed.wait(timeout=600) == 0, out
+    assert "resuming at step" in out
+
+    a = weights(runs["reference"] / "runs/stage2/d32-R2-s42/model.safetensors")
+    b = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_log = (runs["reference"] / "plots/stage2/d32-R2-s42/eval.tsv").read_text()
+    assert (proj / "plots/stage2/d32-R2-s42/eval.tsv").read_text() == ref_log
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoint(tiny_project):
+    p = tiny_params()
+    p["train"].update(lr=1e6, lr_width_scaling=False, grad_clip=0.0, checkpoint_every=1)
+    write_params(tiny_project, p)
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    with pytest.raises(NonFiniteError, match=r"step \d+"):
+        Trainer(spec, paths, progress=False).run()
+    summary = json.loads((paths.run_dir / SUMMARY).read_text())
+    assert summary["status"] == "failed" and "non-finite" in summary["failure"]
+    assert json.loads(paths.metrics_file.read_text())["status"] == "failed"
+    state = torch.load(paths.run_dir / "trainer_state.pt", weights_only=True)
+    w = weights(paths.run_dir / state["weights"])
+    assert all(torch.isfinite(t).all() for t in w.values())  # the last good checkpoint
+
+
+def test_vocab_mismatch_is_rejected_before_training(tiny_project):
+    spec = resolve_run(load_params(), "stage2", "d32-R2-s42", vocab_size=999)
+    with pytest.raises(ValueError, match="vocab mismatch"):
+        Trainer(spec, RunPaths.for_run("stage2", "d32-R2-s42"), progress=False)
+
+
+def test_damaged_checkpoint_is_detected(tiny_project):
+    p = tiny_params()
+    p["stage2"]["run"].update(steps=8)
+    write_params(tiny_project, p)
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    train_run(spec, paths, progress=False)
+    (paths.run_dir / SUMMARY).unlink()  # pretend it was interrupted after the last checkpoint
+    state = torch.load(paths.run_dir / "trainer_state.pt", weights_only=True)
+    wfile = paths.run_dir / state["weights"]
+    wfile.write_bytes(wfile.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="do not match trainer_state"):
+        Trainer(spec, paths, progress=False).run()
