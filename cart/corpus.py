@@ -1,0 +1,587 @@
+"""Corpus: text per domain, split into train and validation, written as JSONL.
+
+Layout written by the corpus stage (`python -m pipeline.corpus`):
+
+    data/corpus/manifest.json              what was gathered (source, docs, words, bytes, sha256)
+    data/corpus/<domain>/train.jsonl       one {"text": ...} object per line
+    data/corpus/<domain>/val.jsonl
+
+`corpus.domains.<domain>.source` picks where a domain's text comes from:
+
+* ``builtin`` - text the project generates itself, so `dvc repro` works anywhere offline: a seeded
+  narrow-vocabulary story generator (the TinyStories role), and natural-language text shipped with
+  every Python install (the wikipedia role: the `pydoc_data` reference topics plus module and class
+  docstrings of the standard library; the fineweb_edu role: its function and method docstrings).
+* ``local`` - text / JSON(L) / parquet files, read through `datasets.load_dataset("text"|"json"|
+  "parquet", data_files=...)`: the same code path as the hub.
+* ``hf`` - the real corpora, streamed with `datasets.load_dataset(name, config, split=...,
+  streaming=True)` (the spec's names are in `HF_DEFAULTS`).
+
+Sizes: `corpus.train_tokens` / `corpus.val_tokens` are approximate per-domain targets. Before a
+tokenizer exists a document's tokens are ESTIMATED as whitespace words x 1.3 (`TOKENS_PER_WORD`);
+documents are taken in stream order until the estimate reaches the target (or the source runs out).
+Where a domain has no separate validation source, each document goes to validation with probability
+val/(train+val), decided by a hash of (corpus.seed, document index): deterministic and disjoint.
+Exact duplicate texts are dropped, so train and val never share a document.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Literal
+
+from .params import build, section
+
+SOURCES = ("builtin", "local", "hf")
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+TOKENS_PER_WORD = 1.3          # the pre-tokenizer size estimate: tokens ~ whitespace words x 1.3
+_DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_FORMAT_BY_SUFFIX = {".txt": "text", ".text": "text", ".raw": "text", ".json": "json", ".jsonl": "json",
+                     ".ndjson": "json", ".parquet": "parquet"}
+
+# The spec's corpora (CART_SPEC.md section 3), used by `source: hf` unless params override them.
+# val_split None: validation is carved from the training stream by hash (the paper's held-out
+# "shard 40" / "shard 97" are the authors' own sharding and cannot be recovered).
+HF_DEFAULTS: dict[str, dict] = {
+    "tinystories": {"name": "roneneldan/TinyStories", "config": None, "split": "train",
+                    "val_split": "validation", "text_field": "text"},
+    "wikipedia": {"name": "wikimedia/wikipedia", "config": "20231101.en", "split": "train",
+                  "val_split": None, "text_field": "text"},
+    "fineweb_edu": {"name": "HuggingFaceFW/fineweb-edu", "config": "sample-10BT", "split": "train",
+                    "val_split": None, "text_field": "text"},
+}
+BUILTIN_DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
+
+# keys each source may set (besides `source`); anything else set is an error naming the key
+_SOURCE_KEYS = {
+    "builtin": set(),
+    "local": {"train_files", "val_files", "format", "sample_by", "text_field"},
+    "hf": {"name", "config", "split", "val_split", "text_field"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# params
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DomainSource:
+    """One `corpus.domains.<domain>` entry. Keys a source does not use must be left out."""
+    source: Literal["builtin", "local", "hf"]
+    train_files: str | list[str] | None = None     # local: path(s) or glob(s), relative to the cwd
+    val_files: str | list[str] | None = None       # local: validation file(s); absent: carved by hash
+    format: Literal["text", "json", "parquet"] | None = None   # local: absent: from the extension
+    sample_by: Literal["line", "paragraph", "document"] | None = None  # local text: absent: line
+    text_field: str | None = None                  # local json/parquet, hf: absent: "text"
+    name: str | None = None                        # hf: dataset (absent: HF_DEFAULTS[domain])
+    config: str | None = None                      # hf: configuration name
+    split: str | None = None                       # hf: training split
+    val_split: str | None = None                   # hf: validation split (absent: carved by hash)
+
+    def __post_init__(self):
+        allowed = _SOURCE_KEYS[self.source]
+        for key in ("train_files", "val_files", "format", "sample_by", "text_field", "name", "config",
+                    "split", "val_split"):
+            if getattr(self, key) is not None and key not in allowed:
+                users = [s for s, keys in _SOURCE_KEYS.items() if key in keys]
+                raise ValueError(f"{key}: only used by source {' / '.join(users)}, not {self.source!r}; "
+                                 f"remove it")
+        if self.source == "local":
+            if not self.train_files:
+                raise ValueError("train_files: required for source 'local' (a path, glob or list of them)")
+            if self.sample_by is not None and self.format not in (None, "text"):
+                raise ValueError(f"sample_by: only used by format 'text', not {self.format!r}")
+        for key in ("train_files", "val_files"):
+            v = getattr(self, key)
+            if isinstance(v, list) and not v:
+                raise ValueError(f"{key}: empty list")
+
+    @staticmethod
+    def files(value: str | list[str] | None) -> list[str]:
+        return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+@dataclass(frozen=True)
+class CorpusParams:
+    seed: int
+    train_tokens: int        # approximate per-domain target (whitespace words x 1.3)
+    val_tokens: int          # approximate per-domain target
+    domains: dict[str, DomainSource]
+
+    def __post_init__(self):
+        if self.train_tokens < 1:
+            raise ValueError(f"train_tokens: must be >= 1, got {self.train_tokens}")
+        if self.val_tokens < 1:
+            raise ValueError(f"val_tokens: must be >= 1, got {self.val_tokens}")
+        if not self.domains:
+            raise ValueError("domains: at least one domain is needed")
+        for name in self.domains:
+            if not _DOMAIN_NAME.match(str(name)):
+                raise ValueError(f"domains.{name}: domain names must match [a-z0-9_]+ (they name files)")
+
+
+def corpus_params(params: dict) -> CorpusParams:
+    return build(CorpusParams, section(params, "corpus"), "corpus")
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic directory output (shared by the data stages)
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `path`; on success swap it in as `path`.
+
+    On any exception the temporary directory is removed and `path` is left as it was. The swap
+    is two renames (old -> trash, tmp -> path): a kill between them leaves `path` absent, never
+    half-written, so a later stage cannot trust a partial output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"),
+                  *path.parent.glob(f".{glob.escape(path.name)}.*.old")):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run (DVC runs one stage at a time)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        trash = None
+        if path.exists() or path.is_symlink():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, trash / path.name)
+        os.replace(tmp, path)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a written corpus
+# ---------------------------------------------------------------------------------------------
+
+def read_manifest(corpus_dir: str | os.PathLike) -> dict:
+    path = Path(corpus_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus manifest not found: {path}; run the corpus stage "
+                                f"(`dvc repro corpus` or `python -m pipeline.corpus`)")
+    return json.loads(path.read_text())
+
+
+def corpus_file(corpus_dir: str | os.PathLike, domain: str, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return Path(corpus_dir) / domain / f"{split}.jsonl"
+
+
+def iter_texts(corpus_dir: str | os.PathLike, domain: str, split: str) -> Iterator[str]:
+    """The documents of one domain and split, in corpus order."""
+    path = corpus_file(corpus_dir, domain, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}; re-run the corpus stage")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+# ---------------------------------------------------------------------------------------------
+
+def approx_tokens(text: str) -> float:
+    """The pre-tokenizer size estimate: whitespace words x TOKENS_PER_WORD."""
+    return len(text.split()) * TOKENS_PER_WORD
+
+
+def stream_documents(path_or_name: str, config: str | None = None, split: str = "train",
+                     text_field: str = "text", data_files=None, **builder_kwargs) -> Iterator[str]:
+    """Texts of one split through `datasets.load_dataset(..., streaming=True)`.
+
+    The one loader behind both `local` (path_or_name = "text" | "json" | "parquet", data_files =
+    local files) and `hf` (a hub dataset name and config): the same code path, so the hub loader is
+    tested by pointing it at local files."""
+    import datasets  # slow import, only where used
+    kwargs = dict(builder_kwargs)
+    if data_files is not None:
+        kwargs["data_files"] = data_files
+    ds = datasets.load_dataset(path_or_name, config, split=split, streaming=True, **kwargs)
+    for i, row in enumerate(ds):
+        if text_field not in row:
+            raise ValueError(f"{path_or_name}: rows have no field {text_field!r} (fields: {sorted(row)}); "
+                             f"set text_field")
+        text = row[text_field]
+        if text is None:
+            continue
+        if not isinstance(text, str):
+            raise ValueError(f"{path_or_name}: field {text_field!r} of row {i} is {type(text).__name__}, "
+                             f"not text")
+        yield text
+
+
+def _local_format(spec: DomainSource, files: list[str], where: str) -> str:
+    if spec.format is not None:
+        return spec.format
+    suffixes = {_FORMAT_BY_SUFFIX.get(Path(f).suffix.lower()) for f in files}
+    if None in suffixes or len(suffixes) != 1:
+        raise ValueError(f"{where}.format: cannot infer the format of {files} from the file extension "
+                         f"(known: {sorted(_FORMAT_BY_SUFFIX)}); set format: text | json | parquet")
+    return suffixes.pop()
+
+
+def _expand(patterns: list[str], where: str) -> list[str]:
+    out = []
+    for pat in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pat))) if glob.has_magic(pat) else [os.path.expanduser(pat)]
+        if not matches:
+            raise FileNotFoundError(f"{where}: no file matches {pat!r} (cwd {os.getcwd()})")
+        for m in matches:
+            if not Path(m).is_file():
+                raise FileNotFoundError(f"{where}: file not found: {m} (cwd {os.getcwd()})")
+            if Path(m).stat().st_size == 0:
+                raise ValueError(f"{where}: file is empty: {m}")
+        out.extend(matches)
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A resolved domain: how to stream its train (and optionally val) documents."""
+    train: Callable[[], Iterable[str]]
+    val: Callable[[], Iterable[str]] | None
+    describe: dict
+    size: Callable[[], float] | None = None   # approx tokens of a finite source, when cheap to know
+
+
+def _offline_datasets_env() -> None:
+    # local files never need the hub; make sure nothing tries (must precede `import datasets`)
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def plan_domain(domain: str, spec: DomainSource, seed: int) -> _Plan:
+    """Check a domain's source (files exist, names known) and say how to read it: cheap, no reading."""
+    where = f"corpus.domains.{domain}"
+    if spec.source == "builtin":
+        if domain not in BUILTIN_DOMAINS:
+            raise ValueError(f"{where}.source: 'builtin' has text for {list(BUILTIN_DOMAINS)} only, not "
+                             f"{domain!r}; use source local or hf")
+        if domain == "tinystories":
+            return _Plan(lambda: generate_stories(seed), None, {"generator": "stories", "seed": seed})
+        return _Plan(lambda: stdlib_documents()[domain], None,
+                     {"text": "python stdlib docs", "python": sys.version.split()[0]},
+                     size=lambda: sum(approx_tokens(t) for t in stdlib_documents()[domain]))
+    if spec.source == "local":
+        train_files = _expand(spec.files(spec.train_files), f"{where}.train_files")
+        val_files = _expand(spec.files(spec.val_files), f"{where}.val_files") if spec.val_files else None
+        fmt = _local_format(spec, train_files + (val_files or []), where)
+        field = "text" if fmt == "text" else (spec.text_field or "text")
+        kwargs = {"sample_by": spec.sample_by} if spec.sample_by else {}
+        _offline_datasets_env()
+
+        def reader(files):
+            return lambda: stream_documents(fmt, None, "train", field, data_files=files, **kwargs)
+        return _Plan(reader(train_files), reader(val_files) if val_files else None,
+                     {"format": fmt, "train_files": train_files, "val_files": val_files, "text_field": field,
+                      **kwargs})
+    # hf
+    base = HF_DEFAULTS.get(domain, {})
+    name = spec.name or base.get("name")
+    if not name:
+        raise ValueError(f"{where}.name: required for source 'hf' (no default dataset for domain "
+                         f"{domain!r}; defaults exist for {sorted(HF_DEFAULTS)})")
+    use_base = spec.name is None or spec.name == base.get("name")
+    config = spec.config if spec.config is not None else (base.get("config") if use_base else None)
+    split = spec.split or (base.get("split") if use_base else None) or "train"
+    val_split = spec.val_split if spec.val_split is not None else (base.get("val_split") if use_base else None)
+    field = spec.text_field or base.get("text_field") or "text"
+    return _Plan(lambda: stream_documents(name, config, split, field),
+                 (lambda: stream_documents(name, config, val_split, field)) if val_split else None,
+                 {"name": name, "config": config, "split": split, "val_split": val_split, "text_field": field})
+
+
+def _unit(seed: int, index: int) -> float:
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+class _SplitWriter:
+    def __init__(self, path: Path, target: float):
+        self.path, self.target = path, target
+        self.f = open(path, "w", encoding="utf-8")
+        self.h = hashlib.sha256()
+        self.docs = self.words = self.bytes = 0
+        self.approx = 0.0
+
+    @property
+    def full(self) -> bool:
+        return self.approx >= self.target
+
+    def add(self, text: str) -> float:
+        line = json.dumps({"text": text}, ensure_ascii=False) + "\n"
+        data = line.encode("utf-8")
+        self.f.write(line)
+        self.h.update(data)
+        n = len(text.split())
+        self.docs += 1
+        self.words += n
+        self.bytes += len(text.encode("utf-8"))
+        self.approx += n * TOKENS_PER_WORD
+        return n * TOKENS_PER_WORD
+
+    def close(self) -> dict:
+        self.f.close()
+        return {"docs": self.docs, "words": self.words, "approx_tokens": round(self.approx),
+                "bytes": self.bytes, "sha256": self.h.hexdigest()}
+
+
+def gather_domain(plan: _Plan, out_dir: Path, train_tokens: int, val_tokens: int, seed: int,
+                  domain: str = "", progress: bool = False) -> dict:
+    """Stream a domain's documents into out_dir/{train,val}.jsonl up to the approximate targets."""
+    from tqdm import tqdm
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writers = {s: _SplitWriter(out_dir / f"{s}.jsonl", t) for s, t in (("train", train_tokens), ("val", val_tokens))}
+    seen: set[bytes] = set()
+    bar = tqdm(total=train_tokens + val_tokens, desc=f"corpus {domain}", unit="tok~", disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
+
+    def accept(text: str) -> str | None:
+        text = text.strip()
+        if not text:
+            return None
+        key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        if key in seen:
+            return None
+        seen.add(key)
+        return text
+
+    try:
+        if plan.val is None:  # one stream, carved by hash
+            rate = val_tokens / (train_tokens + val_tokens)
+            size = plan.size() if plan.size is not None else None
+            if size is not None and size < train_tokens + val_tokens:
+                rate = min(0.5, val_tokens / size)  # a small finite source: fill val first, train gets the rest
+            tr, va = writers["train"], writers["val"]
+            for i, raw in enumerate(plan.train()):
+                if tr.full and va.full:
+                    break
+                text = accept(raw)
+                if text is None:
+                    continue
+                to_val = (_unit(seed, i) < rate and not va.full) or tr.full
+                bar.update(round((va if to_val else tr).add(text)))
+        else:
+            for split, stream in (("val", plan.val), ("train", plan.train)):
+                w = writers[split]
+                for raw in stream():
+                    if w.full:
+                        break
+                    text = accept(raw)
+                    if text is not None:
+                        bar.update(round(w.add(text)))
+    finally:
+        bar.close()
+        stats = {s: w.close() for s, w in writers.items()}
+    for split in SPLITS:
+        if stats[split]["docs"] == 0:
+            raise ValueError(f"corpus.domains.{domain}: no {split} documents from {plan.describe} "
+                             f"(empty source?)")
+    return stats
+
+
+def build_corpus(params: CorpusParams, out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Gather every domain into out_dir (written atomically: all of it, or nothing)."""
+    plans = {d: plan_domain(d, spec, params.seed) for d, spec in params.domains.items()}  # validate first
+    manifest = {"seed": params.seed, "train_tokens": params.train_tokens, "val_tokens": params.val_tokens,
+                "token_estimate": f"whitespace words x {TOKENS_PER_WORD}", "domains": {}}
+    with atomic_dir(out_dir) as tmp:
+        for domain, plan in plans.items():
+            stats = gather_domain(plan, tmp / domain, params.train_tokens, params.val_tokens, params.seed,
+                                  domain, progress)
+            manifest["domains"][domain] = {"source": params.domains[domain].source, "details": plan.describe,
+                                           **stats}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # keeps the params' domain order
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# builtin text: a narrow-vocabulary story generator (the TinyStories role)
+# ---------------------------------------------------------------------------------------------
+
+_GIRLS = ["Lily", "Mia", "Anna", "Lucy", "Sue", "Ella", "Zoe", "Amy", "Kim", "Rose", "Sara", "Emma", "Jane",
+          "Molly", "Daisy"]
+_BOYS = ["Tom", "Ben", "Sam", "Max", "Tim", "Jack", "Leo", "Bob", "Dan", "Joe", "Finn", "Jake", "Ned", "Billy",
+         "Pete"]
+_ANIMALS = ["cat", "dog", "bunny", "bird", "fox", "bear", "duck", "frog", "mouse", "owl", "puppy", "kitten",
+            "horse", "pig", "cow", "lion", "fish", "turtle", "sheep", "goat", "squirrel", "bee", "butterfly",
+            "hen", "deer"]
+_ADJ = ["little", "big", "happy", "kind", "brave", "shy", "silly", "small", "funny", "gentle", "curious",
+        "sleepy", "clever", "friendly", "tiny", "proud", "quiet", "busy", "lucky", "good", "nice", "smart",
+        "fast", "strong", "young"]
+_COLORS = ["red", "blue", "green", "yellow", "pink", "purple", "orange", "white", "black", "brown", "shiny",
+           "soft"]
+_OBJECTS = ["ball", "kite", "box", "hat", "book", "toy", "cup", "boat", "car", "doll", "drum", "shoe", "key",
+            "flower", "stick", "rock", "shell", "leaf", "cake", "apple", "balloon", "blanket", "bell",
+            "basket", "star", "crayon", "truck", "spoon", "sock", "button"]
+_PLACES = ["park", "garden", "forest", "house", "farm", "lake", "beach", "hill", "school", "town", "field",
+           "river", "shop", "yard", "cave", "pond", "meadow", "village", "playground", "kitchen"]
+_FOODS = ["apples", "cookies", "bread", "soup", "carrots", "berries", "cake", "cheese", "milk", "honey",
+          "pie", "corn", "grapes", "candy", "eggs"]
+_GOOD = ["happy", "glad", "excited", "proud", "calm", "warm", "safe", "thankful"]
+_BAD = ["sad", "scared", "angry", "worried", "tired", "lonely", "upset", "sorry"]
+_WEATHER = ["sunny", "rainy", "windy", "snowy", "cloudy", "warm", "cold", "bright"]
+_ACTS = [("play", "played"), ("run", "ran"), ("jump", "jumped"), ("sing", "sang"), ("dance", "danced"),
+         ("swim", "swam"), ("read", "read"), ("draw", "drew"), ("climb", "climbed"), ("build", "built"),
+         ("paint", "painted"), ("dig", "dug"), ("skip", "skipped"), ("hide", "hid"), ("bake", "baked")]
+_RELATIVES = ["mom", "dad", "grandma", "grandpa", "sister", "brother", "aunt", "teacher"]
+
+_OPEN = ["Once upon a time, there was a {adj} {animal} named {name}.",
+         "Once upon a time, in a {adj2} {place}, there lived a {animal} named {name}.",
+         "One day, a {adj} {kid} named {name} went to the {place}.",
+         "There was once a {adj} {kid} called {name}.",
+         "{name} was a {adj} {animal} who lived near the {place}."]
+_SETTING = ["{He} liked to {act} with {his} {relative} every day.",
+            "{He} had a {color} {obj} that {he} loved very much.",
+            "Every morning, {name} ate {food} for breakfast.",
+            "{He} lived in a {adj2} house with a {color} door.",
+            "{name} liked the {place} because it was {adj2} and {weather2}.",
+            "{His} best friend was a {adj2} {animal2} named {friend}.",
+            "{name} always wanted to {act} like the big kids."]
+_EVENT = ["One {weather} day, {name} found a {color} {obj} under a tree.",
+          "One day, {name} saw a {adj2} {animal2} by the {place2}.",
+          "One morning, {his} {relative} said, \"Let's go to the {place2} today!\"",
+          "One {weather} afternoon, {name} and {friend} went to {act} at the {place2}.",
+          "Then {name} heard a {adj2} noise coming from the {place2}.",
+          "Later that day, {name} wanted to {act} with {his} {obj}."]
+_PROBLEM = ["But then, the {obj} fell into the water and {name} felt {bad}.",
+            "Suddenly, it started to rain, and {name} could not find {his} {obj}.",
+            "But {friend} wanted the {obj} too, and they began to fight.",
+            "{name} tried to {act}, but it was too hard and {he} felt {bad}.",
+            "But the {animal2} was {bad} because it was lost and could not find its home.",
+            "Oh no! The {obj} was broken, and {name} started to cry."]
+_TALK = ["\"Can you help me?\" asked {name}.",
+         "\"Don't be {bad},\" said {friend}. \"I will help you.\"",
+         "\"Thank you!\" said {name} with a big smile.",
+         "\"Let's {act} together,\" said {friend}.",
+         "\"Look at my {obj}!\" said {name}.",
+         "\"I am sorry,\" said {name}. \"I will share with you.\""]
+_FIX = ["{friend} came and helped {name} find the {obj}.",
+        "{His} {relative} gave {him} a hug and fixed the {obj}.",
+        "They worked together, and soon everything was fine again.",
+        "{name} shared the {obj} with {friend}, and they both felt {good}.",
+        "{name} was brave and tried again, and this time {he} did it!",
+        "They took the {animal2} back to its home near the {place2}."]
+_END = ["From that day on, {name} and {friend} were best friends.",
+        "{name} learned that sharing makes everyone {good}.",
+        "At the end of the day, {name} went home and ate {food} with {his} {relative}.",
+        "{name} felt {good} and smiled all the way home.",
+        "They played at the {place} until the sun went down.",
+        "And {name} never forgot that special {weather} day."]
+
+
+def _story(rng: random.Random) -> str:
+    girl = rng.random() < 0.5
+    name = rng.choice(_GIRLS if girl else _BOYS)
+    friend = rng.choice([n for n in (_BOYS if girl else _GIRLS)])
+    act = rng.choice(_ACTS)
+    slots = {
+        "name": name, "friend": friend, "kid": "girl" if girl else "boy",
+        "He": "She" if girl else "He", "he": "she" if girl else "he", "His": "Her" if girl else "His",
+        "his": "her" if girl else "his", "him": "her" if girl else "him",
+        "adj": rng.choice(_ADJ), "adj2": rng.choice(_ADJ), "animal": rng.choice(_ANIMALS),
+        "animal2": rng.choice(_ANIMALS), "color": rng.choice(_COLORS), "obj": rng.choice(_OBJECTS),
+        "place": rng.choice(_PLACES), "place2": rng.choice(_PLACES), "food": rng.choice(_FOODS),
+        "good": rng.choice(_GOOD), "bad": rng.choice(_BAD), "weather": rng.choice(_WEATHER),
+        "weather2": rng.choice(_WEATHER), "act": act[0], "acted": act[1], "relative": rng.choice(_RELATIVES),
+    }
+    parts = [[rng.choice(_OPEN)] + rng.sample(_SETTING, rng.randint(1, 3))]
+    for _ in range(rng.randint(1, 2)):
+        parts.append([rng.choice(_EVENT), rng.choice(_PROBLEM)] + rng.sample(_TALK, rng.randint(0, 2))
+                     + [rng.choice(_FIX)])
+    parts.append(rng.sample(_END, rng.randint(1, 2)))
+    paragraphs = [" ".join(s.format(**slots) for s in p) for p in parts]
+    # TinyStories style: paragraphs separated by blank lines, sometimes run together
+    out = paragraphs[0]
+    for p in paragraphs[1:]:
+        out += ("\n\n" if rng.random() < 0.6 else " ") + p
+    return out
+
+
+def generate_stories(seed: int) -> Iterator[str]:
+    """An endless, seeded stream of simple stories over a few hundred words of vocabulary."""
+    rng = random.Random(f"cart-stories:{seed}")
+    while True:
+        yield _story(rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# builtin text: documentation that ships with Python (the wikipedia and fineweb_edu roles)
+# ---------------------------------------------------------------------------------------------
+
+_STDLIB_SKIP = {"test", "tests", "idlelib", "site-packages", "dist-packages", "turtledemo", "encodings",
+                "__pycache__", "__phello__"}
+_MIN_WORDS = 8
+_stdlib_cache: dict[str, list[str]] | None = None
+
+
+def stdlib_documents() -> dict[str, list[str]]:
+    """Natural-language text from the running Python's standard library, split into two roles.
+
+    wikipedia: the `pydoc_data` reference topics (the language reference, as `help()` shows it),
+    then module and class docstrings; fineweb_edu: function and method docstrings. Sources are
+    parsed with `ast` (nothing is imported); files in sorted path order; docstrings shorter than
+    8 words are dropped. Deterministic for a given Python version (recorded in the manifest)."""
+    global _stdlib_cache
+    if _stdlib_cache is not None:
+        return _stdlib_cache
+    wiki: list[str] = []
+    edu: list[str] = []
+    try:
+        from pydoc_data.topics import topics
+        wiki.extend(topics[k] for k in sorted(topics))
+    except ImportError:  # some distributions package pydoc_data separately
+        pass
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _STDLIB_SKIP)
+        files.extend(str(Path(dirpath, f)) for f in filenames if f.endswith(".py"))
+    files.sort()
+    workers = max(1, min(4, os.cpu_count() or 1))
+    if workers > 1:  # parsing ~10 MB of source is the slow part; results stay in file order
+        import multiprocessing as mp
+        with mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
+            per_file = pool.map(_file_docstrings, files, chunksize=16)
+    else:
+        per_file = [_file_docstrings(f) for f in files]
+    for module_docs, function_docs in per_file:
+        wiki.extend(module_docs)
+        edu.extend(function_docs)
+    _stdlib_cache = {"wikipedia": wiki, "fineweb_edu": edu}
+    return _stdlib_cache
+
+
+def _file_docstrings(path: str) -> tuple[list[str], list[str]]:
+    """(module and class docstrings, function and method docstrings) of one source file."""
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return [], []
+    top, funcs = [], []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc.split()) >= _MIN_WORDS:
+                (funcs if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else top).append(doc)
+    return top, funcs

@@ -1,0 +1,240 @@
+"""The report, rendered from a synthetic results store: every table and figure is produced, ours and
+the paper's values stand side by side, partial results are reported as missing, builtin benchmark
+rows are labelled as a smoke set, and the output is byte-identical for the same store."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cart import results as R
+from cart.config import CARTConfig
+from cart.params import load_params
+from cart.report import LAYOUT, ReportSettings, build_report
+from cart.report.paper import PAPER
+from cart.report.tables import TABLES
+
+_spec = importlib.util.spec_from_file_location("_cart_synthetic_project", Path(__file__).with_name("test_results.py"))
+S = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(S)  # the synthetic project writer shared with test_results.py
+
+TABLE_IDS = [item for _, items in LAYOUT for item in items if not item.startswith("fig:")]
+FIGURES = [item[4:] for _, items in LAYOUT for item in items if item.startswith("fig:")]
+
+
+DPI = 40  # small images keep the tests fast; the rendering path is the same
+
+
+def _store(root: Path, eval_source="local", vr_source=None) -> Path:
+    params = S.make_project(root, eval_source=eval_source, vr_source=vr_source)
+    db = root / "results" / "results.db"
+    R.build_store(db, root, R.plan_from_params(load_params(params)))
+    return db
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """One store and its report, rendered through the DVC stage's entry point. Benchmarks come from
+    'local' files, the variable-R sweep from the builtin smoke set."""
+    from pipeline.report import main
+    root = tmp_path_factory.mktemp("report")
+    db = _store(root, eval_source="local", vr_source="builtin")
+    out = root / "reports"
+    params = root / "report_params.yaml"
+    params.write_text(yaml.safe_dump({"report": {"out_dir": str(out), "dpi": DPI}}))
+    counts = main(["--db", str(db), "--params", str(params)])
+    return db, out, counts
+
+
+def _csv(out: Path, table_id: str) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / f"{table_id}.csv")
+
+
+def test_every_table_and_figure_is_produced(report):
+    _, out, counts = report
+    assert len(TABLE_IDS) == len(TABLES) == counts["tables"]
+    text = (out / "REPORT.md").read_text()
+    for tid in TABLE_IDS:
+        assert (out / "tables" / f"{tid}.csv").is_file() and (out / "tables" / f"{tid}.md").is_file()
+        assert f"(tables/{tid}.csv)" in text
+    for name in FIGURES:
+        assert (out / "figures" / name).is_file(), name
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(figures/{name})" in text
+    assert counts["tables_with_data"] == counts["tables"] and counts["figures"] == len(FIGURES)
+    # paper order: Table 1 before Table 5 before Table 9 before Table 12 before the ablations
+    pos = [text.index(s) for s in ("### Table 1:", "### Table 5:", "### Table 9:", "### Table 12:", "Section 8:")]
+    assert pos == sorted(pos)
+    # per-run curves for dvc plots
+    train = pd.read_csv(out / "curves" / "train" / "stage2" / "d64-R2-s42.tsv", sep="\t")
+    assert list(train.columns[:3]) == ["step", "tokens", "loss"] and len(train) == S.RUN["steps"] // 5
+    val = pd.read_csv(out / "curves" / "val_ppl" / "stage2" / "d64-R2-s42.tsv", sep="\t")
+    assert list(val.columns) == ["step", *S.DOMAINS] and len(val) == 2
+
+
+def test_tables_put_ours_beside_the_papers(report):
+    db, out, _ = report
+    t9 = _csv(out, "table09_stage2_ppl")
+    ours = t9[(t9["model"] == "CART") & (t9["d_model"] == 256) & (t9["n_loops"] == 4)].iloc[0]
+    assert ours["ppl_wikipedia_mean"] == pytest.approx(sum(S.s2_ppl(256, 4, s) for s in S.SEEDS) / 2, rel=1e-6)
+    assert ours["n_seeds"] == 2 and pd.isna(ours["paper_ppl_wikipedia"])
+    paper = t9[(t9["model"] == "CART") & (t9["d_model"] == 1024) & (t9["n_loops"] == 6)].iloc[0]
+    assert paper["paper_ppl_wikipedia"] == 20.35 and pd.isna(paper["ppl_wikipedia_mean"])
+    failed = t9[(t9["model"] == "CART") & (t9["d_model"] == 128) & (t9["n_loops"] == 4)].iloc[0]
+    assert failed["n_seeds"] == 1 and failed["n_expected"] == 2
+    md = (out / "tables" / "table09_stage2_ppl.md").read_text()
+    assert "| 1/2 |" in md and "20.35" in md
+    # Table 6: the paper's gain is derived from its per-R values; ours from ours
+    t6 = _csv(out, "table06_r_benefit_stage1")
+    p1024 = t6[(t6["d_model"] == 1024) & (t6["source"] == "paper")].iloc[0]
+    assert p1024["gain_pct"] == pytest.approx(100 * (103.1 - 97.73) / 103.1)
+    # Table 11b: the power law recovers the synthetic exponents
+    fit = _csv(out, "table11b_power_law").set_index(["stage", "source"])
+    assert fit.loc[("stage1", "ours"), "exponent"] == pytest.approx(S.S1_EXPONENT, abs=1e-6)
+    assert fit.loc[("stage2", "ours"), "exponent"] == pytest.approx(S.S2_EXPONENT, abs=2e-3)
+    # Spearman between the stages: 3 widths x 2 R at P=2, plus the all-widths row
+    sp = _csv(out, "table11c_spearman").set_index("scope")
+    assert list(sp.index) == ["d=64", "d=128", "d=256", "all widths"] and sp.loc["all widths", "n"] == 6
+    assert sp.loc["d=64", "rho"] == pytest.approx(-1.0)  # Stage 1 prefers R=4 at d=64, Stage 2 R=2
+    # Table 8: rho^R from the seed-mean rho
+    t8 = _csv(out, "table08_spectral_radius")
+    r = t8[(t8["d_model"] == 256) & (t8["n_loops"] == 4)].iloc[0]
+    assert r["rho_pow_R"] == pytest.approx(r["rho_mean"] ** 4)
+    # Table 10 and the ablations: deltas in %
+    t10 = _csv(out, "table10_dense_vs_cart")
+    assert t10.loc[t10["row"] == "Δ Dense 3L vs CART", "ppl_wikipedia"].iloc[0] == pytest.approx(-2.0, abs=1e-6)
+    ab = _csv(out, "table15_ablation").set_index("variant")
+    assert ab.loc["X", "delta_wikipedia_pct"] == pytest.approx(1.0, abs=1e-6)
+    assert ab.loc["LIE", "status"] == "missing"
+    # Tables 13/14: accuracies shown in %, paper matched on d and on shots
+    t13 = _csv(out, "table13_benchmarks_0shot")
+    hs = t13[(t13["task"] == "hellaswag") & (t13["metric"] == "acc") & (t13["d_model"] == 256)].iloc[0]
+    assert hs["display_value"] == pytest.approx(100 * (0.25 + 256 / 1e4)) and hs["paper_value"] == 26.49
+    t14 = _csv(out, "table14_benchmarks_fewshot")
+    assert set(t14["num_fewshot"]) == {0, 5}
+    lam = t14[(t14["task"] == "lambada_openai") & (t14["metric"] == "acc") & (t14["num_fewshot"] == 5)].iloc[0]
+    assert lam["paper_value"] == 15.25
+    t12 = (out / "tables" / "table12_variable_r.md").read_text()
+    assert "4 (train)" in t12 and "| 1 |" in t12
+
+
+def test_report_lists_missing_failed_and_stale_runs(report):
+    _, out, _ = report
+    st = _csv(out, "table00_status").set_index("group")
+    assert st.loc["stage2", "failed"] == 1 and st.loc["stage2", "missing"] == 1
+    assert st.loc["stage1", "incomplete"] == 1 and st.loc["stage1", "not_in_grid"] == 1
+    bad = _csv(out, "table00_incomplete_runs").set_index("run_id")
+    assert set(bad.index) == {S.FAILED, S.INCOMPLETE, S.MISSING, S.STALE, "ablation/LIE"}
+    assert "non-finite" in bad.loc[S.FAILED, "failure"]
+    t1 = (out / "tables" / "table01_params.md").read_text()
+    assert "d32" not in t1 and "| 32 |" not in t1  # the stale run is in no table
+
+
+def test_report_is_byte_identical_for_the_same_store(report, tmp_path):
+    db, first, _ = report
+    second = tmp_path / "again"
+    shutil.copytree(first, second)
+    (second / "tables" / "stale.csv").write_text("from an older report")
+    (second / "REPORT.md").write_text("old")
+    build_report(db, ReportSettings(out_dir=str(second), dpi=DPI))  # over the old one: replaced whole
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for f in files:
+        assert (first / f).read_bytes() == (second / f).read_bytes(), f
+    assert not (second / "tables" / "stale.csv").exists()
+
+
+def test_report_on_a_store_with_no_results(tmp_path):
+    params = S.make_project(tmp_path / "src", eval_source=None)
+    db = tmp_path / "results.db"
+    R.build_store(db, tmp_path / "nothing", R.plan_from_params(load_params(params)))
+    out = tmp_path / "reports"
+    counts = build_report(db, ReportSettings(out_dir=str(out), dpi=DPI))
+    text = (out / "REPORT.md").read_text()
+    assert "No complete run in the store yet" in text
+    assert counts["figures"] == 0 and text.count("**Not drawn:**") == len(FIGURES)
+    assert "eval/variable_r.tsv absent" in text and "no complete Stage 1 run" in text
+    t9 = _csv(out, "table09_stage2_ppl")
+    assert (t9.loc[t9["in_ours"], "n_seeds"] == 0).all() and t9["paper_ppl_wikipedia"].notna().any()
+    md = (out / "tables" / "table09_stage2_ppl.md").read_text()
+    assert "missing" in md  # expected configs without results say so
+    st = _csv(out, "table00_status").set_index("group")
+    assert st.loc["stage2", "missing"] == st.loc["stage2", "expected"] == 12
+
+
+def test_builtin_benchmarks_are_labelled_as_a_smoke_set(report):
+    _, out, _ = report
+    md = (out / "tables" / "table12_variable_r.md").read_text()
+    assert "SMOKE SET" in md and "not benchmark results" in md and "[builtin SMOKE SET]" in md
+    data = _csv(out, "table12_variable_r")
+    assert (data["source"] == "builtin").all() and data["paper_value"].isna().all()  # never beside the paper
+    md13 = (out / "tables" / "table13_benchmarks_0shot.md").read_text()
+    assert "SMOKE SET" not in md13 and "[local]" in md13  # real (local) benchmark files are not labelled so
+    assert "SMOKE SET" in (out / "REPORT.md").read_text()
+
+
+def test_our_paper_sized_config_matches_the_papers_parameter_count(tmp_path):
+    """A Stage 2 run at the paper's d=1024, P=6, R=6 (Llama-2 vocabulary) lands on its Table 1 row."""
+    model = CARTConfig(vocab_size=32_000, d_model=1024, head_dim=64, ffn_multiple=256, n_prelude=6, n_loops=6)
+    S.write_run(tmp_path, "stage2", "d1024-R6-s42", model, 42, 20.5)
+    # no params grid here, an incomplete run and a run whose config is unreadable: still rendered
+    S.write_run(tmp_path, "stage2", "d1024-R8-s42", model.replace(n_loops=8), 42, None, status=None, steps_done=10)
+    (tmp_path / "runs" / "dense" / "L7-s42").mkdir(parents=True)
+    (tmp_path / "runs" / "dense" / "L7-s42" / "config.json").write_text("{broken")
+    db = tmp_path / "r.db"
+    R.build_store(db, tmp_path)
+    out = tmp_path / "reports"
+    build_report(db, ReportSettings(out_dir=str(out), dpi=DPI))
+    t1 = _csv(out, "table01_params")
+    row = t1[(t1["d_model"] == 1024) & (t1["n_prelude"] == 6) & (t1["n_loops"] == 6)].iloc[0]
+    assert row["stored_params"] / 1e6 == pytest.approx(row["paper_stored_M"], abs=0.1)
+    assert row["effective_params"] / 1e6 == pytest.approx(row["paper_effective_M"], abs=0.1)
+    t9 = _csv(out, "table09_stage2_ppl")
+    row = t9[(t9["model"] == "CART") & (t9["d_model"] == 1024) & (t9["n_loops"] == 6)].iloc[0]
+    assert row["ppl_wikipedia_mean"] == pytest.approx(20.5) and row["paper_ppl_wikipedia"] == 20.35
+    bad = _csv(out, "table00_incomplete_runs").set_index("run_id")
+    assert bad.loc["stage2/d1024-R8-s42", "status"] == "incomplete"
+    assert bad.loc["dense/L7-s42", "status"] == "incomplete"
+    assert "unreadable JSON" in (out / "REPORT.md").read_text()
+
+
+def test_report_refuses_to_replace_a_foreign_folder(report, tmp_path):
+    db, _, _ = report
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing"):
+        build_report(db, ReportSettings(out_dir=str(foreign)))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError):
+        ReportSettings(out_dir=".")
+
+
+def test_pipeline_report_rejects_bad_params_and_a_missing_store(report, tmp_path):
+    db, _, counts = report
+    assert counts["figures"] == len(FIGURES)  # the fixture ran `python -m pipeline.report`'s main
+    from pipeline.report import main
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"report": {"out_dir": str(tmp_path / "out"), "typo": 1}}))
+    with pytest.raises(ValueError, match="typo"):
+        main(["--db", str(db), "--params", str(params)])
+    params.write_text(yaml.safe_dump({"report": {"out_dir": str(tmp_path / "out"), "dpi": DPI}}))
+    with pytest.raises(FileNotFoundError):
+        main(["--db", str(tmp_path / "absent.db"), "--params", str(params)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_paper_constants_are_self_consistent():
+    """The paper's own numbers agree where two tables print the same quantity."""
+    for (d, p, r), (_, eff, _) in PAPER["params"].items():
+        if (d, p, r) in PAPER["throughput"]:
+            assert PAPER["throughput"][(d, p, r)][0] == eff
+    for d, by_r in PAPER["stage2_r"].items():
+        assert PAPER["stage2_ppl"][(d, 6, 6)][1] == pytest.approx(by_r[6], abs=0.006)
+    for d, (p, r, wiki, *_rest) in PAPER["stage1_best"].items():
+        assert PAPER["stage1_r"][d][r] == pytest.approx(wiki, abs=0.051)
+    assert PAPER["benchmarks_fewshot"][0][0] == PAPER["variable_r"][6][0]

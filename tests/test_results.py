@@ -1,0 +1,442 @@
+"""The results store and the per-group summaries, on a synthetic project written in the training
+and evaluation stages' file formats: every status (complete, failed, incomplete, missing, stale)
+is represented, the statistics are scipy's, and metrics/stage2.json picks the right runs."""
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from cart.accounting import count_params, forward_flops
+from cart.config import CARTConfig, DenseConfig
+from cart.params import load_params
+from cart import results as R
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
+VOCAB = 256
+RUN = {"steps": 40, "seq_len": 32, "micro_batch": 2, "grad_accum": 2, "eval_every": 20}
+
+# The synthetic grid (also written to the test's params.yaml).
+S1_D, S1_P, S1_R = [64, 128, 256], [1, 2], [2, 4]
+S2_D, S2_R, SEEDS = [64, 128, 256], [2, 4], [42, 43]
+DENSE_D, DENSE_L = 256, [3, 5]
+ABL_BASE = {"d_model": 256, "n_prelude": 2, "n_loops": 4}
+ABL_VARIANTS = {"X": {"unfreeze_kv": True}, "Y": {"n_loops": 1}, "P4": {"n_prelude": 1, "n_loops": 2},
+                "LIE": {"disable_lie": True}}  # LIE is never written: a missing run
+
+# Known truths the tests check against.
+S1_EXPONENT, S2_EXPONENT = 0.3, 0.5
+FAILED = "stage2/d128-R4-s42"
+INCOMPLETE = "stage1/d256-P1-R2"
+MISSING = "stage2/d128-R2-s43"
+STALE = "stage1/d32-P1-R2"  # on disk, not in the grid
+
+
+def s1_ppl(d, p, r):
+    """Best at P=2, R=4 for every d; exact power law there."""
+    return 1000.0 * d ** -S1_EXPONENT * (1.0 + 0.02 * (2 - p) + 0.01 * (4 - r) / 2)
+
+
+def s2_ppl(d, r, seed):
+    """Best R is 2 at d=64 and 4 above; seed factors average to 1 over seeds 42 and 43."""
+    best_r = 2 if d == 64 else 4
+    return 500.0 * d ** -S2_EXPONENT * (1.0 if r == best_r else 1.05) * (1.0 + 0.002 * (seed - 42.5))
+
+
+DOMAIN_SCALE = {"tinystories": 0.1, "wikipedia": 1.0, "fineweb_edu": 1.1}
+
+
+def params_dict() -> dict:
+    p = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    p["stage1"]["grid"] = {"d_model": S1_D, "n_prelude": S1_P, "n_loops": S1_R}
+    p["stage1"]["run"] = dict(RUN)
+    p["stage2"]["grid"] = {"d_model": S2_D, "n_loops": S2_R, "seed": SEEDS}
+    p["stage2"]["n_prelude"] = 2
+    p["stage2"]["run"] = dict(RUN)
+    p["dense"] = {"d_model": DENSE_D, "grid": {"n_layers": DENSE_L, "seed": SEEDS}}
+    p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "variants": copy.deepcopy(ABL_VARIANTS)}
+    p["model"]["head_dim"] = 32
+    p["train"]["warmup_steps"] = 2
+    return p
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _tsv(path: Path, columns, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["\t".join(columns)] + ["\t".join(_fmt(r.get(c)) for c in columns) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_run(root: Path, group: str, name: str, model, seed: int, final_wiki: float | None, *,
+              status: str | None = "complete", steps_done: int | None = None, variant=None,
+              rho_final: float = 0.8) -> None:
+    """One run in the training stage's formats; status None = no summary.json (incomplete)."""
+    run_dir, plots = root / "runs" / group / name, root / "plots" / group / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"run_id": f"{group}/{name}", "group": group, "name": name, "seed": seed, "variant": variant,
+           "model": model.to_dict(), "run": dict(RUN), "train": {"lr": 6e-4}, "tokenizer": {"vocab_size": VOCAB}}
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    is_cart = model.arch == "cart"
+    steps_done = RUN["steps"] if steps_done is None else steps_done
+    tps = RUN["seq_len"] * RUN["micro_batch"] * RUN["grad_accum"]
+    train = []
+    for step in range(5, steps_done + 1, 5):
+        frac = step / RUN["steps"]
+        train.append({"step": step, "tokens": step * tps, "loss": 6.0 - 2.0 * frac, "lr": 6e-4 * (1 - 0.9 * frac),
+                      "grad_norm": 1.0, "spectral_radius": (0.9 - (0.9 - rho_final) * frac) if is_cart else None,
+                      "tokens_per_s": 1000.0 + model.d_model, "mfu": None})
+    _tsv(plots / "train.tsv", R.TRAIN_LOG_COLUMNS, train)
+    evals = []
+    for step in range(RUN["eval_every"], steps_done + 1, RUN["eval_every"]):
+        for dom in DOMAINS:
+            ppl = (final_wiki or 100.0) * DOMAIN_SCALE[dom] * (1 + 0.5 * (1 - step / RUN["steps"]))
+            evals.append({"step": step, "domain": dom, "loss": float(np.log(ppl)), "ppl": ppl, "bpb": np.log2(ppl) / 4})
+    _tsv(plots / "eval.tsv", R.EVAL_LOG_COLUMNS, evals)
+    if status is None:
+        return
+    final = None
+    if status == "complete":
+        final = {}
+        for dom in DOMAINS:
+            ppl = final_wiki * DOMAIN_SCALE[dom]
+            final[dom] = {"loss": float(np.log(ppl)), "ppl": ppl, "bpb": float(np.log2(ppl) / 4)}
+    summary = {"status": status, "failure": None if status == "complete" else f"{group}/{name}: non-finite loss",
+               "steps": RUN["steps"] if status == "complete" else None, "tokens": steps_done * tps,
+               "wall_s": 10.0, "tokens_per_s": 1000.0 + model.d_model, "mfu": None, "peak_flops": None,
+               "device": "cpu (test)", "torch": "2.x", "git_commit": "abc123", "params": count_params(model),
+               "flops_per_seq": forward_flops(model, RUN["seq_len"]),
+               "spectral_radius": rho_final if is_cart else None,
+               "final_train_loss": 4.0 if status == "complete" else None, "final_eval": final}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def cart(d, p, r, **flags) -> CARTConfig:
+    return CARTConfig(vocab_size=VOCAB, d_model=d, head_dim=32, ffn_multiple=64, n_prelude=p, n_loops=r, **flags)
+
+
+def write_eval(root: Path, source: str = "local", vr_source: str | None = None) -> None:
+    """eval/benchmarks.tsv from `source`, eval/variable_r.tsv from vr_source (default: the same)."""
+    vr_source = vr_source or source
+    cols = R.EVAL_RESULT_COLUMNS
+    rows = []
+    best = {64: "stage2/d64-R2-s42", 128: "stage2/d128-R4-s43", 256: "stage2/d256-R4-s42"}
+    for d, rid in best.items():
+        r = int(rid.split("-R")[1].split("-")[0])
+        for shots in ([0, 5] if d == 256 else [0]):
+            for task, metric, v in (("hellaswag", "acc", 0.25 + d / 1e4), ("hellaswag", "acc_norm", 0.26),
+                                    ("lambada_openai", "acc", 0.05 + d / 1e4 - 0.01 * shots),
+                                    ("lambada_openai", "perplexity", 3000.0 / d), ("piqa", "acc", 0.5 + d / 1e4)):
+                rows.append({"experiment": "benchmarks", "run_id": rid, "n_loops": r, "num_fewshot": shots,
+                             "task": task, "metric": metric, "value": v, "stderr": 0.01, "source": source})
+    _tsv(root / "eval" / "benchmarks.tsv", cols, rows)
+    rows = []
+    for n in (1, 2, 4, 6):
+        for task, metric, v in (("hellaswag", "acc", 0.25 + 0.01 * (n == 4)), ("lambada_openai", "perplexity",
+                                                                                100.0 * (1 + abs(n - 4)))):
+            rows.append({"experiment": "variable_r", "run_id": "stage2/d256-R4-s42", "n_loops": n, "num_fewshot": 0,
+                         "task": task, "metric": metric, "value": v, "stderr": None, "source": vr_source})
+        rows.append({"experiment": "variable_r", "run_id": "stage2/d256-R4-s42", "n_loops": n, "num_fewshot": None,
+                     "task": "ppl:wikipedia", "metric": "ppl", "value": 20.0 + abs(n - 4), "stderr": None,
+                     "source": "builtin"})
+    _tsv(root / "eval" / "variable_r.tsv", cols, rows)
+
+
+def make_project(root: Path, eval_source: str | None = "local", vr_source: str | None = None) -> Path:
+    """The whole synthetic project under root; returns the params.yaml path."""
+    for d in S1_D:
+        for p in S1_P:
+            for r in S1_R:
+                rid = f"stage1/d{d}-P{p}-R{r}"
+                write_run(root, "stage1", f"d{d}-P{p}-R{r}", cart(d, p, r), 42, s1_ppl(d, p, r),
+                          status=None if rid == INCOMPLETE else "complete",
+                          steps_done=15 if rid == INCOMPLETE else None, rho_final=0.89 + d / 1e5)
+    write_run(root, "stage1", "d32-P1-R2", cart(32, 1, 2), 42, 999.0)  # stale
+    for d in S2_D:
+        for r in S2_R:
+            for s in SEEDS:
+                rid = f"stage2/d{d}-R{r}-s{s}"
+                if rid == MISSING:
+                    continue
+                write_run(root, "stage2", f"d{d}-R{r}-s{s}", cart(d, 2, r), s, s2_ppl(d, r, s),
+                          status="failed" if rid == FAILED else "complete",
+                          steps_done=20 if rid == FAILED else None, rho_final=0.78 + d / 1e4 + r / 1e3)
+    cart_ref = np.mean([s2_ppl(DENSE_D, 4, s) for s in SEEDS])
+    for L in DENSE_L:
+        for s in SEEDS:
+            model = DenseConfig(vocab_size=VOCAB, d_model=DENSE_D, head_dim=32, ffn_multiple=64, n_layers=L)
+            write_run(root, "dense", f"L{L}-s{s}", model, s, cart_ref * (0.98 if L == 3 else 0.95))
+    base = s2_ppl(256, 4, 42)
+    for name, factor in (("X", 1.01), ("Y", 1.03), ("P4", 1.10)):
+        fields = ABL_BASE | ABL_VARIANTS[name]
+        model = cart(fields["d_model"], fields["n_prelude"], fields["n_loops"],
+                     **{k: v for k, v in fields.items() if k not in ("d_model", "n_prelude", "n_loops")})
+        write_run(root, "ablation", name, model, 42, base * factor, variant=name)
+    if eval_source:
+        write_eval(root, eval_source, vr_source)
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(params_dict(), sort_keys=False))
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    params = make_project(root)
+    db = root / "results" / "results.db"
+    counts = R.build_store(db, root, R.plan_from_params(load_params(params)))
+    return root, params, db, counts
+
+
+def runs_by_id(db) -> dict:
+    con = R.connect(db)
+    df = R.load_runs(con, current=False)
+    con.close()
+    return {r["run_id"]: r for _, r in df.iterrows()}
+
+
+# ---- the store -----------------------------------------------------------------------------------
+def test_store_has_every_run_with_its_status(project):
+    root, _, db, counts = project
+    runs = runs_by_id(db)
+    n_expected = len(S1_D) * len(S1_P) * len(S1_R) + len(S2_D) * len(S2_R) * len(SEEDS) + len(DENSE_L) * len(SEEDS) \
+        + len(ABL_VARIANTS)
+    assert len(runs) == n_expected + 1  # + the stale directory
+    assert counts["failed"] == 1 and counts["missing"] == 2 and counts["incomplete"] == 1
+    f = runs[FAILED]
+    assert f["status"] == "failed" and "non-finite" in f["failure"] and f["last_logged_step"] == 20
+    assert np.isnan(f["ppl_wikipedia"])
+    inc = runs[INCOMPLETE]
+    assert inc["status"] == "incomplete" and inc["last_logged_step"] == 15 and inc["stored_params"] > 0
+    m = runs[MISSING]
+    assert m["status"] == "missing" and m["d_model"] == 128 and m["n_loops"] == 2 and m["seed"] == 43
+    assert m["n_prelude"] == 2  # from the params grid, though the run never started
+    assert runs["ablation/LIE"]["status"] == "missing" and runs["ablation/LIE"]["disable_lie"] == 1
+    assert runs[STALE]["in_grid"] == 0 and all(r["in_grid"] == 1 for k, r in runs.items() if k != STALE)
+
+
+def test_store_columns_come_from_accounting_and_summaries(project):
+    _, _, db, _ = project
+    runs = runs_by_id(db)
+    r = runs["stage2/d256-R4-s43"]
+    model = cart(256, 2, 4)
+    assert r["stored_params"] == count_params(model)["stored"]
+    assert r["effective_params"] == count_params(model)["effective"]
+    assert r["flops_per_seq"] == forward_flops(model, RUN["seq_len"])
+    dense_layer = DenseConfig(vocab_size=VOCAB, d_model=256, head_dim=32, ffn_multiple=64, n_layers=1)
+    assert r["dense_layer_flops_per_seq"] == forward_flops(dense_layer, RUN["seq_len"])
+    assert r["ppl_wikipedia"] == pytest.approx(s2_ppl(256, 4, 43), rel=1e-12)
+    assert r["planned_tokens"] == RUN["steps"] * RUN["seq_len"] * RUN["micro_batch"] * RUN["grad_accum"]
+    d = runs["dense/L3-s42"]
+    assert d["arch"] == "dense" and d["n_layers"] == 3 and pd.isna(d["n_loops"]) and np.isnan(d["spectral_radius"])
+    x = runs["ablation/X"]
+    assert x["variant"] == "X" and x["unfreeze_kv"] == 1 and x["d_model"] == 256
+    con = R.connect(db)
+    cfg = json.loads(con.execute("SELECT config_json FROM runs WHERE run_id='ablation/X'").fetchone()[0])
+    assert cfg["model"]["unfreeze_kv"] is True
+    tl = R.load_train_log(con, [FAILED])
+    assert list(tl["step"]) == [5, 10, 15, 20] and tl["spectral_radius"].notna().all()
+    dl = R.load_train_log(con, ["dense/L3-s42"])
+    assert dl["spectral_radius"].isna().all() and len(dl) == RUN["steps"] // 5
+    el = R.load_eval_log(con, ["stage2/d64-R2-s42"])
+    assert len(el) == 2 * len(DOMAINS) and set(el["domain"]) == set(DOMAINS)
+    ev = R.load_eval_results(con)
+    assert set(ev["file"]) == {"benchmarks", "variable_r"} and len(ev) > 0
+    con.close()
+
+
+def test_store_schema(project):
+    _, _, db, _ = project
+    con = sqlite3.connect(db)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"meta", "runs", "train_log", "eval_log", "eval_results", "issues"}
+    cols = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
+    for c in ("run_id", "group", "name", "arch", "d_model", "n_prelude", "n_loops", "n_layers", "seed", "variant",
+              "unfreeze_kv", "status", "failure", "steps", "tokens", "wall_s", "tokens_per_s", "mfu", "device",
+              "git_commit", "stored_params", "effective_params", "flops_per_seq", "spectral_radius",
+              "final_train_loss", "ppl_wikipedia", "bpb_fineweb_edu", "loss_tinystories", "config_json"):
+        assert c in cols
+    con.close()
+
+
+def test_store_write_is_atomic(tmp_path, monkeypatch):
+    root = tmp_path
+    make_project(root, eval_source=None)
+    db = root / "r.db"
+    R.build_store(db, root)
+    before = db.read_bytes()
+
+    def boom(*a, **k):
+        raise RuntimeError("killed mid-build")
+    monkeypatch.setattr(R, "populate", boom)
+    with pytest.raises(RuntimeError):
+        R.build_store(db, root)
+    assert db.read_bytes() == before
+    assert [p.name for p in root.iterdir() if p.name.startswith(".r.db")] == []
+
+
+def test_store_records_unreadable_files_instead_of_crashing(tmp_path):
+    make_project(tmp_path, eval_source=None)
+    (tmp_path / "runs/stage2/d64-R2-s42/summary.json").write_text("{not json")
+    (tmp_path / "plots/stage2/d64-R4-s42/train.tsv").write_text("step\tloss\n5\t3.0\n10\tnan-ish\n")
+    (tmp_path / "eval").mkdir(exist_ok=True)
+    (tmp_path / "eval/benchmarks.tsv").write_text("garbage\n")
+    con = R.memory_store(tmp_path, None, eval_dir="eval")
+    runs = R.load_runs(con).set_index("run_id")
+    assert runs.loc["stage2/d64-R2-s42", "status"] == "incomplete"
+    assert pd.isna(runs.loc["stage2/d64-R2-s42", "in_grid"])  # no plan: no grid
+    tl = R.load_train_log(con, ["stage2/d64-R4-s42"])
+    assert list(tl["loss"].isna()) == [False, True] and tl["tokens"].isna().all()
+    issues = R.load_issues(con)
+    assert any("unreadable JSON" in m for m in issues["message"])
+    assert any("missing column" in m for m in issues["message"])
+    con.close()
+
+
+def test_empty_project_builds_an_empty_store(tmp_path):
+    params = make_project(tmp_path / "src", eval_source=None)
+    plan = R.plan_from_params(load_params(params))
+    con = R.memory_store(tmp_path / "empty", plan)
+    runs = R.load_runs(con)
+    assert len(runs) == len(plan.expected) and set(runs["status"]) == {"missing"}
+    for g in R.GROUPS:
+        s = R.summarize_group(con, g)
+        assert s["runs"]["n_complete"] == 0 and len(s["runs"]["missing"]) == s["runs"]["n_expected"]
+    con.close()
+
+
+# ---- statistics --------------------------------------------------------------------------------------
+def test_power_law_fit_recovers_known_exponent():
+    d = np.array([256, 512, 768, 1024], dtype=float)
+    fit = R.power_law_fit(d, 3000.0 * d ** -0.62)
+    assert fit["exponent"] == pytest.approx(0.62, abs=1e-12) and fit["r2"] == pytest.approx(1.0)
+    assert fit["prefactor"] == pytest.approx(3000.0, rel=1e-9)
+    rng = np.random.default_rng(0)
+    d = np.geomspace(64, 4096, 12)
+    noisy = 500 * d ** -0.35 * np.exp(rng.normal(0, 0.01, d.size))
+    fit = R.power_law_fit(d, noisy)
+    assert fit["exponent"] == pytest.approx(0.35, abs=0.02) and 0.95 < fit["r2"] < 1.0
+    segs = R.segment_exponents([512, 256, 1024], [2 ** -0.5 * 10, 10, 2 ** -1.0 * 10])
+    assert [s["to"] for s in segs] == [512, 1024]
+    assert [s["exponent"] for s in segs] == pytest.approx([0.5, 0.5])
+    assert R.power_law_fit([256], [10.0]) is None
+
+
+def test_spearman_matches_scipy():
+    a, b = [1, 2, 3, 4], [1, 3, 2, 4]
+    got = R.spearman(a, b)
+    ref = stats.spearmanr(a, b)
+    assert got["rho"] == pytest.approx(0.8) and got["rho"] == pytest.approx(ref.statistic)
+    assert got["p"] == pytest.approx(ref.pvalue) and got["n"] == 4
+    assert R.spearman([10, 20, 30], [3, 2, 1])["rho"] == pytest.approx(-1.0)
+    assert R.spearman([1.0, np.nan, 3.0], [2.0, 5.0, 4.0])["n"] == 2
+    assert R.spearman([1], [1])["rho"] is None
+    assert R.spearman([1, 1, 1], [1, 2, 3])["rho"] is None  # constant ranking
+
+
+def test_seed_stats_and_rho_pow_r(project):
+    _, _, db, _ = project
+    con = R.connect(db)
+    cfg = R.stage2_configs(con).set_index(["d_model", "n_loops"])
+    row = cfg.loc[(256, 4)]
+    vals = [s2_ppl(256, 4, s) for s in SEEDS]
+    assert row["n_seeds"] == 2 and row["ppl_wikipedia_mean"] == pytest.approx(np.mean(vals))
+    assert row["ppl_wikipedia_std"] == pytest.approx(np.std(vals, ddof=1))
+    assert row["rho_pow_R"] == pytest.approx(row["spectral_radius_mean"] ** 4)
+    assert cfg.loc[(128, 4), "n_seeds"] == 1 and cfg.loc[(128, 4), "n_expected"] == 2  # one failed
+    assert cfg.loc[(128, 2), "n_seeds"] == 1 and cfg.loc[(128, 2), "n_expected"] == 2  # one missing
+    assert np.isnan(cfg.loc[(128, 4), "ppl_wikipedia_std"])
+    con.close()
+
+
+# ---- summaries -------------------------------------------------------------------------------------------
+def run_summarize(root, params, group) -> dict:
+    from pipeline.summarize import main
+    main([group, "--root", str(root), "--params", str(params)])
+    return json.loads((root / "metrics" / f"{group}.json").read_text())
+
+
+def test_summarize_stage2_best_per_d_picks_the_right_runs(project):
+    root, params, _, _ = project
+    s = run_summarize(root, params, "stage2")
+    assert {d: (v["n_loops"], v["run_id"]) for d, v in s["best_per_d"].items()} == {
+        "64": (2, "stage2/d64-R2-s42"),
+        "128": (4, "stage2/d128-R4-s43"),  # s42 failed: the lowest complete seed
+        "256": (4, "stage2/d256-R4-s42")}
+    assert s["best_run_id"] == "stage2/d256-R4-s42" and s["best"]["is_largest_grid_d"] is True
+    assert s["runs"]["failed"] == [FAILED] and s["runs"]["missing"] == [MISSING]
+    assert s["runs"]["n_expected"] == 12 and s["runs"]["n_complete"] == 10
+    c = s["configs"]["d256-R4"]
+    want = np.mean([s2_ppl(256, 4, x) for x in SEEDS])
+    assert c["n_seeds"] == 2 and c["ppl_wikipedia"]["mean"] == pytest.approx(want, rel=1e-5)
+    assert c["bpb_wikipedia"]["mean"] > 0 and 0 < c["rho_pow_R"] < 1
+    assert s["power_law"]["fit"]["exponent"] == pytest.approx(S2_EXPONENT, abs=2e-3)
+    text = (root / "metrics" / "stage2.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_summarize_stage1_ranking_and_fit(project):
+    root, params, _, _ = project
+    s = run_summarize(root, params, "stage1")
+    assert {d: (v["n_prelude"], v["n_loops"]) for d, v in s["best_per_d"].items()} == {
+        "64": (2, 4), "128": (2, 4), "256": (2, 4)}
+    ranks = sorted(s["ranking"].values(), key=lambda v: v["rank"])
+    assert [v["ppl_wikipedia"] for v in ranks] == sorted(v["ppl_wikipedia"] for v in ranks)
+    assert len(ranks) == 11 and "d32-P1-R2" not in s["ranking"]  # incomplete and stale runs are not ranked
+    assert s["power_law"]["fit"]["exponent"] == pytest.approx(S1_EXPONENT, abs=1e-4)
+    assert s["power_law"]["fit"]["r2"] == pytest.approx(1.0, abs=1e-9)
+    assert s["runs"]["incomplete"] == [INCOMPLETE] and s["runs"]["not_in_grid"] == [STALE]
+
+
+def test_summarize_dense_and_ablation_deltas(project):
+    root, params, _, _ = project
+    d = run_summarize(root, params, "dense")
+    assert d["cart_reference"]["run_id"] == "stage2/d256-R4-s42" and d["cart_reference"]["n_loops"] == 4
+    assert d["configs"]["L3"]["delta_vs_cart_pct"]["wikipedia"] == pytest.approx(-2.0, abs=1e-3)
+    assert d["configs"]["L5"]["delta_vs_cart_pct"]["tinystories"] == pytest.approx(-5.0, abs=1e-3)
+    a = run_summarize(root, params, "ablation")
+    assert a["base"]["run_id"] == "stage2/d256-R4-s42" and a["base"]["status"] == "complete"
+    v = a["variants"]
+    assert v["X"]["delta_pct"]["wikipedia"] == pytest.approx(1.0, abs=1e-3)
+    assert v["Y"]["delta_pct"]["fineweb_edu"] == pytest.approx(3.0, abs=1e-3) and v["Y"]["changes"] == "n_loops=1"
+    # P4 (P=1, R=2) is also compared with the same-seed Stage 2 run at its own R
+    assert v["P4"]["matched_baseline"]["run_id"] == "stage2/d256-R2-s42"
+    want = 100 * (s2_ppl(256, 4, 42) * 1.10 / s2_ppl(256, 2, 42) - 1)
+    assert v["P4"]["matched_baseline"]["delta_pct"]["wikipedia"] == pytest.approx(want, abs=1e-3)
+    assert v["LIE"]["status"] == "missing" and v["LIE"]["delta_pct"]["wikipedia"] is None
+    assert a["runs"]["missing"] == ["ablation/LIE"]
+
+
+def test_summarize_says_what_is_missing_when_stage2_is_absent(tmp_path):
+    params = make_project(tmp_path / "src", eval_source=None)
+    root = tmp_path / "only_dense"
+    for top in ("runs", "plots"):
+        (root / top).mkdir(parents=True)
+        import shutil
+        shutil.copytree(tmp_path / "src" / top / "dense", root / top / "dense")
+    d = run_summarize(root, params, "dense")
+    assert d["cart_reference"] is None and "no complete Stage 2" in d["cart_reference_note"]
+    assert d["configs"]["L3"]["delta_vs_cart_pct"]["wikipedia"] is None
+    assert len(d["stage2_runs"]["missing"]) == 12
+    s = run_summarize(root, params, "stage2")
+    assert s["best_per_d"] == {} and s["best_run_id"] is None
+
+
+def test_pipeline_results_cli(tmp_path, capsys):
+    params = make_project(tmp_path)
+    from pipeline.results import main
+    c = main(["--root", str(tmp_path), "--params", str(params)])
+    assert (tmp_path / "results" / "results.db").is_file() and c["failed"] == 1
+    assert "results:" in capsys.readouterr().out
