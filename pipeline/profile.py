@@ -10,9 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from cart.corpus import corpus_params
+from cart.data import bins_params
 from cart.experiments import validate_profile
 from cart.io import atomic_write_text
-from cart.params import load_params
+from cart.params import build, load_params, section
+from cart.report import ReportSettings
+from cart.tokenizer import tokenizer_params
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -27,6 +31,17 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+def validate_all(params: dict) -> None:
+    """Every stage's params, checked the way the stage itself will check them."""
+    from pipeline.variable_r import load_settings as eval_settings  # benchmarks + variable_r
+    corpus_params(params)
+    tokenizer_params(params)
+    bins_params(params)
+    validate_profile(params)
+    eval_settings(params)
+    build(ReportSettings, section(params, "report"), "report")
+
+
 def apply_profile(name: str, params_path: Path) -> dict:
     overlay_path = CONFIGS / f"{name}.yaml"
     if not overlay_path.is_file():
@@ -38,7 +53,7 @@ def apply_profile(name: str, params_path: Path) -> dict:
     if unknown:
         raise ValueError(f"{overlay_path}: unknown top-level section(s) {unknown}; valid: {sorted(base)}")
     merged = merge(base, overlay)
-    validate_profile(merged)
+    validate_all(merged)
     return merged
 
 

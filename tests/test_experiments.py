@@ -45,6 +45,17 @@ def test_paper_profile_expands_to_the_papers_runs(tmp_path):
     assert resolve_run(merged, "stage1", "d256-P6-R6", 32_000).run.tokens_per_step == 16_384
 
 
+@pytest.mark.parametrize("overlays", [["local_data"], ["local_eval"], ["paper", "local_eval"]])
+def test_every_profile_validates(tmp_path, overlays):
+    from pipeline.profile import main, validate_all
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    validate_all(load_params(p))  # the default profile itself
+    for name in overlays:
+        main([name, "--params", str(p)])
+    assert yaml.safe_load(p.read_text())["profile"] == overlays[-1]
+
+
 def test_unknown_profile_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'papr'.*paper"):
         apply_profile("papr", ROOT / "params.yaml")
@@ -130,4 +141,5 @@ def test_profile_cli_writes_valid_params(tmp_path):
     main(["paper", "--params", str(p)])
     written = yaml.safe_load(p.read_text())
     assert written["profile"] == "paper" and written["stage2"]["run"]["steps"] == 30_500
-    assert written["corpus"] == DEFAULT["corpus"] or written["profile"] == "paper"
+    assert written["tokenizer"]["kind"] == "file" and written["benchmarks"]["num_fewshot"] == [0, 5]
+    assert written["report"] == DEFAULT["report"]  # sections the overlay leaves alone are kept
