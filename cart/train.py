@@ -25,7 +25,7 @@ from .accounting import count_params, forward_flops, mfu, peak_flops_for
 from .data import BatchReader, domains, read_meta, val_batches
 from .evaluate import bits_per_byte, eval_loss, perplexity
 from .experiments import RunSpec
-from .io import atomic_path, atomic_write_json, read_json, sha256_file
+from .io import atomic_path, atomic_write_json, read_json, require_free_space, sha256_file
 from .model import build_model
 from .step import lr_multiplier, make_loss_fn, make_optimizer, resolve_device, resolve_dtype, train_step
 from .tokenizer import tokenizer_info
@@ -195,6 +195,8 @@ class Trainer:
             ckpt.write_run_config(paths.run_dir, self.run_config)
         self.dist.barrier()
 
+        # weights twice (latest checkpoint + the final copy) plus fp32 optimizer moments
+        require_free_space(paths.run_dir, 16 * self.counts["stored"], f"{spec.run_id} checkpoints")
         torch.manual_seed(spec.seed)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

@@ -9,25 +9,22 @@ the trained R marked), and prints the table in the paper's layout.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tqdm.auto import tqdm
 
-from tqdm.auto import tqdm  # noqa: E402
-
-from cart.io import atomic_path, atomic_write_json, read_json  # noqa: E402
-from cart.params import build, load_params, section  # noqa: E402
+from cart.io import atomic_path, atomic_write_json, read_json
+from cart.params import build, load_params, section
+# importing the benchmarks stage also switches lm-eval and datasets to offline
+from pipeline.benchmarks import STAGE2, TOKENIZER
+from pipeline.benchmarks import load_settings as benchmark_settings
 
 TSV = Path("eval/variable_r.tsv")
 FIGURE = Path("eval/variable_r.png")
 METRICS_JSON = Path("metrics/variable_r.json")
-STAGE2 = Path("metrics/stage2.json")
-TOKENIZER = Path("data/tokenizer")
 BINS = Path("data/bins")
 
 
@@ -54,8 +51,7 @@ class VariableRSettings:
 
 
 def load_settings(params: dict):
-    from pipeline.benchmarks import load_settings as bench
-    return bench(params), build(VariableRSettings, section(params, "variable_r"), "variable_r")
+    return benchmark_settings(params), build(VariableRSettings, section(params, "variable_r"), "variable_r")
 
 
 def _val_data():

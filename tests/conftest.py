@@ -33,6 +33,17 @@ def write_params(directory: Path, params: dict) -> None:
     (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: one intra-op thread is several times faster than spinning up
+    more, especially on a small, busy CPU. Restored after the module."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A directory holding data/{corpus,tokenizer,bins} built by the real data stages."""

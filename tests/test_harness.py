@@ -35,14 +35,7 @@ VOCAB = 512
 quiet_lm_eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: one intra-op thread is several times faster than spinning up more,
-    especially on a small, busy CPU. Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- helpers shared with tests/test_harness_pipeline.py -----------------------------------------

@@ -20,14 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: one intra-op thread is several times faster than spinning up more,
-    especially on a small, busy CPU. Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fake_repo(tmp_path: Path, num_fewshot=(0, 2), n_loops=(1, 2, 3), **bench) -> Path:
