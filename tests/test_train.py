@@ -158,3 +158,26 @@ def test_damaged_checkpoint_is_detected(tiny_project):
     wfile.write_bytes(wfile.read_bytes()[:-100])
     with pytest.raises(ValueError, match="do not match trainer_state"):
         Trainer(spec, paths, progress=False).run()
+
+
+def test_ddp_two_processes_match_one(tiny_data, tmp_path):
+    """train.nproc: 2 re-launches under torchrun (gloo on CPU); accumulation is split across ranks,
+    so the run sees the same batches per step and ends at (numerically) the same weights."""
+    import shutil
+    finals = {}
+    for nproc in (1, 2):
+        proj = tmp_path / f"nproc{nproc}"
+        proj.mkdir()
+        shutil.copytree(tiny_data / "data", proj / "data")
+        p = tiny_params()
+        p["train"]["nproc"] = nproc
+        write_params(proj, p)
+        proc = _run_cli(proj)
+        out = proc.stdout.read().decode()
+        assert proc.wait(timeout=600) == 0, out
+        assert out.count("complete | steps 12") == 1  # rank 0 alone reports
+        finals[nproc] = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
+        summary = json.loads((proj / "runs/stage2/d32-R2-s42" / SUMMARY).read_text())
+        assert summary["tokens"] == 12 * 2 * 2 * 32  # same tokens per step at any process count
+    for k in finals[1]:
+        assert torch.allclose(finals[1][k], finals[2][k], atol=1e-4), k
