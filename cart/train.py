@@ -244,7 +244,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_acc, n_acc, interval_tokens = torch.zeros((), device=self.device), 0, 0
         interval_t0 = time.perf_counter()
-        final_eval, last_loss = None, None
+        final_eval, last_loss, logged_once = None, None, False
+        self.steady_rates = []
         for step in range(start, r.steps):
             t0 = time.perf_counter()
             batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
@@ -276,6 +277,9 @@ class Trainer:
                 if not math.isfinite(last_loss):
                     raise NonFiniteError(f"{spec.run_id}: non-finite loss at step {done}; last good checkpoint kept")
                 tok_s = interval_tokens / elapsed
+                if logged_once:  # the first interval of a process includes compilation and warm-up
+                    self.steady_rates.append(tok_s)
+                logged_once = True
                 row = {"step": done, "tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
                        "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
                        "mfu": mfu(spec.model, tok_s, self.peak) if self.peak else None}
@@ -306,7 +310,9 @@ class Trainer:
         spec, paths = self.spec, self.paths
         if status == "complete":
             ckpt.save_weights(self.model, paths.run_dir / ckpt.WEIGHTS)
-        tok_s = self.tokens / self.train_time if self.train_time > 0 else None
+        # steady-state throughput: the median logged interval after warm-up, else the overall mean
+        rates = sorted(getattr(self, "steady_rates", []))
+        tok_s = rates[len(rates) // 2] if rates else (self.tokens / self.train_time if self.train_time > 0 else None)
         summary = {
             "status": status, "failure": failure, "steps": spec.run.steps if status == "complete" else None,
             "tokens": self.tokens, "wall_s": round(self.train_time, 3), "tokens_per_s": tok_s,

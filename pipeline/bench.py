@@ -9,6 +9,7 @@ training stage. Prints tokens/s, MFU in the paper's accounting (6 x effective pa
 peak), MFU counting the real FLOPs (attention and LM head included), peak memory, and CART/Dense.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -110,6 +111,8 @@ def main(argv=None) -> None:
     ap.add_argument("--compile", choices=["on", "off"], default="on")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of the first config")
+    ap.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
+                    help="force one scaled_dot_product_attention backend")
     ap.add_argument("--optimizer", choices=["adamw8bit", "adamw"], default=None,
                     help="default: train.optimizer from params.yaml's paper profile choice on GPU (adamw8bit)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,10 +132,14 @@ def main(argv=None) -> None:
     print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
           f"| optimizer {optimizer} | compile {args.compile}")
     rows = []
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION}
     for i, cfg in enumerate(configs):
         try:
-            row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
-                            args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0)
+            with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
+                row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
+                                args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0)
         except torch.OutOfMemoryError:
             row = {"model": _label(cfg), "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}", "oom": True}
             torch.cuda.empty_cache()

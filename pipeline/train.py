@@ -5,7 +5,6 @@ runs/<group>/<name>/ (checkpoints), plots/<group>/<name>/ (curves), metrics/<gro
 """
 import argparse
 import os
-import shutil
 import sys
 
 from cart.experiments import GROUPS, resolve_run
@@ -26,9 +25,9 @@ def main(argv=None) -> None:
     spec = resolve_run(load_params(args.params), args.group, args.name, vocab)
     if spec.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # one process per GPU under torchrun; every process re-reads params and joins DDP
-        torchrun = shutil.which("torchrun") or "torchrun"
-        os.execv(torchrun, [torchrun, "--standalone", f"--nproc_per_node={spec.train.nproc}",
-                            "-m", "pipeline.train", *(argv if argv is not None else sys.argv[1:])])
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={spec.train.nproc}", "-m", "pipeline.train",
+                                  *(argv if argv is not None else sys.argv[1:])])
     rank = int(os.environ.get("RANK", "0"))
     train_run(spec, paths, progress=not args.no_progress and rank == 0)
 
