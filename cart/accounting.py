@@ -8,7 +8,7 @@ MFU       = 6 * effective * tokens/s / peak (the paper's Table 4)
 """
 from __future__ import annotations
 
-from .config import CARTConfig, DenseConfig, ModelConfig
+from .config import DenseConfig, ModelConfig
 
 # Dense bf16 tensor-core peaks in FLOP/s, keyed by a substring of torch.cuda.get_device_name().
 PEAK_BF16_FLOPS = {

@@ -11,7 +11,6 @@ peak), MFU counting the real FLOPs (attention and LM head included), peak memory
 import argparse
 import contextlib
 import dataclasses
-import json
 import time
 
 import torch

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from cart.io import atomic_write_json, read_json  # noqa: E402
 from cart.params import build, load_params, section  # noqa: E402
+from pipeline._cli import run
 
 TSV = Path("eval/benchmarks.tsv")
 METRICS_JSON = Path("metrics/benchmarks.json")
@@ -136,8 +136,4 @@ def render_tables(stage2: dict, jobs, metrics: dict, tasks, source: str, limit: 
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"benchmarks: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(main, "benchmarks")

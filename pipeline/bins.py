@@ -8,6 +8,7 @@ import time
 
 from cart.data import bins_params, build_bins
 from cart.params import load_params
+from pipeline._cli import run
 
 
 def main(argv=None) -> dict:
@@ -28,4 +29,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "bins")

@@ -8,6 +8,7 @@ import time
 
 from cart.corpus import corpus_params, build_corpus
 from cart.params import load_params
+from pipeline._cli import run
 
 
 def main(argv=None) -> dict:
@@ -30,4 +31,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "corpus")

@@ -17,6 +17,7 @@ from cart.io import atomic_write_text
 from cart.params import build, load_params, section
 from cart.report import ReportSettings
 from cart.tokenizer import tokenizer_params
+from pipeline._cli import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -70,4 +71,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "profile")

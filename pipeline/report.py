@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cart.params import build, load_params, section
 from cart.report import ReportSettings, build_report
+from pipeline._cli import run
 
 DB = Path("results") / "results.db"
 
@@ -25,4 +26,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "report")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cart.params import load_params
 from cart.results import build_store, plan_from_params
+from pipeline._cli import run
 
 DB = Path("results") / "results.db"
 
@@ -30,4 +31,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "results")

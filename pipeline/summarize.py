@@ -12,6 +12,7 @@ from pathlib import Path
 from cart.io import atomic_write_json
 from cart.params import load_params
 from cart.results import GROUPS, memory_store, plan_from_params, summarize_group, summary_groups
+from pipeline._cli import run
 
 
 def main(argv=None) -> dict:
@@ -38,4 +39,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "summarize")

@@ -9,6 +9,7 @@ import time
 
 from cart.params import load_params
 from cart.tokenizer import build_tokenizer, tokenizer_params
+from pipeline._cli import run
 
 
 def main(argv=None) -> dict:
@@ -29,4 +30,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run(main, "tokenizer")

@@ -11,6 +11,7 @@ from cart.experiments import GROUPS, resolve_run
 from cart.params import load_params
 from cart.tokenizer import tokenizer_info
 from cart.train import RunPaths, train_run
+from pipeline._cli import run
 
 
 def main(argv=None) -> None:
@@ -33,4 +34,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from cart.train import NonFiniteError
+    run(main, "train", (NonFiniteError,))

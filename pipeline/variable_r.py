@@ -9,7 +9,6 @@ the trained R marked), and prints the table in the paper's layout.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cart.params import build, load_params, section
 # importing the benchmarks stage also switches lm-eval and datasets to offline
 from pipeline.benchmarks import STAGE2, TOKENIZER
 from pipeline.benchmarks import load_settings as benchmark_settings
+from pipeline._cli import run
 
 TSV = Path("eval/variable_r.tsv")
 FIGURE = Path("eval/variable_r.png")
@@ -190,8 +190,4 @@ def plot(rows: list[dict], trained_r: int, run_id: str, source: str, path: Path)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
-        print(f"variable_r: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run(main, "variable_r")

@@ -2,7 +2,6 @@
 resume and pipeline tests."""
 import copy
 import shutil
-import sys
 from pathlib import Path
 
 import pytest

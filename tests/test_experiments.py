@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cart import CARTConfig, DenseConfig
-from cart.experiments import resolve_run, run_names, validate_profile
+from cart.experiments import resolve_run, validate_profile
 from cart.params import load_params
 from pipeline.profile import apply_profile
 
