@@ -8,6 +8,7 @@ naming the step, keeps the last good checkpoint and records the failure.
 from __future__ import annotations
 
 import csv
+import hashlib
 import dataclasses
 import math
 import signal
@@ -111,6 +112,7 @@ class Trainer:
         self.run_config = spec.to_dict() | {
             "tokenizer": {"vocab_size": self.tok["vocab_size"], "sha256": self.tok["sha256"]},
             "data": {"train_sha256": meta["files"]["train.bin"]["sha256"]},
+            "code_sha256": code_fingerprint(),
         }
         self.peak = peak_flops_for(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         self.counts = count_params(spec.model)
@@ -187,6 +189,8 @@ class Trainer:
         if state == "complete":
             summary = read_json(paths.run_dir / ckpt.SUMMARY, "run summary")
             print(f"{spec.run_id}: already complete ({summary['steps']} steps), not retraining")
+            if not paths.metrics_file.is_file():  # DVC removes non-persistent outputs before a re-run
+                atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
             return summary
         if state in ("fresh", "stale") and self.dist.is_main:
             if state == "stale":
@@ -323,13 +327,28 @@ class Trainer:
             "spectral_radius": self._rho(), "final_train_loss": last_loss, "final_eval": final_eval,
         }
         atomic_write_json(paths.run_dir / ckpt.SUMMARY, summary)
-        metrics = {"status": status, "final_train_loss": last_loss, "tokens_per_s": tok_s, "mfu": summary["mfu"],
-                   "spectral_radius": summary["spectral_radius"], "stored_params": self.counts["stored"],
-                   "effective_params": self.counts["effective"]}
-        for dom, m in (final_eval or {}).items():
-            metrics |= {f"ppl_{dom}": m["ppl"], f"bpb_{dom}": m["bpb"], f"loss_{dom}": m["loss"]}
-        atomic_write_json(paths.metrics_file, metrics)
+        atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
         return summary
+
+
+def metrics_from_summary(summary: dict) -> dict:
+    """The small, flat per-run metrics file DVC compares across branches."""
+    metrics = {k: summary[k] for k in ("status", "final_train_loss", "tokens_per_s", "mfu", "spectral_radius")}
+    metrics |= {"stored_params": summary["params"]["stored"], "effective_params": summary["params"]["effective"]}
+    for dom, m in (summary.get("final_eval") or {}).items():
+        metrics |= {f"ppl_{dom}": m["ppl"], f"bpb_{dom}": m["bpb"], f"loss_{dom}": m["loss"]}
+    return metrics
+
+
+def code_fingerprint() -> str:
+    """sha256 of the library code a run's result depends on: a changed model or loop retrains the
+    run (DVC re-runs the stage for the same reason), anything else resumes or is kept."""
+    from . import accounting, checkpoint, config, data, distributed, evaluate, experiments, layers, model, step
+    h = hashlib.sha256()
+    for mod in (accounting, checkpoint, config, data, distributed, evaluate, experiments, layers, model, step,
+                sys.modules[__name__]):
+        h.update(Path(mod.__file__).read_bytes())
+    return h.hexdigest()
 
 
 def _device_name(device: torch.device) -> str:
