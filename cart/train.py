@@ -31,6 +31,9 @@ from .model import build_model
 from .step import lr_multiplier, make_loss_fn, make_optimizer, resolve_device, resolve_dtype, train_step
 from .tokenizer import tokenizer_info
 
+# Settings that change how a run is executed or logged, not what it computes: editing them keeps a
+# finished run finished and lets an interrupted one resume (on another GPU count, too).
+RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every")
 TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu"]
 EVAL_COLUMNS = ["step", "domain", "loss", "ppl", "bpb"]
 
@@ -109,7 +112,9 @@ class Trainer:
                              f"bins {meta['vocab_size']}; re-run the tokenizer and bins stages")
         if meta["tokenizer_sha256"] != self.tok["sha256"]:
             raise ValueError("data/bins was built with another tokenizer; re-run the bins stage")
-        self.run_config = spec.to_dict() | {
+        run_config = spec.to_dict()
+        run_config["train"] = {k: v for k, v in run_config["train"].items() if k not in RESULT_NEUTRAL}
+        self.run_config = run_config | {
             "tokenizer": {"vocab_size": self.tok["vocab_size"], "sha256": self.tok["sha256"]},
             "data": {"train_sha256": meta["files"]["train.bin"]["sha256"]},
             "code_sha256": code_fingerprint(),

@@ -51,6 +51,17 @@ def test_run_writes_outputs_and_is_not_retrained(tiny_project, capsys):
     assert again == summary and (paths.run_dir / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+def test_logging_settings_do_not_retrain(tiny_project, capsys):
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    first = train_run(spec, paths, progress=False)
+    p = tiny_params()
+    p["train"].update(log_every=3, checkpoint_every=7, nproc=1)
+    write_params(tiny_project, p)
+    again = train_run(spec_for(), paths, progress=False)
+    assert "already complete" in capsys.readouterr().out and again == first
+
+
 def test_changed_config_starts_over(tiny_project, capsys):
     spec = spec_for()
     paths = RunPaths.for_run(spec.group, spec.name)
