@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import safetensors.torch
+from safetensors import SafetensorError
 import torch
 from torch import nn
 
@@ -38,12 +39,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {path}")
     try:
-        safetensors.torch.load_file(str(path))  # header and sizes: catches truncation and garbage
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"checkpoint {path} is corrupted or not a safetensors file: {e}") from e
-    try:
         missing, unexpected = safetensors.torch.load_model(_unwrap(model), str(path), strict=False)
-    except RuntimeError as e:  # shape mismatches
+    except (SafetensorError, OSError) as e:  # bad header, truncation, garbage
+        raise ValueError(f"checkpoint {path} is corrupted or not a safetensors file: {e}") from e
+    except RuntimeError as e:  # load_state_dict's shape mismatches
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise ValueError(f"checkpoint {path} does not match the model (trained with another config?): "
                          f"{first}") from None

@@ -122,6 +122,7 @@ class Trainer:
         self.peak = peak_flops_for(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         self.counts = count_params(spec.model)
         self._signal = None
+        self.steady_rates: list[float] = []  # logged tokens/s after the first (warm-up) interval
 
     # ---- run-directory state machine: complete / resume / fresh ----
     def _existing_state(self) -> str:
@@ -254,16 +255,16 @@ class Trainer:
         loss_acc, n_acc, interval_tokens = torch.zeros((), device=self.device), 0, 0
         interval_t0 = time.perf_counter()
         final_eval, last_loss, logged_once = None, None, False
-        self.steady_rates = []
         for step in range(start, r.steps):
             t0 = time.perf_counter()
             batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
             loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device, self.dtype,
                                              self.ddp)
             # one host sync per optimizer step: stop before a non-finite update touches the weights
-            if not torch.isfinite(grad_norm):
+            gn = grad_norm.item()
+            if not math.isfinite(gn):
                 raise NonFiniteError(f"{spec.run_id}: non-finite loss/gradient at step {step + 1} "
-                                     f"(grad norm {grad_norm.item()}); last good checkpoint kept")
+                                     f"(grad norm {gn}); last good checkpoint kept")
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
@@ -272,7 +273,6 @@ class Trainer:
             done = step + 1
             self.tokens += r.tokens_per_step
             interval_tokens += r.tokens_per_step
-            gn = grad_norm.item()
             if self.grad_ema is not None and done > t.warmup_steps and gn > 5 * self.grad_ema:
                 tqdm.write(f"{spec.run_id}: grad-norm spike at step {done}: {gn:.3g} (EMA {self.grad_ema:.3g})")
             self.grad_ema = gn if self.grad_ema is None else 0.9 * self.grad_ema + 0.1 * gn
@@ -320,7 +320,7 @@ class Trainer:
         if status == "complete":
             ckpt.save_weights(self.model, paths.run_dir / ckpt.WEIGHTS)
         # steady-state throughput: the median logged interval after warm-up, else the overall mean
-        rates = sorted(getattr(self, "steady_rates", []))
+        rates = sorted(self.steady_rates)
         tok_s = rates[len(rates) // 2] if rates else (self.tokens / self.train_time if self.train_time > 0 else None)
         summary = {
             "status": status, "failure": failure, "steps": spec.run.steps if status == "complete" else None,

@@ -46,9 +46,9 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = resolve_dtype(train.dtype, device)
     g = torch.Generator(device=device).manual_seed(0)
-    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device, generator=g),) * 2
-               for _ in range(grad_accum)]
-    batches = [(x, torch.roll(x, -1, dims=1)) for x, _ in batches]
+    xs = [torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device, generator=g)
+          for _ in range(grad_accum)]
+    batches = [(x, torch.roll(x, -1, dims=1)) for x in xs]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()

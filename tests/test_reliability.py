@@ -64,7 +64,11 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 def test_corrupted_checkpoint_is_refused(tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(_tiny(), path)
-    path.write_bytes(b"\x00garbage" + path.read_bytes()[50:])
+    good = path.read_bytes()
+    path.write_bytes(b"\x00garbage" + good[50:])
+    with pytest.raises(ValueError, match="corrupted"):
+        load_weights(_tiny(), path)
+    path.write_bytes(good[:-100])  # truncated
     with pytest.raises(ValueError, match="corrupted"):
         load_weights(_tiny(), path)
 
