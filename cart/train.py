@@ -254,31 +254,39 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_acc, n_acc, interval_tokens = torch.zeros((), device=self.device), 0, 0
         interval_t0 = time.perf_counter()
-        final_eval, last_loss, logged_once = None, None, False
+        final_eval, last_loss, logged_once, pending, gn = None, None, False, None, None
         for step in range(start, r.steps):
             t0 = time.perf_counter()
             batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
+            if self.device.type == "cuda":  # page-locked, so the host-to-device copies run asynchronously
+                batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
             loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device, self.dtype,
                                              self.ddp)
-            # one host sync per optimizer step: stop before a non-finite update touches the weights
-            gn = grad_norm.item()
-            if not math.isfinite(gn):
-                raise NonFiniteError(f"{spec.run_id}: non-finite loss/gradient at step {step + 1} "
-                                     f"(grad norm {gn}); last good checkpoint kept")
+            norm = _NormOnHost(grad_norm)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.sched.step()
+            done = step + 1
+            # The finiteness check runs one step late, on a norm copied to the host asynchronously,
+            # so the CPU never waits for the GPU to drain its queue (the step it launched just now
+            # keeps the GPU busy). A non-finite step is still named exactly, and nothing from it or
+            # the step after reaches a checkpoint: every checkpoint, eval and log settles the check first.
+            if pending is not None:
+                self._check_grad_norm(*pending)
+            pending = (done, norm)
             loss_acc += loss_sum
             n_acc += len(batches)
-            done = step + 1
             self.tokens += r.tokens_per_step
             interval_tokens += r.tokens_per_step
-            if self.grad_ema is not None and done > t.warmup_steps and gn > 5 * self.grad_ema:
-                tqdm.write(f"{spec.run_id}: grad-norm spike at step {done}: {gn:.3g} (EMA {self.grad_ema:.3g})")
-            self.grad_ema = gn if self.grad_ema is None else 0.9 * self.grad_ema + 0.1 * gn
             self.train_time += time.perf_counter() - t0
 
-            if done % t.log_every == 0 or done == r.steps:
+            log_now = done % t.log_every == 0 or done == r.steps
+            eval_now = (done % r.eval_every == 0 or done == r.steps) and self.dist.is_main
+            ckpt_now = (done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None) \
+                and self.dist.is_main
+            if log_now or eval_now or ckpt_now:
+                gn, pending = self._check_grad_norm(*pending), None
+            if log_now:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - interval_t0
@@ -297,13 +305,13 @@ class Trainer:
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_acc.zero_()
                 n_acc, interval_tokens = 0, 0
-            if (done % r.eval_every == 0 or done == r.steps) and self.dist.is_main:
+            if eval_now:
                 final_eval = self._evaluate(done)
-            if (done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None) and self.dist.is_main:
+            if ckpt_now:
                 self._save_checkpoint(done)
             if done % r.eval_every == 0 or done % t.checkpoint_every == 0:
                 self.dist.barrier()
-            if done % t.log_every == 0 or done == r.steps:
+            if log_now:
                 interval_t0 = time.perf_counter()  # eval and checkpoint time is not training time
             bar.update(1)
             if self._signal is not None:
@@ -311,6 +319,17 @@ class Trainer:
                 raise Interrupted(self._signal)
         bar.close()
         return final_eval, last_loss
+
+    def _check_grad_norm(self, step: int, norm: "_NormOnHost") -> float:
+        """Stop on a non-finite step; warn on a spike against the running EMA of the norm."""
+        gn = norm.get()
+        if not math.isfinite(gn):
+            raise NonFiniteError(f"{self.spec.run_id}: non-finite loss/gradient at step {step} "
+                                 f"(grad norm {gn}); last good checkpoint kept")
+        if self.grad_ema is not None and step > self.spec.train.warmup_steps and gn > 5 * self.grad_ema:
+            tqdm.write(f"{self.spec.run_id}: grad-norm spike at step {step}: {gn:.3g} (EMA {self.grad_ema:.3g})")
+        self.grad_ema = gn if self.grad_ema is None else 0.9 * self.grad_ema + 0.1 * gn
+        return gn
 
     def _rho(self) -> float | None:
         return self.model.spectral_radius() if hasattr(self.model, "spectral_radius") else None
@@ -334,6 +353,25 @@ class Trainer:
         atomic_write_json(paths.run_dir / ckpt.SUMMARY, summary)
         atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
         return summary
+
+
+class _NormOnHost:
+    """A device scalar copied to page-locked host memory behind an event: reading it waits only
+    for the work queued before the copy, not for everything queued since."""
+
+    def __init__(self, value: torch.Tensor):
+        if value.device.type == "cuda":
+            self.host = torch.empty((), dtype=value.dtype, pin_memory=True)
+            self.host.copy_(value.detach(), non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host, self.event = value.detach(), None
+
+    def get(self) -> float:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.item()
 
 
 def metrics_from_summary(summary: dict) -> dict:

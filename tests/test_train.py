@@ -152,6 +152,29 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoint(tiny_project)
     assert all(torch.isfinite(t).all() for t in w.values())  # the last good checkpoint
 
 
+def test_nonfinite_step_between_checkpoints_is_named_exactly(tiny_project, monkeypatch):
+    """The finiteness check runs one step late (no host sync per step), yet it names the bad step
+    and no checkpoint is written from it or from the step after."""
+    import cart.train as T
+    p = tiny_params()
+    p["train"].update(checkpoint_every=2, log_every=100)
+    write_params(tiny_project, p)
+    real, calls = T.train_step, []
+
+    def poisoned(*args, **kwargs):
+        loss, norm = real(*args, **kwargs)
+        calls.append(1)
+        return (loss, torch.full_like(norm, float("nan"))) if len(calls) == 3 else (loss, norm)
+
+    monkeypatch.setattr(T, "train_step", poisoned)
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    with pytest.raises(NonFiniteError, match=r"at step 3 "):
+        Trainer(spec, paths, progress=False).run()
+    assert len(calls) == 4  # found while step 4 ran, before step 4's checkpoint
+    assert torch.load(paths.run_dir / "trainer_state.pt", weights_only=True)["step"] == 2
+
+
 def test_vocab_mismatch_is_rejected_before_training(tiny_project):
     spec = resolve_run(load_params(), "stage2", "d32-R2-s42", vocab_size=999)
     with pytest.raises(ValueError, match="vocab mismatch"):
