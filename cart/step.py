@@ -45,9 +45,45 @@ def make_optimizer(model: torch.nn.Module, t: TrainSettings, d_model: int, devic
     if t.optimizer == "adamw8bit":
         if device.type != "cuda":
             raise ValueError("train.optimizer: adamw8bit (bitsandbytes) needs a CUDA device; use adamw on CPU")
-        import bitsandbytes as bnb
-        return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas)
+        return adamw8bit_class()(groups, lr=lr, betas=betas)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+
+
+def adamw8bit_class() -> type:
+    """bitsandbytes' AdamW8bit with its per-parameter host sync taken out.
+
+    bitsandbytes' Optimizer8bit.step calls torch.cuda.synchronize() after every parameter's
+    update (bitsandbytes/optim/optimizer.py, 0.50.2), which paged optimizer states need and
+    plain device states do not: the updates are kernels on one stream, so stream order already
+    serialises them. On an H100 those ~60 syncs per step drain the GPU queue and leave the GPU idle
+    while Python launches each next update (~10% of a CART d1024 step). This step() is the same
+    loop (same state init, same per-parameter update kernels, same order) without the syncs, so
+    its updates are bit-identical; paged optimizers keep bitsandbytes' own step()."""
+    import bitsandbytes as bnb
+
+    class AdamW8bit(bnb.optim.AdamW8bit):
+        @torch.no_grad()
+        def step(self, closure=None):
+            if self.is_paged:
+                return super().step(closure)
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if not self.initialized:
+                self.check_overrides()
+                self.to_gpu()
+                self.initialized = True
+            for gindex, group in enumerate(self.param_groups):
+                for pindex, p in enumerate(group["params"]):
+                    if p.grad is None:
+                        continue
+                    if len(self.state[p]) == 0:
+                        self.init_state(group, p, gindex, pindex)
+                    self.update_step(group, p, gindex, pindex)
+            return loss
+
+    return AdamW8bit
 
 
 def make_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
