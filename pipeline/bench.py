@@ -38,11 +38,18 @@ def parse_config(name: str, vocab: int) -> CARTConfig | DenseConfig:
 
 def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_len: int, steps: int,
               warmup: int, compile: bool, device: torch.device, peak: float | None,
-              compile_mode: str | None = None, profile: bool = False) -> dict:
+              compile_mode: str | None = None, profile: bool = False, compile_scope: str = "model") -> dict:
+    torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     opt = make_optimizer(model, train, cfg.d_model, device)
-    loss_fn = make_loss_fn(model, compile, compile_mode)
+    if compile and compile_scope == "blocks":
+        # each layer compiled on its own: the shared core is one small graph called R times,
+        # against the default of one unrolled graph for the whole model and loss
+        for block in [*getattr(model, "prelude", []), *getattr(model, "core", []), *getattr(model, "layers", [])] \
+                + ([model.coda] if hasattr(model, "coda") else []):
+            block.compile(mode=compile_mode)
+    loss_fn = make_loss_fn(model, compile and compile_scope == "model", compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = resolve_dtype(train.dtype, device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -109,6 +116,8 @@ def main(argv=None) -> None:
     ap.add_argument("--vocab", type=int, default=32_000)
     ap.add_argument("--compile", choices=["on", "off"], default="on")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    ap.add_argument("--compile-scope", choices=["model", "blocks"], default="model",
+                    help="model: one graph for model + loss (what training uses); blocks: each layer compiled alone")
     ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of the first config")
     ap.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
                     help="force one scaled_dot_product_attention backend")
@@ -129,7 +138,7 @@ def main(argv=None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
     configs = [parse_config(c, args.vocab) for c in args.configs]  # all names checked before any work
     print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
-          f"| optimizer {optimizer} | compile {args.compile}")
+          f"| optimizer {optimizer} | compile {args.compile} ({args.compile_scope})")
     rows = []
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -138,7 +147,8 @@ def main(argv=None) -> None:
         try:
             with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
                 row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
-                                args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0)
+                                args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0,
+                                args.compile_scope)
         except torch.OutOfMemoryError:
             row = {"model": _label(cfg), "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}", "oom": True}
             torch.cuda.empty_cache()
