@@ -281,10 +281,9 @@ class Trainer:
             self.train_time += time.perf_counter() - t0
 
             log_now = done % t.log_every == 0 or done == r.steps
-            eval_now = (done % r.eval_every == 0 or done == r.steps) and self.dist.is_main
-            ckpt_now = (done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None) \
-                and self.dist.is_main
-            if log_now or eval_now or ckpt_now:
+            eval_now = done % r.eval_every == 0 or done == r.steps
+            ckpt_now = done % t.checkpoint_every == 0 or done == r.steps or self._signal is not None
+            if log_now or eval_now or ckpt_now:  # on every rank alike, so all ranks stop at the same step
                 gn, pending = self._check_grad_norm(*pending), None
             if log_now:
                 if self.device.type == "cuda":
@@ -305,9 +304,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_acc.zero_()
                 n_acc, interval_tokens = 0, 0
-            if eval_now:
+            if eval_now and self.dist.is_main:
                 final_eval = self._evaluate(done)
-            if ckpt_now:
+            if ckpt_now and self.dist.is_main:
                 self._save_checkpoint(done)
             if done % r.eval_every == 0 or done % t.checkpoint_every == 0:
                 self.dist.barrier()
