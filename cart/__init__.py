@@ -1,10 +1,25 @@
-"""CART: Context-Anchored Recurrent Transformer, its ablations and the Dense baseline."""
-from .accounting import count_params, forward_flops, mfu, peak_flops_for, train_flops_per_token
-from .config import CARTConfig, DenseConfig, ModelConfig, config_from_dict
-from .model import CART, CoreBlock, Dense, HyperConnection, LTIGate, build_model, generate
+"""CART: Context-Anchored Recurrent Transformer, its ablations, the Dense baseline, and the
+other efficient designs of the project, as model families of one registry (cart.models).
 
-__all__ = [
-    "CART", "CARTConfig", "CoreBlock", "Dense", "DenseConfig", "HyperConnection", "LTIGate",
-    "ModelConfig", "build_model", "config_from_dict", "count_params", "forward_flops", "generate",
-    "mfu", "peak_flops_for", "train_flops_per_token",
-]
+Exports are lazy: `import cart` (and the torch-free stages that import cart.results or
+cart.params) does not import torch; `from cart import build_model` does when it is first used.
+"""
+import importlib
+
+_EXPORTS = {
+    "ARCHS": "cart.models", "CARTConfig": "cart.models", "DenseConfig": "cart.models",
+    "ModelConfig": "cart.models", "build_model": "cart.models", "config_from_dict": "cart.models",
+    "count_params": "cart.models", "forward_flops": "cart.models",
+    "mfu": "cart.accounting", "peak_flops_for": "cart.accounting", "train_flops_per_token": "cart.accounting",
+    "CART": "cart.models.cart", "CoreBlock": "cart.models.cart", "HyperConnection": "cart.models.cart",
+    "LTIGate": "cart.models.cart", "Dense": "cart.models.dense", "generate": "cart.generate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cart' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -19,9 +19,8 @@ from safetensors import SafetensorError
 import torch
 from torch import nn
 
-from .config import ModelConfig, config_from_dict
 from .io import atomic_path, atomic_write_json, read_json, sha256_file
-from .model import build_model
+from .models import ModelConfig, build_model, config_from_dict
 
 CONFIG, WEIGHTS, STATE, SUMMARY = "config.json", "model.safetensors", "trainer_state.pt", "summary.json"
 

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from .io import read_json, sha256_file
+from .models.base import IGNORE_INDEX
 from .params import build, section
 
 META_FILE = "meta.json"
 TRAIN_FILE = "train.bin"
 CHUNK_MAP_FILE = "train_chunks.npy"
 FORMAT_VERSION = 1
-IGNORE_INDEX = -1        # a target the loss skips (cart/evaluate.py uses the same value)
 _REQUIRED_META = ("dtype", "vocab_size", "chunk_tokens", "tokenizer_sha256", "source", "tokens", "files",
                   "n_chunks", "domains")
 _RERUN = "re-run the bins stage (`dvc repro -f bins` or `python -m pipeline.bins`)"

@@ -6,15 +6,10 @@ import math
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -1  # targets the loss skips (a window's last target when it would cross domains)
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction=reduction)
+from .models.base import IGNORE_INDEX
+from .models.layers import lm_loss
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype):
@@ -27,17 +22,17 @@ def autocast(device: torch.device | str, dtype: torch.dtype):
 
 @torch.no_grad()
 def eval_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-              n_loops: int | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> tuple[float, int]:
-    """Mean next-token loss (nats) over all target tokens in `batches`, and the token count."""
+              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+              **runtime) -> tuple[float, int]:
+    """Mean next-token loss (nats) over all target tokens in `batches`, and the token count.
+    `runtime`: the family's inference-time arguments (CART's n_loops, ...)."""
     was_training = model.training
     model.eval()
-    kwargs = {} if n_loops is None else {"n_loops": n_loops}
     total, count = 0.0, 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast(device, dtype):
-            logits = model(x, **kwargs)
+            logits = model(x, **runtime)
         total += lm_loss(logits, y, reduction="sum").item()
         count += int((y != IGNORE_INDEX).sum())
     model.train(was_training)

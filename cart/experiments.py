@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .config import CARTConfig, DenseConfig, ModelConfig, config_from_dict
+from .models import CARTConfig, DenseConfig, ModelConfig, config_from_dict
 from .params import build, section
 
 GROUPS = ("stage1", "stage2", "dense", "ablation")

@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .accounting import count_params, forward_flops
-from .config import DenseConfig, config_from_dict
 from .io import atomic_path
+from .models import DenseConfig, config_from_dict, count_params, forward_flops
 
 SCHEMA_VERSION = 1
 GROUPS = ("stage1", "stage2", "dense", "ablation")

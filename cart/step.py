@@ -8,7 +8,7 @@ import math
 import torch
 
 from . import distributed
-from .evaluate import autocast, lm_loss
+from .evaluate import autocast
 from .experiments import TrainSettings
 
 
@@ -87,24 +87,26 @@ def adamw8bit_class() -> type:
 
 
 def make_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
-    """(x, y) -> mean loss. Compiled together with the loss, so the LM head's logits and the
-    cross-entropy fuse instead of materialising fp32 logits for the whole micro-batch."""
-    def loss_fn(x, y):
-        return lm_loss(model(x), y)
+    """(x, y, **forward kwargs) -> mean training loss, through the model's forward (so DDP's hooks
+    run and a family's own training loss is used). Compiled together with the loss, so the LM
+    head's logits and the cross-entropy fuse instead of materialising fp32 logits for the whole
+    micro-batch."""
+    def loss_fn(x, y, **kwargs):
+        return model(x, targets=y, **kwargs)
     return torch.compile(loss_fn, mode=mode) if compile else loss_fn
 
 
 def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device, dtype: torch.dtype,
-               ddp_model: torch.nn.Module | None = None):
+               ddp_model: torch.nn.Module | None = None, forward_kwargs: dict | None = None):
     """Forward/backward over the micro-batches of one optimizer step (gradient accumulation) and
     clip. Returns (sum of micro-batch losses, pre-clip grad norm) as device tensors: no host sync,
     so the caller decides when to look. With DDP, gradients are all-reduced on the last
-    micro-batch only."""
+    micro-batch only. `forward_kwargs` go to every forward (e.g. one sub-step's attention pattern)."""
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, dtype), distributed.no_sync(ddp_model, i == len(batches) - 1):
-            loss = loss_fn(x, y)
+            loss = loss_fn(x, y, **(forward_kwargs or {}))
         (loss / len(batches)).backward()
         loss_sum += loss.detach()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))

@@ -27,7 +27,7 @@ from .data import BatchReader, domains, read_meta, val_batches
 from .evaluate import bits_per_byte, eval_loss, perplexity
 from .experiments import RunSpec
 from .io import atomic_path, atomic_write_json, read_json, require_free_space, sha256_file
-from .model import build_model
+from .models import build_model
 from .step import lr_multiplier, make_loss_fn, make_optimizer, resolve_device, resolve_dtype, train_step
 from .tokenizer import tokenizer_info
 
@@ -231,6 +231,7 @@ class Trainer:
         use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
         self.ddp = distributed.wrap(self.model, self.dist, self.device)
         self.loss_fn = make_loss_fn(self.ddp, use_compile)
+        self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             final_eval, last_loss = self._loop(start)
@@ -260,11 +261,15 @@ class Trainer:
             batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
             if self.device.type == "cuda":  # page-locked, so the host-to-device copies run asynchronously
                 batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
-            loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device, self.dtype,
-                                             self.ddp)
-            norm = _NormOnHost(grad_norm)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+            # One optimizer update per sub-step (one, unless the family trains jointly under several
+            # settings, e.g. RAT+'s sparse then dense attention); the schedule advances once per batch.
+            # The logged loss and the checked grad norm are the last sub-step's.
+            for kwargs in self.substeps:
+                loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device,
+                                                 self.dtype, self.ddp, kwargs)
+                norm = _NormOnHost(grad_norm)
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
             self.sched.step()
             done = step + 1
             # The finiteness check runs one step late, on a norm copied to the host asynchronously,
@@ -385,10 +390,11 @@ def metrics_from_summary(summary: dict) -> dict:
 def code_fingerprint() -> str:
     """sha256 of the library code a run's result depends on: a changed model or loop retrains the
     run (DVC re-runs the stage for the same reason), anything else resumes or is kept."""
-    from . import accounting, checkpoint, config, data, distributed, evaluate, experiments, layers, model, step
+    from . import accounting, checkpoint, data, distributed, evaluate, experiments, models, step
+    from .models import base, cart, cart_config, dense, dense_config, layers
     h = hashlib.sha256()
-    for mod in (accounting, checkpoint, config, data, distributed, evaluate, experiments, layers, model, step,
-                sys.modules[__name__]):
+    for mod in (accounting, checkpoint, data, distributed, evaluate, experiments, models, base, cart, cart_config,
+                dense, dense_config, layers, step, sys.modules[__name__]):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()
 

@@ -2,7 +2,7 @@
 import pytest
 
 from cart import CARTConfig, DenseConfig, build_model, count_params, forward_flops, mfu
-from cart.config import config_from_dict
+from cart.models import config_from_dict
 
 # (d, R) -> (stored, effective) in millions, paper Table 1 and the spec.
 PAPER_PARAMS = {

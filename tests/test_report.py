@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cart import results as R
-from cart.config import CARTConfig
+from cart.models import CARTConfig
 from cart.params import load_params
 from cart.report import LAYOUT, ReportSettings, build_report
 from cart.report.paper import PAPER

@@ -15,7 +15,7 @@ import yaml
 from scipy import stats
 
 from cart.accounting import count_params, forward_flops
-from cart.config import CARTConfig, DenseConfig
+from cart.models import CARTConfig, DenseConfig
 from cart.params import load_params
 from cart import results as R
 

@@ -1,4 +1,4 @@
-"""CART (Context-Anchored Recurrent Transformer) and the Dense baseline.
+"""CART (Context-Anchored Recurrent Transformer).
 
 CART(d, P, R):  tokens -> embedding -> P prelude layers -> x_p
                 anchor: K, V = LatentKV(norm(x_p)), computed once
@@ -7,6 +7,9 @@ CART(d, P, R):  tokens -> embedding -> P prelude layers -> x_p
                     y   = CoreBlock(x_r + pe[r], K, V)          # cross-attn + SwiGLU
                     h_{r+1} = lambda * x_r + (y - x_r)           # LTI gate, lambda in (0,1)^d
                 coda layer -> norm -> tied LM head
+
+The prelude, coda and anchor use MLA (multi-head latent attention): full-rank queries and
+latent-compressed keys/values (CART_SPEC.md section 1).
 """
 from __future__ import annotations
 
@@ -16,9 +19,63 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CARTConfig, DenseConfig, ModelConfig
-from .layers import (Layer, LatentKV, MHASelfAttention, MLACrossAttention, MLASelfAttention,
-                     RMSNorm, RoPE, SwiGLU)
+from .base import check_int_arg
+from .cart_config import CARTConfig
+from .layers import Layer, LanguageModel, RMSNorm, RoPE, SwiGLU, merge_heads, split_heads
+
+
+class LatentKV(nn.Module):
+    """MLA key/value projection: c = W_down x (d -> d_c), [k, v] = W_up c (d_c -> 2d)."""
+
+    def __init__(self, cfg: CARTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.down = nn.Linear(cfg.d_model, cfg.d_latent, bias=False)
+        self.up = nn.Linear(cfg.d_latent, 2 * cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.up(self.down(x)).chunk(2, dim=-1)
+        return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
+
+
+class MLASelfAttention(nn.Module):
+    """Full-rank query, latent-compressed K/V, RoPE on q and k, causal."""
+
+    def __init__(self, cfg: CARTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv = LatentKV(cfg)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        q = split_heads(self.q(x), self.n_heads)
+        k, v = self.kv(x)
+        q, k = RoPE.apply(q, *rope), RoPE.apply(k, *rope)
+        return self.o(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+
+
+class MLACrossAttention(nn.Module):
+    """Queries from the recurrent state, keys/values from the frozen anchor.
+
+    Causal: prelude and core read the same token sequence, so position t may only attend to
+    anchor positions <= t; otherwise the anchor leaks token t+1 into the prediction for t (the
+    paper saw the loss collapse to ~0). No RoPE here (reconstructed): the anchor keys already
+    carry position through the prelude.
+    """
+
+    def __init__(self, cfg: CARTConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.causal = not cfg.noncausal_cross_attn
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        q = split_heads(self.q(x), self.n_heads)
+        return self.o(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
+
+
 
 # lambda = LTI_CEILING * sigmoid(theta): keeps rho < 1 even where fp32 rounds sigmoid(theta) to 1.
 LTI_CEILING = 1.0 - 1e-6
@@ -91,33 +148,7 @@ class CoreBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class _LM(nn.Module):
-    """Shared parts of both models: tied embedding / head, RoPE, init, sizes."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.config = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.rope = RoPE(cfg.head_dim, cfg.rope_theta)
-        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.norm_f(x), self.tok_emb.weight)  # tied output projection
-
-    def _init_weights(self, residual_depth: int) -> None:
-        std = self.config.init_std
-        for name, p in self.named_parameters():
-            if p.dim() < 2:
-                continue
-            # output projections write into the residual stream: scale them down with depth
-            scaled = name.endswith(("attn.o.weight", "ffn.down.weight"))
-            nn.init.normal_(p, 0.0, std / math.sqrt(2 * residual_depth) if scaled else std)
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-
-class CART(_LM):
+class CART(LanguageModel):
     def __init__(self, cfg: CARTConfig):
         super().__init__(cfg)
         self.prelude = nn.ModuleList([Layer(cfg, MLASelfAttention(cfg)) for _ in range(cfg.n_prelude)])
@@ -134,11 +165,9 @@ class CART(_LM):
     def anchor(self, x: torch.Tensor):
         return self.anchor_kv(self.anchor_norm(x))
 
-    def forward(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
         cfg = self.config
-        R = cfg.n_loops if n_loops is None else n_loops
-        if R < 1:
-            raise ValueError(f"n_loops must be >= 1, got {R}")
+        R = cfg.n_loops if n_loops is None else check_int_arg("n_loops", n_loops)
         if cfg.unshare_core and R != len(self.core):
             raise ValueError(f"n_loops={R}: an unshared core has exactly {len(self.core)} blocks")
         x = self.tok_emb(idx)
@@ -156,56 +185,8 @@ class CART(_LM):
             kv = self.anchor(x_r) if cfg.unfreeze_kv else anchor_kv
             y = self.core[r if cfg.unshare_core else 0](y, kv, rope)
             history = [self.gate(x_r, y - x_r)] + history[:-1]
-
-        return self.head(self.coda(history[0], rope))
+        return self.coda(history[0], rope)
 
     @torch.no_grad()
     def spectral_radius(self) -> float:
         return self.gate.lam().max().item()
-
-
-class Dense(_LM):
-    def __init__(self, cfg: DenseConfig):
-        super().__init__(cfg)
-        self.layers = nn.ModuleList([Layer(cfg, MHASelfAttention(cfg)) for _ in range(cfg.n_layers)])
-        self._init_weights(cfg.n_layers)
-
-    def forward(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
-        if n_loops is not None:
-            raise ValueError("n_loops applies to CART only; the Dense baseline has no loop")
-        x = self.tok_emb(idx)
-        rope = self.rope.tables(idx.shape[1], idx.device)
-        for layer in self.layers:
-            x = layer(x, rope)
-        return self.head(x)
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    if isinstance(config, CARTConfig):
-        return CART(config)
-    if isinstance(config, DenseConfig):
-        return Dense(config)
-    raise TypeError(f"build_model: expected CARTConfig or DenseConfig, got {type(config).__name__}")
-
-
-@torch.no_grad()
-def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-             top_k: int | None = None, n_loops: int | None = None) -> torch.Tensor:
-    """Sample without a KV cache: re-run the whole prefix for every token (correct, not fast).
-    temperature=0 is greedy."""
-    was_training = model.training
-    model.eval()
-    kwargs = {} if n_loops is None else {"n_loops": n_loops}
-    for _ in range(max_new_tokens):
-        logits = model(idx, **kwargs)[:, -1, :].float()
-        if temperature == 0:
-            nxt = logits.argmax(dim=-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1)
-        idx = torch.cat([idx, nxt], dim=1)
-    model.train(was_training)
-    return idx

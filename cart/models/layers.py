@@ -1,0 +1,231 @@
+"""Building blocks shared by the model families: RMSNorm, RoPE, MHA attention, SwiGLU,
+the pre-norm layer and the language-model base (tied embedding and head, init, loss).
+
+Attention always goes through F.scaled_dot_product_attention so the flash / memory-efficient
+kernels are picked on GPU; tensors are laid out (B, heads, T, head_dim) as SDPA expects.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import IGNORE_INDEX, ConfigBase
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class RoPE(nn.Module):
+    """Rotary position embedding (rotate-half form). Tables are rebuilt when T grows."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.arange(seq_len, device=device, dtype=torch.float32)
+        freqs = torch.outer(t, self.inv_freq.to(device))
+        emb = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
+        return emb.cos(), emb.sin()
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+        return (x * cos + rotated * sin).to(x.dtype)
+
+
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    B, T, D = x.shape
+    return x.view(B, T, n_heads, D // n_heads).transpose(1, 2)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    B, H, T, hd = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * hd)
+
+
+class KVCache:
+    """Keys and values of one self-attention layer for every token seen so far, preallocated to
+    the decode's max length: `append` writes the new tokens' k, v and returns all of them."""
+
+    def __init__(self, batch: int, heads: int, head_dim: int, max_len: int, device, dtype):
+        self.k = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KVCache: {end} tokens exceed the cache's max_len={self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def nbytes(self) -> int:
+        """Bytes held per sequence for the tokens seen so far."""
+        return 2 * self.k[0, :, :self.length].numel() * self.k.element_size()
+
+
+class DecodeCache:
+    """What a model keeps between decoding calls: the tokens consumed so far (`length`, pads
+    included), each row's left padding (`pad`: a batch of prompts of different lengths is
+    left-padded to one length; pad positions are never attended to and positions restart at
+    each row's first real token), and the family's per-layer state (`layers`, e.g. KVCache).
+
+    A family's `forward_cached(idx, cache)` takes the next t tokens of every row and calls
+    `cache.step(t)` for the attention mask and RoPE tables of those positions."""
+
+    def __init__(self, batch: int, max_len: int, device, pad: torch.Tensor | None = None):
+        self.batch, self.max_len, self.device = batch, max_len, torch.device(device)
+        self.pad = (torch.zeros(batch, dtype=torch.long, device=self.device) if pad is None
+                    else pad.to(self.device, torch.long))
+        if self.pad.shape != (batch,) or bool((self.pad < 0).any()):
+            raise ValueError(f"DecodeCache: pad must be {batch} non-negative counts, got {pad}")
+        self.length = 0
+        self.layers: list = []
+
+    def positions(self, t: int) -> torch.Tensor:
+        """(B, t) position of each new token within its row (negative on left padding)."""
+        return torch.arange(self.length, self.length + t, device=self.device)[None, :] - self.pad[:, None]
+
+    def step(self, t: int, rope: "RoPE") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """For the next t tokens: the (B, 1, t, length + t) boolean mask of visible keys (causal,
+        never a pad key; a pad query sees itself so no row is empty) and RoPE tables (B, 1, t, hd)."""
+        if self.length + t > self.max_len:
+            raise ValueError(f"decoding past max_len={self.max_len}: {self.length} tokens seen, {t} more given")
+        q = torch.arange(self.length, self.length + t, device=self.device)[:, None]
+        j = torch.arange(self.length + t, device=self.device)[None, :]
+        mask = (j <= q)[None] & (j[None] >= self.pad[:, None, None])
+        mask = mask | (j == q)[None]
+        pos = self.positions(t).clamp(min=0)
+        cos, sin = rope.tables(int(pos.max()) + 1, self.device)
+        return mask[:, None], (cos[pos][:, None], sin[pos][:, None])
+
+    def advance(self, t: int) -> None:
+        self.length += t
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Causal SDPA (training, full sequence) or SDPA under a decode step's mask."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class MHASelfAttention(nn.Module):
+    """Standard multi-head attention for the Dense baseline: q, k, v, o all full rank.
+    With `cache` = (KVCache, mask) it attends over the cached keys (decoding)."""
+
+    def __init__(self, cfg: ConfigBase):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.k = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                cache: tuple[KVCache, torch.Tensor] | None = None) -> torch.Tensor:
+        q, k, v = (split_heads(p(x), self.n_heads) for p in (self.q, self.k, self.v))
+        q, k = RoPE.apply(q, *rope), RoPE.apply(k, *rope)
+        mask = None
+        if cache is not None:
+            kv, mask = cache
+            k, v = kv.append(k, v)
+        return self.o(merge_heads(attend(q, k, v, mask)))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ConfigBase):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Layer(nn.Module):
+    """Pre-norm residual layer: self-attention then SwiGLU (prelude, coda, Dense, W-core)."""
+
+    def __init__(self, cfg: ConfigBase, attn: nn.Module):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = attn
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache=None) -> torch.Tensor:
+        h = self.attn_norm(x)
+        x = x + (self.attn(h, rope) if cache is None else self.attn(h, rope, cache))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy in fp32, skipping IGNORE_INDEX targets."""
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction=reduction)
+
+
+class LanguageModel(nn.Module):
+    """What every family shares: tied embedding and LM head, RoPE tables, final norm, init, and
+    the forward contract `model(idx, targets=None, **runtime)` -> logits, or the mean loss when
+    targets are given. A family implements `hidden(idx, **runtime)` (the final hidden states);
+    one whose training loss is more than a plain forward overrides `forward`."""
+
+    def __init__(self, cfg: ConfigBase):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.rope = RoPE(cfg.head_dim, cfg.rope_theta)
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm_f(x), self.tok_emb.weight)  # tied output projection
+
+    def hidden(self, idx: torch.Tensor, **runtime) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **runtime) -> torch.Tensor:
+        unknown = set(runtime) - self.config.runtime_kwargs()
+        if unknown:
+            valid = sorted(self.config.runtime_kwargs()) or "none"
+            raise ValueError(f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}; valid: {valid}")
+        logits = self.head(self.hidden(idx, **runtime))
+        return logits if targets is None else lm_loss(logits, targets)
+
+    # ---- cached decoding (families that support it implement these two) ----
+    def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, **runtime) -> DecodeCache:
+        """An empty decode cache for `batch` rows of up to `max_len` tokens (pads included)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cached decoding")
+
+    def forward_cached(self, idx: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
+        """Logits (B, t, V) of the next t tokens of every row, appending them to `cache`; equal to
+        the matching positions of the full forward."""
+        raise NotImplementedError(f"{type(self).__name__} has no cached decoding")
+
+    def _init_weights(self, residual_depth: int) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            # output projections write into the residual stream: scale them down with depth
+            scaled = name.endswith(("attn.o.weight", "ffn.down.weight"))
+            nn.init.normal_(p, 0.0, std / math.sqrt(2 * residual_depth) if scaled else std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
