@@ -32,14 +32,16 @@ def peak_flops_for(device_name: str) -> float | None:
 
 
 def train_flops_per_token(cfg: ConfigBase, seq_len: int) -> float:
-    """The real training FLOPs per token: 3x forward (incl. attention) plus the LM head."""
+    """The real training FLOPs per token: 3x forward (incl. attention) plus the LM head, times the
+    family's forward passes per training token (`train_passes`)."""
     head = 2 * cfg.d_model * cfg.vocab_size
-    return 3 * (forward_flops(cfg, seq_len) / seq_len + head)
+    return 3 * (forward_flops(cfg, seq_len) / seq_len + head) * cfg.train_passes()
 
 
 def mfu(cfg: ConfigBase, tokens_per_s: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation in the paper's accounting: 6 * N_effective * tokens/s / peak."""
-    return 6 * count_params(cfg)["effective"] * tokens_per_s / peak_flops
+    """Model FLOPs utilisation in the paper's accounting: 6 * N_effective * tokens/s / peak
+    (times `train_passes` for families that pass over each training token more than once)."""
+    return 6 * count_params(cfg)["effective"] * cfg.train_passes() * tokens_per_s / peak_flops
 
 
 __all__ = ["PEAK_BF16_FLOPS", "count_params", "forward_flops", "mfu", "peak_flops_for", "train_flops_per_token"]

@@ -124,6 +124,12 @@ class ConfigBase:
         2 x matmul weights applied x T + 4 T^2 d per full causal attention."""
         raise NotImplementedError
 
+    def train_passes(self) -> float:
+        """Forward(+backward) passes over each training token per batch, relative to one plain
+        forward: 1 here; ~2 for LRT's interleaved training, 2 for RAT+'s joint training. Training
+        MFU and training-compute axes multiply by it; `forward_flops` stays one inference forward."""
+        return float(len(self.train_substeps()))
+
     def train_substeps(self) -> tuple[dict, ...]:
         """Forward keyword arguments of each optimizer update made per batch: one plain update
         by default; a family trained jointly under several settings (RAT+) returns several."""
