@@ -1,32 +1,27 @@
-"""From params.yaml to concrete training runs.
+"""From params.yaml to concrete training runs: the one home of run identity.
 
-A run is identified by `<group>/<name>`; the name encodes the config so dvc.yaml can generate it
-from a grid (stage1 `d128-P2-R4`, stage2 `d128-R4-s42`, dense `L5-s42`, ablation `<variant>`),
-and this module is the one place that parses it back. Settings shared by every run live in the
-`model` and `train` sections; each group adds its own `run` block (Dense and the ablations use
-Stage 2's, as in the paper).
+A run is `<group>/<name>`. Each group (a DVC matrix stage) trains one model family; its name
+template (e.g. stage1 `d{d_model}-P{n_prelude}-R{n_loops}`) both builds the names the grid expands
+to and parses a name back to its fields, and `RunPaths` is where a run's files live. Each group
+also declares exactly which params keys its runs read (`Group.params`, equal to dvc.yaml's
+`params:` for the stage, checked by tests/test_stages.py): runs are resolved from a view of
+params.yaml holding those keys alone, so a run can never depend on a key DVC does not track.
+
+Model fields come from `model.common` (every family) and `model.<arch>` (that family only), so a
+CART-only field re-runs CART runs and nothing else.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import re
+import string
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Callable, Literal
 
-from .models import CARTConfig, DenseConfig, ModelConfig, config_from_dict
-from .params import build, section
-
-GROUPS = ("stage1", "stage2", "dense", "ablation")
-_NAME = {
-    "stage1": re.compile(r"d(?P<d_model>\d+)-P(?P<n_prelude>\d+)-R(?P<n_loops>\d+)"),
-    "stage2": re.compile(r"d(?P<d_model>\d+)-R(?P<n_loops>\d+)-s(?P<seed>\d+)"),
-    "dense": re.compile(r"L(?P<n_layers>\d+)-s(?P<seed>\d+)"),
-}
-# Fields a group decides; the shared `model` section may not set them.
-_PER_RUN_FIELDS = {"vocab_size", "d_model", "n_prelude", "n_loops", "noncausal_cross_attn",
-                   "unfreeze_kv", "unshare_core", "self_attn_core", "disable_hyperconnection",
-                   "disable_lti", "disable_lie"}
+from .models import ModelConfig, config_from_dict
+from .params import build, section, view
 
 
 @dataclass(frozen=True)
@@ -85,6 +80,23 @@ class TrainSettings:
 
 
 @dataclass(frozen=True)
+class RunPaths:
+    """Where a run's files live: checkpoints, curves, the metrics file DVC compares, and the data
+    it reads."""
+
+    run_dir: Path
+    plots_dir: Path
+    metrics_file: Path
+    bins_dir: Path
+    tokenizer_dir: Path
+
+    @classmethod
+    def for_run(cls, group: str, name: str, root: Path = Path(".")) -> "RunPaths":
+        return cls(root / "runs" / group / name, root / "plots" / group / name,
+                   root / "metrics" / group / f"{name}.json", root / "data" / "bins", root / "data" / "tokenizer")
+
+
+@dataclass(frozen=True)
 class RunSpec:
     group: str
     name: str
@@ -104,103 +116,199 @@ class RunSpec:
                 "run": dataclasses.asdict(self.run), "train": dataclasses.asdict(self.train)}
 
 
-def model_defaults(params: dict) -> dict:
-    defaults = dict(section(params, "model"))
-    bad = sorted(set(defaults) & _PER_RUN_FIELDS)
-    if bad:
-        raise ValueError(f"model.{bad[0]}: set per run by the stage1/stage2/dense/ablation sections, "
-                         f"not in the shared model section")
-    config_from_dict({"arch": "cart", **defaults}, where="model")  # validates every key and value once
-    return defaults
+# ---- groups --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Group:
+    """A group of runs: one DVC matrix stage, one model family.
+
+    template  the run name, `{field}` placeholders for integers (`{variant}` for a free name)
+    params    the params keys a run reads, in dvc.yaml's form (`{name}` = the run's name)
+    run_key   the run-settings block (Dense and the ablations use Stage 2's, as in the paper)
+    grid      the params key the group's runs are expanded from
+    expand    params -> every name-field dict the group's grid expands to
+    fields    (params view, name fields) -> (model fields beyond the family defaults, seed, variant)
+    """
+
+    name: str
+    arch: str
+    template: str
+    params: tuple[str, ...]
+    run_key: str
+    grid: str
+    expand: Callable[[dict], list[dict]]
+    fields: Callable[[dict, dict], tuple[dict, int, str | None]]
+
+    @property
+    def placeholders(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+
+    def format(self, **fields) -> str:
+        return self.template.format(**fields)
+
+    def parse(self, name: str) -> dict:
+        regex = re.escape(self.template)
+        for f in self.placeholders:
+            pattern = r"(?P<variant>[A-Za-z0-9_]+)" if f == "variant" else rf"(?P<{f}>\d+)"
+            regex = regex.replace(re.escape("{" + f + "}"), pattern)
+        m = re.fullmatch(regex, name)
+        if not m:
+            raise ValueError(f"run name {name!r} does not match {self.name}'s pattern {self.template!r}")
+        return {k: v if k == "variant" else int(v) for k, v in m.groupdict().items()}
+
+    def keys(self, name: str) -> tuple[str, ...]:
+        return tuple(k.replace("{name}", name) for k in self.params)
+
+    @property
+    def plan_keys(self) -> tuple[str, ...]:
+        """What describing the group's runs reads (no model build): the grid, the run settings and
+        the group's own keys, not the shared model and train sections."""
+        own = (k for k in self.params if not k.startswith(("model.", "train")) and "{name}" not in k)
+        return tuple(dict.fromkeys((self.grid, self.run_key, *own)))
 
 
-def _dense_fields(defaults: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(DenseConfig)}
-    return {k: v for k, v in defaults.items() if k in names}
+def _grid(params: dict, key: str, names: tuple[str, ...]) -> list[dict]:
+    grid = section(params, key)
+    if not isinstance(grid, dict) or sorted(grid) != sorted(names):
+        raise ValueError(f"{key}: expected the lists {list(names)}, got {grid!r}")
+    for n in names:
+        if not isinstance(grid[n], list) or not grid[n]:
+            raise ValueError(f"{key}.{n}: expected a non-empty list, got {grid[n]!r}")
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def _variants(params: dict) -> list[dict]:
+    variants = section(params, "ablation.variants")
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(f"ablation.variants: expected a non-empty mapping of name -> flags, got {variants!r}")
+    return [{"variant": v} for v in variants]
+
+
+def _ablation_fields(p: dict, f: dict) -> tuple[dict, int, str]:
+    name = f["variant"]
+    flags = section(p, f"ablation.variants.{name}") or {}
+    if not isinstance(flags, dict):
+        raise ValueError(f"ablation.variants.{name}: expected a mapping of config fields, got {flags!r}")
+    return dict(section(p, "ablation.base")) | flags, section(p, "ablation.seed"), name
+
+
+_CART_MODEL = ("model.common", "model.cart")
+GROUPS: dict[str, Group] = {g.name: g for g in (
+    Group("stage1", "cart", "d{d_model}-P{n_prelude}-R{n_loops}",
+          (*_CART_MODEL, "train", "stage1.run", "stage1.seed"), "stage1.run", "stage1.grid",
+          lambda p: _grid(p, "stage1.grid", ("d_model", "n_prelude", "n_loops")),
+          lambda p, f: (f, section(p, "stage1.seed"), None)),
+    Group("stage2", "cart", "d{d_model}-R{n_loops}-s{seed}",
+          (*_CART_MODEL, "train", "stage2.run", "stage2.n_prelude"), "stage2.run", "stage2.grid",
+          lambda p: _grid(p, "stage2.grid", ("d_model", "n_loops", "seed")),
+          lambda p, f: ({"d_model": f["d_model"], "n_loops": f["n_loops"],
+                         "n_prelude": section(p, "stage2.n_prelude")}, f["seed"], None)),
+    Group("dense", "dense", "L{n_layers}-s{seed}",
+          ("model.common", "train", "stage2.run", "dense.d_model"), "stage2.run", "dense.grid",
+          lambda p: _grid(p, "dense.grid", ("n_layers", "seed")),
+          lambda p, f: ({"n_layers": f["n_layers"], "d_model": section(p, "dense.d_model")}, f["seed"], None)),
+    Group("ablation", "cart", "{variant}",
+          (*_CART_MODEL, "train", "stage2.run", "ablation.seed", "ablation.base", "ablation.variants.{name}"),
+          "stage2.run", "ablation.variants", _variants, _ablation_fields),
+)}
+# Fields a group decides per run; the shared model sections may not set them.
+_PER_RUN_FIELDS = {"vocab_size", "d_model", "n_prelude", "n_loops", "n_layers", "noncausal_cross_attn",
+                   "unfreeze_kv", "unshare_core", "self_attn_core", "disable_hyperconnection", "disable_lti",
+                   "disable_lie"}
+
+
+def group_of(name: str) -> Group:
+    if name not in GROUPS:
+        raise ValueError(f"unknown group {name!r}; valid: {list(GROUPS)}")
+    return GROUPS[name]
+
+
+def model_defaults(params: dict, arch: str) -> dict:
+    """model.common + model.<arch>: the family's shared fields, before a run adds its own."""
+    common = section(params, "model.common")
+    family = params["model"].get(arch) or {} if isinstance(params.get("model"), dict) else {}
+    for key, block in (("model.common", common), (f"model.{arch}", family)):
+        if not isinstance(block, dict):
+            raise ValueError(f"{key}: expected a mapping of model fields, got {block!r}")
+        bad = sorted(set(block) & _PER_RUN_FIELDS)
+        if bad:
+            raise ValueError(f"{key}.{bad[0]}: set per run by the group's grid or variants, not in the "
+                             f"shared model sections")
+    return dict(common) | dict(family)
 
 
 def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec:
-    """The full spec of run `<group>/<name>`, validated; ValueError names the bad key."""
-    if group not in GROUPS:
-        raise ValueError(f"unknown group {group!r}; valid: {list(GROUPS)}")
-    defaults = model_defaults(params)
-    train = build(TrainSettings, section(params, "train"), "train")
-    run_key = "stage1.run" if group == "stage1" else "stage2.run"
-    run = build(RunSettings, section(params, run_key), run_key)
+    """The full spec of run `<group>/<name>`, validated; ValueError names the bad key. Reads only
+    the group's declared params keys."""
+    g = group_of(group)
+    fields = g.parse(name)
+    if "variant" in fields:  # a variant's own params key exists only for the grid's variants
+        check_in_grid(params, group, name)
+    p = view(params, g.keys(name))
+    train = build(TrainSettings, section(p, "train"), "train")
+    run = build(RunSettings, section(p, g.run_key), g.run_key)
     if train.warmup_steps >= run.steps:
-        raise ValueError(f"train.warmup_steps={train.warmup_steps} must be < {run_key}.steps={run.steps}")
-    variant = None
-    if group == "ablation":
-        variants = section(params, "ablation.variants")
-        if name not in variants:
-            raise ValueError(f"ablation variant {name!r} not in ablation.variants: {sorted(variants)}")
-        variant = name
-        fields = dict(section(params, "ablation.base")) | dict(variants[name] or {})
-        seed = section(params, "ablation.seed")
-        model = config_from_dict({"arch": "cart", **defaults, **fields, "vocab_size": vocab_size},
-                                 where=f"ablation.variants.{name}")
-    else:
-        m = _NAME[group].fullmatch(name)
-        if not m:
-            raise ValueError(f"run name {name!r} does not match {group}'s pattern {_NAME[group].pattern}")
-        fields = {k: int(v) for k, v in m.groupdict().items()}
-        seed = fields.pop("seed", None)
-        if group == "stage1":
-            seed = section(params, "stage1.seed")
-            model = CARTConfig(**defaults, **fields, vocab_size=vocab_size)
-        elif group == "stage2":
-            model = CARTConfig(**defaults, **fields, n_prelude=section(params, "stage2.n_prelude"),
-                               vocab_size=vocab_size)
-        else:
-            model = DenseConfig(**_dense_fields(defaults), **fields, d_model=section(params, "dense.d_model"),
-                                vocab_size=vocab_size)
+        raise ValueError(f"train.warmup_steps={train.warmup_steps} must be < {g.run_key}.steps={run.steps}")
+    fields, seed, variant = g.fields(p, fields)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ValueError(f"{group} seed must be an integer, got {seed!r}")
+    where = f"ablation.variants.{name}" if group == "ablation" else f"{group} run {name}"
+    model = config_from_dict({"arch": g.arch, **model_defaults(p, g.arch), **fields, "vocab_size": vocab_size},
+                             where=where)
     return RunSpec(group=group, name=name, seed=seed, model=model, run=run, train=train, variant=variant)
 
 
-@dataclass(frozen=True)
-class Stage1Grid:
-    d_model: list[int]
-    n_prelude: list[int]
-    n_loops: list[int]
+def describe_run(params: dict, group: str, name: str) -> dict:
+    """What a planned run is, without building its model (it may not exist yet): its family, the
+    fields its name and group set, seed, variant and run settings. Reads the group's plan keys."""
+    g = group_of(group)
+    p = view(params, g.plan_keys)
+    fields, seed, variant = g.fields(p, g.parse(name))
+    run = build(RunSettings, section(p, g.run_key), g.run_key)
+    return {"group": group, "name": name, "arch": g.arch, **fields, "seed": seed, "variant": variant,
+            "planned_steps": run.steps, "seq_len": run.seq_len, "tokens_per_step": run.tokens_per_step}
 
 
-@dataclass(frozen=True)
-class Stage2Grid:
-    d_model: list[int]
-    n_loops: list[int]
-    seed: list[int]
+def plan_keys(groups) -> tuple[str, ...]:
+    """The params keys a plan of these groups reads (the summary and results stages' params)."""
+    return tuple(dict.fromkeys(k for g in groups for k in group_of(g).plan_keys))
 
 
-@dataclass(frozen=True)
-class DenseGrid:
-    n_layers: list[int]
-    seed: list[int]
+def summary_groups(group: str) -> tuple[str, ...]:
+    """The run groups a group's summary reads: Dense and the ablations are compared with Stage 2."""
+    return {"dense": ("dense", "stage2"), "ablation": ("ablation", "stage2")}.get(group, (group,))
 
 
-def run_names(params: dict) -> dict[str, list[str]]:
+def run_names(params: dict, groups=None) -> dict[str, list[str]]:
     """Every run the profile's DAG will train, per group (what dvc.yaml's matrices expand to)."""
-    g1 = build(Stage1Grid, section(params, "stage1.grid"), "stage1.grid")
-    g2 = build(Stage2Grid, section(params, "stage2.grid"), "stage2.grid")
-    gd = build(DenseGrid, section(params, "dense.grid"), "dense.grid")
-    variants = section(params, "ablation.variants")
-    if not isinstance(variants, dict):
-        raise ValueError(f"ablation.variants: expected a mapping of name -> flags, got {variants!r}")
-    return {
-        "stage1": [f"d{d}-P{p}-R{r}" for d, p, r in itertools.product(g1.d_model, g1.n_prelude, g1.n_loops)],
-        "stage2": [f"d{d}-R{r}-s{s}" for d, r, s in itertools.product(g2.d_model, g2.n_loops, g2.seed)],
-        "dense": [f"L{n}-s{s}" for n, s in itertools.product(gd.n_layers, gd.seed)],
-        "ablation": list(variants),
-    }
+    return {name: [g.format(**f) for f in g.expand(params)] for name, g in GROUPS.items()
+            if groups is None or name in groups}
+
+
+def check_in_grid(params: dict, group: str, name: str) -> None:
+    """A run name must be one the grid expands to (dvc.yaml only generates those; a hand-typed
+    name outside it would train a run nothing tracks)."""
+    names = run_names(params, [group_of(group).name])[group]
+    if name not in names:
+        raise ValueError(f"{group}/{name} is not in params.yaml's {group} grid; valid: {names}")
+
+
+def check_model_section(params: dict) -> None:
+    """`model` holds `common` and one block per family, nothing else (a typo would be read by no run)."""
+    from .models import FAMILIES
+    model = section(params, "model")
+    valid = ["common", *FAMILIES]
+    unknown = sorted(set(model) - set(valid)) if isinstance(model, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(f"model: unknown key(s) {unknown if unknown else model!r}; valid: {valid} "
+                         f"(shared fields go in model.common, a family's own in model.<family>)")
 
 
 def validate_profile(params: dict, vocab_size: int = 32_000) -> dict[str, list[str]]:
     """Resolve every run of the profile, so a bad grid entry fails before any training."""
+    check_model_section(params)
     names = run_names(params)
     for group, group_names in names.items():
-        if not group_names:
-            raise ValueError(f"{group}: the grid is empty")
         for name in group_names:
             resolve_run(params, group, name, vocab_size)
     return names

@@ -41,6 +41,19 @@ def section(params: dict, dotted: str) -> Any:
     return node
 
 
+def view(params: dict, keys) -> dict:
+    """A copy of params holding only the dotted `keys` (e.g. "stage2.run", "model.common"): a stage
+    resolved from its view cannot read a key it did not declare (and DVC does not track)."""
+    out: dict = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = section(params, key)
+    return out
+
+
 def build(cls, data: Any, where: str):
     """Instantiate dataclass `cls` from `data` (a mapping), validating keys and types."""
     return _convert(cls, data, where)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import sqlite3
 import warnings
 from pathlib import Path
@@ -32,11 +31,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .experiments import GROUPS as RUN_GROUPS
+from .experiments import group_of
 from .io import atomic_path
-from .models import DenseConfig, config_from_dict, count_params, forward_flops
+from .models import config_from_dict, count_params, forward_flops
 
 SCHEMA_VERSION = 1
-GROUPS = ("stage1", "stage2", "dense", "ablation")
+GROUPS = tuple(RUN_GROUPS)
 DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
 RANK_DOMAIN = "wikipedia"  # the paper ranks configs and picks "best" by Wikipedia PPL
 FLAGS = ("unfreeze_kv", "unshare_core", "self_attn_core", "disable_hyperconnection", "disable_lti",
@@ -98,47 +99,29 @@ class RunPlan:
     profile: str | None = None
 
 
-_NAME_TOKEN = re.compile(r"([dPRLs])(\d+)")
-_NAME_FIELDS = {"d": "d_model", "P": "n_prelude", "R": "n_loops", "L": "n_layers", "s": "seed"}
-
-
 def parse_run_name(group: str, name: str) -> dict:
-    """Fields a run name encodes: stage1 d-P-R, stage2 d-R-s, dense L-s, ablation = variant."""
-    if group == "ablation":
-        return {"variant": name, "arch": "cart"}
-    out: dict[str, Any] = {"arch": "dense" if group == "dense" else "cart"}
-    for part in name.split("-"):
-        m = _NAME_TOKEN.fullmatch(part)
-        if m:
-            out[_NAME_FIELDS[m[1]]] = int(m[2])
-    return out
+    """The fields a run's name encodes (cart.experiments' templates), and its family; {} for a
+    directory whose name no longer matches its group's template."""
+    g = group_of(group)
+    try:
+        return {"arch": g.arch, **g.parse(name)}
+    except ValueError:
+        return {"arch": g.arch}
 
 
 def plan_from_params(params: dict, groups: Iterable[str] = GROUPS) -> RunPlan:
-    """The runs params.yaml's grids expand to (cart.experiments.run_names), with their configs."""
-    from .experiments import resolve_run, run_names
-    from .params import section
+    """The runs params.yaml's grids expand to (cart.experiments.run_names), described from the
+    groups' plan keys alone."""
+    from .experiments import describe_run, plan_keys, run_names
+    from .params import section, view
 
     groups = tuple(groups)
-    expected: dict[str, dict] = {}
-    for group, names in run_names(params).items():
-        if group not in groups:
-            continue
-        for name in names:
-            fields = {"group": group, "name": name, **parse_run_name(group, name)}
-            try:  # vocab_size is unknown before the tokenizer stage; it changes no field kept here
-                spec = resolve_run(params, group, name, vocab_size=1)
-                m = spec.model.to_dict()
-                fields |= {k: m.get(k) for k in ("arch", "d_model", "n_prelude", "n_loops", "n_layers", *FLAGS)
-                           if k in m}
-                fields |= {"seed": spec.seed, "variant": spec.variant, "planned_steps": spec.run.steps,
-                           "seq_len": spec.run.seq_len, "tokens_per_step": spec.run.tokens_per_step}
-            except (ValueError, TypeError):
-                pass  # the name alone still identifies the run
-            expected[f"{group}/{name}"] = fields
-    base = dict(section(params, "ablation.base")) if "ablation" in groups else None
-    seed = section(params, "ablation.seed") if "ablation" in groups else None
-    return RunPlan(expected=expected, ablation_base=base, ablation_seed=seed, profile=params.get("profile"))
+    p = view(params, plan_keys(groups))
+    expected = {f"{group}/{name}": describe_run(p, group, name)
+                for group, names in run_names(p, groups).items() for name in names}
+    base = dict(section(p, "ablation.base")) if "ablation" in groups else None
+    seed = section(p, "ablation.seed") if "ablation" in groups else None
+    return RunPlan(expected=expected, ablation_base=base, ablation_seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,11 +174,6 @@ def _model_config(cfg: dict | None, issues: list, run_id: str, path: Path):
         return None
 
 
-def _dense_layer(model) -> DenseConfig:
-    common = {f.name: getattr(model, f.name) for f in dataclasses.fields(DenseConfig) if f.name != "n_layers"}
-    return DenseConfig(**common, n_layers=1)
-
-
 def _num(v):
     if v is None or isinstance(v, bool):
         return None
@@ -232,20 +210,13 @@ def collect_run(root: Path, group: str, name: str, expected: dict | None, in_gri
     if model is not None:
         m = model.to_dict()
         row["arch"] = m["arch"]
-        for k in ("d_model", "n_prelude", "n_loops", "n_layers", *FLAGS):
-            if k in m:
-                row[k] = int(m[k]) if isinstance(m[k], (bool, int)) else m[k]
-        if isinstance(model, DenseConfig):
-            row["n_prelude"], row["n_loops"] = None, None
-            for f in FLAGS:
-                row[f] = None
-        else:
-            row["n_layers"] = None
+        for k in ("d_model", "n_prelude", "n_loops", "n_layers", *FLAGS):  # None where the family has no such field
+            row[k] = int(m[k]) if isinstance(m.get(k), (bool, int)) else m.get(k)
         counts = count_params(model)
         row["stored_params"], row["effective_params"] = counts["stored"], counts["effective"]
         if row["seq_len"]:
             row["flops_per_seq"] = forward_flops(model, row["seq_len"])
-            row["dense_layer_flops_per_seq"] = forward_flops(_dense_layer(model), row["seq_len"])
+            row["dense_layer_flops_per_seq"] = model.dense_layer_flops(row["seq_len"])
     if row["planned_steps"] and row["tokens_per_step"]:
         row["planned_tokens"] = row["planned_steps"] * row["tokens_per_step"]
 
@@ -608,7 +579,7 @@ def best_per_d(configs: pd.DataFrame) -> pd.DataFrame:
 
 def _lowest_seed_run(run_ids: str) -> str:
     ids = run_ids.split(",")
-    return min(ids, key=lambda r: (int(re.search(r"-s(\d+)$", r)[1]) if re.search(r"-s(\d+)$", r) else 0, r))
+    return min(ids, key=lambda r: (parse_run_name(*r.split("/", 1)).get("seed", 0), r))
 
 
 def dense_configs(con: sqlite3.Connection) -> pd.DataFrame:
@@ -865,9 +836,3 @@ def _summary_ablation(con) -> dict:
     st = _status_block(con, ["ablation", "stage2"])
     return {"runs": st["ablation"], "delta": "100 * (variant / baseline - 1) on final PPL", "base": base,
             "variants": variants}
-
-
-def summary_groups(group: str) -> tuple[str, ...]:
-    """The run groups a group's summary reads (its DVC deps)."""
-    return {"stage1": ("stage1",), "stage2": ("stage2",), "dense": ("dense", "stage2"),
-            "ablation": ("ablation", "stage2")}[group]

@@ -25,9 +25,10 @@ from . import distributed
 from .accounting import count_params, forward_flops, mfu, peak_flops_for
 from .data import BatchReader, domains, read_meta, val_batches
 from .evaluate import bits_per_byte, eval_loss, perplexity
-from .experiments import RunSpec
+from .experiments import RunPaths, RunSpec
 from .io import atomic_path, atomic_write_json, read_json, require_free_space, sha256_file
 from .models import build_model
+from .code_deps import ROOT, training_code
 from .step import lr_multiplier, make_loss_fn, make_optimizer, resolve_device, resolve_dtype, train_step
 from .tokenizer import tokenizer_info
 
@@ -36,20 +37,6 @@ from .tokenizer import tokenizer_info
 RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every")
 TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu"]
 EVAL_COLUMNS = ["step", "domain", "loss", "ppl", "bpb"]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPaths:
-    run_dir: Path
-    plots_dir: Path
-    metrics_file: Path
-    bins_dir: Path
-    tokenizer_dir: Path
-
-    @classmethod
-    def for_run(cls, group: str, name: str, root: Path = Path(".")) -> "RunPaths":
-        return cls(root / "runs" / group / name, root / "plots" / group / name,
-                   root / "metrics" / group / f"{name}.json", root / "data" / "bins", root / "data" / "tokenizer")
 
 
 class NonFiniteError(RuntimeError):
@@ -117,7 +104,7 @@ class Trainer:
         self.run_config = run_config | {
             "tokenizer": {"vocab_size": self.tok["vocab_size"], "sha256": self.tok["sha256"]},
             "data": {"train_sha256": meta["files"]["train.bin"]["sha256"]},
-            "code_sha256": code_fingerprint(),
+            "code_sha256": code_fingerprint(spec.model.arch),
         }
         self.peak = peak_flops_for(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         self.counts = count_params(spec.model)
@@ -387,15 +374,13 @@ def metrics_from_summary(summary: dict) -> dict:
     return metrics
 
 
-def code_fingerprint() -> str:
-    """sha256 of the library code a run's result depends on: a changed model or loop retrains the
-    run (DVC re-runs the stage for the same reason), anything else resumes or is kept."""
-    from . import accounting, checkpoint, data, distributed, evaluate, experiments, models, step
-    from .models import base, cart, cart_config, dense, dense_config, layers
+def code_fingerprint(arch: str) -> str:
+    """sha256 of the library code a run of this family depends on (cart.stages.training_code, the
+    same files as its DVC stage's code deps): a changed model or loop retrains the run, as DVC
+    re-runs the stage; a change elsewhere (another family, the report) leaves it alone."""
     h = hashlib.sha256()
-    for mod in (accounting, checkpoint, data, distributed, evaluate, experiments, models, base, cart, cart_config,
-                dense, dense_config, layers, step, sys.modules[__name__]):
-        h.update(Path(mod.__file__).read_bytes())
+    for rel in training_code(arch):
+        h.update(rel.encode() + b"\0" + (ROOT / rel).read_bytes())
     return h.hexdigest()
 
 

@@ -8,7 +8,7 @@ with status 'missing' rather than silently absent.
 import argparse
 from pathlib import Path
 
-from cart.params import load_params
+from cart.params import load_params, section
 from cart.results import build_store, plan_from_params
 from pipeline._cli import run
 
@@ -21,7 +21,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--out", type=Path, default=None, help=f"default: <root>/{DB}")
     args = ap.parse_args(argv)
-    plan = plan_from_params(load_params(args.params))
+    params = load_params(args.params)
+    plan = plan_from_params(params)
+    plan.profile = section(params, "profile")
     out = args.out or args.root / DB
     c = build_store(out, args.root, plan)
     print(f"results: {c['runs']} runs ({c['complete']} complete, {c['failed']} failed, {c['incomplete']} incomplete, "

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cart.io import atomic_write_json
 from cart.params import load_params
-from cart.results import GROUPS, memory_store, plan_from_params, summarize_group, summary_groups
+from cart.experiments import summary_groups
+from cart.results import GROUPS, memory_store, plan_from_params, summarize_group
 from pipeline._cli import run
 
 

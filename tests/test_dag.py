@@ -68,6 +68,11 @@ def test_param_edit_invalidates_only_dependents(repo):
         assert {"stage2", "dense", "ablation"} <= changed
         assert not changed & {"corpus", "tokenizer", "bins", "stage1", "summarize_stage1"}
         p = yaml.safe_load(original)
+        p["model"]["cart"]["lti_init"] = 0.8  # a CART-only field: no Dense baseline re-runs
+        write_params(repo, p)
+        changed = _changed_stages(repo)
+        assert {"stage1", "stage2", "ablation"} <= changed and "dense" not in changed
+        p = yaml.safe_load(original)
         p["tokenizer"]["vocab_size"] = 600
         write_params(repo, p)
         changed = _changed_stages(repo)

@@ -83,8 +83,11 @@ def _edit(path: str, value):
     ("stage1.grid.n_prelude", [0], "n_prelude"),
     ("stage2.grid.n_loops", [0], "n_loops"),
     ("stage2.grid.seed", [], "stage2"),
-    ("model.d_model", 64, "model.d_model"),
-    ("model.head_dmi", 64, "head_dmi"),
+    ("model.d_model", 64, "model: unknown key"),
+    ("model.common.d_model", 64, "model.common.d_model"),
+    ("model.common.head_dmi", 64, "head_dmi"),
+    ("model.cart.n_loops", 3, "model.cart.n_loops"),
+    ("model.common.head_dim", 48, "head_dim"),
     ("ablation.variants.X", {"unfreeze_kvv": True}, "ablation.variants.X"),
 ])
 def test_bad_params_fail_up_front_naming_the_key(path, value, key):
@@ -95,7 +98,7 @@ def test_bad_params_fail_up_front_naming_the_key(path, value, key):
 def test_bad_run_names_are_rejected():
     with pytest.raises(ValueError, match="pattern"):
         resolve_run(DEFAULT, "stage1", "d64-R2", 2048)
-    with pytest.raises(ValueError, match="not in ablation.variants"):
+    with pytest.raises(ValueError, match="not in params.yaml's ablation grid"):
         resolve_run(DEFAULT, "ablation", "Q", 2048)
     with pytest.raises(ValueError, match="unknown group"):
         resolve_run(DEFAULT, "stage3", "x", 2048)
@@ -107,7 +110,7 @@ _paths = st.sampled_from([
     "train.lr", "train.warmup_steps", "train.device", "train.eval_seqs", "train.grad_clip", "train.beta2",
     "stage1.run.steps", "stage1.run.micro_batch", "stage1.grid.d_model", "stage1.grid.n_loops",
     "stage2.n_prelude", "stage2.run.grad_accum", "stage2.grid.seed", "dense.d_model", "dense.grid.n_layers",
-    "model.head_dim", "model.kv_latent_ratio", "model.lti_init", "ablation.seed", "ablation.base.n_loops",
+    "model.common.head_dim", "model.cart.kv_latent_ratio", "model.cart.lti_init", "ablation.seed", "ablation.base.n_loops",
     "corpus.train_tokens", "corpus.seed", "corpus.domains.wikipedia.source", "tokenizer.kind",
     "tokenizer.vocab_size", "tokenizer.model_type", "bins.chunk_tokens", "bins.workers", "bins.dtype",
     "benchmarks.limit", "benchmarks.source", "benchmarks.num_fewshot", "variable_r.n_loops", "report.dpi",

@@ -17,7 +17,8 @@ from cart.checkpoint import SUMMARY
 from cart.experiments import resolve_run
 from cart.params import load_params
 from cart.tokenizer import tokenizer_info
-from cart.train import NonFiniteError, RunPaths, Trainer, train_run
+from cart.experiments import RunPaths
+from cart.train import NonFiniteError, Trainer, train_run
 from conftest import tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -124,6 +124,11 @@ class ConfigBase:
         2 x matmul weights applied x T + 4 T^2 d per full causal attention."""
         raise NotImplementedError
 
+    def dense_layer_flops(self, seq_len: int) -> int:
+        """Forward FLOPs of one standard (Dense) layer at this width: the unit the paper's FLOPs
+        table compares architectures in."""
+        return 2 * self.layer_weights * seq_len + 4 * seq_len * seq_len * self.d_model
+
     def train_passes(self) -> float:
         """Forward(+backward) passes over each training token per batch, relative to one plain
         forward: 1 here; ~2 for LRT's interleaved training, 2 for RAT+'s joint training. Training

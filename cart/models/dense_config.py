@@ -26,5 +26,4 @@ class DenseConfig(ConfigBase):
         return {"stored": stored, "effective": stored}
 
     def forward_flops(self, seq_len: int) -> int:
-        T = seq_len
-        return self.n_layers * (2 * self.layer_weights * T + 4 * T * T * self.d_model)
+        return self.n_layers * self.dense_layer_flops(seq_len)
