@@ -46,9 +46,11 @@ def _imports_of(path: Path, mtime_ns: int) -> frozenset[str]:
             mod = ".".join(p for p in (base, node.module or "") if p)
             found.add(mod)
             found.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import submodule`
-    if path.name == "__init__.py":  # functions a package's YAML files name by module path
+    if path.name == "__init__.py":  # functions the package's own YAML files (not a subpackage's) name
         for yaml_file in path.parent.rglob("*.yaml"):
-            found.update(m.rsplit(".", 1)[0] for m in _YAML_FUNCTION.findall(yaml_file.read_text()))
+            owner = next(d for d in yaml_file.parents if (d / "__init__.py").is_file())
+            if owner == path.parent:
+                found.update(m.rsplit(".", 1)[0] for m in _YAML_FUNCTION.findall(yaml_file.read_text()))
     out = set()
     for mod in found:
         parts = mod.split(".")

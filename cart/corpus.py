@@ -21,8 +21,11 @@ Sizes: `corpus.train_tokens` / `corpus.val_tokens` are approximate per-domain ta
 tokenizer exists a document's tokens are ESTIMATED as whitespace words x 1.3 (`TOKENS_PER_WORD`);
 documents are taken in stream order until the estimate reaches the target (or the source runs out).
 Where a domain has no separate validation source, each document goes to validation with probability
-val/(train+val), decided by a hash of (corpus.seed, document index): deterministic and disjoint.
-Exact duplicate texts are dropped, so train and val never share a document.
+val/(train+val), decided by a hash of (corpus.seed, document index): deterministic and disjoint; or,
+with `holdout: tail` (local files), validation is the LAST documents of the source (e.g. the last
+Wikipedia articles) and training the ones before them. Exact duplicate texts are dropped, so train
+and val never share a document. A domain with `role: eval` is held out entirely: all of its text
+goes to validation (an out-of-domain perplexity set), none to training.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ TOKENS_PER_WORD = 1.3          # the pre-tokenizer size estimate: tokens ~ white
 _DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _FORMAT_BY_SUFFIX = {".txt": "text", ".text": "text", ".raw": "text", ".json": "json", ".jsonl": "json",
                      ".ndjson": "json", ".parquet": "parquet"}
+_COMPRESSION_SUFFIXES = (".xz", ".gz", ".bz2", ".zst", ".lz4")  # `datasets` decompresses these itself
 
 # The spec's corpora (CART_SPEC.md section 3), used by `source: hf` unless params override them.
 # val_split None: validation is carved from the training stream by hash (the paper's held-out
@@ -68,7 +72,7 @@ BUILTIN_DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
 # keys each source may set (besides `source`); anything else set is an error naming the key
 _SOURCE_KEYS = {
     "builtin": set(),
-    "local": {"train_files", "val_files", "format", "sample_by", "text_field"},
+    "local": {"train_files", "val_files", "format", "sample_by", "text_field", "holdout"},
     "hf": {"name", "config", "split", "val_split", "text_field"},
 }
 
@@ -90,11 +94,13 @@ class DomainSource:
     config: str | None = None                      # hf: configuration name
     split: str | None = None                       # hf: training split
     val_split: str | None = None                   # hf: validation split (absent: carved by hash)
+    holdout: Literal["hash", "tail"] | None = None # local without val_files: how val is carved (absent: hash)
+    role: Literal["train", "eval"] = "train"       # eval: validation text only (out-of-domain PPL)
 
     def __post_init__(self):
         allowed = _SOURCE_KEYS[self.source]
         for key in ("train_files", "val_files", "format", "sample_by", "text_field", "name", "config",
-                    "split", "val_split"):
+                    "split", "val_split", "holdout"):
             if getattr(self, key) is not None and key not in allowed:
                 users = [s for s, keys in _SOURCE_KEYS.items() if key in keys]
                 raise ValueError(f"{key}: only used by source {' / '.join(users)}, not {self.source!r}; "
@@ -102,6 +108,8 @@ class DomainSource:
         if self.source == "local":
             if not self.train_files:
                 raise ValueError("train_files: required for source 'local' (a path, glob or list of them)")
+            if self.holdout is not None and self.val_files:
+                raise ValueError("holdout: carves validation out of train_files; not used with val_files")
             if self.sample_by is not None and self.format not in (None, "text"):
                 raise ValueError(f"sample_by: only used by format 'text', not {self.format!r}")
         for key in ("train_files", "val_files"):
@@ -233,11 +241,17 @@ def stream_documents(path_or_name: str, config: str | None = None, split: str = 
 def _local_format(spec: DomainSource, files: list[str], where: str) -> str:
     if spec.format is not None:
         return spec.format
-    suffixes = {_FORMAT_BY_SUFFIX.get(Path(f).suffix.lower()) for f in files}
+    suffixes = {_FORMAT_BY_SUFFIX.get(_data_suffix(f)) for f in files}
     if None in suffixes or len(suffixes) != 1:
         raise ValueError(f"{where}.format: cannot infer the format of {files} from the file extension "
                          f"(known: {sorted(_FORMAT_BY_SUFFIX)}); set format: text | json | parquet")
     return suffixes.pop()
+
+
+def _data_suffix(path: str) -> str:
+    """The suffix that names a file's format, under a compression suffix (`x.jsonl.xz` -> `.jsonl`)."""
+    p = Path(path.lower())
+    return p.with_suffix("").suffix if p.suffix in _COMPRESSION_SUFFIXES else p.suffix
 
 
 def _expand(patterns: list[str], where: str) -> list[str]:
@@ -262,6 +276,7 @@ class _Plan:
     val: Callable[[], Iterable[str]] | None
     describe: dict
     size: Callable[[], float] | None = None   # approx tokens of a finite source, when cheap to know
+    holdout: str = "hash"                      # how val is carved from `train` when `val` is None
 
 
 def _offline_datasets_env() -> None:
@@ -292,9 +307,10 @@ def plan_domain(domain: str, spec: DomainSource, seed: int) -> _Plan:
 
         def reader(files):
             return lambda: stream_documents(fmt, None, "train", field, data_files=files, **kwargs)
+        holdout = spec.holdout or "hash"
         return _Plan(reader(train_files), reader(val_files) if val_files else None,
                      {"format": fmt, "train_files": train_files, "val_files": val_files, "text_field": field,
-                      **kwargs})
+                      **kwargs, **({"holdout": holdout} if not val_files else {})}, holdout=holdout)
     # hf
     base = HF_DEFAULTS.get(domain, {})
     name = spec.name or base.get("name")
@@ -347,8 +363,9 @@ class _SplitWriter:
 
 
 def gather_domain(plan: _Plan, out_dir: Path, train_tokens: int, val_tokens: int, seed: int,
-                  domain: str = "", progress: bool = False) -> dict:
-    """Stream a domain's documents into out_dir/{train,val}.jsonl up to the approximate targets."""
+                  domain: str = "", progress: bool = False, role: str = "train") -> dict:
+    """Stream a domain's documents into out_dir/{train,val}.jsonl up to the approximate targets
+    (role "eval": validation only, from the val source if there is one, else the train files)."""
     from tqdm import tqdm
     out_dir.mkdir(parents=True, exist_ok=True)
     writers = {s: _SplitWriter(out_dir / f"{s}.jsonl", t) for s, t in (("train", train_tokens), ("val", val_tokens))}
@@ -367,7 +384,28 @@ def gather_domain(plan: _Plan, out_dir: Path, train_tokens: int, val_tokens: int
         return text
 
     try:
-        if plan.val is None:  # one stream, carved by hash
+        if role == "eval":  # an out-of-domain set: everything to validation, nothing to train
+            va = writers["val"]
+            for raw in (plan.val or plan.train)():
+                if va.full:
+                    break
+                text = accept(raw)
+                if text is not None:
+                    bar.update(round(va.add(text)))
+        elif plan.val is None and plan.holdout == "tail":  # val = the source's last documents
+            docs = [t for t in map(accept, plan.train()) if t is not None]
+            first_val = len(docs)
+            approx = 0.0
+            while first_val > 1 and approx < val_tokens:
+                first_val -= 1
+                approx += len(docs[first_val].split()) * TOKENS_PER_WORD
+            for text in docs[:first_val]:
+                if writers["train"].full:
+                    break
+                bar.update(round(writers["train"].add(text)))
+            for text in docs[first_val:]:
+                bar.update(round(writers["val"].add(text)))
+        elif plan.val is None:  # one stream, carved by hash
             rate = val_tokens / (train_tokens + val_tokens)
             size = plan.size() if plan.size is not None else None
             if size is not None and size < train_tokens + val_tokens:
@@ -393,7 +431,7 @@ def gather_domain(plan: _Plan, out_dir: Path, train_tokens: int, val_tokens: int
     finally:
         bar.close()
         stats = {s: w.close() for s, w in writers.items()}
-    for split in SPLITS:
+    for split in SPLITS if role == "train" else ("val",):
         if stats[split]["docs"] == 0:
             raise ValueError(f"corpus.domains.{domain}: no {split} documents from {plan.describe} "
                              f"(empty source?)")
@@ -407,10 +445,11 @@ def build_corpus(params: CorpusParams, out_dir: str | os.PathLike, progress: boo
                 "token_estimate": f"whitespace words x {TOKENS_PER_WORD}", "domains": {}}
     with atomic_dir(out_dir) as tmp:
         for domain, plan in plans.items():
+            role = params.domains[domain].role
             stats = gather_domain(plan, tmp / domain, params.train_tokens, params.val_tokens, params.seed,
-                                  domain, progress)
-            manifest["domains"][domain] = {"source": params.domains[domain].source, "details": plan.describe,
-                                           **stats}
+                                  domain, progress, role)
+            manifest["domains"][domain] = {"source": params.domains[domain].source, "role": role,
+                                           "details": plan.describe, **stats}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # keeps the params' domain order
     return manifest
 

@@ -319,8 +319,11 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
         for split in ("train", "val"):
             if not corpus_file(corpus_dir, d, split).is_file():
                 raise FileNotFoundError(f"{corpus_file(corpus_dir, d, split)} is missing; re-run the corpus stage")
-            if manifest["domains"][d][split]["docs"] == 0:
-                raise ValueError(f"corpus domain {d!r} has no {split} documents; fix corpus.domains.{d}")
+            if manifest["domains"][d][split]["docs"] == 0 and (split == "val" or params.mixture[d] > 0):
+                role = manifest["domains"][d].get("role", "train")
+                hint = f"give it bins.mixture.{d}: 0 (an evaluation-only domain)" if role == "eval" else \
+                    f"fix corpus.domains.{d}"
+                raise ValueError(f"corpus domain {d!r} has no {split} documents; {hint}")
     bpt = info["bytes_per_token"]
     est_tokens = {d: sum(manifest["domains"][d][s]["bytes"] for s in ("train", "val")) / bpt.get(d, 1.0)
                   for d in doms}

@@ -1,23 +1,15 @@
 """Validation loss, perplexity and bits per byte."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterable
 
 import torch
 from torch import nn
 
+from .device import autocast
 from .models.base import IGNORE_INDEX
 from .models.layers import lm_loss
-
-
-def autocast(device: torch.device | str, dtype: torch.dtype):
-    """bf16 autocast where asked for; a no-op context for fp32."""
-    device = torch.device(device)
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()

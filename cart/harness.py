@@ -31,7 +31,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluate import autocast
+from .device import autocast
 from .io import atomic_path, sha256_file
 
 
@@ -136,22 +136,6 @@ def check_compatible(run_cfg: dict, model_vocab: int, tok: Tokenizer, where: str
         raise ValueError(f"{where}: tokenizer mismatch: the run was trained with tokenizer sha256 "
                          f"{rec['sha256'][:12]}..., but {tok.dir} has {tok.sha256[:12]}...; re-run the "
                          f"tokenizer stage with the settings the run used, or retrain the run")
-
-
-# ---- device / dtype ---------------------------------------------------------------------------
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise ValueError("benchmarks.device: 'cuda' requested but no CUDA device is available; use auto or cpu")
-    return torch.device(setting)
-
-
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
 
 
 # ---- the adapter ------------------------------------------------------------------------------

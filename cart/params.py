@@ -59,6 +59,11 @@ def build(cls, data: Any, where: str):
     return _convert(cls, data, where)
 
 
+def check_value(tp, value: Any, where: str) -> None:
+    """Raise a ValueError naming `where` unless value fits annotation `tp`."""
+    _convert(tp, value, where)
+
+
 def _convert(tp, value: Any, where: str):
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):

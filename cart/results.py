@@ -4,8 +4,8 @@
 Inputs (written by the training and evaluation stages):
     runs/<group>/<name>/config.json     the run's full config (model, run, train, seed, variant)
     runs/<group>/<name>/summary.json    written when the run completed or failed
-    plots/<group>/<name>/train.tsv      step, tokens, loss, lr, grad_norm, spectral_radius, tokens_per_s, mfu
-    plots/<group>/<name>/eval.tsv       step, domain, loss, ppl, bpb
+    plots/<group>/<name>/               the run's DVCLive curves (cart/curves.py): train metrics and
+                                        a model's diagnostics per step, validation loss/ppl/bpb per domain
     eval/benchmarks.tsv, eval/variable_r.tsv
                                         experiment, run_id, n_loops, num_fewshot, task, metric, value,
                                         stderr, source
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .curves import EVAL_METRICS, TRAIN_METRICS, read_curves
 from .experiments import GROUPS as RUN_GROUPS
 from .experiments import group_of
 from .io import atomic_path
@@ -38,7 +39,6 @@ from .models import config_from_dict, count_params, forward_flops
 
 SCHEMA_VERSION = 1
 GROUPS = tuple(RUN_GROUPS)
-DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
 RANK_DOMAIN = "wikipedia"  # the paper ranks configs and picks "best" by Wikipedia PPL
 FLAGS = ("unfreeze_kv", "unshare_core", "self_attn_core", "disable_hyperconnection", "disable_lti",
          "disable_lie")
@@ -46,12 +46,12 @@ STATUSES = ("complete", "failed", "incomplete", "missing")
 EVAL_FILES = ("benchmarks", "variable_r")  # eval/<file>.tsv
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. (2022), as the paper's Table 2 uses it
 
-TRAIN_LOG_COLUMNS = ("step", "tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu")
-EVAL_LOG_COLUMNS = ("step", "domain", "loss", "ppl", "bpb")
+TRAIN_LOG_COLUMNS = ("step", *TRAIN_METRICS)
+EVAL_LOG_COLUMNS = ("step", "domain", *EVAL_METRICS)
 EVAL_RESULT_COLUMNS = ("experiment", "run_id", "n_loops", "num_fewshot", "task", "metric", "value", "stderr",
                        "source")
 
-RUN_COLUMNS: tuple[tuple[str, str], ...] = (
+_RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "TEXT PRIMARY KEY"), ("group", "TEXT NOT NULL"), ("name", "TEXT NOT NULL"),
     ("arch", "TEXT"), ("d_model", "INTEGER"), ("n_prelude", "INTEGER"), ("n_loops", "INTEGER"),
     ("n_layers", "INTEGER"), ("seed", "INTEGER"), ("variant", "TEXT"),
@@ -66,16 +66,26 @@ RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("flops_per_seq", "INTEGER"),  # forward, embedding and head excluded (paper Table 3)
     ("dense_layer_flops_per_seq", "INTEGER"),  # one Dense layer at the same d and seq_len
     ("spectral_radius", "REAL"), ("final_train_loss", "REAL"),
-    *((f"{m}_{d}", "REAL") for d in DOMAINS for m in ("loss", "ppl", "bpb")),
     ("config_json", "TEXT"), ("summary_json", "TEXT"),
 )
 
-SCHEMA = f"""
+
+def run_columns(domains: Iterable[str]) -> list[tuple[str, str]]:
+    """The runs table's columns: one final loss/ppl/bpb per validation domain of the store (the
+    domains come from the runs themselves, in the order they were evaluated)."""
+    per_domain = [(f"{m}_{d}", "REAL") for d in domains for m in EVAL_METRICS]
+    return [*_RUN_COLUMNS[:-2], *per_domain, *_RUN_COLUMNS[-2:]]
+
+
+def schema(domains: Iterable[str]) -> str:
+    return f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE runs ({", ".join(f'"{c}" {t}' for c, t in RUN_COLUMNS)});
+CREATE TABLE runs ({", ".join(f'"{c}" {t}' for c, t in run_columns(domains))});
 CREATE TABLE train_log (run_id TEXT NOT NULL REFERENCES runs(run_id), step INTEGER NOT NULL, tokens INTEGER,
     loss REAL, lr REAL, grad_norm REAL, spectral_radius REAL, tokens_per_s REAL, mfu REAL,
     PRIMARY KEY (run_id, step));
+CREATE TABLE train_diag (run_id TEXT NOT NULL REFERENCES runs(run_id), step INTEGER NOT NULL,
+    name TEXT NOT NULL, value REAL, PRIMARY KEY (run_id, step, name));
 CREATE TABLE eval_log (run_id TEXT NOT NULL REFERENCES runs(run_id), step INTEGER NOT NULL,
     domain TEXT NOT NULL, loss REAL, ppl REAL, bpb REAL, PRIMARY KEY (run_id, step, domain));
 CREATE TABLE eval_results (file TEXT NOT NULL, experiment TEXT, run_id TEXT, n_loops INTEGER,
@@ -83,6 +93,11 @@ CREATE TABLE eval_results (file TEXT NOT NULL, experiment TEXT, run_id TEXT, n_l
 CREATE TABLE issues (run_id TEXT, path TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX eval_results_run ON eval_results (run_id);
 """
+
+
+def store_domains(con: sqlite3.Connection) -> list[str]:
+    """The validation domains of a store, in evaluation order."""
+    return read_meta(con)["domains"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +202,7 @@ def collect_run(root: Path, group: str, name: str, expected: dict | None, in_gri
     """One run's `runs` row and its train/eval curves, whatever state its files are in."""
     run_id = f"{group}/{name}"
     run_dir, plots_dir = root / "runs" / group / name, root / "plots" / group / name
-    row: dict[str, Any] = {c: None for c, _ in RUN_COLUMNS}
+    row: dict[str, Any] = {c: None for c, _ in _RUN_COLUMNS}
     row |= {"run_id": run_id, "group": group, "name": name, "in_grid": in_grid}
     row |= {k: v for k, v in parse_run_name(group, name).items() if k in row}
     if expected:
@@ -238,24 +253,24 @@ def collect_run(root: Path, group: str, name: str, expected: dict | None, in_gri
         if row["flops_per_seq"] is None:
             row["flops_per_seq"] = _num(summary.get("flops_per_seq"))
         final = summary.get("final_eval") or {}
-        if isinstance(final, dict):
-            for dom in DOMAINS:
-                for m in ("loss", "ppl", "bpb"):
-                    row[f"{m}_{dom}"] = _num((final.get(dom) or {}).get(m))
+        if isinstance(final, dict):  # every domain the run was evaluated on, in its order
+            for dom, vals in final.items():
+                for m in EVAL_METRICS:
+                    row[f"{m}_{dom}"] = _num((vals or {}).get(m)) if isinstance(vals, dict) else None
     elif run_dir.is_dir() or plots_dir.is_dir():
         row["status"] = "incomplete"
     else:
         row["status"] = "missing"
 
-    train = read_tsv(plots_dir / "train.tsv", TRAIN_LOG_COLUMNS, issues, run_id)
-    evals = read_tsv(plots_dir / "eval.tsv", EVAL_LOG_COLUMNS, issues, run_id, text_columns=("domain",))
-    train = train.dropna(subset=["step"]).drop_duplicates("step", keep="last")
-    evals = evals.dropna(subset=["step", "domain"]).drop_duplicates(["step", "domain"], keep="last")
+    curves, evals = read_curves(plots_dir, lambda path, msg: issues.append((run_id, str(path), msg)))
+    train = curves.reindex(columns=list(TRAIN_LOG_COLUMNS))
+    diag = curves.drop(columns=[c for c in TRAIN_LOG_COLUMNS if c != "step"], errors="ignore") \
+        .melt(id_vars="step", var_name="name", value_name="value").dropna(subset=["value"])
     if len(train):
         row["last_logged_step"] = int(train["step"].max())
-    train.insert(0, "run_id", run_id)
-    evals.insert(0, "run_id", run_id)
-    return row, train, evals
+    for df in (train, evals, diag):
+        df.insert(0, "run_id", run_id)
+    return row, train, evals, diag
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,25 +315,28 @@ def populate(con: sqlite3.Connection, root: str | Path = ".", plan: RunPlan | No
     """Create the schema in an empty database and load everything; returns counts."""
     root, groups = Path(root), tuple(groups)
     issues: list[tuple] = []
-    con.executescript(SCHEMA)
     expected = {k: v for k, v in (plan.expected if plan else {}).items() if v["group"] in groups}
-    rows, trains, evals = [], [], []
+    rows, trains, evals, diags = [], [], [], []
     for group in groups:
         names = _run_names_on_disk(root, group) | {v["name"] for v in expected.values() if v["group"] == group}
         for name in sorted(names):
             run_id = f"{group}/{name}"
             in_grid = None if plan is None else int(run_id in expected)
-            row, train, ev = collect_run(root, group, name, expected.get(run_id), in_grid, issues)
+            row, train, ev, diag = collect_run(root, group, name, expected.get(run_id), in_grid, issues)
             rows.append(row)
             trains.append(train)
             evals.append(ev)
-    _insert(con, "runs", [c for c, _ in RUN_COLUMNS], ([r[c] for c, _ in RUN_COLUMNS] for r in rows))
-    train_df = pd.concat([t for t in trains if len(t)], ignore_index=True) if any(len(t) for t in trains) else None
-    eval_df = pd.concat([e for e in evals if len(e)], ignore_index=True) if any(len(e) for e in evals) else None
-    if train_df is not None:
-        _insert_df(con, "train_log", train_df)
-    if eval_df is not None:
-        _insert_df(con, "eval_log", eval_df)
+            diags.append(diag)
+    # the runs' validation domains in evaluation order; the ranking domain always has its columns
+    domains = list(dict.fromkeys([*(c[len("ppl_"):] for r in rows for c in r if c.startswith("ppl_")), RANK_DOMAIN]))
+    con.executescript(schema(domains))
+    cols = [c for c, _ in run_columns(domains)]
+    _insert(con, "runs", cols, ([r.get(c) for c in cols] for r in rows))
+    train_df, eval_df, diag_df = (pd.concat([t for t in frames if len(t)], ignore_index=True)
+                                  if any(len(t) for t in frames) else None for frames in (trains, evals, diags))
+    for table, df in (("train_log", train_df), ("eval_log", eval_df), ("train_diag", diag_df)):
+        if df is not None:
+            _insert_df(con, table, df)
     n_results = 0
     if eval_dir is not None:
         eval_dir = root / eval_dir
@@ -329,7 +347,7 @@ def populate(con: sqlite3.Connection, root: str | Path = ".", plan: RunPlan | No
             df.insert(0, "file", file)
             _insert_df(con, "eval_results", df)
             n_results += len(df)
-    meta = {"schema_version": SCHEMA_VERSION, "groups": list(groups), "domains": list(DOMAINS),
+    meta = {"schema_version": SCHEMA_VERSION, "groups": list(groups), "domains": domains,
             "rank_domain": RANK_DOMAIN, "has_plan": plan is not None,
             "profile": plan.profile if plan else None,
             "ablation_base": plan.ablation_base if plan else None,
@@ -388,7 +406,7 @@ def read_meta(con: sqlite3.Connection) -> dict:
 def load_runs(con: sqlite3.Connection, group: str | None = None, status: str | None = None,
               current: bool = True, with_json: bool = False) -> pd.DataFrame:
     """Runs, sorted by run_id. current=True leaves out stale directories that are not in the grid."""
-    cols = [c for c, _ in RUN_COLUMNS if with_json or not c.endswith("_json")]
+    cols = [c for c, _ in run_columns(store_domains(con)) if with_json or not c.endswith("_json")]
     where, args = [], []
     if group is not None:
         where.append('"group" = ?')
@@ -508,11 +526,13 @@ def pct_delta(new, ref):
         return 100.0 * (new / ref - 1.0)
 
 
-METRICS = tuple(f"{m}_{d}" for m in ("ppl", "bpb", "loss") for d in DOMAINS) + (
-    "spectral_radius", "tokens_per_s", "mfu", "final_train_loss", "wall_s")
+def run_metrics(domains: Iterable[str]) -> tuple[str, ...]:
+    """The per-run numbers seed statistics are taken over."""
+    return tuple(f"{m}_{d}" for m in ("ppl", "bpb", "loss") for d in domains) + (
+        "spectral_radius", "tokens_per_s", "mfu", "final_train_loss", "wall_s")
 
 
-def seed_stats(runs: pd.DataFrame, keys: list[str], metrics: Iterable[str] = METRICS) -> pd.DataFrame:
+def seed_stats(runs: pd.DataFrame, keys: list[str], metrics: Iterable[str]) -> pd.DataFrame:
     """Mean, std (ddof=1; NaN for one seed) and n over the complete runs of each key combination."""
     done = runs[runs["status"] == "complete"]
     metrics = list(metrics)
@@ -557,7 +577,7 @@ def stage2_configs(con: sqlite3.Connection) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=keys)
     exp = expected_counts(runs, keys)
-    st = seed_stats(runs, keys)
+    st = seed_stats(runs, keys, run_metrics(store_domains(con)))
     out = exp.merge(st, on=keys, how="left")
     out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
     out["rho_pow_R"] = residual_fraction(out["spectral_radius_mean"], out["n_loops"]) \
@@ -587,7 +607,8 @@ def dense_configs(con: sqlite3.Connection) -> pd.DataFrame:
     runs = load_runs(con, "dense").dropna(subset=keys)
     if runs.empty:
         return pd.DataFrame(columns=keys)
-    out = expected_counts(runs, keys).merge(seed_stats(runs, keys), on=keys, how="left")
+    st = seed_stats(runs, keys, run_metrics(store_domains(con)))
+    out = expected_counts(runs, keys).merge(st, on=keys, how="left")
     params = runs.groupby(keys, dropna=False)[["stored_params", "effective_params", "flops_per_seq"]].first()
     out = out.merge(params.reset_index(), on=keys, how="left")
     out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
@@ -597,6 +618,7 @@ def dense_configs(con: sqlite3.Connection) -> pd.DataFrame:
 def dense_vs_cart(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict | None]:
     """Each Dense config against the best-R Stage 2 CART at the Dense width: deltas in % of CART's
     seed-mean PPL. Returns (table, the CART reference or None)."""
+    doms = store_domains(con)
     dense = dense_configs(con)
     best = best_per_d(stage2_configs(con))
     ref = None
@@ -606,7 +628,7 @@ def dense_vs_cart(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict | None]:
         hit = best[best["d_model"] == d] if d is not None else best.iloc[0:0]
         if len(hit):
             ref = hit.iloc[0].to_dict()
-    for dom in DOMAINS:
+    for dom in doms:
         cart = ref.get(f"ppl_{dom}_mean") if ref else np.nan
         dense[f"delta_ppl_{dom}_pct"] = pct_delta(dense.get(f"ppl_{dom}_mean", np.nan), cart) \
             if len(dense) else []
@@ -621,6 +643,7 @@ def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
     """Each ablation variant against (a) the same-seed Stage 2 run at ablation.base, (b) the
     seed mean of that base config and (c) where the variant's own (d, R) is a different Stage 2
     config (e.g. the P=4, R=10 spot check), the same-seed Stage 2 run at that (d, R)."""
+    doms = store_domains(con)
     meta = read_meta(con)
     base_cfg, seed = meta.get("ablation_base"), meta.get("ablation_seed")
     runs = load_runs(con, "ablation")
@@ -648,7 +671,7 @@ def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
             info["status"] = "not in the Stage 2 grid"
         allseeds = pick(d, p, r, None, "complete")
         if len(allseeds):
-            base_mean = allseeds[[f"ppl_{dom}" for dom in DOMAINS]].mean()
+            base_mean = allseeds[[f"ppl_{dom}" for dom in doms]].mean()
             info["n_seeds_complete"] = int(len(allseeds))
     base_fields = None
     if base_cfg:
@@ -664,7 +687,7 @@ def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
                     changes[k] = val
         row["changes"] = ", ".join(f"{k}={val}" for k, val in sorted(changes.items()))
         ok = v["status"] == "complete"
-        for dom in DOMAINS:
+        for dom in doms:
             mine = v[f"ppl_{dom}"] if ok else np.nan
             same_ok = base_row is not None and base_row["status"] == "complete"
             row[f"delta_ppl_{dom}_pct"] = float(pct_delta(mine, base_row[f"ppl_{dom}"])) if same_ok else np.nan
@@ -677,21 +700,21 @@ def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
             if len(m):
                 mr = m.iloc[0]
                 row["matched_run_id"] = mr["run_id"]
-                for dom in DOMAINS:
+                for dom in doms:
                     row[f"delta_ppl_{dom}_vs_matched_pct"] = float(pct_delta(
                         v[f"ppl_{dom}"] if ok else np.nan,
                         mr[f"ppl_{dom}"] if mr["status"] == "complete" else np.nan))
         rows.append(row)
     table = pd.DataFrame(rows)
     if len(table):
-        for dom in DOMAINS:
+        for dom in doms:
             if f"delta_ppl_{dom}_vs_matched_pct" not in table:
                 table[f"delta_ppl_{dom}_vs_matched_pct"] = np.nan
         table = table.sort_values("run_id").reset_index(drop=True)
     if base_row is not None:
-        info["ppl"] = {dom: base_row[f"ppl_{dom}"] for dom in DOMAINS}
+        info["ppl"] = {dom: base_row[f"ppl_{dom}"] for dom in doms}
     if base_mean is not None:
-        info["ppl_seed_mean"] = {dom: base_mean[f"ppl_{dom}"] for dom in DOMAINS}
+        info["ppl_seed_mean"] = {dom: base_mean[f"ppl_{dom}"] for dom in doms}
     return table, info
 
 
@@ -749,24 +772,26 @@ def summarize_group(con: sqlite3.Connection, group: str) -> dict:
     return _clean({"group": group, **out})
 
 
-def _ppl_fields(row, suffix="") -> dict:
-    return {f"ppl_{dom}{suffix}": row.get(f"ppl_{dom}{suffix}") for dom in DOMAINS}
+def _ppl_fields(row, doms, suffix="") -> dict:
+    return {f"ppl_{dom}{suffix}": row.get(f"ppl_{dom}{suffix}") for dom in doms}
 
 
 def _summary_stage1(con) -> dict:
+    doms = store_domains(con)
     rank = stage1_ranking(con)
     best = stage1_best_per_d(con)
     ranking = {r["name"]: {"rank": r["rank"], "d_model": r["d_model"], "n_prelude": r["n_prelude"],
-                           "n_loops": r["n_loops"], **_ppl_fields(r), "spectral_radius": r["spectral_radius"]}
+                           "n_loops": r["n_loops"], **_ppl_fields(r, doms), "spectral_radius": r["spectral_radius"]}
                for _, r in rank.iterrows()}
     best_d = {str(int(r["d_model"])): {"run_id": r["run_id"], "n_prelude": r["n_prelude"], "n_loops": r["n_loops"],
-                                       **_ppl_fields(r), "spectral_radius": r["spectral_radius"]}
+                                       **_ppl_fields(r, doms), "spectral_radius": r["spectral_radius"]}
               for _, r in best.iterrows()}
     return {"runs": _status_block(con, ["stage1"])["stage1"], "rank_domain": RANK_DOMAIN, "best_per_d": best_d,
             "power_law": _fit_block(best["d_model"], best[f"ppl_{RANK_DOMAIN}"]), "ranking": ranking}
 
 
 def _summary_stage2(con) -> dict:
+    doms = store_domains(con)
     cfg = stage2_configs(con)
     best = best_per_d(cfg)
     configs = {}
@@ -775,7 +800,7 @@ def _summary_stage2(con) -> dict:
         entry = {"d_model": r["d_model"], "n_prelude": r["n_prelude"], "n_loops": r["n_loops"],
                  "n_seeds": r["n_seeds"], "n_expected": r["n_expected"]}
         for m in ("ppl", "bpb"):
-            for dom in DOMAINS:
+            for dom in doms:
                 entry[f"{m}_{dom}"] = {"mean": r.get(f"{m}_{dom}_mean"), "std": r.get(f"{m}_{dom}_std")}
         entry["spectral_radius_mean"] = r.get("spectral_radius_mean")
         entry["rho_pow_R"] = r.get("rho_pow_R")
@@ -783,7 +808,7 @@ def _summary_stage2(con) -> dict:
         configs[key] = entry
     best_d = {str(int(r["d_model"])): {"n_loops": int(r["n_loops"]), "run_id": r["run_id"],
                                        "n_prelude": r["n_prelude"], "n_seeds": r["n_seeds"],
-                                       **_ppl_fields(r, "_mean")}
+                                       **_ppl_fields(r, doms, "_mean")}
               for _, r in best.iterrows()}
     top = best.sort_values("d_model").iloc[-1] if len(best) else None
     grid_d = sorted(int(d) for d in cfg["d_model"].dropna().unique()) if len(cfg) else []
@@ -798,20 +823,21 @@ def _summary_stage2(con) -> dict:
 
 
 def _summary_dense(con) -> dict:
+    doms = store_domains(con)
     dense, ref = dense_vs_cart(con)
     configs = {}
     for _, r in dense.iterrows():
         entry = {"d_model": r["d_model"], "n_layers": r["n_layers"], "n_seeds": r["n_seeds"],
                  "n_expected": r["n_expected"], "stored_params": r["stored_params"],
                  "effective_params": r["effective_params"]}
-        for dom in DOMAINS:
+        for dom in doms:
             entry[f"ppl_{dom}"] = {"mean": r.get(f"ppl_{dom}_mean"), "std": r.get(f"ppl_{dom}_std")}
-        entry["delta_vs_cart_pct"] = {dom: r.get(f"delta_ppl_{dom}_pct") for dom in DOMAINS}
+        entry["delta_vs_cart_pct"] = {dom: r.get(f"delta_ppl_{dom}_pct") for dom in doms}
         configs[f"L{int(r['n_layers'])}"] = entry
     cart = None
     if ref is not None:
         cart = {"run_id": ref["run_id"], "d_model": ref["d_model"], "n_prelude": ref["n_prelude"],
-                "n_loops": ref["n_loops"], "n_seeds": ref["n_seeds"], **_ppl_fields(ref, "_mean")}
+                "n_loops": ref["n_loops"], "n_seeds": ref["n_seeds"], **_ppl_fields(ref, doms, "_mean")}
     st = _status_block(con, ["dense", "stage2"])
     return {"runs": st["dense"], "stage2_runs": st["stage2"], "delta": "100 * (dense / cart - 1) on seed-mean PPL",
             "cart_reference": cart,
@@ -820,18 +846,19 @@ def _summary_dense(con) -> dict:
 
 
 def _summary_ablation(con) -> dict:
+    doms = store_domains(con)
     table, base = ablation_table(con)
     variants = {}
     for _, r in table.iterrows():
         entry = {"run_id": r["run_id"], "status": r["status"], "changes": r["changes"],
                  "d_model": r["d_model"], "n_prelude": r["n_prelude"], "n_loops": r["n_loops"],
                  "stored_params": r["stored_params"], "effective_params": r["effective_params"],
-                 **_ppl_fields(r),
-                 "delta_pct": {dom: r[f"delta_ppl_{dom}_pct"] for dom in DOMAINS},
-                 "delta_vs_seed_mean_pct": {dom: r[f"delta_ppl_{dom}_vs_mean_pct"] for dom in DOMAINS}}
+                 **_ppl_fields(r, doms),
+                 "delta_pct": {dom: r[f"delta_ppl_{dom}_pct"] for dom in doms},
+                 "delta_vs_seed_mean_pct": {dom: r[f"delta_ppl_{dom}_vs_mean_pct"] for dom in doms}}
         if r.get("matched_run_id"):
             entry["matched_baseline"] = {"run_id": r["matched_run_id"],
-                                         "delta_pct": {dom: r[f"delta_ppl_{dom}_vs_matched_pct"] for dom in DOMAINS}}
+                                         "delta_pct": {dom: r[f"delta_ppl_{dom}_vs_matched_pct"] for dom in doms}}
         variants[r["name"]] = entry
     st = _status_block(con, ["ablation", "stage2"])
     return {"runs": st["ablation"], "delta": "100 * (variant / baseline - 1) on final PPL", "base": base,

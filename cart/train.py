@@ -7,15 +7,13 @@ naming the step, keeps the last good checkpoint and records the failure.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import dataclasses
 import math
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -26,17 +24,17 @@ from .accounting import count_params, forward_flops, mfu, peak_flops_for
 from .data import BatchReader, domains, read_meta, val_batches
 from .evaluate import bits_per_byte, eval_loss, perplexity
 from .experiments import RunPaths, RunSpec
-from .io import atomic_path, atomic_write_json, read_json, require_free_space, sha256_file
+from .io import atomic_write_json, read_json, require_free_space, sha256_file
 from .models import build_model
 from .code_deps import ROOT, training_code
-from .step import lr_multiplier, make_loss_fn, make_optimizer, resolve_device, resolve_dtype, train_step
+from .curves import CurveWriter
+from .device import resolve_device, resolve_dtype
+from .step import lr_multiplier, make_loss_fn, make_optimizer, train_step
 from .tokenizer import tokenizer_info
 
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
 # finished run finished and lets an interrupted one resume (on another GPU count, too).
 RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every")
-TRAIN_COLUMNS = ["step", "tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu"]
-EVAL_COLUMNS = ["step", "domain", "loss", "ppl", "bpb"]
 
 
 class NonFiniteError(RuntimeError):
@@ -57,37 +55,11 @@ def git_commit() -> str:
         return "unknown"
 
 
-class TSVLog:
-    """A curve kept in memory and rewritten atomically, so a reader never sees a torn row and a
-    resumed run drops rows logged after its checkpoint."""
-
-    def __init__(self, path: Path, columns: list[str]):
-        self.path, self.columns, self.rows = path, columns, []
-
-    def load_until(self, step: int) -> None:
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f, delimiter="\t") if int(r["step"]) <= step]
-
-    def append(self, row: dict) -> None:
-        self.rows.append({k: _fmt(row.get(k)) for k in self.columns})
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, self.columns, delimiter="\t", lineterminator="\n")
-            w.writeheader()
-            w.writerows(self.rows)
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    return f"{v:.6g}" if isinstance(v, float) else str(v)
-
-
 class Trainer:
     def __init__(self, spec: RunSpec, paths: RunPaths, progress: bool = True):
         self.spec, self.paths, self.progress = spec, paths, progress
         t = spec.train
-        self.dist, self.device = distributed.setup(resolve_device(t.device))
+        self.dist, self.device = distributed.setup(resolve_device(t.device, "train.device"))
         if spec.run.grad_accum % self.dist.world:
             raise ValueError(f"grad_accum={spec.run.grad_accum} must be divisible by the number of processes "
                              f"({self.dist.world}) so tokens per optimizer step stay the same")
@@ -125,9 +97,7 @@ class Trainer:
 
     def _reset_dirs(self) -> None:
         for d in (self.paths.run_dir, self.paths.plots_dir):
-            if d.exists():
-                for f in d.iterdir():
-                    f.unlink()
+            shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True, exist_ok=True)
         self.paths.metrics_file.unlink(missing_ok=True)
 
@@ -140,6 +110,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
             "reader": self.reader.state_dict(), "rng": torch.get_rng_state(),
             "train_time_s": self.train_time, "tokens": self.tokens, "grad_norm_ema": self.grad_ema,
+            "interval_loss": list(self.interval_loss),
         }, self.paths.run_dir / ckpt.STATE)
         for old in self.paths.run_dir.glob("weights-*.safetensors"):
             if old.name != name:
@@ -157,6 +128,7 @@ class Trainer:
         self.reader.load_state_dict(state["reader"])
         torch.set_rng_state(state["rng"])
         self.train_time, self.tokens, self.grad_ema = state["train_time_s"], state["tokens"], state["grad_norm_ema"]
+        self.interval_loss = list(state["interval_loss"])
         for orphan in self.paths.run_dir.glob("weights-*.safetensors"):  # written after the state was
             if orphan.name != state["weights"]:
                 orphan.unlink()
@@ -169,7 +141,7 @@ class Trainer:
             loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
             bpt = self.tok["bytes_per_token"][dom]
             out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
-            self.eval_log.append({"step": step, "domain": dom, **out[dom]})
+            self.curves.log_eval(step, dom, out[dom])
         return out
 
     def _on_signal(self, signum, frame):
@@ -185,13 +157,6 @@ class Trainer:
             if not paths.metrics_file.is_file():  # DVC removes non-persistent outputs before a re-run
                 atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
             return summary
-        if state in ("fresh", "stale") and self.dist.is_main:
-            if state == "stale":
-                print(f"{spec.run_id}: config changed since the last run; starting over")
-            self._reset_dirs()
-            ckpt.write_run_config(paths.run_dir, self.run_config)
-        self.dist.barrier()
-
         # weights twice (latest checkpoint + the final copy) plus fp32 optimizer moments
         require_free_space(paths.run_dir, 16 * self.counts["stored"], f"{spec.run_id} checkpoints")
         torch.manual_seed(spec.seed)
@@ -205,15 +170,21 @@ class Trainer:
         self.reader = BatchReader(paths.bins_dir, r.seq_len, r.micro_batch)
         self.val = {d: val_batches(paths.bins_dir, d, r.seq_len, t.eval_seqs, r.micro_batch)
                     for d in domains(paths.bins_dir)}
-        self.train_log = TSVLog(paths.plots_dir / "train.tsv", TRAIN_COLUMNS)
-        self.eval_log = TSVLog(paths.plots_dir / "eval.tsv", EVAL_COLUMNS)
+        # only now, with the model, data and settings all accepted, may an earlier run's files go
+        if state in ("fresh", "stale") and self.dist.is_main:
+            if state == "stale":
+                print(f"{spec.run_id}: config changed since the last run; starting over")
+            self._reset_dirs()
+            ckpt.write_run_config(paths.run_dir, self.run_config)
+        self.dist.barrier()
         self.train_time, self.tokens, self.grad_ema = 0.0, 0, None
+        self.interval_loss = [0.0, 0]  # (sum, count) of micro-batch losses since the last log
         start = 0
         if state == "resume":
             start = self._load_checkpoint()
             print(f"{spec.run_id}: resuming at step {start}/{r.steps}")
-        self.train_log.load_until(start)
-        self.eval_log.load_until(start)
+        if self.dist.is_main:
+            self.curves = CurveWriter(paths.plots_dir, start if state == "resume" else None)
 
         use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
         self.ddp = distributed.wrap(self.model, self.dist, self.device)
@@ -240,7 +211,7 @@ class Trainer:
         bar = tqdm(total=r.steps, initial=start, desc=spec.run_id, disable=not self.progress,
                    dynamic_ncols=True, mininterval=1.0)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        loss_acc, n_acc, interval_tokens = torch.zeros((), device=self.device), 0, 0
+        loss_acc, interval_tokens = torch.full((), self.interval_loss[0], device=self.device), 0
         interval_t0 = time.perf_counter()
         final_eval, last_loss, logged_once, pending, gn = None, None, False, None, None
         for step in range(start, r.steps):
@@ -267,7 +238,7 @@ class Trainer:
                 self._check_grad_norm(*pending)
             pending = (done, norm)
             loss_acc += loss_sum
-            n_acc += len(batches)
+            self.interval_loss[1] += len(batches)
             self.tokens += r.tokens_per_step
             interval_tokens += r.tokens_per_step
             self.train_time += time.perf_counter() - t0
@@ -281,24 +252,28 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - interval_t0
-                last_loss = self.dist.mean(loss_acc / n_acc).item()
+                last_loss = self.dist.mean(loss_acc / self.interval_loss[1]).item()
                 if not math.isfinite(last_loss):
                     raise NonFiniteError(f"{spec.run_id}: non-finite loss at step {done}; last good checkpoint kept")
                 tok_s = interval_tokens / elapsed
                 if logged_once:  # the first interval of a process includes compilation and warm-up
                     self.steady_rates.append(tok_s)
                 logged_once = True
-                row = {"step": done, "tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
+                row = {"tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
                        "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
                        "mfu": mfu(spec.model, tok_s, self.peak) if self.peak else None}
                 if self.dist.is_main:
-                    self.train_log.append(row)
+                    self.curves.log_train(done, row | self._diagnostics())
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_acc.zero_()
-                n_acc, interval_tokens = 0, 0
+                self.interval_loss, interval_tokens = [0.0, 0], 0
             if eval_now and self.dist.is_main:
                 final_eval = self._evaluate(done)
             if ckpt_now and self.dist.is_main:
+                # the logging interval's running loss travels with the checkpoint, so a resumed run
+                # logs the same mean loss for the interval it resumes in (under DDP, rank 0's share
+                # stands in for every rank's in that one interval)
+                self.interval_loss[0] = loss_acc.item()
                 self._save_checkpoint(done)
             if done % r.eval_every == 0 or done % t.checkpoint_every == 0:
                 self.dist.barrier()
@@ -321,6 +296,10 @@ class Trainer:
             tqdm.write(f"{self.spec.run_id}: grad-norm spike at step {step}: {gn:.3g} (EMA {self.grad_ema:.3g})")
         self.grad_ema = gn if self.grad_ema is None else 0.9 * self.grad_ema + 0.1 * gn
         return gn
+
+    def _diagnostics(self) -> dict:
+        """What a model reports about itself beyond rho (e.g. CART's gate and HyperConnection weights)."""
+        return self.model.diagnostics() if hasattr(self.model, "diagnostics") else {}
 
     def _rho(self) -> float | None:
         return self.model.spectral_radius() if hasattr(self.model, "spectral_radius") else None

@@ -19,7 +19,8 @@ from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_f
 from cart.experiments import TrainSettings
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
-from cart.step import make_loss_fn, make_optimizer, resolve_dtype, train_step
+from cart.device import resolve_dtype
+from cart.step import make_loss_fn, make_optimizer, train_step
 
 DEFAULT_CONFIGS = ([f"cart-d{d}-R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
                    + ["dense-L7", "dense-L12"])

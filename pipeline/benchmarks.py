@@ -65,8 +65,9 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
 
     cfg = load_settings(load_params(root / "params.yaml"))
     from cart import benchmarks as B
+    from cart.device import resolve_device, resolve_dtype
     from cart.harness import (CARTLM, Tokenizer, check_compatible, evaluate_benchmarks, local_dir_of,
-                              quiet_lm_eval, resolve_device, resolve_dtype, write_tsv)
+                              quiet_lm_eval, write_tsv)
     from cart.checkpoint import read_run_config
 
     local_dir = local_dir_of(cfg, root)
@@ -81,7 +82,7 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
         rc = read_run_config(run_dir)
         check_compatible(rc, int(rc.get("model", {}).get("vocab_size", -1)), tok, str(run_dir))
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "benchmarks.device")
     dtype = resolve_dtype(cfg.dtype, device)
     quiet_lm_eval()
     tm = B.task_manager(cfg.source, local_dir)

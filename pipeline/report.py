@@ -20,8 +20,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     settings = build(ReportSettings, section(load_params(args.params), "report"), "report")
     c = build_report(args.db, settings)
-    print(f"report: {c['tables_with_data']}/{c['tables']} tables with results, {c['figures']} figures, "
-          f"{c['curves']} curve files -> {settings.out_dir}/REPORT.md")
+    print(f"report: {c['tables_with_data']}/{c['tables']} tables with results, {c['figures']} figures "
+          f"-> {settings.out_dir}/REPORT.md")
     return c
 
 

@@ -77,8 +77,8 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     bcfg, vcfg = load_settings(params)
     from cart import benchmarks as B
     from cart.evaluate import bits_per_byte, eval_loss, perplexity
-    from cart.harness import (CARTLM, evaluate_benchmarks, local_dir_of, quiet_lm_eval, resolve_device,
-                              resolve_dtype, write_tsv)
+    from cart.device import resolve_device, resolve_dtype
+    from cart.harness import CARTLM, evaluate_benchmarks, local_dir_of, quiet_lm_eval, write_tsv
 
     local_dir = local_dir_of(bcfg, root)
     if bcfg.source == "local":
@@ -87,7 +87,7 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     run_id = stage2.get("best_run_id")
     if not run_id:
         raise ValueError(f"{root / STAGE2}: no best_run_id; re-run the summarize stage")
-    device = resolve_device(bcfg.device)
+    device = resolve_device(bcfg.device, "benchmarks.device")
     dtype = resolve_dtype(bcfg.dtype, device)
     lm = CARTLM.from_run(root / "runs" / run_id, root / TOKENIZER, device=device, dtype=dtype,
                          batch_size=bcfg.batch_size, max_length=bcfg.max_length, prefix_context=bcfg.prefix_context,

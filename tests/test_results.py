@@ -18,6 +18,7 @@ from cart.accounting import count_params, forward_flops
 from cart.models import CARTConfig, DenseConfig
 from cart.params import load_params
 from cart import results as R
+from cart.curves import CurveWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
@@ -98,13 +99,13 @@ def write_run(root: Path, group: str, name: str, model, seed: int, final_wiki: f
         train.append({"step": step, "tokens": step * tps, "loss": 6.0 - 2.0 * frac, "lr": 6e-4 * (1 - 0.9 * frac),
                       "grad_norm": 1.0, "spectral_radius": (0.9 - (0.9 - rho_final) * frac) if is_cart else None,
                       "tokens_per_s": 1000.0 + model.d_model, "mfu": None})
-    _tsv(plots / "train.tsv", R.TRAIN_LOG_COLUMNS, train)
-    evals = []
+    curves = CurveWriter(plots, None)  # the training loop's own writer: the store reads its format
+    for row in train:
+        curves.log_train(row["step"], {k: v for k, v in row.items() if k != "step"})
     for step in range(RUN["eval_every"], steps_done + 1, RUN["eval_every"]):
         for dom in DOMAINS:
             ppl = (final_wiki or 100.0) * DOMAIN_SCALE[dom] * (1 + 0.5 * (1 - step / RUN["steps"]))
-            evals.append({"step": step, "domain": dom, "loss": float(np.log(ppl)), "ppl": ppl, "bpb": np.log2(ppl) / 4})
-    _tsv(plots / "eval.tsv", R.EVAL_LOG_COLUMNS, evals)
+            curves.log_eval(step, dom, {"loss": float(np.log(ppl)), "ppl": ppl, "bpb": np.log2(ppl) / 4})
     if status is None:
         return
     final = None
@@ -261,7 +262,7 @@ def test_store_schema(project):
     _, _, db, _ = project
     con = sqlite3.connect(db)
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"meta", "runs", "train_log", "eval_log", "eval_results", "issues"}
+    assert tables == {"meta", "runs", "train_log", "train_diag", "eval_log", "eval_results", "issues"}
     cols = [r[1] for r in con.execute("PRAGMA table_info(runs)")]
     for c in ("run_id", "group", "name", "arch", "d_model", "n_prelude", "n_loops", "n_layers", "seed", "variant",
               "unfreeze_kv", "status", "failure", "steps", "tokens", "wall_s", "tokens_per_s", "mfu", "device",
@@ -290,7 +291,7 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
 def test_store_records_unreadable_files_instead_of_crashing(tmp_path):
     make_project(tmp_path, eval_source=None)
     (tmp_path / "runs/stage2/d64-R2-s42/summary.json").write_text("{not json")
-    (tmp_path / "plots/stage2/d64-R4-s42/train.tsv").write_text("step\tloss\n5\t3.0\n10\tnan-ish\n")
+    (tmp_path / "plots/stage2/d64-R4-s42/plots/metrics/train/loss.tsv").write_text("step\tloss\n5\t3.0\n10\tnan-ish\n")
     (tmp_path / "eval").mkdir(exist_ok=True)
     (tmp_path / "eval/benchmarks.tsv").write_text("garbage\n")
     con = R.memory_store(tmp_path, None, eval_dir="eval")
@@ -298,10 +299,11 @@ def test_store_records_unreadable_files_instead_of_crashing(tmp_path):
     assert runs.loc["stage2/d64-R2-s42", "status"] == "incomplete"
     assert pd.isna(runs.loc["stage2/d64-R2-s42", "in_grid"])  # no plan: no grid
     tl = R.load_train_log(con, ["stage2/d64-R4-s42"])
-    assert list(tl["loss"].isna()) == [False, True] and tl["tokens"].isna().all()
+    loss = tl.set_index("step")["loss"]  # loss.tsv replaced by a torn file: its bad value reads as missing
+    assert loss[5] == 3.0 and loss.drop(5).isna().all() and tl["tokens"].notna().all()
     issues = R.load_issues(con)
     assert any("unreadable JSON" in m for m in issues["message"])
-    assert any("missing column" in m for m in issues["message"])
+    assert any("non-numeric" in m and p.endswith("loss.tsv") for p, m in zip(issues["path"], issues["message"]))
     con.close()
 
 

@@ -17,6 +17,7 @@ from cart.checkpoint import SUMMARY
 from cart.experiments import resolve_run
 from cart.params import load_params
 from cart.tokenizer import tokenizer_info
+from cart.curves import read_curves
 from cart.experiments import RunPaths
 from cart.train import NonFiniteError, Trainer, train_run
 from conftest import tiny_params, write_params
@@ -41,9 +42,10 @@ def test_run_writes_outputs_and_is_not_retrained(tiny_project, capsys):
     assert set(summary["final_eval"]) == {"tinystories", "wikipedia", "fineweb_edu"}
     metrics = json.loads(paths.metrics_file.read_text())
     assert metrics["ppl_wikipedia"] > 1 and 0 < metrics["spectral_radius"] < 1
-    train_rows = (paths.plots_dir / "train.tsv").read_text().splitlines()
-    assert train_rows[0].split("\t")[:3] == ["step", "tokens", "loss"] and len(train_rows) == 1 + 12 // 2
-    assert len((paths.plots_dir / "eval.tsv").read_text().splitlines()) == 1 + 2 * 3
+    train, evals = read_curves(paths.plots_dir)  # DVCLive's layout, one file per curve
+    assert list(train["step"]) == list(range(2, 13, 2)) and train[["tokens", "loss", "lr"]].notna().all().all()
+    assert (paths.plots_dir / "plots/metrics/train/loss.tsv").read_text().splitlines()[0] == "step\tloss"
+    assert len(evals) == 2 * 3 and set(evals["domain"]) == {"tinystories", "wikipedia", "fineweb_edu"}
     mtime = (paths.run_dir / "model.safetensors").stat().st_mtime_ns
     paths.metrics_file.unlink()  # what DVC does to non-persistent outputs before re-running a stage
     again = train_run(spec, paths, progress=False)
@@ -73,7 +75,7 @@ def test_changed_config_starts_over(tiny_project, capsys):
     write_params(tiny_project, p)
     summary = train_run(spec_for(), paths, progress=False)
     assert "starting over" in capsys.readouterr().out and summary["steps"] == 8
-    assert len((paths.plots_dir / "train.tsv").read_text().splitlines()) == 1 + 8 // 2
+    assert list(read_curves(paths.plots_dir)[0]["step"]) == [2, 4, 6, 8]
 
 
 def test_dense_and_every_ablation_train(tiny_project):
@@ -133,8 +135,14 @@ def test_interrupted_run_resumes_bit_identical(tiny_data, tmp_path, sig):
     a = weights(runs["reference"] / "runs/stage2/d32-R2-s42/model.safetensors")
     b = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ref_log = (runs["reference"] / "plots/stage2/d32-R2-s42/eval.tsv").read_text()
-    assert (proj / "plots/stage2/d32-R2-s42/eval.tsv").read_text() == ref_log
+    for split in ("train", "val"):  # the resumed run's curves hold each step once, as the uninterrupted run's
+        ref = sorted((runs["reference"] / "plots/stage2/d32-R2-s42/plots/metrics" / split).glob("*.tsv"))
+        ours = sorted((proj / "plots/stage2/d32-R2-s42/plots/metrics" / split).glob("*.tsv"))
+        assert [f.name for f in ref] == [f.name for f in ours]
+        skip = {"tokens_per_s.tsv", "mfu.tsv"}  # wall-clock rates differ between runs
+        for a_file, b_file in zip(ref, ours):
+            if a_file.name not in skip:
+                assert a_file.read_text() == b_file.read_text(), a_file.name
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoint(tiny_project):

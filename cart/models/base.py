@@ -10,38 +10,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_type_hints
+
+from ..params import check_value
 
 IGNORE_INDEX = -1  # a target the loss skips (a window's last target when it would cross domains)
 
 
 def check_fields(obj) -> None:
-    """Type-check every field against its annotation (int, float, bool, str, Literal, optional)."""
+    """Type-check every field against its annotation, with the same rules (and messages) as
+    params.yaml's loader: a bool is not an int, an int is a valid float, Literal lists its choices."""
     hints = get_type_hints(type(obj))
     for f in fields(obj):
-        value, hint = getattr(obj, f.name), hints[f.name]
-        if get_origin(hint) is Literal:
-            if value not in get_args(hint):
-                raise ValueError(f"{type(obj).__name__}.{f.name}: {value!r} is not one of {list(get_args(hint))}")
-            continue
-        allowed = getattr(hint, "__args__", (hint,))
-        if value is None and type(None) in allowed:
-            continue
-        if not any(is_instance(value, t) for t in allowed):
-            names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
-            raise ValueError(f"{type(obj).__name__}.{f.name}: expected {names}, got {value!r}")
-
-
-def is_instance(value, t) -> bool:
-    """isinstance as a config means it: bool is not an int, an int is a valid float."""
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if get_origin(t) is tuple:
-        (item, *_) = get_args(t)
-        return isinstance(value, tuple) and all(is_instance(v, item) for v in value)
-    return isinstance(value, t) if isinstance(t, type) else False
+        check_value(hints[f.name], getattr(obj, f.name), f"{type(obj).__name__}.{f.name}")
 
 
 def require(cond: bool, field: str, msg: str) -> None:

@@ -3,9 +3,8 @@
     <out_dir>/REPORT.md                      all tables inline and every figure, in the paper's order
     <out_dir>/tables/<id>.md, <id>.csv       each table as Markdown (text) and CSV (numbers)
     <out_dir>/figures/*.png                  matplotlib (Agg) figures
-    <out_dir>/curves/train/<group>/<name>.tsv     step, tokens, loss, lr, grad_norm, spectral_radius
-    <out_dir>/curves/val_ppl/<group>/<name>.tsv   step, one PPL column per validation domain
-                                             (per-run curves for `dvc plots show/diff`, see dvc.yaml)
+
+(Per-run curves for `dvc plots show/diff` are the runs' own DVCLive files under plots/, see dvc.yaml.)
 
 The output depends only on the store: no timestamps, rows sorted, PNGs without software/date tags,
 so rendering the same store twice gives byte-identical files. The whole folder is rebuilt in a
@@ -19,8 +18,6 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-
-import pandas as pd
 
 from .. import results as R
 from .figures import render_figures
@@ -80,34 +77,6 @@ def _figure_section(name: str, caption: str | None, need: str) -> list[str]:
     return [f"### Figure: {caption}", "", f"![{caption}](figures/{name})", ""]
 
 
-def _export_curves(con: sqlite3.Connection, out: Path) -> int:
-    runs = R.load_runs(con)
-    runs = runs[runs["status"] != "missing"]
-    train = R.load_train_log(con, runs["run_id"])
-    evals = R.load_eval_log(con, runs["run_id"])
-    n = 0
-    for rid, t in train.groupby("run_id", sort=True):
-        cols = ["step", "tokens", "loss", "lr", "grad_norm", "spectral_radius"]
-        _write_tsv(t[cols], out / "curves" / "train" / f"{rid}.tsv")
-        n += 1
-    for rid, e in evals.groupby("run_id", sort=True):
-        wide = e.pivot_table(index="step", columns="domain", values="ppl", aggfunc="first")
-        wide = wide.reindex(columns=list(R.DOMAINS)).reset_index()
-        _write_tsv(wide, out / "curves" / "val_ppl" / f"{rid}.tsv")
-        n += 1
-    return n
-
-
-def _write_tsv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df = df.copy()
-    if "step" in df:
-        df["step"] = df["step"].astype("Int64")
-    if "tokens" in df:
-        df["tokens"] = df["tokens"].astype("Int64")
-    df.to_csv(path, sep="\t", index=False, float_format="%.6g", lineterminator="\n")
-
-
 def render(con: sqlite3.Connection, out: Path, dpi: int = 100) -> dict:
     """Write the whole report into `out` (an empty folder)."""
     meta = R.read_meta(con)
@@ -118,7 +87,6 @@ def render(con: sqlite3.Connection, out: Path, dpi: int = 100) -> dict:
         write_csv(t.data, out / "tables" / f"{t.id}.csv")
         (out / "tables" / f"{t.id}.md").write_text("\n".join([f"# {t.title}", "", *_table_section(t)[2:]]) + "\n")
     figs = {name: (cap, need) for name, cap, need in render_figures(con, out / "figures", dpi)}
-    n_curves = _export_curves(con, out)
 
     st = tables["table00_status"].data
     lines = ["# CART reproduction: results report", "",
@@ -149,7 +117,7 @@ def render(con: sqlite3.Connection, out: Path, dpi: int = 100) -> dict:
                 lines += _table_section(tables[item])
     (out / MARKER).write_text("\n".join(lines).rstrip() + "\n")
     return {"tables": len(tables), "tables_with_data": sum(t.empty_reason is None for t in tables.values()),
-            "figures": sum(c is not None for c, _ in figs.values()), "curves": n_curves}
+            "figures": sum(c is not None for c, _ in figs.values())}
 
 
 def _check_out_dir(out_dir: Path) -> None:

@@ -10,10 +10,15 @@ import numpy as np
 import pandas as pd
 
 from .. import results as R
-from .paper import DOMAINS, PAPER, PAPER_BENCH_COLUMNS
+from .paper import DOMAINS as PAPER_DOMAINS
+from .paper import PAPER, PAPER_BENCH_COLUMNS
 from .render import DASH, MISSING, Table, fixed, integer, isnan, millions, opt_int, pct, pm, sig, view_from
 
 DOM_TITLE = {"tinystories": "TS", "wikipedia": "Wiki", "fineweb_edu": "FW"}
+
+
+def _title(domain: str) -> str:
+    return DOM_TITLE.get(domain, domain)
 
 
 def _i(v):
@@ -178,7 +183,7 @@ def _model_rows(con: sqlite3.Connection) -> pd.DataFrame:
             continue
         first = _first(df, keys, ["stored_params", "effective_params", "flops_per_seq", "dense_layer_flops_per_seq",
                                   "seq_len", "tokens_per_step", "planned_tokens"])
-        st = R.seed_stats(df, keys)
+        st = R.seed_stats(df, keys, R.run_metrics(R.store_domains(con)))
         exp = R.expected_counts(df, keys)
         dev = df[df["status"] == "complete"].groupby(keys)["device"].agg(
             lambda s: ", ".join(sorted(set(x for x in s if isinstance(x, str)))))
@@ -295,6 +300,7 @@ def table_stage1_best(con: sqlite3.Connection) -> Table:
     done = runs[runs["status"] == "complete"].groupby("d_model").size() if len(runs) else pd.Series(dtype=int)
     ours_d = {int(d) for d in runs["d_model"].dropna().unique()}
     pb = PAPER["stage1_best"]
+    doms = R.store_domains(con)
     rows = []
     for d in sorted(ours_d | set(pb)):
         b = best[best["d_model"] == d]
@@ -305,7 +311,7 @@ def table_stage1_best(con: sqlite3.Connection) -> Table:
                      "run_id": b["run_id"] if b is not None else None,
                      "n_prelude": _i(b["n_prelude"]) if b is not None else None,
                      "n_loops": _i(b["n_loops"]) if b is not None else None,
-                     **{f"ppl_{dom}": _f(b[f"ppl_{dom}"]) if b is not None else np.nan for dom in DOMAINS},
+                     **{f"ppl_{dom}": _f(b.get(f"ppl_{dom}")) if b is not None else np.nan for dom in doms},
                      "spectral_radius": _f(b["spectral_radius"]) if b is not None else np.nan,
                      "paper_n_prelude": p[0] if p else None, "paper_n_loops": p[1] if p else None,
                      "paper_ppl_wikipedia": p[2] if p else np.nan, "paper_ppl_tinystories": p[3] if p else np.nan,
@@ -315,7 +321,7 @@ def table_stage1_best(con: sqlite3.Connection) -> Table:
     view = view_from(data, [
         ("d", "d_model"), ("complete", lambda r: f"{r['n_complete']}/{r['n_expected']}" if r["in_ours"] else DASH),
         ("best P", lambda r: opt_int(r["n_prelude"])), ("best R", lambda r: opt_int(r["n_loops"])),
-        ("PPL Wiki", om("ppl_wikipedia")), ("PPL TS", om("ppl_tinystories")), ("PPL FW", om("ppl_fineweb_edu")),
+        *((f"PPL {_title(d)}", om(f"ppl_{d}")) for d in doms),
         ("ρ", om("spectral_radius", lambda v: fixed(v, 4))),
         ("paper P", lambda r: opt_int(r["paper_n_prelude"])), ("paper R", lambda r: opt_int(r["paper_n_loops"])),
         ("paper Wiki", lambda r: sig(r["paper_ppl_wikipedia"])),
@@ -483,6 +489,7 @@ def _reference_variants(con) -> pd.DataFrame:
 
 def table_stage2_ppl(con: sqlite3.Connection) -> Table:
     models = _model_rows(con)
+    doms = R.store_domains(con)
     ours = {_model_key(r): r for _, r in models.iterrows()}
     refs = _reference_variants(con)
     ref_rows = {("ref", int(r["d_model"]), int(r["n_prelude"]), int(r["n_loops"])): r for _, r in refs.iterrows()}
@@ -503,7 +510,7 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
             o = ours[k]
             row |= {"in_ours": True, "n_seeds": int(o["n_seeds"]), "n_expected": int(o["n_expected"])}
             for m in ("ppl", "bpb"):
-                for dom in DOMAINS:
+                for dom in doms:
                     row[f"{m}_{dom}_mean"] = _f(o.get(f"{m}_{dom}_mean"))
                     row[f"{m}_{dom}_std"] = _f(o.get(f"{m}_{dom}_std"))
         elif k in ref_rows:
@@ -511,12 +518,12 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
             done = o["status"] == "complete"
             row |= {"in_ours": True, "n_seeds": int(done), "n_expected": 1, "run_id": o["run_id"]}
             for m in ("ppl", "bpb"):
-                for dom in DOMAINS:
-                    row[f"{m}_{dom}_mean"] = _f(o[f"{m}_{dom}"]) if done else np.nan
+                for dom in doms:
+                    row[f"{m}_{dom}_mean"] = _f(o.get(f"{m}_{dom}")) if done else np.nan
                     row[f"{m}_{dom}_std"] = np.nan
         else:
             row |= {"in_ours": False, "n_seeds": 0, "n_expected": 0}
-        for i, dom in enumerate(DOMAINS):
+        for i, dom in enumerate(PAPER_DOMAINS):
             row[f"paper_ppl_{dom}"] = p[i] if p else np.nan
         rows.append(row)
     data = pd.DataFrame(rows)
@@ -524,14 +531,14 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
             ("P/R or layers", lambda r: f"{int(r['n_layers'])}L" if r["model"] == "Dense" else
              f"P={int(r['n_prelude'])} R={int(r['n_loops'])}"),
             ("seeds", lambda r: f"{r['n_seeds']}/{r['n_expected']}" if r["in_ours"] else DASH)]
-    for dom in DOMAINS:
-        spec.append((f"PPL {DOM_TITLE[dom]}", (lambda dom: lambda r: MISSING if r["in_ours"] and
-                                               isnan(r.get(f"ppl_{dom}_mean")) else
-                                               pm(r.get(f"ppl_{dom}_mean"), r.get(f"ppl_{dom}_std")))(dom)))
-    for dom in ("wikipedia", "fineweb_edu"):
-        spec.append((f"BPB {DOM_TITLE[dom]}", (lambda dom: lambda r: sig(r.get(f"bpb_{dom}_mean"), 4))(dom)))
-    for dom in DOMAINS:
-        spec.append((f"paper {DOM_TITLE[dom]}", (lambda dom: lambda r: sig(r[f"paper_ppl_{dom}"], 4))(dom)))
+    for dom in doms:
+        spec.append((f"PPL {_title(dom)}", (lambda dom: lambda r: MISSING if r["in_ours"] and
+                                            isnan(r.get(f"ppl_{dom}_mean")) else
+                                            pm(r.get(f"ppl_{dom}_mean"), r.get(f"ppl_{dom}_std")))(dom)))
+    for dom in (d for d in doms if d != "tinystories"):
+        spec.append((f"BPB {_title(dom)}", (lambda dom: lambda r: sig(r.get(f"bpb_{dom}_mean"), 4))(dom)))
+    for dom in PAPER_DOMAINS:
+        spec.append((f"paper {_title(dom)}", (lambda dom: lambda r: sig(r[f"paper_ppl_{dom}"], 4))(dom)))
     view = view_from(data, spec) if len(data) else pd.DataFrame()
     has = bool(len(data)) and data["in_ours"].any() and any(
         not isnan(v) for v in data.get("ppl_wikipedia_mean", pd.Series(dtype=float)))
@@ -547,13 +554,15 @@ def table_dense_vs_cart(con: sqlite3.Connection) -> Table:
     dense, ref = R.dense_vs_cart(con)
     rows = []
     cart_paper = PAPER["stage2_ppl"][(1024, 6, 6)]
+    doms = R.store_domains(con)
+    both = list(dict.fromkeys([*doms, *PAPER_DOMAINS]))
     r = {"row": "CART, best R at the Dense width", "kind": "cart",
          "detail": (f"{ref['run_id'].split('/')[0]} d={int(ref['d_model'])} P={int(ref['n_prelude'])} "
                     f"R={int(ref['n_loops'])} (n={int(ref['n_seeds'])})") if ref else MISSING,
          "stored_params": np.nan}
-    for i, dom in enumerate(DOMAINS):
+    for dom in both:
         r[f"ppl_{dom}"] = _f(ref.get(f"ppl_{dom}_mean")) if ref else np.nan
-        r[f"paper_ppl_{dom}"] = cart_paper[i]
+        r[f"paper_ppl_{dom}"] = cart_paper[PAPER_DOMAINS.index(dom)] if dom in PAPER_DOMAINS else np.nan
     rows.append(r)
     s2 = R.load_runs(con, "stage2")
     if ref:
@@ -570,17 +579,18 @@ def table_dense_vs_cart(con: sqlite3.Connection) -> Table:
                     "stored_params": _f(o["stored_params"]) if o is not None else np.nan}
         dlt = base | {"row": f"Δ Dense {L}L vs CART", "kind": "delta", "detail": "100 x (Dense / CART - 1)",
                       "stored_params": np.nan}
-        for i, dom in enumerate(DOMAINS):
+        for dom in both:
+            i = PAPER_DOMAINS.index(dom) if dom in PAPER_DOMAINS else None
             r[f"ppl_{dom}"] = _f(o.get(f"ppl_{dom}_mean")) if o is not None else np.nan
-            r[f"paper_ppl_{dom}"] = p[i] if p else np.nan
+            r[f"paper_ppl_{dom}"] = p[i] if p and i is not None else np.nan
             dlt[f"ppl_{dom}"] = _f(o.get(f"delta_ppl_{dom}_pct")) if o is not None else np.nan
-            dlt[f"paper_ppl_{dom}"] = float(R.pct_delta(p[i], cart_paper[i])) if p else np.nan
+            dlt[f"paper_ppl_{dom}"] = float(R.pct_delta(p[i], cart_paper[i])) if p and i is not None else np.nan
         rows += [r, dlt]
     data = pd.DataFrame(rows)
     fmt = (lambda c: lambda r: (pct(r[c]) if r["kind"] == "delta" else sig(r[c], 4)))
     spec = [("", "row"), ("ours", "detail"), ("stored (M)", lambda r: millions(r["stored_params"]))]
-    spec += [(f"PPL {DOM_TITLE[d]}", fmt(f"ppl_{d}")) for d in DOMAINS]
-    spec += [(f"paper {DOM_TITLE[d]}", fmt(f"paper_ppl_{d}")) for d in DOMAINS]
+    spec += [(f"PPL {_title(d)}", fmt(f"ppl_{d}")) for d in doms]
+    spec += [(f"paper {_title(d)}", fmt(f"paper_ppl_{d}")) for d in PAPER_DOMAINS]
     view = view_from(data, spec)
     return Table("table10_dense_vs_cart", "Table 10: Dense baselines vs CART at the same width", data, view, [
         "CART reference = the Stage 2 config with the lowest seed-mean Wikipedia PPL at the Dense width. "
@@ -863,45 +873,47 @@ PAPER_ABLATION = {(1024, 4, 10): PAPER["stage2_ppl"][(1024, 4, 10)]}  # Table 9'
 
 def table_ablation(con: sqlite3.Connection) -> Table:
     table, base = R.ablation_table(con)
+    doms = R.store_domains(con)
     rows = []
     if base.get("config"):
         b = base["config"]
         rows.append({"variant": "baseline (same seed)", "run_id": base.get("run_id"), "status": base.get("status"),
                      "changes": f"d={b.get('d_model')} P={b.get('n_prelude')} R={b.get('n_loops')} "
                                 f"seed={base.get('seed')}",
-                     **{f"ppl_{d}": _f((base.get("ppl") or {}).get(d)) for d in DOMAINS}})
+                     **{f"ppl_{d}": _f((base.get("ppl") or {}).get(d)) for d in doms}})
         if base.get("ppl_seed_mean"):
             rows.append({"variant": "baseline (seed mean)", "run_id": None,
                          "status": f"n={base.get('n_seeds_complete')}", "changes": "",
-                         **{f"ppl_{d}": _f(base["ppl_seed_mean"].get(d)) for d in DOMAINS}})
+                         **{f"ppl_{d}": _f(base["ppl_seed_mean"].get(d)) for d in doms}})
     for _, r in table.iterrows():
         row = {k: r.get(k) for k in ("run_id", "status", "changes", "stored_params", "effective_params",
                                      "matched_run_id")}
         row["variant"] = r["name"]
-        for d in DOMAINS:
-            row[f"ppl_{d}"] = _f(r[f"ppl_{d}"]) if r["status"] == "complete" else np.nan
+        for d in doms:
+            row[f"ppl_{d}"] = _f(r.get(f"ppl_{d}")) if r["status"] == "complete" else np.nan
             for suf in ("", "_vs_mean", "_vs_matched"):
                 row[f"delta_{d}{suf}_pct"] = _f(r.get(f"delta_ppl_{d}{suf}_pct"))
         key = (_i(r["d_model"]), _i(r["n_prelude"]), _i(r["n_loops"]))
         plain = all(not bool(_i(r[f]) or 0) for f in R.FLAGS)
         p = PAPER_ABLATION.get(key) if plain else None
-        for i, d in enumerate(DOMAINS):
+        for i, d in enumerate(PAPER_DOMAINS):
             row[f"paper_ppl_{d}"] = p[i] if p else np.nan
         rows.append(row)
     data = pd.DataFrame(rows)
     if data.empty:
         return Table("table15_ablation", "Section 8: ablations", data, pd.DataFrame(), [],
                      empty_reason="no ablation runs and no ablation base in the store")
-    for c in ("stored_params", "effective_params", "matched_run_id", *(f"delta_{d}{s}_pct" for d in DOMAINS
-                                                                       for s in ("", "_vs_mean", "_vs_matched"))):
+    for c in ("stored_params", "effective_params", "matched_run_id", *(f"delta_{d}{s}_pct" for d in doms
+                                                                       for s in ("", "_vs_mean", "_vs_matched")),
+              "paper_ppl_wikipedia", *(f"ppl_{d}" for d in doms)):
         if c not in data:
             data[c] = np.nan
     spec = [("variant", "variant"), ("changes", lambda r: r["changes"] or DASH),
             ("status", lambda r: str(r["status"]) if not isnan(r["status"]) else DASH),
             ("stored / eff. (M)", lambda r: DASH if isnan(r["stored_params"]) else
              f"{millions(r['stored_params'])} / {millions(r['effective_params'])}")]
-    spec += [(f"PPL {DOM_TITLE[d]}", (lambda d: lambda r: sig(r[f"ppl_{d}"]))(d)) for d in DOMAINS]
-    spec += [(f"Δ {DOM_TITLE[d]} vs same seed", (lambda d: lambda r: pct(r[f"delta_{d}_pct"]))(d)) for d in DOMAINS]
+    spec += [(f"PPL {_title(d)}", (lambda d: lambda r: sig(r[f"ppl_{d}"]))(d)) for d in doms]
+    spec += [(f"Δ {_title(d)} vs same seed", (lambda d: lambda r: pct(r[f"delta_{d}_pct"]))(d)) for d in doms]
     spec += [("Δ Wiki vs seed mean", lambda r: pct(r["delta_wikipedia_vs_mean_pct"])),
              ("matched baseline", lambda r: DASH if isnan(r["matched_run_id"]) else
               f"{r['matched_run_id']}: Wiki {pct(r['delta_wikipedia_vs_matched_pct'])}"),
