@@ -38,6 +38,8 @@ def is_instance(value, t) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if t is int:
         return isinstance(value, int) and not isinstance(value, bool)
+    if get_origin(t) is Literal:  # e.g. an optional choice, Literal[...] | None
+        return value in get_args(t)
     if get_origin(t) is tuple:
         (item, *_) = get_args(t)
         return isinstance(value, tuple) and all(is_instance(v, item) for v in value)
