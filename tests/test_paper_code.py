@@ -355,6 +355,9 @@ def test_diagnostics_report_the_gate_and_the_hyperconnection():
     assert (d["lti_gate_min"], d["lti_gate_mean"], d["lti_gate_max"]) == \
         pytest.approx((sigma.min().item(), sigma.mean().item(), sigma.max().item()), abs=1e-6)
     assert code.spectral_radius() == d["lti_gate_max"]
+    with torch.no_grad():   # the authors log max sigmoid(a) as is (1.0 where fp32 rounds it); ours stays < 1
+        code.gate.theta[3], text.gate.theta[3] = 50.0, 50.0
+    assert code.spectral_radius() == 1.0 and text.spectral_radius() < 1.0
     assert "hc_weight_0" not in tiny("paper_code", disable_hyperconnection=True).diagnostics()
 
 
