@@ -3,16 +3,21 @@
 Layout of data/bins/ (`python -m pipeline.bins`):
 
     train.bin            every domain's training tokens, interleaved in `bins.chunk_tokens`-token
-                         chunks (each chunk from ONE domain) by the mixture weights, chunks
-                         pre-shuffled with `bins.seed`; consumed once, in file order
+                         chunks (each chunk from ONE domain) by the mixture weights; consumed once,
+                         in file order. `bins.stream`: shuffled (chunks pre-shuffled with
+                         `bins.seed`) or fixed_cycle (the CART authors' stream: a fixed cycle of
+                         `mixture[d]` chunks of each domain in corpus order, e.g. 3:3:4, each
+                         domain's chunks in source order, until a domain runs out)
     train_chunks.npy     int32 (n_chunks, 2): (domain index into meta["domains"], chunk index in
                          that domain's stream) of every chunk of train.bin, for audits
     val_<domain>.bin     that domain's validation tokens, one contiguous stream
     meta.json            dtype, vocab_size, chunk_tokens, tokenizer_sha256, source, tokens, files
                          ({name: {tokens, bytes, sha256}}), n_chunks, ... (written last)
 
-A domain's stream is its documents' tokens, each document followed by the EOS id. Tokens are
-uint16 (uint32 when the vocabulary does not fit), raw little-endian, read with numpy memmap.
+A domain's stream is its documents' tokens, each document followed by the EOS id
+(`bins.document_format: eos`) or, as the CART authors' bins, BOS + text + EOS (`bos_eos`); the
+validation bins too. Tokens are uint16 (uint32 when the vocabulary does not fit), raw
+little-endian, read with numpy memmap.
 
 Reader API (the training loop and evaluation depend on exactly these names):
 `read_meta`, `open_bin`, `BatchReader`, `val_batches`, `domains`.
@@ -192,10 +197,12 @@ def val_batches(bins_dir: str | os.PathLike, domain: str, seq_len: int, n_seqs: 
 @dataclass(frozen=True)
 class BinsParams:
     chunk_tokens: int
-    mixture: dict[str, float]
+    mixture: dict[str, float]  # fixed_cycle: whole chunks of each domain per cycle
     seed: int
     workers: int
     dtype: Literal["auto", "uint16", "uint32"]
+    stream: Literal["shuffled", "fixed_cycle"] = "shuffled"
+    document_format: Literal["eos", "bos_eos"] = "eos"
 
     def __post_init__(self):
         if self.chunk_tokens < 2:
@@ -209,6 +216,11 @@ class BinsParams:
                 raise ValueError(f"mixture.{d}: weights must be finite and >= 0, got {w}")
         if sum(self.mixture.values()) <= 0:
             raise ValueError("mixture: the weights sum to 0; give at least one domain a positive weight")
+        if self.stream == "fixed_cycle":
+            for d, w in self.mixture.items():
+                if w != int(w):
+                    raise ValueError(f"mixture.{d}: stream fixed_cycle takes whole chunks per cycle "
+                                     f"(e.g. 3, 3, 4), got {w}")
 
 
 def bins_params(params: dict) -> BinsParams:
@@ -236,12 +248,17 @@ def _worker_init(model_path: str) -> None:
     _worker_sp = load_tokenizer(model_path)
 
 
-def _encode_batch(args: tuple[list[str], int, str]) -> np.ndarray:
-    texts, eos, dtype = args
+def _encode_batch(args: tuple[list[str], int | None, int, str]) -> np.ndarray:
+    """Documents as [BOS +] tokens + EOS (no BOS when `bos` is None)."""
+    texts, bos, eos, dtype = args
     ids = _worker_sp.encode(texts, out_type=int)
-    out = np.empty(sum(len(t) + 1 for t in ids), dtype=dtype)
+    head = 0 if bos is None else 1
+    out = np.empty(sum(head + len(t) + 1 for t in ids), dtype=dtype)
     i = 0
     for t in ids:
+        if bos is not None:
+            out[i] = bos
+        i += head
         out[i:i + len(t)] = t
         out[i + len(t)] = eos
         i += len(t) + 1
@@ -259,9 +276,10 @@ def _batched(texts, size: int):
         yield buf
 
 
-def _write_stream(texts, path: Path, eos: int, dtype: np.dtype, pool, bar, batch_docs: int = 256) -> int:
-    """Tokenize documents (EOS after each) into a raw token file; returns the token count."""
-    jobs = ((b, eos, dtype.str) for b in _batched(texts, batch_docs))
+def _write_stream(texts, path: Path, bos: int | None, eos: int, dtype: np.dtype, pool, bar,
+                  batch_docs: int = 256) -> int:
+    """Tokenize documents ([BOS before and] EOS after each) into a raw token file; returns the token count."""
+    jobs = ((b, bos, eos, dtype.str) for b in _batched(texts, batch_docs))
     results = pool.imap(_encode_batch, jobs) if pool is not None else map(_encode_batch, jobs)
     n = 0
     with open(path, "wb") as f:
@@ -272,18 +290,54 @@ def _write_stream(texts, path: Path, eos: int, dtype: np.dtype, pool, bar, batch
     return n
 
 
-def plan_mixture(available_chunks: dict[str, int], weights: dict[str, float], chunk_tokens: int) -> dict[str, int]:
-    """Chunks per domain honouring the normalised weights: the largest total the scarcest domain
-    (relative to its weight) allows; weight-0 domains contribute none."""
-    total_w = sum(weights.values())
-    w = {d: weights[d] / total_w for d in available_chunks}
+def _require_chunks(available_chunks: dict[str, int], weights: dict[str, float], chunk_tokens: int) -> None:
     for d, n in available_chunks.items():
-        if w[d] > 0 and n == 0:
+        if weights[d] > 0 and n == 0:
             raise ValueError(f"bins: domain {d!r} has fewer training tokens than one chunk "
                              f"(bins.chunk_tokens={chunk_tokens}); raise corpus.train_tokens, lower "
                              f"bins.chunk_tokens, or give it mixture weight 0")
+
+
+def plan_mixture(available_chunks: dict[str, int], weights: dict[str, float], chunk_tokens: int) -> dict[str, int]:
+    """Chunks per domain honouring the normalised weights: the largest total the scarcest domain
+    (relative to its weight) allows; weight-0 domains contribute none."""
+    _require_chunks(available_chunks, weights, chunk_tokens)
+    total_w = sum(weights.values())
+    w = {d: weights[d] / total_w for d in available_chunks}
     total = min(n / w[d] for d, n in available_chunks.items() if w[d] > 0)
     return {d: min(available_chunks[d], int(math.floor(total * w[d] + 1e-9))) for d in available_chunks}
+
+
+def shuffled_order(used: dict[str, int], seed: int) -> np.ndarray:
+    """(n_chunks, 2) int32 rows (domain index, chunk index): the first used[d] chunks of every
+    domain, in a seeded random order."""
+    order = np.concatenate([np.stack([np.full(n, i, np.int32), np.arange(n, dtype=np.int32)], 1)
+                            for i, n in enumerate(used.values())])
+    return order[np.random.default_rng(seed).permutation(len(order))]
+
+
+def fixed_cycle_order(available_chunks: dict[str, int], counts: dict[str, int], chunk_tokens: int) -> np.ndarray:
+    """(n_chunks, 2) int32 rows (domain index, chunk index), the CART authors' stream
+    (data/build_bins.py interleave_stage2): the cycle of counts[d] chunks of each domain, in
+    domain order, repeated, each domain's chunks in source order, stopping at the first chunk a
+    domain no longer has (possibly mid-cycle)."""
+    _require_chunks(available_chunks, counts, chunk_tokens)
+    available, per_cycle = list(available_chunks.values()), [counts[d] for d in available_chunks]
+    cycle = [i for i, c in enumerate(per_cycle) for _ in range(c)]
+    full = min(n // c for n, c in zip(available, per_cycle) if c > 0)
+    taken = [full * c for c in per_cycle]
+    tail = []
+    for i in cycle:  # the last, partial cycle
+        if taken[i] == available[i]:
+            break
+        tail.append(i)
+        taken[i] += 1
+    domain = np.array(cycle * full + tail, dtype=np.int32)
+    chunk = np.zeros_like(domain)
+    for i in range(len(available)):
+        rows = domain == i
+        chunk[rows] = np.arange(np.count_nonzero(rows), dtype=np.int32)
+    return np.stack([domain, chunk], 1)
 
 
 def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str | os.PathLike,
@@ -310,6 +364,10 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
     vocab, eos = sp.get_piece_size(), sp.eos_id()
     if vocab != info["vocab_size"] or eos < 0:
         raise ValueError(f"{tok_dir}: tokenizer.json disagrees with tokenizer.model; re-run the tokenizer stage")
+    bos = None if params.document_format == "eos" else sp.bos_id()
+    if bos is not None and bos < 0:
+        raise ValueError(f"bins.document_format: bos_eos needs a tokenizer with a BOS id; {tok_dir} has none "
+                         f"(use eos)")
     dtype = token_dtype(params.dtype, vocab)
     missing, extra = sorted(set(doms) - set(params.mixture)), sorted(set(params.mixture) - set(doms))
     if missing or extra:
@@ -345,20 +403,22 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
                        dynamic_ncols=True, mininterval=0.5)
             for d in doms:
                 bar.set_postfix_str(d)
-                n = _write_stream(iter_texts(corpus_dir, d, "val"), tmp / f"val_{d}.bin", eos, dtype, pool, bar)
+                n = _write_stream(iter_texts(corpus_dir, d, "val"), tmp / f"val_{d}.bin", bos, eos, dtype, pool, bar)
                 val_tokens[d] = n
-                stream_tokens[d] = _write_stream(iter_texts(corpus_dir, d, "train"), tmp / f".stream_{d}.tmp", eos,
-                                                 dtype, pool, bar)
+                stream_tokens[d] = _write_stream(iter_texts(corpus_dir, d, "train"), tmp / f".stream_{d}.tmp", bos,
+                                                 eos, dtype, pool, bar)
             bar.close()
             if pool is not None:
                 pool.close()
 
-            # ---- interleave chunks by the mixture, pre-shuffled ----
+            # ---- interleave chunks by the mixture: pre-shuffled, or the authors' fixed cycle ----
             C = params.chunk_tokens
-            used = plan_mixture({d: stream_tokens[d] // C for d in doms}, params.mixture, C)
-            order = np.concatenate([np.stack([np.full(used[d], i, np.int32), np.arange(used[d], dtype=np.int32)], 1)
-                                    for i, d in enumerate(doms)])
-            chunk_map = order[np.random.default_rng(params.seed).permutation(len(order))]
+            available = {d: stream_tokens[d] // C for d in doms}
+            if params.stream == "fixed_cycle":
+                chunk_map = fixed_cycle_order(available, {d: int(params.mixture[d]) for d in doms}, C)
+            else:
+                chunk_map = shuffled_order(plan_mixture(available, params.mixture, C), params.seed)
+            used = {d: int(np.count_nonzero(chunk_map[:, 0] == i)) for i, d in enumerate(doms)}
             n_chunks = len(chunk_map)
             out = np.memmap(tmp / TRAIN_FILE, dtype=dtype, mode="w+", shape=(n_chunks * C,)).reshape(n_chunks, C)
             block = max(1, (64 << 20) // (C * dtype.itemsize))  # copy ~64 MB of chunks at a time
@@ -387,6 +447,7 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
             meta = {
                 "format": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab, "chunk_tokens": C,
                 "tokenizer_sha256": model_sha, "eos_id": eos, "domains": doms,
+                "stream": params.stream, "document_format": params.document_format,
                 "source": {d: manifest["domains"][d]["source"] for d in doms},
                 "tokens": {d: used[d] * C for d in doms},
                 "available_tokens": stream_tokens, "val_tokens": val_tokens,

@@ -61,6 +61,8 @@ class TrainSettings:
     checkpoint_every: int
     deterministic: bool
     nproc: int = 1  # processes (GPUs) per run; > 1 launches the run under torchrun with DDP
+    # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
+    weight_decay_scope: Literal["matrices", "all"] = "matrices"
 
     def __post_init__(self):
         checks = {

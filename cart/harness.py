@@ -46,7 +46,7 @@ class BenchmarkSettings:
     limit: int | None
     batch_size: int
     max_length: int | None
-    prefix_context: bool
+    prefix_context: Literal["none", "eos", "bos"]
     fewshot_fallback: Literal["error", "eval_split"]
     bootstrap_iters: int
     device: Literal["auto", "cpu", "cuda"]
@@ -145,22 +145,28 @@ class CARTLM(TemplateLM):
 
     n_loops:        loop count R for every forward pass (None: the trained R); settable between passes.
     max_length:     context window in tokens; longer inputs are truncated from the left.
-    prefix_context: prepend the prefix token to every encoded context, so each item starts as a
-                    document does in training. The prefix token is EOS, the document separator of
-                    data/bins (BOS only for a tokenizer without EOS); lm-eval always uses it for an
-                    empty context and to start loglikelihood_rolling, and, like lm-eval's HF adapter
-                    for GPT-2-style models, does not prepend it to contexts by default.
+    prefix_context: which token to prepend to every encoded context, so each item starts as a
+                    document does in training: "none"; "eos", the document separator of data/bins
+                    (`bins.document_format: eos`); or "bos", as documents start in the CART
+                    authors' bins (`bos_eos`) and as lm-eval's HF adapter (0.4) encodes with a
+                    Llama-2 tokenizer, whose default adds BOS (a GPT-2-style tokenizer adds
+                    nothing). The prefix token (BOS for "bos", else EOS, or BOS for a tokenizer
+                    without EOS) also stands for an empty context and starts loglikelihood_rolling.
     """
 
     backend = "causal"
 
     def __init__(self, model: nn.Module, tokenizer: Tokenizer, *, n_loops: int | None = None,
                  batch_size: int = 8, max_length: int = 1024, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, prefix_context: bool = False, max_gen_toks: int = 256,
+                 dtype: torch.dtype = torch.float32, prefix_context: str = "none", max_gen_toks: int = 256,
                  progress: bool = True):
         super().__init__()
         if batch_size < 1 or max_length < 2:
             raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
+        if prefix_context not in ("none", "eos", "bos"):
+            raise ValueError(f"prefix_context: expected 'none', 'eos' or 'bos', got {prefix_context!r}")
+        if prefix_context == "bos" and tokenizer.bos_id is None:
+            raise ValueError(f"prefix_context: 'bos' needs a tokenizer with a BOS id; {tokenizer.dir} has none")
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ValueError(f"model vocab_size {model.config.vocab_size} != tokenizer vocab_size "
                              f"{tokenizer.vocab_size} ({tokenizer.dir})")
@@ -205,7 +211,9 @@ class CARTLM(TemplateLM):
 
     @property
     def prefix_token_id(self) -> int:
-        return self.tok.eos_id if self.tok.eos_id is not None else self.tok.bos_id
+        if self.prefix_context == "bos" or self.tok.eos_id is None:
+            return self.tok.bos_id
+        return self.tok.eos_id
 
     @property
     def tokenizer_name(self) -> str:
@@ -213,7 +221,7 @@ class CARTLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         ids = self.tok.encode(string)
-        prefix = self.prefix_context if add_special_tokens is None else add_special_tokens
+        prefix = self.prefix_context != "none" if add_special_tokens is None else add_special_tokens
         if prefix and (not ids or ids[0] != self.prefix_token_id):
             ids = [self.prefix_token_id] + ids
         return ids

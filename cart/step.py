@@ -21,12 +21,16 @@ def lr_multiplier(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainSettings, d_model: int, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only: norms' gains, the LTI theta and the
-    HyperConnection logits are per-channel scalars that decay would pull toward 0 (the gate
-    toward lambda = 0.5), which is a prior on the architecture, not regularisation."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW. `weight_decay_scope` "matrices": decay on matrices only, since norms' gains, the LTI
+    theta and the HyperConnection logits are per-channel scalars that decay would pull toward 0
+    (the gate toward lambda = 0.5), which is a prior on the architecture, not regularisation.
+    "all": decay on every parameter, as the CART authors' AdamW8bit(model.parameters()) does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if t.weight_decay_scope == "all":
+        groups = [{"params": params, "weight_decay": t.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     lr, betas = t.peak_lr(d_model), (t.beta1, t.beta2)
     if t.optimizer == "adamw8bit":
         if device.type != "cuda":

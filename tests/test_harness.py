@@ -162,7 +162,7 @@ def test_empty_context_and_prefix_use_the_document_separator(lm, model, tok):
     (ll, _), = lm.loglikelihood([req("", "Tom and Anna")], disable_tqdm=True)
     assert lm.prefix_token_id == tok.eos_id == 2
     assert ll == pytest.approx(hand_ll(model, [tok.eos_id], tok.sp.encode("Tom and Anna"))[0], abs=1e-4)
-    pre = CARTLM(model, tok, prefix_context=True, progress=False)
+    pre = CARTLM(model, tok, prefix_context="eos", progress=False)
     (ll, _), = pre.loglikelihood([req("Tom and", " Anna")], disable_tqdm=True)
     ctx, cont = hand_pair(tok.sp, "Tom and", " Anna")
     assert ll == pytest.approx(hand_ll(model, [tok.eos_id] + ctx, cont)[0], abs=1e-4)

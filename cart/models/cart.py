@@ -4,9 +4,14 @@ CART(d, P, R):  tokens -> embedding -> P prelude layers -> x_p
                 anchor: K, V = LatentKV(norm(x_p)), computed once
                 h_0 = x_p; for r in 0..R-1:
                     x_r = HyperConnection(h_r, h_{r-1}, h_{r-2})
-                    y   = CoreBlock(x_r + pe[r], K, V)          # cross-attn + SwiGLU
+                    u_r = x_r + pe[r]                            # loop-index embedding
+                    y   = CoreBlock(u_r, K, V)                   # u_r + cross-attn + SwiGLU
                     h_{r+1} = lambda * x_r + (y - x_r)           # LTI gate, lambda in (0,1)^d
                 coda layer -> norm -> tied LM head
+
+That is the paper's text (`variant="paper_text"`). The authors' code (`variant="paper_code"`)
+projects K, V without the norm, makes pe[r] a learned projection of a 32-dim sinusoid and updates
+h_{r+1} = (1 + sigma(a)) * u_r + (y - u_r); cart_config.PAPER_TEXT_VS_CODE lists every difference.
 
 The prelude, coda and anchor use MLA (multi-head latent attention): full-rank queries and
 latent-compressed keys/values (CART_SPEC.md section 1).
@@ -83,7 +88,8 @@ LTI_CEILING = 1.0 - 1e-6
 
 class HyperConnection(nn.Module):
     """x_r = sum_j softmax(w)_j * h_{r-j} over a ring buffer of the last `hc_window` states,
-    initialised close to the plain residual (all weight on h_r)."""
+    logits initialised [hc_init_logit, 0, 0]: 6 (paper_text, ~the plain residual: 0.995 on h_r)
+    or the authors' 1 (0.58 / 0.21 / 0.21)."""
 
     def __init__(self, cfg: CARTConfig):
         super().__init__()
@@ -91,8 +97,12 @@ class HyperConnection(nn.Module):
         init[0] = cfg.hc_init_logit
         self.logits = nn.Parameter(init)
 
+    def weights(self) -> torch.Tensor:
+        """The blend weights, newest state first (fp32)."""
+        return torch.softmax(self.logits.float(), dim=0)
+
     def forward(self, history: list[torch.Tensor]) -> torch.Tensor:
-        w = torch.softmax(self.logits.float(), dim=0).to(history[0].dtype)
+        w = self.weights().to(history[0].dtype)
         out = w[0] * history[0]
         for j in range(1, len(history)):
             out = out + w[j] * history[j]
@@ -100,8 +110,7 @@ class HyperConnection(nn.Module):
 
 
 def loop_index_table(n_loops: int, dim: int, device=None) -> torch.Tensor:
-    """Fixed sinusoidal loop-index embedding, one row per iteration; no row limit, so inference
-    can run any R."""
+    """Fixed sinusoidal table of the loop index, one row per iteration (no row limit)."""
     pos = torch.arange(n_loops, device=device, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10_000.0) / dim))
     pe = torch.zeros(n_loops, dim, device=device)
@@ -110,24 +119,61 @@ def loop_index_table(n_loops: int, dim: int, device=None) -> torch.Tensor:
     return pe
 
 
+class LoopIndexEmbedding(nn.Module):
+    """pe[r], added to the core's input at iteration r.
+
+    sinusoid  (paper_text): a fixed d-dim sinusoid of r; no parameters, any R.
+    projected (the authors' code): a lie_dim-dim sinusoid of r from a lie_rows-row table through a
+              learned Linear(lie_dim -> d) without bias; R is limited to the table's rows."""
+
+    def __init__(self, cfg: CARTConfig):
+        super().__init__()
+        self.projected = cfg.lie == "projected"
+        self.d_model = cfg.d_model
+        if self.projected:
+            self.register_buffer("table", loop_index_table(cfg.lie_rows, cfg.lie_dim), persistent=False)
+            self.proj = nn.Linear(cfg.lie_dim, cfg.d_model, bias=False)
+
+    def forward(self, n_loops: int, device) -> torch.Tensor:
+        """(n_loops, d): one row per iteration."""
+        if not self.projected:
+            return loop_index_table(n_loops, self.d_model, device)
+        if n_loops > len(self.table):
+            raise ValueError(f"n_loops={n_loops}: the projected loop-index embedding has {len(self.table)} rows "
+                             f"(lie_rows), one per iteration; run at most {len(self.table)} loops")
+        return self.proj(self.table[:n_loops])
+
+
 class LTIGate(nn.Module):
-    """h_{r+1} = lambda * x_r + delta_r with lambda = sigmoid(theta) per channel (reconstructed
-    form). Its spectral radius max(lambda) is < 1 for every theta. With `disabled` the update is
-    the plain residual x_r + delta_r, but theta still exists so rho can be logged."""
+    """The state update after the core block, per channel, with sigma = sigmoid(theta):
+
+    lti_gate (paper_text, reconstructed form): h_{r+1} = lambda * x + delta, lambda = sigma (times
+        LTI_CEILING), x the HyperConnection blend x_r. The spectral radius max(lambda) < 1 for every
+        theta. Disabled: the plain residual x + delta.
+    residual_plus_gate (the authors' code): the core block returns u + attn + ffn and the gate adds
+        sigma * u on top, so h_{r+1} = (1 + sigma) * x + delta with x the LIE-injected input u_r.
+        Disabled: 2 x + delta.
+
+    Disabled, theta still exists so rho can be logged."""
 
     def __init__(self, cfg: CARTConfig):
         super().__init__()
         self.disabled = cfg.disable_lti
+        self.adds_input = cfg.core_update == "residual_plus_gate"
         theta0 = math.log(cfg.lti_init / (1.0 - cfg.lti_init))
         self.theta = nn.Parameter(torch.full((cfg.d_model,), theta0))
 
     def lam(self) -> torch.Tensor:
+        """Per-channel lambda (lti_gate) or sigma(a) (residual_plus_gate, exactly as the authors')."""
+        if self.adds_input:
+            return torch.sigmoid(self.theta.float())
         return LTI_CEILING * torch.sigmoid(self.theta.float())
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         if self.disabled:
-            return x + delta
-        return self.lam().to(x.dtype) * x + delta
+            return (2 * x if self.adds_input else x) + delta
+        lam = self.lam().to(x.dtype)
+        return ((1 + lam) if self.adds_input else lam) * x + delta
 
 
 class CoreBlock(nn.Module):
@@ -153,14 +199,15 @@ class CART(LanguageModel):
         super().__init__(cfg)
         self.prelude = nn.ModuleList([Layer(cfg, MLASelfAttention(cfg)) for _ in range(cfg.n_prelude)])
         if not cfg.self_attn_core:
-            self.anchor_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.anchor_norm = RMSNorm(cfg.d_model, cfg.norm_eps) if cfg.anchor_norm else nn.Identity()
             self.anchor_kv = LatentKV(cfg)  # its own module, not shared with a prelude layer
         n_blocks = cfg.n_loops if cfg.unshare_core else 1
         self.core = nn.ModuleList([CoreBlock(cfg) for _ in range(n_blocks)])
         self.hyper = None if cfg.disable_hyperconnection else HyperConnection(cfg)
         self.gate = LTIGate(cfg)
+        self.lie = None if cfg.disable_lie else LoopIndexEmbedding(cfg)
         self.coda = Layer(cfg, MLASelfAttention(cfg))
-        self._init_weights(cfg.n_prelude + cfg.n_loops + 1)
+        self._init_weights(cfg.n_prelude + cfg.n_loops + 1 if cfg.init == "depth_scaled" else None)
 
     def anchor(self, x: torch.Tensor):
         return self.anchor_kv(self.anchor_norm(x))
@@ -176,17 +223,38 @@ class CART(LanguageModel):
             x = layer(x, rope)
         # X (unfreeze_kv) recomputes K, V inside the loop instead, so the pre-loop anchor is skipped
         anchor_kv = None if cfg.self_attn_core or cfg.unfreeze_kv else self.anchor(x)
-        pe = None if cfg.disable_lie else loop_index_table(R, cfg.d_model, idx.device)
+        pe = None if self.lie is None else self.lie(R, idx.device)
 
         history = [x] * cfg.hc_window  # newest first; copies of h_0 until R fills it
         for r in range(R):
             x_r = history[0] if self.hyper is None else self.hyper(history)
-            y = x_r if pe is None else x_r + pe[r].to(x_r.dtype)
-            kv = self.anchor(x_r) if cfg.unfreeze_kv else anchor_kv
-            y = self.core[r if cfg.unshare_core else 0](y, kv, rope)
-            history = [self.gate(x_r, y - x_r)] + history[:-1]
+            u = x_r if pe is None else x_r + pe[r].to(x_r.dtype)  # the core's input
+            kv = self.anchor(u if cfg.unfrozen_kv_input == "core_input" else x_r) if cfg.unfreeze_kv else anchor_kv
+            y = self.core[r if cfg.unshare_core else 0](u, kv, rope)
+            carried = u if cfg.core_update == "residual_plus_gate" else x_r  # the authors' gate carries u_r
+            history = [self.gate(carried, y - carried)] + history[:-1]
         return self.coda(history[0], rope)
 
     @torch.no_grad()
     def spectral_radius(self) -> float:
+        """max_i lambda_i, the gate's largest per-channel factor (what the paper logs as rho).
+
+        Under paper_text's lti_gate it is the spectral radius of h -> lambda * h, < 1, so the carried
+        state contracts. Under the authors' residual_plus_gate the core's input is carried with the
+        factor 1 + sigma(a) in (1, 2) (the block's own residual plus the gate), so this number
+        (max sigma(a)) does not bound the state's growth; it is logged because the paper reports it."""
         return self.gate.lam().max().item()
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """What the paper claims about the gate and the HyperConnection but never logged: lambda
+        (sigma(a) under paper_code) min / mean / max over channels, and the HC softmax weights
+        (hc_weight_0 = the newest state). One host sync."""
+        lam = self.gate.lam()
+        names = ["lti_gate_min", "lti_gate_mean", "lti_gate_max"]
+        values = [lam.min(), lam.mean(), lam.max()]
+        if self.hyper is not None:
+            w = self.hyper.weights()
+            names += [f"hc_weight_{j}" for j in range(len(w))]
+            values += list(w)
+        return dict(zip(names, torch.stack(values).tolist()))

@@ -218,13 +218,14 @@ class LanguageModel(nn.Module):
         the matching positions of the full forward."""
         raise NotImplementedError(f"{type(self).__name__} has no cached decoding")
 
-    def _init_weights(self, residual_depth: int) -> None:
+    def _init_weights(self, residual_depth: int | None) -> None:
+        """N(0, init_std) for every matrix; None: plain, as the CART authors initialise."""
         std = self.config.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
             # output projections write into the residual stream: scale them down with depth
-            scaled = name.endswith(("attn.o.weight", "ffn.down.weight"))
+            scaled = residual_depth is not None and name.endswith(("attn.o.weight", "ffn.down.weight"))
             nn.init.normal_(p, 0.0, std / math.sqrt(2 * residual_depth) if scaled else std)
 
     def num_params(self) -> int:
