@@ -7,6 +7,7 @@ the run specs dispatch on the config; nothing else in the package names a family
     arch    config                      model                     what
     cart    cart_config.CARTConfig      cart.CART                 prelude -> anchor K/V -> looped core -> coda
     dense   dense_config.DenseConfig    dense.Dense               the standard Transformer baseline
+    ratplus ratplus_config.RATPlusConfig ratplus.RATPlus       recurrence-augmented attention, run at a pattern
 
 Family modules are imported on first use, so code that handles one family depends (for Python
 and for DVC's stage deps, cart/deps.py) on that family's files alone.
@@ -14,7 +15,8 @@ and for DVC's stage deps, cart/deps.py) on that family's files alone.
 Every model's forward is `model(idx, targets=None, **runtime)`: logits (B, T, V) without
 targets, the mean next-token training loss with them (a training loss that is not a plain
 forward, such as LRT's interleaved passes, lives there). `runtime` holds the family's
-inference-time arguments (`config.runtime_kwargs()`, e.g. CART's `n_loops`).
+inference-time arguments (`config.runtime_kwargs()`, e.g. CART's `n_loops`, the attention
+`pattern` of RAT+ and of the Dense control, patterns.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .base import IGNORE_INDEX, ConfigBase
 FAMILIES: dict[str, tuple[str, str]] = {
     "cart": ("cart_config", "CARTConfig"),
     "dense": ("dense_config", "DenseConfig"),
+    "ratplus": ("ratplus_config", "RATPlusConfig"),
 }
 ARCHS = tuple(FAMILIES)
 ModelConfig = ConfigBase

@@ -1,4 +1,7 @@
-"""The Dense baseline: n_layers of standard MHA + SwiGLU + RoPE, tied embedding (CART_SPEC.md section 1)."""
+"""The Dense baseline: n_layers of standard MHA + SwiGLU + RoPE, tied embedding (CART_SPEC.md section 1).
+
+With a runtime `pattern` (patterns.py) it is also RAT+'s control: the same attention restricted to a
+dilated/local/hybrid pattern, without the recurrence (RATPLUS_SPEC.md section 7)."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +9,8 @@ from torch import nn
 
 from .dense_config import DenseConfig
 from .layers import DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention
+from .pattern_attention import PatternKVCache
+from .patterns import layer_patterns
 
 
 class Dense(LanguageModel):
@@ -14,23 +19,30 @@ class Dense(LanguageModel):
         self.layers = nn.ModuleList([Layer(cfg, MHASelfAttention(cfg)) for _ in range(cfg.n_layers)])
         self._init_weights(cfg.n_layers)
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, pattern=None) -> torch.Tensor:
+        """`pattern`: None is causal attention; else a pattern string, Pattern or per-layer list."""
+        patterns = (None,) * len(self.layers) if pattern is None else layer_patterns(pattern, len(self.layers))
         x = self.tok_emb(idx)
         rope = self.rope.tables(idx.shape[1], idx.device)
-        for layer in self.layers:
-            x = layer(x, rope)
+        for layer, p in zip(self.layers, patterns):
+            x = layer(x, rope, pattern=p)
         return x
 
-    def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None) -> DecodeCache:
+    def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, pattern=None) -> DecodeCache:
+        """Every key (KVCache), or with a `pattern` only the keys it can still show (PatternKVCache)."""
         cfg, p = self.config, self.tok_emb.weight
         cache = DecodeCache(batch, max_len, p.device, pad)
-        cache.layers = [KVCache(batch, cfg.n_heads, cfg.head_dim, max_len, p.device, p.dtype) for _ in self.layers]
+        if pattern is None:
+            cache.layers = [KVCache(batch, cfg.n_heads, cfg.head_dim, max_len, p.device, p.dtype) for _ in self.layers]
+        else:
+            cache.layers = [PatternKVCache(pi, batch, cfg.n_heads, cfg.head_dim, max_len, cache.pad, p.device, p.dtype)
+                            for pi in layer_patterns(pattern, cfg.n_layers)]
         return cache
 
     def forward_cached(self, idx: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
         mask, rope = cache.step(idx.shape[1], self.rope)
         x = self.tok_emb(idx)
         for layer, kv in zip(self.layers, cache.layers):
-            x = layer(x, rope, (kv, mask))
+            x = layer(x, rope, kv if isinstance(kv, PatternKVCache) else (kv, mask))
         cache.advance(idx.shape[1])
         return self.head(x)

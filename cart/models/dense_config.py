@@ -19,6 +19,9 @@ class DenseConfig(ConfigBase):
     def _validate(self) -> None:
         require(self.n_layers >= 1, "DenseConfig.n_layers", f"must be >= 1, got {self.n_layers}")
 
+    def runtime_kwargs(self) -> frozenset[str]:
+        return frozenset({"pattern"})  # the Dense control of RAT+: attention at a pattern (dense.py)
+
     def count_params(self) -> dict[str, int]:
         d = self.d_model
         layer = self.layer_weights + 2 * d  # two RMSNorm gains

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import IGNORE_INDEX, ConfigBase
+from .pattern_attention import PatternKVCache, pattern_attention
+from .patterns import Pattern
 
 
 class RMSNorm(nn.Module):
@@ -127,7 +129,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 class MHASelfAttention(nn.Module):
     """Standard multi-head attention for the Dense baseline: q, k, v, o all full rank.
-    With `cache` = (KVCache, mask) it attends over the cached keys (decoding)."""
+    With `cache` = (KVCache, mask) it attends over the cached keys (decoding); with a
+    PatternKVCache, over the keys a pattern keeps. `pattern` (the Dense control, RATPLUS_SPEC
+    section 7) restricts each query to the keys of an attention pattern; None is causal attention."""
 
     def __init__(self, cfg: ConfigBase):
         super().__init__()
@@ -138,14 +142,18 @@ class MHASelfAttention(nn.Module):
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                cache: tuple[KVCache, torch.Tensor] | None = None) -> torch.Tensor:
+                cache: tuple[KVCache, torch.Tensor] | PatternKVCache | None = None,
+                pattern: Pattern | None = None) -> torch.Tensor:
         q, k, v = (split_heads(p(x), self.n_heads) for p in (self.q, self.k, self.v))
         q, k = RoPE.apply(q, *rope), RoPE.apply(k, *rope)
+        if isinstance(cache, PatternKVCache):
+            return self.o(merge_heads(cache.attend(q, k, v)))
         mask = None
         if cache is not None:
             kv, mask = cache
             k, v = kv.append(k, v)
-        return self.o(merge_heads(attend(q, k, v, mask)))
+        y = attend(q, k, v, mask) if pattern is None else pattern_attention(q, k, v, pattern)
+        return self.o(merge_heads(y))
 
 
 class SwiGLU(nn.Module):
@@ -169,9 +177,12 @@ class Layer(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache=None) -> torch.Tensor:
-        h = self.attn_norm(x)
-        x = x + (self.attn(h, rope) if cache is None else self.attn(h, rope, cache))
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache=None,
+                **attn_kwargs) -> torch.Tensor:
+        """`attn_kwargs` (e.g. an attention `pattern`) go to attentions that take them."""
+        if cache is not None:
+            attn_kwargs["cache"] = cache
+        x = x + self.attn(self.attn_norm(x), rope, **attn_kwargs)
         return x + self.ffn(self.ffn_norm(x))
 
 

@@ -1,0 +1,155 @@
+"""Attention patterns pi = (D, W, P): which earlier keys a query sees (RATPLUS_SPEC.md section 1).
+
+Torch-free, so configs, run names and the accounting hold and count patterns without torch; the
+attention under a pattern is in `pattern_attention.py`.
+
+    S_pi(t) = {j <= t : t - j <= W} U {j <= t : j < P} U {j <= t : (j + 1) mod D = 0}
+
+D = 1 is dense attention; D = -1 drops the strided term (local window + sinks only). A query always
+sees its own key. A pattern may add a top-k block term (reconstructed: the spec names Quest/MoBA
+scoring but the authors' code has none): keys are grouped in blocks of `block`; query t scores
+each block that ends before its own block by q_t . mean(keys of the block) and also sees the
+`topk` best blocks and its own block up to t.
+
+String syntax (params, run names): "dense", or "-"-joined terms D<dilation>, W<window>, P<sink>,
+K<topk>, B<block> (each at most once; no D means D = -1), e.g. "D16", "D16-W256-P4", "W64-P4",
+"D64-K8-B16". A per-layer hybrid is a ","-joined list with one pattern per layer, e.g. "dense,D64";
+a single pattern applies to every layer.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+
+SYNTAX = ("'dense' or '-'-joined terms D<dilation>, W<window>, P<sink>, K<topk>, B<block> "
+          "(e.g. D16, D16-W256-P4, W64, D64-K8); one per layer joined by ','")
+_TERM = re.compile(r"([DWPKB])(\d+)")
+_FIELD_OF_LETTER = {"D": "dilation", "W": "window", "P": "sink", "K": "topk", "B": "block"}
+DEFAULT_BLOCK = 64  # Quest/MoBA-style block of keys scored as one (reconstructed)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One layer's attention pattern; frozen and hashable (a dict key, a torch.compile constant)."""
+
+    dilation: int = 1  # D: strided keys j with (j + 1) mod D = 0; 1 = dense; -1 = no strided term
+    window: int = 0  # W: keys t - W .. t
+    sink: int = 0  # P: the first P keys (attention sinks)
+    topk: int = 0  # K: best-scoring earlier blocks also seen (0 = no top-k term)
+    block: int = DEFAULT_BLOCK  # keys per top-k block
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"Pattern.{f.name}: expected an int, got {value!r}")
+        if self.dilation < 1 and self.dilation != -1:
+            raise ValueError(f"Pattern.dilation: must be >= 1 (1 = dense) or -1 (no strided term), got {self.dilation}")
+        for name in ("window", "sink", "topk"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Pattern.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.block < 1:
+            raise ValueError(f"Pattern.block: must be >= 1, got {self.block}")
+        if self.dilation == 1 and (self.window or self.sink or self.topk):
+            raise ValueError("Pattern.dilation: 1 (dense) already sees every key; window, sink and topk must be 0, "
+                             f"got {self}")
+
+    @property
+    def is_dense(self) -> bool:
+        return self.dilation == 1
+
+    def __str__(self) -> str:
+        if self.is_dense:
+            return "dense"
+        terms = [] if self.dilation == -1 else [f"D{self.dilation}"]
+        if self.window or self.dilation == -1 and not (self.sink or self.topk):
+            terms.append(f"W{self.window}")
+        terms += [f"P{self.sink}"] if self.sink else []
+        if self.topk:
+            terms += [f"K{self.topk}"] + ([f"B{self.block}"] if self.block != DEFAULT_BLOCK else [])
+        return "-".join(terms)
+
+
+DENSE = Pattern()
+
+
+def parse_pattern(text: str, where: str = "pattern") -> Pattern:
+    """One pattern from its string (see the module docstring); ValueError naming `where`."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: expected a pattern string ({SYNTAX}), got {text!r}")
+    if text == "dense":
+        return DENSE
+    values: dict[str, int] = {}
+    for term in text.split("-"):
+        m = _TERM.fullmatch(term)
+        if m is None:
+            raise ValueError(f"{where}: {text!r}: bad term {term!r}; expected {SYNTAX}")
+        name = _FIELD_OF_LETTER[m.group(1)]
+        if name in values:
+            raise ValueError(f"{where}: {text!r}: {m.group(1)} given twice")
+        values[name] = int(m.group(2))
+    values.setdefault("dilation", -1)
+    try:
+        return Pattern(**values)
+    except ValueError as e:
+        raise ValueError(f"{where}: {text!r}: {e}") from None
+
+
+def layer_patterns(spec, n_layers: int, where: str = "pattern") -> tuple[Pattern, ...]:
+    """The pattern of every layer from a string ("D16", "dense,D64"), a Pattern, or a sequence of
+    Patterns: one applies to all layers, a list must have exactly one per layer."""
+    if isinstance(spec, Pattern):
+        return (spec,) * n_layers
+    if isinstance(spec, str):
+        spec = tuple(parse_pattern(part, where) for part in spec.split(","))
+    if not isinstance(spec, (tuple, list)) or not all(isinstance(p, Pattern) for p in spec):
+        raise ValueError(f"{where}: expected a pattern string ({SYNTAX}), a Pattern or a list of Patterns, "
+                         f"got {spec!r}")
+    if len(spec) == 1:
+        return tuple(spec) * n_layers
+    if len(spec) != n_layers:
+        raise ValueError(f"{where}: {len(spec)} per-layer patterns for n_layers={n_layers}; "
+                         "give one pattern for all layers or exactly one per layer")
+    return tuple(spec)
+
+
+def format_patterns(patterns) -> str:
+    """The string of per-layer patterns; one pattern when all layers share it."""
+    patterns = tuple(patterns)
+    if len(set(patterns)) == 1:
+        return str(patterns[0])
+    return ",".join(str(p) for p in patterns)
+
+
+# ---- counting (torch-free: the accounting in ratplus_config.py uses these) ----
+
+def visible_set(pattern: Pattern, t: int) -> set[int]:
+    """S_pi(t) straight from its definition (static terms only; top-k depends on the keys)."""
+    D, W, P = pattern.dilation, pattern.window, pattern.sink
+    return {j for j in range(t + 1) if t - j <= W or j < P or (D > 0 and (j + 1) % D == 0)}
+
+
+def visible_count(pattern: Pattern, t: int) -> int:
+    """|S_pi(t)| in closed form: the window, then the sinks before it, then the strided keys
+    j = mD - 1 with P <= j < t - W (the same disjoint split as the two-branch attention)."""
+    D, W, P = pattern.dilation, pattern.window, pattern.sink
+    local = min(t, W) + 1
+    sinks = max(0, min(P, t - W))
+    strided = max(0, (t - W) // D - P // D) if D > 0 else 0
+    return local + sinks + strided
+
+
+def cache_slots(pattern: Pattern, seq_len: int) -> int:
+    """Keys a decoder keeps per layer and head for a sequence of seq_len tokens (RATPLUS_SPEC
+    section 2): dense T; else P + W + 1 + floor(T / D) (the first P, the last W, the current one and
+    the strided ones; D = -1 has no strided ones), with P and W capped at T. A top-k term may pick
+    any earlier block, so it keeps all T."""
+    T = seq_len
+    if pattern.is_dense or pattern.topk:
+        return T
+    strided = T // pattern.dilation if pattern.dilation > 0 else 0
+    return min(pattern.sink, T) + min(pattern.window, T) + 1 + strided
+
+
+__all__ = ["DENSE", "Pattern", "SYNTAX", "cache_slots", "format_patterns", "layer_patterns", "parse_pattern",
+           "visible_count", "visible_set"]

@@ -1,0 +1,182 @@
+"""Attention patterns (cart/models/patterns.py, pattern_attention.py): the string syntax and its
+validation, the visible sets against their definition, the dense fast path, the two-branch form
+and the top-k block term."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cart.models import pattern_attention as pa
+from cart.models.patterns import (DENSE, Pattern, cache_slots, format_patterns, layer_patterns, parse_pattern,
+                                  visible_count, visible_set)
+
+STATIC = ["dense", "D1", "D2", "D4", "D16", "D4-W8-P2", "D4-W3-P6", "D5-P7", "D8-W2", "D3-W40", "W8", "W0",
+          "W8-P2", "P3", "D16-W256-P4"]
+SPARSE = [p for p in STATIC if p not in ("dense", "D1")]
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_thread):
+    pass
+
+
+def qkv(T, seed=0, B=2, H=2, hd=8):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, H, T, hd, generator=g) for _ in range(3))
+
+
+@pytest.mark.parametrize("text,fields", [
+    ("dense", (1, 0, 0, 0, 64)), ("D16", (16, 0, 0, 0, 64)), ("D16-W256-P4", (16, 256, 4, 0, 64)),
+    ("W64", (-1, 64, 0, 0, 64)), ("W64-P4", (-1, 64, 4, 0, 64)), ("P4", (-1, 0, 4, 0, 64)), ("W0", (-1, 0, 0, 0, 64)),
+    ("D64-K8", (64, 0, 0, 8, 64)), ("K8-B16", (-1, 0, 0, 8, 16)), ("D4-W8-P2", (4, 8, 2, 0, 64)),
+])
+def test_pattern_strings_round_trip(text, fields):
+    p = parse_pattern(text)
+    assert (p.dilation, p.window, p.sink, p.topk, p.block) == fields
+    assert str(p) == text and parse_pattern(str(p)) == p
+    assert hash(p) == hash(Pattern(*fields))
+
+
+def test_non_canonical_strings_parse_to_the_canonical_pattern():
+    assert parse_pattern("D1") == DENSE and str(parse_pattern("D1")) == "dense"
+    assert str(parse_pattern("P4-W64-D16")) == "D16-W64-P4"
+    assert str(parse_pattern("D8-K2-B64")) == "D8-K2"
+
+
+def test_one_pattern_for_all_layers_or_one_per_layer():
+    d64 = Pattern(dilation=64)
+    assert layer_patterns("D64", 3) == (d64,) * 3
+    assert layer_patterns(d64, 2) == (d64, d64)
+    assert layer_patterns("dense,D64", 2) == (DENSE, d64)
+    assert layer_patterns([DENSE, d64], 2) == (DENSE, d64)
+    assert format_patterns((DENSE, d64)) == "dense,D64" and format_patterns((d64,) * 4) == "D64"
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: parse_pattern("D0"), r"pattern: 'D0': Pattern\.dilation"),
+    (lambda: Pattern(dilation=-2), r"Pattern\.dilation"),
+    (lambda: Pattern(dilation=4, window=-1), r"Pattern\.window"),
+    (lambda: Pattern(dilation=4, sink=-1), r"Pattern\.sink"),
+    (lambda: Pattern(dilation=4, topk=-1), r"Pattern\.topk"),
+    (lambda: Pattern(topk=2, block=0, dilation=-1), r"Pattern\.block"),
+    (lambda: Pattern(dilation=4, window=1.5), r"Pattern\.window: expected an int"),
+    (lambda: parse_pattern("D1-W4"), r"Pattern\.dilation: 1 \(dense\)"),
+    (lambda: parse_pattern("X5"), r"pattern: 'X5': bad term 'X5'"),
+    (lambda: parse_pattern("D16-D8"), r"D given twice"),
+    (lambda: parse_pattern(""), r"bad term ''"),
+    (lambda: parse_pattern("d16"), r"bad term 'd16'"),
+    (lambda: layer_patterns("D4,D4,D4", 2, "RATPlusConfig.eval_pattern"),
+     r"RATPlusConfig\.eval_pattern: 3 per-layer patterns for n_layers=2"),
+    (lambda: layer_patterns(16, 2), r"pattern: expected a pattern string"),
+])
+def test_bad_patterns_fail_with_one_message_naming_the_field(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("text", STATIC)
+@pytest.mark.parametrize("T", [1, 7, 37])
+def test_mask_and_counts_equal_the_definition(text, T):
+    p = parse_pattern(text)
+    mask = pa.pattern_mask(p, T)
+    for t in range(T):
+        assert set(mask[t].nonzero().flatten().tolist()) == visible_set(p, t)
+        assert visible_count(p, t) == len(visible_set(p, t))
+    assert not mask.triu(1).any()  # no key after its query
+    assert mask.diagonal().all()  # a query always sees itself
+
+
+def test_visible_set_definition_by_hand():
+    # the spec's examples: pure dilated sees itself and D-1, 2D-1, ...; local-only W+1 keys plus P
+    assert visible_set(Pattern(dilation=4), 10) == {3, 7, 10}
+    assert visible_set(parse_pattern("W2-P1"), 10) == {0, 8, 9, 10}
+    assert visible_set(parse_pattern("D4-W2-P2"), 12) == {0, 1, 3, 7, 10, 11, 12}
+
+
+def test_dense_takes_the_plain_causal_sdpa_path(monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(pa.F, "scaled_dot_product_attention", spy)
+    q, k, v = qkv(13)
+    for pattern in (None, DENSE):
+        assert torch.equal(pa.pattern_attention(q, k, v, pattern), sdpa(q, k, v, is_causal=True))
+    assert calls == [{"is_causal": True}] * 2  # no mask built
+    assert torch.equal(pa.pattern_mask(DENSE, 13), torch.ones(13, 13, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("text", SPARSE)
+def test_masked_attention_equals_attention_over_the_visible_set(text):
+    p, T = parse_pattern(text), 21
+    q, k, v = qkv(T)
+    out = pa.pattern_attention(q, k, v, p)
+    for t in (0, 4, 13, 20):
+        keys = sorted(visible_set(p, t))
+        ref = F.scaled_dot_product_attention(q[:, :, t:t + 1], k[:, :, keys], v[:, :, keys])
+        torch.testing.assert_close(out[:, :, t:t + 1], ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("text", [p for p in SPARSE if not p.startswith(("W", "P"))])
+@pytest.mark.parametrize("T", [5, 37, 64])
+def test_two_branches_are_disjoint_and_their_union_is_the_pattern(text, T):
+    p = parse_pattern(text)
+    t, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    local = pa.local_branch(p)(0, 0, t, j)
+    start = pa.strided_start(p)
+    strided = torch.zeros(T, T, dtype=torch.bool)
+    compact = torch.arange(start, max(start, T), p.dilation)  # the strided keys, in branch order
+    if len(compact):
+        strided[:, compact] = pa.strided_branch(p)(0, 0, t, torch.arange(len(compact))[None, :])
+    assert ((compact + 1) % p.dilation == 0).all() and (compact >= p.sink).all()
+    assert not (local & strided).any()
+    assert torch.equal(local | strided, pa.pattern_mask(p, T))
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on CPU, on purpose
+@pytest.mark.parametrize("text", ["D4", "D4-W8-P2", "D5-P7", "D3-W40", "W8-P2", "D16-W4-P4", "D64"])
+def test_two_branch_lse_merge_equals_the_masked_attention(text):
+    p = parse_pattern(text)
+    q, k, v = qkv(37, seed=1, hd=16)
+    torch.testing.assert_close(pa.two_branch_attention(q, k, v, p), pa.pattern_attention(q, k, v, p),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pa.pattern_attention(q, k, v, p, kernel="flex"), pa.pattern_attention(q, k, v, p),
+                               atol=1e-5, rtol=1e-5)
+
+
+def reference_topk_keys(q, k, p, b, h, t):
+    """Keys of the top-k term for one query, from its definition."""
+    n = p.block
+    own = t // n
+    scores = {c: float(q[b, h, t] @ k[b, h, c * n:(c + 1) * n].mean(0)) for c in range(own)}
+    best = sorted(scores, key=scores.get, reverse=True)[:p.topk]
+    return {j for c in best for j in range(c * n, (c + 1) * n)} | set(range(own * n, t + 1))
+
+
+@pytest.mark.parametrize("text", ["K2-B4", "D8-K1-B4", "W2-K3-B5", "D4-W3-P2-K2-B3"])
+def test_topk_block_term_matches_its_definition(text):
+    p, T = parse_pattern(text), 23
+    q, k, v = qkv(T, seed=2)
+    chosen = pa.topk_block_mask(q, k, p)
+    assert not chosen.triu(1).any()
+    for b in range(2):
+        for h in range(2):
+            for t in range(T):
+                assert set(chosen[b, h, t].nonzero().flatten().tolist()) == reference_topk_keys(q, k, p, b, h, t)
+    out = pa.pattern_attention(q, k, v, p)
+    b, h, t = 1, 0, 21
+    keys = sorted(reference_topk_keys(q, k, p, b, h, t) | visible_set(p, t))
+    ref = F.scaled_dot_product_attention(q[b, h, t:t + 1], k[b, h, keys], v[b, h, keys])
+    torch.testing.assert_close(out[b, h, t:t + 1], ref, atol=1e-6, rtol=0)
+
+
+def test_cache_slots_follow_the_spec():
+    T = 4096
+    assert cache_slots(DENSE, T) == T
+    assert cache_slots(parse_pattern("D64"), T) == 65  # the spec: 65 slots instead of 4096
+    assert cache_slots(parse_pattern("D16-W256-P4"), T) == 4 + 256 + 1 + 256
+    assert cache_slots(parse_pattern("W256-P4"), T) == 261
+    assert cache_slots(parse_pattern("D64-K8"), T) == T
+    assert cache_slots(parse_pattern("W256-P4"), 10) == 4 + 10 + 1  # P and W capped at T
+
