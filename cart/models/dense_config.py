@@ -19,6 +19,9 @@ class DenseConfig(ConfigBase):
     def _validate(self) -> None:
         require(self.n_layers >= 1, "DenseConfig.n_layers", f"must be >= 1, got {self.n_layers}")
 
+    def kv_cache_values_per_token(self) -> int:
+        return self.n_layers * 2 * self.d_model  # K and V of every layer
+
     def count_params(self) -> dict[str, int]:
         d = self.d_model
         layer = self.layer_weights + 2 * d  # two RMSNorm gains
