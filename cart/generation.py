@@ -26,10 +26,7 @@ from torch import nn
 
 def has_cached_decoding(model: nn.Module) -> bool:
     """Whether the model's family implements `new_cache` / `forward_cached`."""
-    from .models.layers import LanguageModel
-
-    impl = getattr(type(model), "forward_cached", None)
-    return impl is not None and impl is not LanguageModel.forward_cached
+    return bool(getattr(model, "has_cached_decoding", lambda: False)())
 
 
 @torch.no_grad()

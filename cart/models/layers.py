@@ -245,6 +245,10 @@ class LanguageModel(nn.Module):
         return logits if targets is None else lm_loss(logits, targets)
 
     # ---- cached decoding (families that support it implement these two) ----
+    @classmethod
+    def has_cached_decoding(cls) -> bool:
+        return cls.forward_cached is not LanguageModel.forward_cached
+
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, **runtime) -> DecodeCache:
         """An empty decode cache for `batch` rows of up to `max_len` tokens (pads included)."""
         raise NotImplementedError(f"{type(self).__name__} has no cached decoding")
