@@ -42,6 +42,7 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
     max_len:        the most tokens a row may hold, prompt + new (default: the longest prompt +
                     max_new_tokens); the cache is allocated for it and generation stops there.
     use_cache:      None = the family's cache if it has one; False = always the full forward.
+    generator:      a torch.Generator on the model's device, for reproducible sampling.
     runtime:        the model's inference-time arguments (`model.config.runtime_kwargs()`).
     Returns the input's form: a list of 1-D tensors (prompt + new tokens, up to and including EOS),
     or a (B, T + n) tensor (the input followed by the new tokens, pad_token_id after a row's EOS).
@@ -86,7 +87,9 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
             new.append(nxt)
             if stop is not None:
                 finished |= torch.isin(nxt, stop)
-            if bool(finished.all()) or i == n_new - 1:
+                if bool(finished.all()):  # a host sync per token, only when rows can finish early
+                    break
+            if i == n_new - 1:
                 break
             if use_cache:
                 logits = model.forward_cached(nxt[:, None], cache)[:, -1]

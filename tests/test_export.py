@@ -294,6 +294,11 @@ def test_lm_eval_command_line_runs_model_cart(cart_run, tok_dir, tmp_path):
     assert got == pytest.approx(item_logliks(want, "cart_hellaswag"), abs=1e-4)
 
 
+def test_model_cart_is_registered_with_lm_eval():
+    from lm_eval.api.registry import get_model
+    assert get_model("cart") is CARTLM
+
+
 def test_model_cart_args_are_checked():
     with pytest.raises(ValueError, match=r"unknown model_args \['pretrained'\]; valid: \['checkpoint'"):
         CARTLM.create_from_arg_string("pretrained=x")

@@ -53,7 +53,7 @@ def build_model(config: {config_class}) -> {model_class}:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Path, *,
-               n_loops: int | None = None, prefix_token: str = "eos", probe_texts: tuple[str, ...] = ()) -> Path:
+               n_loops: int | None = None, prefix_token: str = "eos") -> Path:
     """Write the Hugging Face folder of the run in run_dir to out_dir (new or empty).
 
     n_loops:      CART's default loop count in the exported config (None: the trained R);
@@ -91,8 +91,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Pa
     from .modeling_cart import CartLMForCausalLM
     from .tokenizer import to_hf_tokenizer
 
-    tokenizer = to_hf_tokenizer(tok.dir / "tokenizer.model", model_max_length=seq_len, prefix_token_id=prefix_id,
-                                probe_texts=probe_texts)
+    tokenizer = to_hf_tokenizer(tok.dir / "tokenizer.model", model_max_length=seq_len, prefix_token_id=prefix_id)
     with atomic_dir(out_dir) as tmp:
         write_modeling_code(tmp, model_cfg.arch)
         config = CartLMConfig(cart_model=model_cfg.to_dict(), n_loops=n_loops, max_position_embeddings=seq_len,
@@ -112,7 +111,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Pa
             got = loaded(ids).logits
         if not torch.allclose(got, want, atol=1e-5, rtol=1e-5):
             raise RuntimeError(f"the exported model's logits differ from the run's by {(got - want).abs().max():.3g}")
-        if AutoTokenizer.from_pretrained(tmp, trust_remote_code=True).encode("a test  sentence") != tok.encode("a test  sentence"):
+        probe = "a test  sentence"
+        if AutoTokenizer.from_pretrained(tmp, trust_remote_code=True).encode(probe) != tok.encode(probe):
             raise RuntimeError("the exported tokenizer does not load back as written")
     return out_dir
 

@@ -58,7 +58,8 @@ def to_hf_tokenizer(model_file: str | Path, *, model_max_length: int, prefix_tok
     word_start = Regex("▁+") if trainer.allow_whitespace_only_pieces else "▁"
     backend.pre_tokenizer = pre_tokenizers.Split(word_start, behavior="merged_with_next")
     strip = [decoders.Strip(" ", 1, 0)] if norm.add_dummy_prefix else []
-    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()] + strip)
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         *strip])
 
     eos = sp.id_to_piece(sp.eos_id())
     tok = PreTrainedTokenizerFast(

@@ -90,7 +90,8 @@ class MLACrossAttention(nn.Module):
         self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         """mask None: x and the anchor are the same T tokens (causal); decoding: the step's mask."""
         q = split_heads(self.q(x), self.n_heads)
         y = attend(q, k, v, mask) if self.causal else F.scaled_dot_product_attention(q, k, v)
