@@ -12,7 +12,7 @@ _EXPORTS = {
     "count_params": "cart.models", "forward_flops": "cart.models",
     "mfu": "cart.accounting", "peak_flops_for": "cart.accounting", "train_flops_per_token": "cart.accounting",
     "CART": "cart.models.cart", "CoreBlock": "cart.models.cart", "HyperConnection": "cart.models.cart",
-    "LTIGate": "cart.models.cart", "Dense": "cart.models.dense", "generate": "cart.generate",
+    "LTIGate": "cart.models.cart", "Dense": "cart.models.dense", "generate": "cart.generation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -26,8 +26,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simple_parse_args_string
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -140,6 +141,7 @@ def check_compatible(run_cfg: dict, model_vocab: int, tok: Tokenizer, where: str
 
 # ---- the adapter ------------------------------------------------------------------------------
 
+@register_model("cart")
 class CARTLM(TemplateLM):
     """lm-eval model adapter around a CART (or Dense) model and the project's SentencePiece tokenizer.
 
@@ -203,6 +205,36 @@ class CARTLM(TemplateLM):
         lm = cls(model, tok, device=device, max_length=int(max_length), **kwargs)
         lm.run_cfg = run_cfg
         return lm
+
+    # -- lm-eval's command line: `--model cart --model_args checkpoint=<run dir>,n_loops=8` --
+    CLI_ARGS = ("checkpoint", "tokenizer", "n_loops", "max_length", "prefix_context", "dtype", "max_gen_toks")
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "CARTLM":
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "CARTLM":
+        """Build the adapter from lm-eval's --model_args (CLI_ARGS; `checkpoint` a run directory,
+        `tokenizer` its tokenizer folder, default data/tokenizer) and --batch_size / --device."""
+        args = dict(arg_dict)
+        unknown = sorted(set(args) - set(cls.CLI_ARGS))
+        if unknown:
+            raise ValueError(f"--model cart: unknown model_args {unknown}; valid: {list(cls.CLI_ARGS)}")
+        if "checkpoint" not in args:
+            raise ValueError("--model cart: model_args need checkpoint=<run dir> (runs/<group>/<name>)")
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        batch_size = extra.get("batch_size", 8)
+        if not str(batch_size).isdigit():
+            raise ValueError(f"--batch_size: the cart adapter needs a number, got {batch_size!r}")
+        device = str(extra.get("device") or "auto")
+        if device.startswith("cuda") and not torch.cuda.is_available():  # lm-eval's default is cuda:0
+            logging.getLogger(__name__).warning("--device %s: no CUDA device here, running on cpu", device)
+            device = "cpu"
+        device = resolve_device("auto") if device == "auto" else torch.device(device)
+        dtype = resolve_dtype(str(args.pop("dtype", "auto")), device)
+        return cls.from_run(args.pop("checkpoint"), args.pop("tokenizer", "data/tokenizer"), device=device,
+                            dtype=dtype, batch_size=int(batch_size), **args)
 
     # -- TemplateLM interface --
     @property

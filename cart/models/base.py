@@ -124,3 +124,8 @@ class ConfigBase:
     def runtime_kwargs(self) -> frozenset[str]:
         """Inference-time keyword arguments the model's forward accepts (e.g. `n_loops`)."""
         return frozenset()
+
+    def kv_cache_values_per_token(self, **runtime) -> int:
+        """Values the model's decode cache holds per token of context under the given runtime
+        arguments (e.g. CART's n_loops); bytes = values x the cache dtype's size."""
+        raise NotImplementedError(f"{type(self).__name__} has no cached decoding")

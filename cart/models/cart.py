@@ -15,10 +15,17 @@ h_{r+1} = (1 + sigma(a)) * u_r + (y - u_r); cart_config.PAPER_TEXT_VS_CODE lists
 
 The prelude, coda and anchor use MLA (multi-head latent attention): full-rank queries and
 latent-compressed keys/values (CART_SPEC.md section 1).
+
+Cached decoding (`new_cache` / `forward_cached`) keeps MLA's latent c = W_down x per token for
+each prelude layer, the coda and the anchor: (P + 2) * d_c values per token, against 2d per layer
+for a Dense KV cache. The core keeps nothing of its own for any R: it only reads the anchor, whose
+latents grow by one per new token. Ablations X (the anchor recomputed from each loop's state) and
+W (a self-attending core) cache one latent per loop and token instead.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +33,14 @@ from torch import nn
 
 from .base import check_int_arg
 from .cart_config import CARTConfig
-from .layers import Layer, LanguageModel, RMSNorm, RoPE, SwiGLU, merge_heads, split_heads
+from .layers import (DecodeCache, LanguageModel, LatentCache, Layer, RMSNorm, RoPE, SwiGLU, attend, merge_heads,
+                     split_heads)
 
 
 class LatentKV(nn.Module):
-    """MLA key/value projection: c = W_down x (d -> d_c), [k, v] = W_up c (d_c -> 2d)."""
+    """MLA key/value projection: c = W_down x (d -> d_c), [k, v] = W_up c (d_c -> 2d).
+    Decoding passes the layer's LatentCache: the new tokens' c is appended and every cached
+    token's k, v are up-projected from it."""
 
     def __init__(self, cfg: CARTConfig):
         super().__init__()
@@ -38,13 +48,20 @@ class LatentKV(nn.Module):
         self.down = nn.Linear(cfg.d_model, cfg.d_latent, bias=False)
         self.up = nn.Linear(cfg.d_latent, 2 * cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.up(self.down(x)).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, latents: LatentCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.down(x) if latents is None else latents.append(self.down(x))
+        k, v = self.up(c).chunk(2, dim=-1)
         return split_heads(k, self.n_heads), split_heads(v, self.n_heads)
 
 
+# A decoding attention layer's cache argument: its latents, the new tokens' (B, 1, t, L) mask over
+# all L tokens seen, and the RoPE tables of those L keys (the latents are rotated after up-projection).
+LayerCache = tuple[LatentCache, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+
+
 class MLASelfAttention(nn.Module):
-    """Full-rank query, latent-compressed K/V, RoPE on q and k, causal."""
+    """Full-rank query, latent-compressed K/V, RoPE on q and k, causal.
+    With `cache` (decoding) it attends over every cached token."""
 
     def __init__(self, cfg: CARTConfig):
         super().__init__()
@@ -53,11 +70,13 @@ class MLASelfAttention(nn.Module):
         self.kv = LatentKV(cfg)
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                cache: LayerCache | None = None) -> torch.Tensor:
         q = split_heads(self.q(x), self.n_heads)
-        k, v = self.kv(x)
-        q, k = RoPE.apply(q, *rope), RoPE.apply(k, *rope)
-        return self.o(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+        latents, mask, key_rope = (None, None, rope) if cache is None else cache
+        k, v = self.kv(x, latents)
+        q, k = RoPE.apply(q, *rope), RoPE.apply(k, *key_rope)
+        return self.o(merge_heads(attend(q, k, v, mask)))
 
 
 class MLACrossAttention(nn.Module):
@@ -76,9 +95,12 @@ class MLACrossAttention(nn.Module):
         self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask None: x and the anchor are the same T tokens (causal); decoding: the step's mask."""
         q = split_heads(self.q(x), self.n_heads)
-        return self.o(merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)))
+        y = attend(q, k, v, mask) if self.causal else F.scaled_dot_product_attention(q, k, v)
+        return self.o(merge_heads(y))
 
 
 
@@ -188,10 +210,44 @@ class CoreBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, anchor_kv, rope):
+    def forward(self, x, anchor, rope, cache: LayerCache | None = None):
+        """anchor: (k, v, mask) from CART.anchor; cache: a self-attending core's per-loop latents."""
         h = self.attn_norm(x)
-        x = x + (self.attn(h, rope) if self.self_attn else self.attn(h, *anchor_kv))
+        x = x + (self.attn(h, rope, cache) if self.self_attn else self.attn(h, *anchor))
         return x + self.ffn(self.ffn_norm(x))
+
+
+class CARTCache(DecodeCache):
+    """CART's decode state: one latent cache per prelude layer, for the coda and for the anchor
+    (one per loop for X, whose anchor is recomputed from each loop's state), and for W one per
+    loop of its self-attending core. The cross-attending core itself caches nothing. R is fixed
+    per cache: every loop's state of every earlier token is summarised by the anchor alone."""
+
+    def __init__(self, cfg: CARTConfig, batch: int, max_len: int, n_loops: int, device, dtype,
+                 pad: torch.Tensor | None = None):
+        super().__init__(batch, max_len, device, pad)
+
+        def latents(n: int) -> list[LatentCache]:
+            return [LatentCache(batch, cfg.d_latent, max_len, self.device, dtype) for _ in range(n)]
+
+        self.n_loops = n_loops
+        self.prelude = latents(cfg.n_prelude)
+        self.anchor = latents(0 if cfg.self_attn_core else n_loops if cfg.unfreeze_kv else 1)
+        self.core = latents(n_loops if cfg.self_attn_core else 0)
+        self.coda = latents(1)
+        self.layers = self.prelude + self.anchor + self.core + self.coda
+
+
+class Decoding(NamedTuple):
+    """One forward_cached call as the layers see it: the cache, the new tokens' mask over every
+    token seen, and the RoPE tables of every key position."""
+    cache: CARTCache
+    mask: torch.Tensor
+    key_rope: tuple[torch.Tensor, torch.Tensor]
+
+    def layer(self, part: str, i: int = 0) -> LayerCache:
+        """The cache argument of the i-th attention layer of `part` (prelude, anchor, core, coda)."""
+        return getattr(self.cache, part)[i], self.mask, self.key_rope
 
 
 class CART(LanguageModel):
@@ -209,31 +265,75 @@ class CART(LanguageModel):
         self.coda = Layer(cfg, MLASelfAttention(cfg))
         self._init_weights(cfg.n_prelude + cfg.n_loops + 1 if cfg.init == "depth_scaled" else None)
 
-    def anchor(self, x: torch.Tensor):
-        return self.anchor_kv(self.anchor_norm(x))
+    def anchor(self, x: torch.Tensor, cache: LayerCache | None = None):
+        """(k, v, mask) the core attends to: mask None in the full forward (causal over the same
+        tokens); decoding, the new tokens' latents join the cached ones and the step's mask applies."""
+        latents, mask, _ = (None, None, None) if cache is None else cache
+        return (*self.anchor_kv(self.anchor_norm(x), latents), mask)
 
-    def hidden(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
+    def loop_count(self, n_loops: int | None) -> int:
+        """The R of a call: the trained one by default; any R unless the core is unshared."""
         cfg = self.config
         R = cfg.n_loops if n_loops is None else check_int_arg("n_loops", n_loops)
         if cfg.unshare_core and R != len(self.core):
             raise ValueError(f"n_loops={R}: an unshared core has exactly {len(self.core)} blocks")
+        return R
+
+    def hidden(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
+        R = self.loop_count(n_loops)
         x = self.tok_emb(idx)
         rope = self.rope.tables(idx.shape[1], idx.device)
         for layer in self.prelude:
             x = layer(x, rope)
+        return self.coda(self.recur(x, R, rope), rope)
+
+    def recur(self, x: torch.Tensor, R: int, rope, decoding: Decoding | None = None) -> torch.Tensor:
+        """The core loop h_0 = x -> h_R, shared by the full forward (decoding None: attention
+        causal within the T tokens) and cached decoding (the anchor's and W's latents cached)."""
+        cfg = self.config
+
+        def cached(part: str, i: int = 0) -> LayerCache | None:
+            return None if decoding is None else decoding.layer(part, i)
+
         # X (unfreeze_kv) recomputes K, V inside the loop instead, so the pre-loop anchor is skipped
-        anchor_kv = None if cfg.self_attn_core or cfg.unfreeze_kv else self.anchor(x)
-        pe = None if self.lie is None else self.lie(R, idx.device)
+        anchor_kv = None if cfg.self_attn_core or cfg.unfreeze_kv else self.anchor(x, cached("anchor"))
+        pe = None if self.lie is None else self.lie(R, x.device)
 
         history = [x] * cfg.hc_window  # newest first; copies of h_0 until R fills it
         for r in range(R):
             x_r = history[0] if self.hyper is None else self.hyper(history)
             u = x_r if pe is None else x_r + pe[r].to(x_r.dtype)  # the core's input
-            kv = self.anchor(u if cfg.unfrozen_kv_input == "core_input" else x_r) if cfg.unfreeze_kv else anchor_kv
-            y = self.core[r if cfg.unshare_core else 0](u, kv, rope)
+            if cfg.unfreeze_kv:  # X: K, V from this loop's state (the authors' code: from the core's input)
+                kv = self.anchor(u if cfg.unfrozen_kv_input == "core_input" else x_r, cached("anchor", r))
+            else:
+                kv = anchor_kv
+            core_cache = cached("core", r) if cfg.self_attn_core else None
+            y = self.core[r if cfg.unshare_core else 0](u, kv, rope, core_cache)
             carried = u if cfg.core_update == "residual_plus_gate" else x_r  # the authors' gate carries u_r
             history = [self.gate(carried, y - carried)] + history[:-1]
-        return self.coda(history[0], rope)
+        return history[0]
+
+    # ---- cached decoding ----
+    def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,
+                  n_loops: int | None = None) -> CARTCache:
+        """An empty cache for `batch` rows of up to `max_len` tokens, decoding with R = n_loops
+        (default: the trained R) for its whole life."""
+        if self.config.noncausal_cross_attn:
+            raise ValueError("CARTConfig.noncausal_cross_attn: a cross-attention that sees the future "
+                             "cannot decode token by token")
+        p = self.tok_emb.weight
+        return CARTCache(self.config, batch, max_len, self.loop_count(n_loops), p.device, p.dtype, pad)
+
+    def forward_cached(self, idx: torch.Tensor, cache: CARTCache) -> torch.Tensor:
+        t = idx.shape[1]
+        mask, rope = cache.step(t, self.rope)
+        decoding = Decoding(cache, mask, cache.key_rope(t, self.rope))
+        x = self.tok_emb(idx)
+        for i, layer in enumerate(self.prelude):
+            x = layer(x, rope, decoding.layer("prelude", i))
+        x = self.coda(self.recur(x, cache.n_loops, rope, decoding), rope, decoding.layer("coda"))
+        cache.advance(t)
+        return self.head(x)
 
     @torch.no_grad()
     def spectral_radius(self) -> float:

@@ -151,6 +151,14 @@ class CARTConfig(ConfigBase):
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"n_loops"})
 
+    def kv_cache_values_per_token(self, n_loops: int | None = None) -> int:
+        """MLA latents (d_c each) of the prelude layers, the coda and the anchor; X caches one
+        anchor latent per loop and W one self-attention latent per loop instead (CART.new_cache)."""
+        R = self.n_loops if n_loops is None else n_loops
+        per_loop = 1 if self.unfreeze_kv or self.self_attn_core else 0
+        once = 0 if per_loop else 1  # the frozen anchor
+        return self.d_latent * (self.n_prelude + 1 + once + per_loop * R)
+
     # ---- accounting ----
     def _parts(self) -> dict[str, int]:
         """Matmul weights of each kind of block (no norms)."""

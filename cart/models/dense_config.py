@@ -22,6 +22,9 @@ class DenseConfig(ConfigBase):
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"pattern"})  # the Dense control of RAT+: attention at a pattern (dense.py)
 
+    def kv_cache_values_per_token(self) -> int:
+        return self.n_layers * 2 * self.d_model  # K and V of every layer
+
     def count_params(self) -> dict[str, int]:
         d = self.d_model
         layer = self.layer_weights + 2 * d  # two RMSNorm gains

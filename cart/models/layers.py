@@ -81,6 +81,29 @@ class KVCache:
         return 2 * self.k[0, :, :self.length].numel() * self.k.element_size()
 
 
+class LatentCache:
+    """MLA's decode cache for one attention layer: the latent c = W_down x of every token seen so
+    far (d_c values per token, where a KVCache holds 2d), preallocated to the decode's max length.
+    Keys and values are up-projected from it when attended: trading that matmul for a cache
+    2d / d_c times smaller is MLA's point. `append` writes the new tokens' latents, returns all."""
+
+    def __init__(self, batch: int, d_latent: int, max_len: int, device, dtype):
+        self.c = torch.zeros(batch, max_len, d_latent, device=device, dtype=dtype)
+        self.length = 0
+
+    def append(self, c: torch.Tensor) -> torch.Tensor:
+        end = self.length + c.shape[1]
+        if end > self.c.shape[1]:
+            raise ValueError(f"LatentCache: {end} tokens exceed the cache's max_len={self.c.shape[1]}")
+        self.c[:, self.length:end] = c
+        self.length = end
+        return self.c[:, :end]
+
+    def nbytes(self) -> int:
+        """Bytes held per sequence for the tokens seen so far."""
+        return self.c[0, :self.length].numel() * self.c.element_size()
+
+
 class DecodeCache:
     """What a model keeps between decoding calls: the tokens consumed so far (`length`, pads
     included), each row's left padding (`pad`: a batch of prompts of different lengths is
@@ -112,12 +135,25 @@ class DecodeCache:
         j = torch.arange(self.length + t, device=self.device)[None, :]
         mask = (j <= q)[None] & (j[None] >= self.pad[:, None, None])
         mask = mask | (j == q)[None]
-        pos = self.positions(t).clamp(min=0)
+        return mask[:, None], self._rope_at(self.positions(t), rope)
+
+    def key_rope(self, t: int, rope: "RoPE") -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables (B, 1, length + t, hd) of every key up to the next t tokens, for caches that
+        hold keys before rotation (MLA's latents are up-projected, then rotated, when attended)."""
+        keys = torch.arange(self.length + t, device=self.device)[None, :] - self.pad[:, None]
+        return self._rope_at(keys, rope)
+
+    def _rope_at(self, positions: torch.Tensor, rope: "RoPE") -> tuple[torch.Tensor, torch.Tensor]:
+        pos = positions.clamp(min=0)  # pad positions are never attended: any table row does
         cos, sin = rope.tables(int(pos.max()) + 1, self.device)
-        return mask[:, None], (cos[pos][:, None], sin[pos][:, None])
+        return cos[pos][:, None], sin[pos][:, None]
 
     def advance(self, t: int) -> None:
         self.length += t
+
+    def nbytes(self) -> int:
+        """Bytes the cache holds per sequence for the tokens seen so far (pads included)."""
+        return sum(layer.nbytes() for layer in self.layers)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -220,6 +256,10 @@ class LanguageModel(nn.Module):
         return logits if targets is None else lm_loss(logits, targets)
 
     # ---- cached decoding (families that support it implement these two) ----
+    @classmethod
+    def has_cached_decoding(cls) -> bool:
+        return cls.forward_cached is not LanguageModel.forward_cached
+
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, **runtime) -> DecodeCache:
         """An empty decode cache for `batch` rows of up to `max_len` tokens (pads included)."""
         raise NotImplementedError(f"{type(self).__name__} has no cached decoding")

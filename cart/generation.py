@@ -1,0 +1,203 @@
+"""Text generation for every model family: one `generate()`.
+
+    out = generate(model, [prompt_a, prompt_b], max_new_tokens=64, temperature=0)       # greedy
+    out = generate(model, ids, max_new_tokens=64, attention_mask=mask, top_p=0.9,
+                   eos_token_id=2, generator=torch.Generator().manual_seed(0), n_loops=8)
+
+Prompts are a list of 1-D token tensors (any lengths) or a (B, T) tensor, left-padded, with an
+`attention_mask` marking its real tokens. Rows are left-padded to one length and decoded together:
+with the family's cache (`model.new_cache` / `model.forward_cached`, the contract in
+cart/models/layers.py) when it has one, each step feeds one token per row; otherwise every step
+re-runs the full forward over each row's tokens (correct, slow). Runtime arguments (CART's
+`n_loops`) pass through to the model.
+
+Sampling: temperature 0 is greedy; otherwise logits / temperature, then top-k, then top-p
+(nucleus), then one draw from `generator` (seed it for reproducible samples). A row that emits
+`eos_token_id` is finished: it gets `pad_token_id` from then on, and decoding stops when every row
+has finished or after max_new_tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def has_cached_decoding(model: nn.Module) -> bool:
+    """Whether the model's family implements `new_cache` / `forward_cached`."""
+    return bool(getattr(model, "has_cached_decoding", lambda: False)())
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], max_new_tokens: int, *,
+             attention_mask: torch.Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
+             generator: torch.Generator | None = None, max_len: int | None = None, use_cache: bool | None = None,
+             **runtime) -> torch.Tensor | list[torch.Tensor]:
+    """Continue each prompt by up to max_new_tokens tokens.
+
+    prompts:        a list of 1-D LongTensors, or a (B, T) LongTensor (left-padded if
+                    `attention_mask`, (B, T) of 1 = real token / 0 = pad, is given).
+    max_len:        the most tokens a row may hold, prompt + new (default: the longest prompt +
+                    max_new_tokens); the cache is allocated for it and generation stops there.
+    use_cache:      None = the family's cache if it has one; False = always the full forward.
+    generator:      a torch.Generator on the model's device, for reproducible sampling.
+    runtime:        the model's inference-time arguments (`model.config.runtime_kwargs()`).
+    Returns the input's form: a list of 1-D tensors (prompt + new tokens, up to and including EOS),
+    or a (B, T + n) tensor (the input followed by the new tokens, pad_token_id after a row's EOS).
+    """
+    was_list = not isinstance(prompts, torch.Tensor)
+    vocab = model.config.vocab_size
+    idx, pad = _left_pad(prompts, attention_mask, pad_token_id, vocab)
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab)
+    stop = _token_ids("eos_token_id", eos_token_id, vocab)
+    unknown = set(runtime) - model.config.runtime_kwargs()
+    if unknown:
+        raise ValueError(f"generate: unknown model argument(s) {sorted(unknown)} for {type(model).__name__}; "
+                         f"valid: {sorted(model.config.runtime_kwargs()) or 'none'}")
+    B, T = idx.shape
+    if max_len is None:
+        max_len = T + max_new_tokens
+    if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len <= T:
+        raise ValueError(f"max_len: must be an int larger than the longest prompt ({T} tokens) to leave room "
+                         f"for new tokens, got {max_len!r}")
+    n_new = min(max_new_tokens, max_len - T)
+    if use_cache is None:
+        use_cache = has_cached_decoding(model)
+    elif use_cache and not has_cached_decoding(model):
+        raise ValueError(f"use_cache: {type(model).__name__} has no cached decoding; pass use_cache=None or False")
+
+    if stop is not None:
+        stop = stop.to(idx.device)
+    was_training = model.training
+    model.eval()
+    try:
+        seqs = idx  # the uncached path re-reads every row's tokens
+        if use_cache:
+            cache = model.new_cache(B, T + n_new, pad=pad, **runtime)
+            logits = model.forward_cached(idx, cache)[:, -1]
+        else:
+            logits = _last_logits_uncached(model, seqs, pad, runtime)
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        new = []
+        for i in range(n_new):
+            nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+            nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
+            new.append(nxt)
+            if stop is not None:
+                finished |= torch.isin(nxt, stop)
+                if bool(finished.all()):  # a host sync per token, only when rows can finish early
+                    break
+            if i == n_new - 1:
+                break
+            if use_cache:
+                logits = model.forward_cached(nxt[:, None], cache)[:, -1]
+            else:
+                seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+                logits = _last_logits_uncached(model, seqs, pad, runtime)
+    finally:
+        model.train(was_training)
+    out = torch.stack(new, dim=1)
+    if not was_list:
+        return torch.cat([prompts, out], dim=1)
+    rows = []
+    for b in range(B):
+        gen = out[b]
+        if stop is not None:
+            ends = torch.isin(gen, stop).nonzero()
+            gen = gen if len(ends) == 0 else gen[:int(ends[0]) + 1]
+        rows.append(torch.cat([idx[b, int(pad[b]):], gen]))
+    return rows
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from (B, V) logits: argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the top_k tokens, then to the smallest set whose
+    probability reaches top_p."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(dim=-1) - probs >= top_p  # the tokens before it already reach top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _last_logits_uncached(model, seqs: torch.Tensor, pad: torch.Tensor, runtime: dict) -> torch.Tensor:
+    """(B, V) next-token logits by the full forward: one batch when no row is padded, else row by
+    row over each row's real tokens (the full forward has no notion of padding)."""
+    if not bool(pad.any()):
+        return model(seqs, **runtime)[:, -1]
+    return torch.cat([model(seqs[b:b + 1, int(pad[b]):], **runtime)[:, -1] for b in range(seqs.shape[0])])
+
+
+def _left_pad(prompts, attention_mask, pad_token_id: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) left-padded token ids and each row's pad count, from either input form."""
+    _token_ids("pad_token_id", pad_token_id, vocab)
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2 or prompts.dtype != torch.long or prompts.shape[0] == 0 or prompts.shape[1] == 0:
+            raise ValueError(f"prompts: expected a non-empty (B, T) LongTensor, got shape {tuple(prompts.shape)} "
+                             f"{prompts.dtype}")
+        if attention_mask is None:
+            pad = torch.zeros(prompts.shape[0], dtype=torch.long, device=prompts.device)
+        else:
+            if attention_mask.shape != prompts.shape:
+                raise ValueError(f"attention_mask: shape {tuple(attention_mask.shape)} != prompts' "
+                                 f"{tuple(prompts.shape)}")
+            real = attention_mask.to(prompts.device).bool()
+            pad = (~real).sum(dim=1)
+            left = torch.arange(prompts.shape[1], device=prompts.device)[None, :] >= pad[:, None]
+            if not torch.equal(real, left):
+                raise ValueError("attention_mask: rows must be left-padded (zeros, then ones): pad on the left")
+            if bool((pad == prompts.shape[1]).any()):
+                raise ValueError(f"prompts: row(s) {(pad == prompts.shape[1]).nonzero()[:, 0].tolist()} have no "
+                                 f"real token (empty prompt)")
+        idx = prompts.masked_fill(torch.arange(prompts.shape[1], device=prompts.device)[None, :] < pad[:, None],
+                                  pad_token_id)
+    else:
+        prompts = list(prompts)
+        if attention_mask is not None:
+            raise ValueError("attention_mask: only for a padded (B, T) tensor of prompts, not a list")
+        if not prompts:
+            raise ValueError("prompts: an empty list")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, torch.Tensor) or p.dim() != 1 or p.dtype != torch.long or p.numel() == 0:
+                raise ValueError(f"prompts[{i}]: expected a non-empty 1-D LongTensor, got "
+                                 f"{tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__}")
+        T = max(p.numel() for p in prompts)
+        idx = torch.full((len(prompts), T), pad_token_id, dtype=torch.long, device=prompts[0].device)
+        for i, p in enumerate(prompts):
+            idx[i, T - p.numel():] = p
+        pad = torch.tensor([T - p.numel() for p in prompts], dtype=torch.long, device=idx.device)
+    if bool(((idx < 0) | (idx >= vocab)).any()):
+        raise ValueError(f"prompts: token ids must be in [0, {vocab})")
+    return idx, pad
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, vocab) -> None:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be an int >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
+        raise ValueError(f"temperature: must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k: must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p: must be None or in (0, 1], got {top_p!r}")
+
+
+def _token_ids(name: str, ids, vocab: int) -> torch.Tensor | None:
+    """None, or the ids as a 1-D tensor, each checked to be a token of the vocabulary."""
+    if ids is None:
+        return None
+    values = [ids] if isinstance(ids, int) else list(ids) if isinstance(ids, (list, tuple)) else None
+    if not values or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab for i in values):
+        raise ValueError(f"{name}: expected a token id (or a list of them) in [0, {vocab}), got {ids!r}")
+    return torch.tensor(values)

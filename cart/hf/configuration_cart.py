@@ -1,0 +1,23 @@
+"""Hugging Face config of a model of this project (any family of cart.models).
+
+`cart_model` is the project's own model config as a dict (with its `arch`), exactly what a run's
+config.json records under "model"; `n_loops` is CART's loop count R for every forward pass that
+does not pass one (None: the trained R). Imports nothing from the `cart` package: this file is
+copied into exported model folders.
+"""
+from transformers import PretrainedConfig
+
+
+class CartLMConfig(PretrainedConfig):
+    model_type = "cart_lm"
+
+    def __init__(self, cart_model: dict | None = None, n_loops: int | None = None,
+                 max_position_embeddings: int = 1024, **kwargs):
+        self.cart_model = dict(cart_model or {})
+        self.n_loops = n_loops
+        # the context the model was trained at: lm-eval and generation read it as the window
+        self.max_position_embeddings = max_position_embeddings
+        self.vocab_size = self.cart_model.get("vocab_size")
+        self.hidden_size = self.cart_model.get("d_model")
+        kwargs.setdefault("tie_word_embeddings", True)  # the LM head is the embedding matrix
+        super().__init__(**kwargs)

@@ -1,0 +1,125 @@
+"""Hugging Face wrapper around a model of this project: `AutoModelForCausalLM` loading, `forward`
+returning logits (and the shifted LM loss given labels), and transformers' own `generate()`.
+
+Generation keeps the family's own decode cache (`new_cache` / `forward_cached`; CART: MLA latents,
+no per-loop state) instead of transformers' Cache classes, which hold per-layer K/V and could not
+carry CART's anchor. It lives in a slot that `generate` passes to every forward call (`cart_cache`),
+sized to the generation's max_length; greedy search and sampling use it, every other search
+(beam search, assisted decoding) needs `use_cache=False`. Without a cache each step re-runs the
+full forward, which is exact too. `n_loops` (CART) comes from the config unless a call passes one.
+
+Copied, with configuration_cart.py and the family's source, into exported folders: it imports
+only transformers, torch and its siblings.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from .configuration_cart import CartLMConfig
+from .families import build_model, config_from_dict
+
+
+class CartCacheSlot:
+    """Where generate() keeps the model's decode cache between steps: created on the first
+    forward, when the prompt's left padding (from its attention mask) is known."""
+
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.cache = None
+
+
+class CartLMForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = CartLMConfig
+    base_model_prefix = "cart"
+    main_input_name = "input_ids"
+    _no_split_modules = []
+
+    def __init__(self, config: CartLMConfig):
+        super().__init__(config)
+        self.cart = build_model(config_from_dict(config.cart_model))
+        self.post_init()
+
+    def _init_weights(self, module):
+        """Weights come from the checkpoint; only RoPE's frequency table (a buffer, not saved) is
+        rebuilt here, for loaders that create the model on the meta device first."""
+        if hasattr(module, "inv_freq"):
+            dim = module.inv_freq.numel() * 2
+            theta = self.config.cart_model.get("rope_theta", 10_000.0)
+            inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+            module.inv_freq = inv_freq.to(module.inv_freq.device) if module.inv_freq.device.type != "meta" else inv_freq
+
+    def get_input_embeddings(self):
+        return self.cart.tok_emb
+
+    def set_input_embeddings(self, value):
+        self.cart.tok_emb = value
+
+    def runtime(self, n_loops: int | None = None) -> dict:
+        """The family's inference-time arguments for one call: n_loops from the call, else the config."""
+        n_loops = self.config.n_loops if n_loops is None else n_loops
+        return {} if n_loops is None else {"n_loops": n_loops}
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, n_loops: int | None = None,
+                cart_cache: CartCacheSlot | None = None, return_dict: bool | None = None, **kwargs) -> CausalLMOutput:
+        """Logits (B, T, V). A left-padded batch (attention_mask zeros before the tokens) is
+        decoded as each row alone; right padding needs nothing (the model is causal). With labels,
+        the mean cross-entropy of position t predicting labels[t + 1] (-100 = ignored), as in transformers."""
+        runtime = self.runtime(n_loops)
+        if cart_cache is not None:  # generate(): the prompt, then one token per row per call
+            if cart_cache.cache is None:
+                pad = left_padding(attention_mask, input_ids)
+                cart_cache.cache = self.cart.new_cache(input_ids.shape[0], cart_cache.max_len, pad=pad, **runtime)
+            logits = self.cart.forward_cached(input_ids, cart_cache.cache)
+        elif (pad := left_padding(attention_mask, input_ids)) is not None and bool(pad.any()):
+            if not self.cart.has_cached_decoding():
+                raise ValueError(f"attention_mask: {type(self.cart).__name__} cannot run a left-padded batch "
+                                 f"(it has no cached decoding); pad on the right")
+            cache = self.cart.new_cache(input_ids.shape[0], input_ids.shape[1], pad=pad, **runtime)
+            logits = self.cart.forward_cached(input_ids, cache)
+        else:
+            logits = self.cart(input_ids, **runtime)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    # ---- transformers' generation loop, with the family's cache ----
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length, *args, **kwargs):
+        """Called by generate() before the first step (the same signature in transformers 5.x)."""
+        if not generation_config.use_cache or not self.cart.has_cached_decoding():
+            return
+        mode = getattr(generation_mode, "value", generation_mode)
+        if mode not in ("greedy_search", "sample"):
+            raise ValueError(f"generate: {mode} is not supported with this model's cache (it cannot reorder "
+                             f"or crop rows); pass use_cache=False")
+        model_kwargs["cart_cache"] = CartCacheSlot(max_cache_length + 1)
+
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cart_cache=None, n_loops=None,
+                                      **kwargs):
+        if cart_cache is not None and cart_cache.cache is not None:
+            input_ids = input_ids[:, cart_cache.cache.length:]  # only the tokens the cache has not seen
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "cart_cache": cart_cache,
+                "n_loops": n_loops}
+
+
+def left_padding(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """Each row's count of leading pad positions (attention_mask 0), or None without a mask;
+    a mask with a gap between real tokens is an error."""
+    if attention_mask is None:
+        return None
+    real = attention_mask.to(input_ids.device).bool()
+    if real.shape != input_ids.shape:
+        raise ValueError(f"attention_mask: shape {tuple(real.shape)} != input_ids' {tuple(input_ids.shape)}")
+    pad = real.int().argmax(dim=1)  # first real token
+    n_real = real.sum(dim=1)
+    pos = torch.arange(real.shape[1], device=real.device)[None, :]
+    contiguous = (pos >= pad[:, None]) & (pos < (pad + n_real)[:, None])
+    if not torch.equal(contiguous, real) or bool((n_real == 0).any()):
+        raise ValueError("attention_mask: each row must be pads, then its tokens, then pads (and hold a token)")
+    return pad

@@ -1,0 +1,340 @@
+"""Hugging Face export (pipeline/export.py, cart/hf/): the folder loads through transformers' Auto
+classes with its own copy of the code, reproduces the run's logits and its tokenizer, generates
+through transformers' loop with the model's cache, and scores lm-eval items as the project's
+adapter does; lm-eval's command line runs the adapter as `--model cart`."""
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from cart import benchmarks as B  # noqa: E402
+from cart.benchmarks import smoke  # noqa: E402
+from cart.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
+from cart.generation import generate  # noqa: E402
+from cart.harness import CARTLM, quiet_lm_eval  # noqa: E402
+from cart.hf.export import export_run  # noqa: E402
+from cart.models import DenseConfig, build_model  # noqa: E402
+from cart.tokenizer import train_sentencepiece  # noqa: E402
+from test_harness import make_run, make_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+LLAMA2 = ROOT.parent / "shared" / "data" / "tokenizer" / "llama2_tokenizer.model"
+SEQ_LEN = 48
+TEXTS = ["Once upon a time", "The quick brown fox jumps over the lazy dog", "A"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+quiet_lm_eval()
+
+
+def write_tokenizer(d: Path, model: bytes) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tokenizer.model").write_bytes(model)
+    sha = hashlib.sha256(model).hexdigest()
+    (d / "tokenizer.json").write_text(json.dumps({"vocab_size": 512, "kind": "train", "sha256": sha,
+                                                 "bytes_per_token": {}, "bos_id": 1, "eos_id": 2}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory) -> Path:
+    """A tokenizer trained as the tokenizer stage trains one (identity normalisation, byte fallback)."""
+    lines = smoke.all_text().splitlines() + ["The quick brown fox jumps over the lazy dog 12345."] * 3
+    return write_tokenizer(tmp_path_factory.mktemp("tok"), train_sentencepiece(lines, "bpe", 512))
+
+
+@pytest.fixture(scope="module")
+def cart_run(tok_dir, tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs") / "stage2" / "cart", tok_dir, n_loops=2, seq_len=SEQ_LEN)
+
+
+@pytest.fixture(scope="module")
+def dense_run(tok_dir, cart_run) -> Path:
+    run = cart_run.parent / "dense"
+    torch.manual_seed(1)
+    model = build_model(DenseConfig(vocab_size=512, d_model=64, head_dim=32, n_layers=2))
+    run.mkdir()
+    save_weights(model, run / "model.safetensors")
+    info = json.loads((tok_dir / "tokenizer.json").read_text())
+    write_run_config(run, {"model": model.config.to_dict(), "run": {"seq_len": SEQ_LEN},
+                           "tokenizer": {"vocab_size": 512, "sha256": info["sha256"]}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def cart_hf(cart_run, tok_dir, tmp_path_factory) -> Path:
+    return export_run(cart_run, tmp_path_factory.mktemp("hf") / "cart_export", tok_dir)
+
+
+@pytest.fixture(scope="module")
+def loaded(cart_hf):
+    return AutoModelForCausalLM.from_pretrained(cart_hf, trust_remote_code=True).eval()
+
+
+def native(run: Path):
+    return load_run_model(run)[0]
+
+
+def encode(tok_dir: Path, text: str) -> list[int]:
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model")).encode(text)
+
+
+# ---- the folder and its round trip -----------------------------------------------------------
+
+def test_export_writes_a_self_describing_folder(cart_hf):
+    names = {p.name for p in cart_hf.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "configuration_cart.py",
+            "modeling_cart.py", "families.py", "cart.py", "cart_config.py", "layers.py", "base.py"} <= names
+    cfg = json.loads((cart_hf / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_cart.CartLMForCausalLM"
+    assert cfg["cart_model"]["arch"] == "cart" and cfg["max_position_embeddings"] == SEQ_LEN
+    assert not any(name.startswith(".") for name in os.listdir(cart_hf.parent))  # no temporary folder left
+
+
+def test_loaded_model_runs_the_folders_own_code_and_equals_the_run(loaded, cart_run, tok_dir):
+    assert type(loaded).__module__.startswith("transformers_modules.")
+    assert type(loaded.cart).__module__.startswith("transformers_modules.")
+    model = native(cart_run)
+    ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids))
+        for R in (1, 5):  # n_loops per call
+            assert torch.equal(loaded(ids, n_loops=R).logits, model(ids, n_loops=R))
+        assert not torch.equal(loaded(ids, n_loops=5).logits, loaded(ids).logits)
+
+
+def test_n_loops_set_at_export_is_the_default(cart_run, tok_dir, tmp_path):
+    out = export_run(cart_run, tmp_path / "cart_r4", tok_dir, n_loops=4)
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ids = torch.tensor([encode(tok_dir, TEXTS[0])])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, native(cart_run)(ids, n_loops=4))
+
+
+def test_dense_run_exports_too(dense_run, tok_dir, tmp_path):
+    out = export_run(dense_run, tmp_path / "dense_export", tok_dir)
+    assert not (out / "cart.py").exists() and (out / "dense.py").exists()
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, native(dense_run)(ids))
+
+
+def test_left_padded_batch_and_labels(loaded, cart_run, tok_dir):
+    """A left-padded batch gives each row's own logits; labels give the shifted LM loss."""
+    tok = AutoTokenizer.from_pretrained(loaded.name_or_path, trust_remote_code=True)
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    model = native(cart_run)
+    with torch.no_grad():
+        out = loaded(**batch).logits
+        for b, text in enumerate(TEXTS):
+            ids = encode(tok_dir, text)
+            torch.testing.assert_close(out[b, -len(ids):], model(torch.tensor([ids]))[0], atol=1e-5, rtol=1e-5)
+        ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+        loss = loaded(ids, labels=ids).loss
+        want = F.cross_entropy(model(ids)[0, :-1], ids[0, 1:])
+    torch.testing.assert_close(loss, want)
+
+
+def test_exported_folder_loads_without_the_cart_package(cart_hf, cart_run, tok_dir):
+    """A fresh interpreter in which `import cart` fails loads the model and the tokenizer."""
+    script = f"""
+import sys, json
+sys.modules["cart"] = None  # any import of this package now raises ImportError
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(cart_hf)!r}, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained({str(cart_hf)!r}, trust_remote_code=True).eval()
+ids = tok({TEXTS[1]!r}, return_tensors="pt").input_ids
+with torch.no_grad():
+    print(json.dumps({{"ids": ids[0].tolist(), "logits": model(ids).logits[0, -1].tolist()}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cart_hf.parent, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["ids"] == encode(tok_dir, TEXTS[1])
+    with torch.no_grad():
+        want = native(cart_run)(torch.tensor([got["ids"]]))[0, -1]
+    torch.testing.assert_close(torch.tensor(got["logits"]), want, atol=1e-5, rtol=1e-5)
+
+
+# ---- the tokenizer ---------------------------------------------------------------------------
+
+def probe_texts() -> list[str]:
+    texts = smoke.all_text().splitlines()[:200] + [" leading", "two  spaces  ", "x  1 and 23", "tab\there", "\n\nnl",
+                                                   "ünïcödé 😀 中文", "a</s>b<s>c", "", " "]
+    data = ROOT.parent / "shared" / "data"
+    for name in ("tinystories/valid_sample.txt", "wikitext2/wiki.test.raw"):
+        if (data / name).is_file():
+            texts += (data / name).read_text(encoding="utf-8")[:40_000].splitlines()
+    return texts
+
+
+def test_exported_tokenizer_encodes_and_decodes_as_sentencepiece(cart_hf, tok_dir):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(tok_dir / "tokenizer.model"))
+    tok = AutoTokenizer.from_pretrained(cart_hf, trust_remote_code=True)
+    assert tok.eos_token_id == sp.eos_id() and tok.bos_token_id == sp.eos_id()  # the prefix lm-eval uses
+    for text in probe_texts():
+        ids = sp.encode(text)
+        assert tok.encode(text) == ids, text
+        assert tok.decode(ids) == sp.decode(ids), text
+
+
+@pytest.mark.skipif(not LLAMA2.is_file(), reason="the Llama-2 tokenizer sample is not here")
+def test_llama2_tokenizer_converts_exactly():
+    """The paper's tokenizer: SentencePiece BPE whose whitespace pieces score lowest, so merges must
+    follow the scores, not the ids (whitespace runs before a word or a digit tell them apart)."""
+    from cart.hf.tokenizer import to_hf_tokenizer
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(LLAMA2))
+    tok = to_hf_tokenizer(LLAMA2, model_max_length=4096, prefix_token_id=1, probe_texts=tuple(probe_texts()))
+    for text in ("  Hello", "x  1", " = Robert Boulter = "):
+        assert tok.encode(text) == sp.encode(text)
+
+
+def test_unsupported_sentencepiece_model_is_refused_before_writing(cart_run, tmp_path):
+    """SentencePiece's default normaliser (nmt_nfkc, extra whitespace removed) is not reproduced:
+    one message naming it, and no folder."""
+    tok = make_tokenizer(tmp_path / "nfkc_tok")  # tests/test_harness.py's tokenizer: SentencePiece defaults
+    run = make_run(tmp_path / "runs" / "g" / "nfkc", tok, seq_len=SEQ_LEN)
+    with pytest.raises(ValueError, match=r"normalization 'nmt_nfkc' \(only identity\), remove_extra_whitespaces"):
+        export_run(run, tmp_path / "out", tok)
+    assert not (tmp_path / "out").exists()
+
+
+# ---- generation through transformers ---------------------------------------------------------
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("n_loops", [None, 5])
+def test_hf_generate_equals_native_greedy(loaded, cart_run, tok_dir, use_cache, n_loops):
+    tok = AutoTokenizer.from_pretrained(loaded.name_or_path, trust_remote_code=True)
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    runtime = {} if n_loops is None else {"n_loops": n_loops}
+    calls = []
+    forward_cached = loaded.cart.forward_cached
+    loaded.cart.forward_cached = lambda idx, cache: calls.append(idx.shape[1]) or forward_cached(idx, cache)
+    try:
+        out = loaded.generate(**batch, max_new_tokens=6, do_sample=False, use_cache=use_cache, **runtime)
+    finally:
+        del loaded.cart.forward_cached
+    want = generate(native(cart_run), [torch.tensor(encode(tok_dir, t)) for t in TEXTS], 6, temperature=0,
+                    eos_token_id=tok.eos_token_id, **runtime)
+    width = batch["input_ids"].shape[1]
+    for b, w in enumerate(want):
+        new = w[len(encode(tok_dir, TEXTS[b])):]
+        assert torch.equal(out[b, width:width + len(new)], new)
+    # with the cache: the padded prompt once, then one token per step; without: the whole left-padded
+    # sequence every step (decoded through a fresh cache, which is how a padded batch is run)
+    steps = out.shape[1] - width
+    assert calls == ([width] + [1] * (steps - 1) if use_cache else list(range(width, width + steps)))
+
+
+def test_hf_beam_search_needs_use_cache_false(loaded):
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(ValueError, match="beam_search is not supported with this model's cache.*use_cache=False"):
+        loaded.generate(ids, max_new_tokens=2, num_beams=2, do_sample=False)
+    assert loaded.generate(ids, max_new_tokens=2, num_beams=2, do_sample=False, use_cache=False).shape == (1, 5)
+
+
+# ---- lm-eval ---------------------------------------------------------------------------------
+
+def item_logliks(results: dict, task: str) -> list[float]:
+    return [float(r[0][0]) for s in sorted(results["samples"][task], key=lambda s: s["doc_id"]) for r in s["resps"]]
+
+
+def test_lm_eval_hf_model_scores_items_as_the_cart_adapter(cart_hf, cart_run, tok_dir):
+    """`--model hf --model_args pretrained=<folder>,trust_remote_code=True` against CARTLM on the
+    project's task files: the same per-item log-likelihoods."""
+    import lm_eval
+    common = dict(tasks=["cart_hellaswag", "cart_lambada_openai"], limit=5, log_samples=True, bootstrap_iters=0,
+                  task_manager=B.task_manager("builtin"))
+    lm = CARTLM.from_run(cart_run, tok_dir, n_loops=3, progress=False)
+    ours = lm_eval.simple_evaluate(model=lm, **common)
+    hf = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={cart_hf},trust_remote_code=True,n_loops=3",
+                                 device="cpu", batch_size=2, **common)
+    for task in common["tasks"]:
+        a, b = item_logliks(ours, task), item_logliks(hf, task)
+        assert len(a) == len(b) > 0
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_runs_model_cart(cart_run, tok_dir, tmp_path):
+    """`python -m cart.lm_eval_cli --model cart --model_args checkpoint=<run>,n_loops=3 ...` (lm-eval's
+    own CLI, the adapter registered) scores items as CARTLM does in process."""
+    import lm_eval
+    out = tmp_path / "lm_eval_out"
+    cmd = [sys.executable, "-m", "cart.lm_eval_cli", "--model", "cart", "--model_args",
+           f"checkpoint={cart_run},tokenizer={tok_dir},n_loops=3", "--tasks", "cart_hellaswag",
+           "--include_path", str(B.TASK_DIR), "--metadata", json.dumps({"source": "builtin"}), "--limit", "4",
+           "--log_samples", "--output_path", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in open(glob.glob(str(out / "*" / "samples_cart_hellaswag_*.jsonl"))[0])]
+    got = [float(r[0][0]) for row in sorted(rows, key=lambda r: r["doc_id"]) for r in row["resps"]]
+    lm = CARTLM.from_run(cart_run, tok_dir, n_loops=3, progress=False)
+    want = lm_eval.simple_evaluate(model=lm, tasks=["cart_hellaswag"], limit=4, log_samples=True, bootstrap_iters=0,
+                                   task_manager=B.task_manager("builtin"))
+    assert got == pytest.approx(item_logliks(want, "cart_hellaswag"), abs=1e-4)
+
+
+def test_model_cart_is_registered_with_lm_eval():
+    from lm_eval.api.registry import get_model
+    assert get_model("cart") is CARTLM
+
+
+def test_model_cart_args_are_checked():
+    with pytest.raises(ValueError, match=r"unknown model_args \['pretrained'\]; valid: \['checkpoint'"):
+        CARTLM.create_from_arg_string("pretrained=x")
+    with pytest.raises(ValueError, match=r"need checkpoint=<run dir>"):
+        CARTLM.create_from_arg_string("n_loops=3")
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+def test_export_refuses_a_run_without_weights(cart_run, tok_dir, tmp_path):
+    run = tmp_path / "runs" / "g" / "no_weights"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text((cart_run / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match=r"not a run with weights \(needs config.json and model.safetensors"):
+        export_run(run, tmp_path / "out", tok_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_never_overwrites_a_folder(cart_run, tok_dir, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="exists and is not an empty folder"):
+        export_run(cart_run, out, tok_dir)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_export_cli_reports_bad_input_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.export", str(tmp_path / "nowhere"), str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"export: error: {tmp_path / 'nowhere'}: not a run with weights "
+                                                f"(needs config.json and model.safetensors, as the training stage "
+                                                f"writes them)"]
+
+
+def test_dense_export_rejects_n_loops(dense_run, tok_dir, tmp_path):
+    with pytest.raises(ValueError, match="n_loops: the 'dense' family has no loop count"):
+        export_run(dense_run, tmp_path / "out", tok_dir, n_loops=4)
