@@ -107,6 +107,7 @@ class RunSpec:
     run: RunSettings
     train: TrainSettings
     variant: str | None = None
+    init_from: str | None = None  # run_id whose final weights this run starts from (else random init)
 
     @property
     def run_id(self) -> str:
@@ -114,8 +115,19 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         return {"run_id": self.run_id, "group": self.group, "name": self.name, "seed": self.seed,
-                "variant": self.variant, "model": self.model.to_dict(),
+                "variant": self.variant, "init_from": self.init_from, "model": self.model.to_dict(),
                 "run": dataclasses.asdict(self.run), "train": dataclasses.asdict(self.train)}
+
+
+@dataclass(frozen=True)
+class RunFields:
+    """What a group decides for one run beyond the family's shared model fields."""
+
+    model: dict
+    seed: int
+    variant: str | None = None
+    train: dict = dataclasses.field(default_factory=dict)  # TrainSettings fields overridden for the run
+    init_from: str | None = None
 
 
 # ---- groups --------------------------------------------------------------------------------------
@@ -125,11 +137,11 @@ class Group:
     """A group of runs: one DVC matrix stage, one model family.
 
     template  the run name, `{field}` placeholders for integers (`{variant}` for a free name)
-    params    the params keys a run reads, in dvc.yaml's form (`{name}` = the run's name)
+    params    the params keys a run reads (dvc.yaml's `params:`; `{variant}` = the run's variant)
     run_key   the run-settings block (Dense and the ablations use Stage 2's, as in the paper)
-    grid      the params key the group's runs are expanded from
-    expand    params -> every name-field dict the group's grid expands to
-    fields    (params view, name fields) -> (model fields beyond the family defaults, seed, variant)
+    grid      the params keys the group's runs are expanded from
+    expand    params -> every name-field dict the grid expands to
+    fields    (params view, name fields) -> RunFields
     """
 
     name: str
@@ -137,9 +149,9 @@ class Group:
     template: str
     params: tuple[str, ...]
     run_key: str
-    grid: str
+    grid: tuple[str, ...]
     expand: Callable[[dict], list[dict]]
-    fields: Callable[[dict, dict], tuple[dict, int, str | None]]
+    fields: Callable[[dict, dict], RunFields]
 
     @property
     def placeholders(self) -> list[str]:
@@ -151,7 +163,7 @@ class Group:
     def parse(self, name: str) -> dict:
         regex = re.escape(self.template)
         for f in self.placeholders:
-            pattern = r"(?P<variant>[A-Za-z0-9_]+)" if f == "variant" else rf"(?P<{f}>\d+)"
+            pattern = r"(?P<variant>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*?)" if f == "variant" else rf"(?P<{f}>\d+)"
             regex = regex.replace(re.escape("{" + f + "}"), pattern)
         m = re.fullmatch(regex, name)
         if not m:
@@ -159,14 +171,15 @@ class Group:
         return {k: v if k == "variant" else int(v) for k, v in m.groupdict().items()}
 
     def keys(self, name: str) -> tuple[str, ...]:
-        return tuple(k.replace("{name}", name) for k in self.params)
+        variant = self.parse(name).get("variant", "")
+        return tuple(k.replace("{variant}", variant) for k in self.params)
 
     @property
     def plan_keys(self) -> tuple[str, ...]:
         """What describing the group's runs reads (no model build): the grid, the run settings and
         the group's own keys, not the shared model and train sections."""
-        own = (k for k in self.params if not k.startswith(("model.", "train")) and "{name}" not in k)
-        return tuple(dict.fromkeys((self.grid, self.run_key, *own)))
+        own = (k for k in self.params if not k.startswith(("model.", "train")) and "{variant}" not in k)
+        return tuple(dict.fromkeys((*self.grid, self.run_key, *own)))
 
 
 def _grid(params: dict, key: str, names: tuple[str, ...]) -> list[dict]:
@@ -179,39 +192,89 @@ def _grid(params: dict, key: str, names: tuple[str, ...]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def _variants(params: dict) -> list[dict]:
-    variants = section(params, "ablation.variants")
+def _variant_names(params: dict, key: str) -> list[str]:
+    variants = section(params, key)
     if not isinstance(variants, dict) or not variants:
-        raise ValueError(f"ablation.variants: expected a non-empty mapping of name -> flags, got {variants!r}")
-    return [{"variant": v} for v in variants]
+        raise ValueError(f"{key}: expected a non-empty mapping of name -> fields, got {variants!r}")
+    return list(variants)
 
 
-def _ablation_fields(p: dict, f: dict) -> tuple[dict, int, str]:
+def _variant_entry(p: dict, key: str) -> tuple[dict, dict]:
+    """A variant's (model fields, train overrides): a mapping of config fields, with an optional
+    `train:` mapping of training settings."""
+    entry = section(p, key) or {}
+    if not isinstance(entry, dict):
+        raise ValueError(f"{key}: expected a mapping of config fields, got {entry!r}")
+    entry = dict(entry)
+    train = entry.pop("train", None) or {}
+    if not isinstance(train, dict):
+        raise ValueError(f"{key}.train: expected a mapping of training settings, got {train!r}")
+    return entry, train
+
+
+def _ablation_fields(p: dict, f: dict) -> RunFields:
     name = f["variant"]
-    flags = section(p, f"ablation.variants.{name}") or {}
-    if not isinstance(flags, dict):
-        raise ValueError(f"ablation.variants.{name}: expected a mapping of config fields, got {flags!r}")
-    return dict(section(p, "ablation.base")) | flags, section(p, "ablation.seed"), name
+    fields, train = _variant_entry(p, f"ablation.variants.{name}")
+    return RunFields(dict(section(p, "ablation.base")) | fields, section(p, "ablation.seed"), name, train)
 
 
-_CART_MODEL = ("model.common", "model.cart")
+def _model_keys(arch: str) -> tuple[str, str]:
+    return "model.common", f"model.{arch}"
+
+
+def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: str | None = None) -> Group:
+    """Runs `<variant>-s<seed>` of one family, same run settings as Stage 2 unless `run_key` says:
+    every run sets `<name>.base` (e.g. d_model, n_layers), then its entry of `<name>.variants`
+    (model fields, and optional `train:` overrides), on top of the group's `<name>.train` overrides;
+    seeds from `<name>.seeds`. With `parent`, each run starts from the final weights of run
+    `<parent>/<name.init_from>-s<seed>` (e.g. RAT+ resolution adaptation from a pretrained run)."""
+    keys = (*_model_keys(arch), "train", run_key, f"{name}.base", f"{name}.train", f"{name}.variants.{{variant}}")
+    keys += (f"{name}.init_from",) if parent else ()
+
+    def expand(p: dict) -> list[dict]:
+        seeds = section(p, f"{name}.seeds")
+        if not isinstance(seeds, list) or not seeds:
+            raise ValueError(f"{name}.seeds: expected a non-empty list of seeds, got {seeds!r}")
+        return [{"variant": v, "seed": s} for v in _variant_names(p, f"{name}.variants") for s in seeds]
+
+    def fields(p: dict, f: dict) -> RunFields:
+        model, train = _variant_entry(p, f"{name}.variants.{f['variant']}")
+        group_train = section(p, f"{name}.train") or {}
+        if not isinstance(group_train, dict):
+            raise ValueError(f"{name}.train: expected a mapping of training settings, got {group_train!r}")
+        base = section(p, f"{name}.base")
+        if not isinstance(base, dict):
+            raise ValueError(f"{name}.base: expected a mapping of model fields, got {base!r}")
+        init = f"{parent}/{section(p, f'{name}.init_from')}-s{f['seed']}" if parent else None
+        return RunFields(dict(base) | model, f["seed"], f["variant"], dict(group_train) | train, init)
+
+    return Group(name, arch, "{variant}-s{seed}", keys, run_key, (f"{name}.variants", f"{name}.seeds"),
+                 expand, fields)
+
+
 GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("stage1", "cart", "d{d_model}-P{n_prelude}-R{n_loops}",
-          (*_CART_MODEL, "train", "stage1.run", "stage1.seed"), "stage1.run", "stage1.grid",
+          (*_model_keys("cart"), "train", "stage1.run", "stage1.seed"), "stage1.run", ("stage1.grid",),
           lambda p: _grid(p, "stage1.grid", ("d_model", "n_prelude", "n_loops")),
-          lambda p, f: (f, section(p, "stage1.seed"), None)),
+          lambda p, f: RunFields(f, section(p, "stage1.seed"))),
     Group("stage2", "cart", "d{d_model}-R{n_loops}-s{seed}",
-          (*_CART_MODEL, "train", "stage2.run", "stage2.n_prelude"), "stage2.run", "stage2.grid",
+          (*_model_keys("cart"), "train", "stage2.run", "stage2.n_prelude"), "stage2.run", ("stage2.grid",),
           lambda p: _grid(p, "stage2.grid", ("d_model", "n_loops", "seed")),
-          lambda p, f: ({"d_model": f["d_model"], "n_loops": f["n_loops"],
-                         "n_prelude": section(p, "stage2.n_prelude")}, f["seed"], None)),
+          lambda p, f: RunFields({"d_model": f["d_model"], "n_loops": f["n_loops"],
+                                  "n_prelude": section(p, "stage2.n_prelude")}, f["seed"])),
     Group("dense", "dense", "L{n_layers}-s{seed}",
-          ("model.common", "train", "stage2.run", "dense.d_model"), "stage2.run", "dense.grid",
-          lambda p: _grid(p, "dense.grid", ("n_layers", "seed")),
-          lambda p, f: ({"n_layers": f["n_layers"], "d_model": section(p, "dense.d_model")}, f["seed"], None)),
+          (*_model_keys("dense"), "train", "stage2.run", "dense.d_model", "dense.train"), "stage2.run",
+          ("dense.grid",), lambda p: _grid(p, "dense.grid", ("n_layers", "seed")),
+          lambda p, f: RunFields({"n_layers": f["n_layers"], "d_model": section(p, "dense.d_model")}, f["seed"],
+                                 train=section(p, "dense.train") or {})),
     Group("ablation", "cart", "{variant}",
-          (*_CART_MODEL, "train", "stage2.run", "ablation.seed", "ablation.base", "ablation.variants.{name}"),
-          "stage2.run", "ablation.variants", _variants, _ablation_fields),
+          (*_model_keys("cart"), "train", "stage2.run", "ablation.seed", "ablation.base",
+           "ablation.variants.{variant}"), "stage2.run", ("ablation.variants",),
+          lambda p: [{"variant": v} for v in _variant_names(p, "ablation.variants")], _ablation_fields),
+    _variant_group("sweep_cart", "cart"),
+    _variant_group("sweep_dense", "dense"),
+    _variant_group("ratplus", "ratplus"),
+    _variant_group("ratplus_adapt", "ratplus", run_key="ratplus_adapt.run", parent="ratplus"),
 )}
 # Fields a group decides per run; the shared model sections may not set them.
 _PER_RUN_FIELDS = {"vocab_size", "d_model", "n_prelude", "n_loops", "n_layers", "noncausal_cross_attn",
@@ -244,20 +307,26 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
     the group's declared params keys."""
     g = group_of(group)
     fields = g.parse(name)
-    if "variant" in fields:  # a variant's own params key exists only for the grid's variants
+    try:
+        p = view(params, g.keys(name))
+    except ValueError:  # e.g. a variant's own key exists only for the grid's variants: say which runs do
         check_in_grid(params, group, name)
-    p = view(params, g.keys(name))
-    train = build(TrainSettings, section(p, "train"), "train")
+        raise
+    rf = g.fields(p, fields)
+    unknown = sorted(set(rf.train) - {f.name for f in dataclasses.fields(TrainSettings)})
+    if unknown:
+        raise ValueError(f"{group} run {name}: unknown training setting(s) {unknown} in a train override")
+    train = build(TrainSettings, dict(section(p, "train")) | rf.train, "train")
     run = build(RunSettings, section(p, g.run_key), g.run_key)
     if train.warmup_steps >= run.steps:
         raise ValueError(f"train.warmup_steps={train.warmup_steps} must be < {g.run_key}.steps={run.steps}")
-    fields, seed, variant = g.fields(p, fields)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"{group} seed must be an integer, got {seed!r}")
+    if not isinstance(rf.seed, int) or isinstance(rf.seed, bool):
+        raise ValueError(f"{group} seed must be an integer, got {rf.seed!r}")
     where = f"ablation.variants.{name}" if group == "ablation" else f"{group} run {name}"
-    model = config_from_dict({"arch": g.arch, **model_defaults(p, g.arch), **fields, "vocab_size": vocab_size},
+    model = config_from_dict({"arch": g.arch, **model_defaults(p, g.arch), **rf.model, "vocab_size": vocab_size},
                              where=where)
-    return RunSpec(group=group, name=name, seed=seed, model=model, run=run, train=train, variant=variant)
+    return RunSpec(group=group, name=name, seed=rf.seed, model=model, run=run, train=train, variant=rf.variant,
+                   init_from=rf.init_from)
 
 
 def describe_run(params: dict, group: str, name: str) -> dict:
@@ -265,10 +334,11 @@ def describe_run(params: dict, group: str, name: str) -> dict:
     fields its name and group set, seed, variant and run settings. Reads the group's plan keys."""
     g = group_of(group)
     p = view(params, g.plan_keys)
-    fields, seed, variant = g.fields(p, g.parse(name))
+    rf = g.fields(p, g.parse(name))
     run = build(RunSettings, section(p, g.run_key), g.run_key)
-    return {"group": group, "name": name, "arch": g.arch, **fields, "seed": seed, "variant": variant,
-            "planned_steps": run.steps, "seq_len": run.seq_len, "tokens_per_step": run.tokens_per_step}
+    return {"group": group, "name": name, "arch": g.arch, **rf.model, "seed": rf.seed, "variant": rf.variant,
+            "init_from": rf.init_from, "planned_steps": run.steps, "seq_len": run.seq_len,
+            "tokens_per_step": run.tokens_per_step}
 
 
 def plan_keys(groups) -> tuple[str, ...]:
@@ -276,9 +346,15 @@ def plan_keys(groups) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for g in groups for k in group_of(g).plan_keys))
 
 
+def grid_keys(groups) -> tuple[str, ...]:
+    """The params keys naming these groups' runs (what `run_names` reads)."""
+    return tuple(dict.fromkeys(k for g in groups for k in group_of(g).grid))
+
+
 def summary_groups(group: str) -> tuple[str, ...]:
     """The run groups a group's summary reads: Dense and the ablations are compared with Stage 2."""
-    return {"dense": ("dense", "stage2"), "ablation": ("ablation", "stage2")}.get(group, (group,))
+    return {"dense": ("dense", "stage2"), "ablation": ("ablation", "stage2"),
+            "ratplus_adapt": ("ratplus_adapt", "ratplus")}.get(group, (group,))
 
 
 def run_names(params: dict, groups=None) -> dict[str, list[str]]:

@@ -16,7 +16,6 @@ loop count R at inference (`lm.n_loops = R` between passes, as the paper's varia
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from torch import nn
 from tqdm.auto import tqdm
 
-from .device import autocast
-from .io import atomic_path, sha256_file
+from .device import autocast, resolve_device, resolve_dtype
+from .io import sha256_file
 
 
 # ---- params: the `benchmarks` section of params.yaml --------------------------------------------
@@ -176,6 +175,7 @@ class CARTLM(TemplateLM):
         self.model = model.to(self._device).eval()
         self.tok = tokenizer
         self.n_loops = n_loops
+        self.runtime: dict = {}  # the family's other inference-time arguments (RAT+ pattern, LRT mode)
         self.batch_size = batch_size
         self.max_length = max_length
         self.dtype = dtype
@@ -267,7 +267,7 @@ class CARTLM(TemplateLM):
 
     @torch.no_grad()
     def _model_call(self, inps: torch.Tensor) -> torch.Tensor:
-        kwargs = {} if self.n_loops is None else {"n_loops": self.n_loops}
+        kwargs = dict(self.runtime) | ({} if self.n_loops is None else {"n_loops": self.n_loops})
         with autocast(self._device, self.dtype):
             return self.model(inps, **kwargs).float()
 
@@ -433,68 +433,3 @@ def evaluate_benchmarks(lm: CARTLM, tasks, *, source: str, local_dir=None, num_f
             rows.append({"task": task, "metric": metric, "value": float(got[key]),
                          "stderr": float(err) if isinstance(err, (int, float)) and math.isfinite(err) else None})
     return rows, results
-
-
-# ---- outputs: eval/*.tsv rows and the paper-layout Markdown tables ------------------------------
-
-TSV_COLUMNS = ("experiment", "run_id", "n_loops", "num_fewshot", "task", "metric", "value", "stderr", "source")
-TASK_TITLES = {"hellaswag": "HellaSwag", "arc_challenge": "ARC-C", "lambada_openai": "LAMBADA", "piqa": "PIQA"}
-
-
-def write_tsv(path: str | Path, rows: list[dict]) -> None:
-    """Tab-separated, header TSV_COLUMNS, written atomically; empty cell = not applicable."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(TSV_COLUMNS)
-            for r in rows:
-                missing = [c for c in TSV_COLUMNS if c not in r]
-                if missing:
-                    raise ValueError(f"row {r} lacks {missing}")
-                w.writerow([_cell(r[c]) for c in TSV_COLUMNS])
-
-
-def read_tsv(path: str | Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.10g}"
-    return str(v)
-
-
-def task_headers(tasks) -> list[str]:
-    return [f"{TASK_TITLES[t]} acc (ppl)" if t == "lambada_openai" else f"{TASK_TITLES[t]} acc / acc_norm"
-            for t in tasks]
-
-
-def task_cells(metrics: dict, tasks) -> list[str]:
-    """Paper-style cells from {task: {metric: value}}: accuracies in %, LAMBADA as 'acc (ppl)'."""
-    cells = []
-    for t in tasks:
-        m = metrics.get(t, {})
-        if not m:
-            cells.append("-")
-        elif t == "lambada_openai":
-            cells.append(f"{100 * m['acc']:.2f} ({m['perplexity']:.1f})")
-        else:
-            cells.append(f"{100 * m['acc']:.2f} / {100 * m['acc_norm']:.2f}")
-    return cells
-
-
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
-    return "\n".join(lines)
-
-
-def source_note(source: str, limit: int | None = None) -> str:
-    items = "all items" if limit is None else f"first {limit} items per task"
-    if source == "builtin":
-        return ("source: builtin -- a generated SMOKE SET in the benchmarks' formats, NOT HellaSwag/ARC/"
-                f"LAMBADA/PIQA; these numbers are not benchmark results; {items}")
-    return f"source: {source}; {items}"

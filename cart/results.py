@@ -6,12 +6,11 @@ Inputs (written by the training and evaluation stages):
     runs/<group>/<name>/summary.json    written when the run completed or failed
     plots/<group>/<name>/               the run's DVCLive curves (cart/curves.py): train metrics and
                                         a model's diagnostics per step, validation loss/ppl/bpb per domain
-    eval/benchmarks.tsv, eval/variable_r.tsv
-                                        experiment, run_id, n_loops, num_fewshot, task, metric, value,
-                                        stderr, source
+    eval/<experiment>.tsv               every evaluation stage's rows (cart/eval_rows.py)
 
-Tables (SCHEMA below): runs (one row per run: expected-but-missing, incomplete and failed runs
-included, with a status), train_log, eval_log, eval_results, meta (the plan the store was built
+Tables (`schema()` below): runs (one row per run: expected-but-missing, incomplete and failed runs
+included, with a status; one loss/ppl/bpb column per validation domain), train_log, train_diag
+(a model's own per-step diagnostics), eval_log, eval_results, meta (the plan the store was built
 against) and issues (anything unreadable, recorded instead of crashing).
 
 Parameter and FLOPs counts are recomputed from each run's config with cart.accounting, never
@@ -32,6 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from .curves import EVAL_METRICS, TRAIN_METRICS, read_curves
+from .eval_rows import EVAL_COLUMNS
 from .experiments import GROUPS as RUN_GROUPS
 from .experiments import group_of
 from .io import atomic_path
@@ -43,13 +43,11 @@ RANK_DOMAIN = "wikipedia"  # the paper ranks configs and picks "best" by Wikiped
 FLAGS = ("unfreeze_kv", "unshare_core", "self_attn_core", "disable_hyperconnection", "disable_lti",
          "disable_lie")
 STATUSES = ("complete", "failed", "incomplete", "missing")
-EVAL_FILES = ("benchmarks", "variable_r")  # eval/<file>.tsv
 CHINCHILLA_TOKENS_PER_PARAM = 20.0  # Hoffmann et al. (2022), as the paper's Table 2 uses it
 
 TRAIN_LOG_COLUMNS = ("step", *TRAIN_METRICS)
 EVAL_LOG_COLUMNS = ("step", "domain", *EVAL_METRICS)
-EVAL_RESULT_COLUMNS = ("experiment", "run_id", "n_loops", "num_fewshot", "task", "metric", "value", "stderr",
-                       "source")
+EVAL_RESULT_COLUMNS = EVAL_COLUMNS
 
 _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "TEXT PRIMARY KEY"), ("group", "TEXT NOT NULL"), ("name", "TEXT NOT NULL"),
@@ -88,7 +86,7 @@ CREATE TABLE train_diag (run_id TEXT NOT NULL REFERENCES runs(run_id), step INTE
     name TEXT NOT NULL, value REAL, PRIMARY KEY (run_id, step, name));
 CREATE TABLE eval_log (run_id TEXT NOT NULL REFERENCES runs(run_id), step INTEGER NOT NULL,
     domain TEXT NOT NULL, loss REAL, ppl REAL, bpb REAL, PRIMARY KEY (run_id, step, domain));
-CREATE TABLE eval_results (file TEXT NOT NULL, experiment TEXT, run_id TEXT, n_loops INTEGER,
+CREATE TABLE eval_results (file TEXT NOT NULL, experiment TEXT, run_id TEXT, setting TEXT, n_loops INTEGER,
     num_fewshot INTEGER, task TEXT, metric TEXT, value REAL, stderr REAL, source TEXT);
 CREATE TABLE issues (run_id TEXT, path TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX eval_results_run ON eval_results (run_id);
@@ -340,11 +338,12 @@ def populate(con: sqlite3.Connection, root: str | Path = ".", plan: RunPlan | No
     n_results = 0
     if eval_dir is not None:
         eval_dir = root / eval_dir
-        for file in EVAL_FILES:
-            df = read_tsv(eval_dir / f"{file}.tsv", EVAL_RESULT_COLUMNS, issues, None,
-                          text_columns=("experiment", "run_id", "task", "metric", "source"))
+        for path in sorted(eval_dir.glob("*.tsv")):  # every evaluation stage's rows (cart/eval_rows.py)
+            df = read_tsv(path, EVAL_RESULT_COLUMNS, issues, None,
+                          text_columns=("experiment", "run_id", "setting", "task", "metric", "source"))
             df = df.dropna(subset=["task", "metric"])
-            df.insert(0, "file", file)
+            df["setting"] = df["setting"].fillna("")
+            df.insert(0, "file", path.stem)
             _insert_df(con, "eval_results", df)
             n_results += len(df)
     meta = {"schema_version": SCHEMA_VERSION, "groups": list(groups), "domains": domains,
@@ -448,7 +447,7 @@ def load_eval_results(con: sqlite3.Connection, file: str | None = None) -> pd.Da
     sql, args = "SELECT * FROM eval_results", []
     if file is not None:
         sql, args = sql + " WHERE file = ?", [file]
-    order = " ORDER BY file, run_id, n_loops, num_fewshot, task, metric, source, experiment, value"
+    order = " ORDER BY file, run_id, setting, n_loops, num_fewshot, task, metric, source, experiment, value"
     return pd.read_sql_query(sql + order, con, params=args)
 
 
@@ -767,6 +766,8 @@ def summarize_group(con: sqlite3.Connection, group: str) -> dict:
         out = _summary_dense(con)
     elif group == "ablation":
         out = _summary_ablation(con)
+    elif group in GROUPS:
+        out = _summary_runs(con, group)
     else:
         raise ValueError(f"unknown group {group!r}; valid: {list(GROUPS)}")
     return _clean({"group": group, **out})
@@ -774,6 +775,23 @@ def summarize_group(con: sqlite3.Connection, group: str) -> dict:
 
 def _ppl_fields(row, doms, suffix="") -> dict:
     return {f"ppl_{dom}{suffix}": row.get(f"ppl_{dom}{suffix}") for dom in doms}
+
+
+def _summary_runs(con, group: str) -> dict:
+    """Any other group: each run's final numbers, and the best run by the ranking domain's PPL
+    (for a learning-rate sweep: the lr each family is compared at)."""
+    doms = store_domains(con)
+    runs = load_runs(con, group)
+    done = runs[(runs["status"] == "complete") & runs[f"ppl_{RANK_DOMAIN}"].notna()]
+    best = done.sort_values([f"ppl_{RANK_DOMAIN}", "run_id"]).iloc[0] if len(done) else None
+    per_run = {r["name"]: {"status": r["status"], "variant": r["variant"], "seed": r["seed"],
+                           **_ppl_fields(r, doms), **{f"bpb_{d}": r.get(f"bpb_{d}") for d in doms},
+                           "final_train_loss": r["final_train_loss"], "tokens_per_s": r["tokens_per_s"],
+                           "stored_params": r["stored_params"], "effective_params": r["effective_params"]}
+               for _, r in runs.iterrows()}
+    return {"runs": _status_block(con, [group])[group], "rank_domain": RANK_DOMAIN,
+            "best_run_id": None if best is None else best["run_id"],
+            "best_variant": None if best is None else best["variant"], "per_run": per_run}
 
 
 def _summary_stage1(con) -> dict:

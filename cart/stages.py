@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .code_deps import code_closure, family_closure
+from .evaluation import STUDIES, study_params
 from .experiments import GROUPS, plan_keys, summary_groups
 
 
@@ -51,6 +52,8 @@ def stages() -> dict[str, Stage]:
     table |= {
         "benchmarks": Stage("pipeline.benchmarks", ("benchmarks",), models=("cart",)),
         "variable_r": Stage("pipeline.variable_r", ("benchmarks", "variable_r", "corpus.domains"), models=("cart",)),
+        **{f"eval_{study}": Stage("pipeline.evaluate", study_params(study), models=spec["models"])
+           for study, spec in STUDIES.items()},
         "results": Stage("pipeline.results", ("profile", *plan_keys(GROUPS)), configs=every_arch),
         "report": Stage("pipeline.report", ("report",), configs=every_arch),
     }

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -73,15 +74,30 @@ class Trainer:
             raise ValueError("data/bins was built with another tokenizer; re-run the bins stage")
         run_config = spec.to_dict()
         run_config["train"] = {k: v for k, v in run_config["train"].items() if k not in RESULT_NEUTRAL}
+        self.parent_weights = self._parent_weights()
         self.run_config = run_config | {
             "tokenizer": {"vocab_size": self.tok["vocab_size"], "sha256": self.tok["sha256"]},
             "data": {"train_sha256": meta["files"]["train.bin"]["sha256"]},
             "code_sha256": code_fingerprint(spec.model.arch),
+            # a run started from another run's weights is a new run when those weights change
+            "init_from": None if self.parent_weights is None else
+            {"run_id": spec.init_from, "weights_sha256": sha256_file(self.parent_weights)},
         }
         self.peak = peak_flops_for(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         self.counts = count_params(spec.model)
         self._signal = None
         self.steady_rates: list[float] = []  # logged tokens/s after the first (warm-up) interval
+
+    def _parent_weights(self) -> Path | None:
+        """The final weights of the run this one starts from (spec.init_from), which must be complete."""
+        if self.spec.init_from is None:
+            return None
+        parent = self.paths.run_dir.parents[1] / self.spec.init_from
+        summary = parent / ckpt.SUMMARY
+        if not summary.is_file() or read_json(summary, "run summary").get("status") != "complete":
+            raise ValueError(f"{self.spec.run_id} starts from {self.spec.init_from}, which has no complete run "
+                             f"in {parent}; train it first (dvc repro runs it before this stage)")
+        return parent / ckpt.WEIGHTS
 
     # ---- run-directory state machine: complete / resume / fresh ----
     def _existing_state(self) -> str:
@@ -163,6 +179,8 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.model = build_model(spec.model).to(self.device)
+        if self.parent_weights is not None and state != "resume":  # a resumed run has its own checkpoint
+            ckpt.load_weights(self.model, self.parent_weights)
         self.opt = make_optimizer(self.model, t, spec.model.d_model, self.device)
         floor = t.min_lr_ratio
         self.sched = torch.optim.lr_scheduler.LambdaLR(

@@ -1,7 +1,8 @@
 """Switch params.yaml to a named profile: `python -m pipeline.profile paper`.
 
 A profile is an overlay in configs/<name>.yaml: its mappings are merged key by key into
-params.yaml and its lists and scalars replace what is there. The result is validated (every run
+params.yaml and its lists and scalars replace what is there; a mapping of named runs or domains
+(`variants`, `domains`, `mixture`) replaces the default's whole. The result is validated (every run
 of every group resolves) before params.yaml is rewritten, atomically. `git checkout params.yaml`
 returns to the default (smoke) profile.
 """
@@ -22,10 +23,15 @@ from pipeline._cli import run
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+# Mappings that name a set of things (runs, data domains): an overlay's replaces the base's whole,
+# so a profile with other variants or domains does not inherit the default ones.
+REPLACED_MAPPINGS = ("variants", "domains", "mixture")
+
+
 def merge(base: dict, overlay: dict) -> dict:
     out = dict(base)
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in REPLACED_MAPPINGS:
             out[key] = merge(out[key], value)
         else:
             out[key] = value

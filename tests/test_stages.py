@@ -30,7 +30,7 @@ def _dvc_stage(name: str) -> dict:
 def _expected_lines(name: str) -> str:
     s = stages()[name]
     return (f"  {name}:\n    deps: [{', '.join(s.code())}, <data deps>]\n"
-            f"    params: [{', '.join(p.replace('{name}', '${key}') for p in s.params)}]")
+            f"    params: [{', '.join(s.params)}]  ({{variant}}: ${{key}} in a foreach, ${{item.variant}} in a matrix)")
 
 
 @pytest.mark.parametrize("name", sorted(stages()))
@@ -42,7 +42,8 @@ def test_dvc_yaml_code_deps_are_the_stage_import_closure(name):
 
 @pytest.mark.parametrize("name", sorted(stages()))
 def test_dvc_yaml_params_are_the_stage_declared_keys(name):
-    declared = [p.replace("${key}", "{name}") for p in _dvc_stage(name)["params"]]
+    declared = [p.replace("${key}", "{variant}").replace("${item.variant}", "{variant}")
+                for p in _dvc_stage(name)["params"]]
     assert declared == list(stages()[name].params), \
         f"dvc.yaml's {name} params differ from cart/stages.py; expected:\n{_expected_lines(name)}"
 
@@ -112,7 +113,7 @@ def test_each_stage_reads_only_its_declared_params():
     bins_params(view(DEFAULT, S["bins"].params))
     for group, names in run_names(DEFAULT).items():
         for name in names:
-            keys = [k.replace("{name}", name) for k in S[group].params]
+            keys = GROUPS[group].keys(name)
             assert resolve_run(view(DEFAULT, keys), group, name, 2048) == resolve_run(DEFAULT, group, name, 2048)
     for group in GROUPS:
         groups = summary_groups(group)

@@ -1,0 +1,148 @@
+"""What the evaluation stages share: settings, one start-up, and the rows they write.
+
+Every evaluation stage (benchmarks, variable_r, and the family studies of pipeline/evaluate.py)
+opens an `EvalSession` from its params (the `benchmarks` section: tasks, source, limits, device),
+loads runs as lm-eval adapters, and writes rows of cart/eval_rows.py: validation
+perplexity/BPB per domain (`ppl_rows`) and benchmark metrics (`benchmark_rows`), each tagged with
+the run's inference-time setting (a CART loop count, a RAT+ attention pattern, an LRT mode).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .experiments import grid_keys, run_names
+from .io import read_json
+from .params import build, section
+
+TOKENIZER = Path("data/tokenizer")
+BINS = Path("data/bins")
+# the family studies of pipeline/evaluate.py: the run groups each evaluates, and its Dense control
+STUDIES = {"ratplus": {"groups": ("ratplus", "ratplus_adapt"), "control": "sweep_dense", "models": ("ratplus", "dense")}}
+
+
+def study_params(study: str) -> tuple[str, ...]:
+    """The params keys a study's evaluation reads (its DVC stage's `params:`)."""
+    return ("benchmarks", f"eval_{study}", "corpus.domains", *grid_keys(STUDIES[study]["groups"]))
+
+
+@dataclass(frozen=True)
+class PPLSettings:
+    """Validation perplexity: n_seqs windows of seq_len tokens per domain, batch_size at a time."""
+    seq_len: int
+    n_seqs: int
+    batch_size: int
+
+    def __post_init__(self):
+        for name in ("seq_len", "n_seqs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class RATPlusEval:
+    patterns: list[str]       # attention patterns every pretrained RAT+ run and the Dense control run at
+    num_fewshot: list[int]
+    ppl: PPLSettings
+
+    def __post_init__(self):
+        from .models.patterns import parse_pattern
+        if not self.patterns or len(set(self.patterns)) != len(self.patterns):
+            raise ValueError(f"patterns: expected distinct pattern strings, got {self.patterns}")
+        for p in self.patterns:
+            parse_pattern(p, "patterns")
+        if not self.num_fewshot or any(k < 0 for k in self.num_fewshot):
+            raise ValueError(f"num_fewshot: expected shot counts >= 0, got {self.num_fewshot}")
+
+
+def ratplus_jobs(params: dict, root: Path, patterns: list[str]) -> list[tuple[str, list[str]]]:
+    """[(run_id, patterns it is evaluated at)]: pretrained RAT+ runs at every pattern, adapted runs
+    at their own (the authors never run a pretrained checkpoint sparse without adapting it, but the
+    comparison needs both), and the Dense control (the Dense sweep's best run) at every pattern."""
+    from .checkpoint import read_run_config
+    study = STUDIES["ratplus"]
+    names = run_names(params, study["groups"])
+    jobs = [(f"ratplus/{n}", list(patterns)) for n in names["ratplus"]]
+    for n in names["ratplus_adapt"]:
+        own = read_run_config(root / "runs" / "ratplus_adapt" / n)["model"]["train_pattern"]
+        jobs.append((f"ratplus_adapt/{n}", [own]))
+    summary = root / "metrics" / f"{study['control']}.json"
+    control = read_json(summary, "the Dense lr sweep's summary (run the summarize stage)").get("best_run_id")
+    if not control:
+        raise ValueError(f"{summary} names no best run: the Dense control of RAT+ needs one complete run")
+    return jobs + [(control, list(patterns))]
+
+
+def benchmark_settings(params: dict):
+    from .harness import BenchmarkSettings
+    return build(BenchmarkSettings, section(params, "benchmarks"), "benchmarks")
+
+
+def domain_sources(params: dict) -> dict[str, str]:
+    """corpus.domains.<d>.source, so PPL rows say where their text came from (builtin = generated)."""
+    doms = params.get("corpus", {}).get("domains", {}) if isinstance(params.get("corpus"), dict) else {}
+    return {d: str((v or {}).get("source", "unknown")) for d, v in doms.items() if isinstance(v, dict) or v is None}
+
+
+class EvalSession:
+    """One evaluation stage's start-up: benchmark settings checked (local files before any model
+    loads), device and dtype resolved, lm-eval quieted, its task manager built once."""
+
+    def __init__(self, params: dict, root: Path = Path("."), max_shots: int = 0, progress: bool = True):
+        # no network: lm-eval and datasets read local files (or the HF cache for source: hub); set
+        # before either is first imported
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from . import benchmarks as B
+        from .device import resolve_device, resolve_dtype
+        from .harness import local_dir_of, quiet_lm_eval
+
+        self.root, self.progress = Path(root), progress
+        self.bench = benchmark_settings(params)
+        self.local_dir = local_dir_of(self.bench, self.root)
+        if self.bench.source == "local":
+            B.check_local_files(self.local_dir, self.bench.tasks, max_shots, self.bench.fewshot_fallback)
+        self.device = resolve_device(self.bench.device, "benchmarks.device")
+        self.dtype = resolve_dtype(self.bench.dtype, self.device)
+        quiet_lm_eval()
+        self.task_manager = B.task_manager(self.bench.source, self.local_dir)
+
+    def load(self, run_id: str, max_length: int | None = None):
+        """The run as an lm-eval adapter (cart.harness.CARTLM), checked against data/tokenizer."""
+        from .harness import CARTLM
+        b = self.bench
+        return CARTLM.from_run(self.root / "runs" / run_id, self.root / TOKENIZER, device=self.device,
+                               dtype=self.dtype, batch_size=b.batch_size, max_length=max_length or b.max_length,
+                               prefix_context=b.prefix_context, progress=self.progress)
+
+    def val_batches(self, ppl: PPLSettings) -> dict:
+        """Each validation domain's batches, read once per stage."""
+        from .data import domains, val_batches
+        bins = self.root / BINS
+        return {d: val_batches(bins, d, ppl.seq_len, ppl.n_seqs, ppl.batch_size) for d in domains(bins)}
+
+    def ppl_rows(self, lm, val: dict, common: dict, sources: dict, **runtime) -> list[dict]:
+        """Validation PPL and BPB per domain of `lm`'s model at `runtime` (e.g. pattern="D8")."""
+        from .evaluate import bits_per_byte, eval_loss, perplexity
+        bpt = lm.tok.bytes_per_token
+        missing = [d for d in val if d not in bpt]
+        if missing:
+            raise ValueError(f"{self.root / TOKENIZER}: no bytes_per_token for domain(s) {missing}; "
+                             f"re-run the tokenizer stage")
+        rows = []
+        for d, batches in val.items():
+            loss, _ = eval_loss(lm.model, batches, device=self.device, dtype=self.dtype, **runtime)
+            rows += [{**common, "num_fewshot": None, "task": f"ppl:{d}", "metric": k, "value": v, "stderr": None,
+                      "source": sources.get(d, "bins")}
+                     for k, v in (("ppl", perplexity(loss)), ("bpb", bits_per_byte(loss, float(bpt[d]))))]
+        return rows
+
+    def benchmark_rows(self, lm, shots: int, common: dict) -> list[dict]:
+        """The `benchmarks` tasks at `shots` shots (lm.runtime / lm.n_loops set the model's setting)."""
+        from .harness import evaluate_benchmarks
+        b = self.bench
+        got, _ = evaluate_benchmarks(lm, b.tasks, source=b.source, local_dir=self.local_dir, num_fewshot=shots,
+                                     limit=b.limit, bootstrap_iters=b.bootstrap_iters,
+                                     fewshot_fallback=b.fewshot_fallback, task_manager=self.task_manager)
+        return [{**common, "num_fewshot": shots, **g, "source": b.source} for g in got]
