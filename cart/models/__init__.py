@@ -7,6 +7,7 @@ the run specs dispatch on the config; nothing else in the package names a family
     arch    config                      model                     what
     cart    cart_config.CARTConfig      cart.CART                 prelude -> anchor K/V -> looped core -> coda
     dense   dense_config.DenseConfig    dense.Dense               the standard Transformer baseline
+    lrt     lrt_config.LRTConfig        lrt.LRT                   Dense + the previous token's latent state as memory
 
 Family modules are imported on first use, so code that handles one family depends (for Python
 and for DVC's stage deps, cart/deps.py) on that family's files alone.
@@ -27,6 +28,7 @@ from .base import IGNORE_INDEX, ConfigBase
 FAMILIES: dict[str, tuple[str, str]] = {
     "cart": ("cart_config", "CARTConfig"),
     "dense": ("dense_config", "DenseConfig"),
+    "lrt": ("lrt_config", "LRTConfig"),
 }
 ARCHS = tuple(FAMILIES)
 ModelConfig = ConfigBase
