@@ -18,8 +18,12 @@ from .params import build, section
 
 TOKENIZER = Path("data/tokenizer")
 BINS = Path("data/bins")
-# the family studies of pipeline/evaluate.py: the run groups each evaluates, and its Dense control
-STUDIES = {"ratplus": {"groups": ("ratplus", "ratplus_adapt"), "control": "sweep_dense", "models": ("ratplus", "dense")}}
+# the family studies of pipeline/evaluate.py: the run groups each evaluates (its Dense control is
+# the best run of the Dense lr sweep, the same backbone shape), and the families it runs
+STUDIES = {
+    "ratplus": {"groups": ("ratplus", "ratplus_adapt"), "control": "sweep_dense", "models": ("ratplus", "dense")},
+    "lrt": {"groups": ("lrt",), "control": "sweep_dense", "models": ("lrt", "dense")},
+}
 
 
 def study_params(study: str) -> tuple[str, ...]:
@@ -56,22 +60,83 @@ class RATPlusEval:
             raise ValueError(f"num_fewshot: expected shot counts >= 0, got {self.num_fewshot}")
 
 
-def ratplus_jobs(params: dict, root: Path, patterns: list[str]) -> list[tuple[str, list[str]]]:
-    """[(run_id, patterns it is evaluated at)]: pretrained RAT+ runs at every pattern, adapted runs
-    at their own (the authors never run a pretrained checkpoint sparse without adapting it, but the
-    comparison needs both), and the Dense control (the Dense sweep's best run) at every pattern."""
-    from .checkpoint import read_run_config
-    study = STUDIES["ratplus"]
-    names = run_names(params, study["groups"])
-    jobs = [(f"ratplus/{n}", list(patterns)) for n in names["ratplus"]]
-    for n in names["ratplus_adapt"]:
-        own = read_run_config(root / "runs" / "ratplus_adapt" / n)["model"]["train_pattern"]
-        jobs.append((f"ratplus_adapt/{n}", [own]))
-    summary = root / "metrics" / f"{study['control']}.json"
+@dataclass(frozen=True)
+class LRTEval:
+    modes: list[str]          # PPL modes of every LRT run: merged (parallel), sequential (exact recurrence), zero
+    benchmark_mode: str       # the mode the benchmarks run in (sequential is exact but token by token)
+    num_fewshot: list[int]    # the paper's claim is in-context learning: compare 5-shot minus 0-shot with Dense
+    ppl: PPLSettings
+
+    def __post_init__(self):
+        valid = ("merged", "sequential", "zero")
+        if not self.modes or any(m not in valid for m in self.modes) or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"modes: expected distinct modes from {list(valid)}, got {self.modes}")
+        if self.benchmark_mode not in valid:
+            raise ValueError(f"benchmark_mode: expected one of {list(valid)}, got {self.benchmark_mode!r}")
+        if not self.num_fewshot or any(k < 0 for k in self.num_fewshot):
+            raise ValueError(f"num_fewshot: expected shot counts >= 0, got {self.num_fewshot}")
+
+
+STUDY_SETTINGS = {"ratplus": RATPlusEval, "lrt": LRTEval}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One inference-time setting of a run: its label in the rows, the forward's runtime kwargs,
+    and whether the benchmarks run at it (perplexity always does)."""
+    label: str
+    runtime: dict
+    benchmarks: bool = True
+
+
+def _control(root: Path, study: str) -> str:
+    summary = root / "metrics" / f"{STUDIES[study]['control']}.json"
     control = read_json(summary, "the Dense lr sweep's summary (run the summarize stage)").get("best_run_id")
     if not control:
-        raise ValueError(f"{summary} names no best run: the Dense control of RAT+ needs one complete run")
-    return jobs + [(control, list(patterns))]
+        raise ValueError(f"{summary} names no best run: the Dense control of the {study} study needs one "
+                         f"complete run")
+    return control
+
+
+def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, list[Setting]]]:
+    """[(run_id, its settings)] of a study.
+
+    ratplus: pretrained RAT+ runs and the Dense control at every pattern; adapted runs at their own
+    (the authors never run a pretrained checkpoint sparse without adapting it; the comparison needs
+    both). lrt: every LRT run in each PPL mode (benchmarks in `benchmark_mode`), the Dense control
+    as it is."""
+    from .checkpoint import read_run_config
+    names = run_names(params, STUDIES[study]["groups"])
+    control = _control(root, study)
+    if study == "ratplus":
+        at = [Setting(p, {"pattern": p}) for p in cfg.patterns]
+        jobs = [(f"ratplus/{n}", at) for n in names["ratplus"]]
+        for n in names["ratplus_adapt"]:
+            own = read_run_config(root / "runs" / "ratplus_adapt" / n)["model"]["train_pattern"]
+            jobs.append((f"ratplus_adapt/{n}", [Setting(own, {"pattern": own})]))
+        return jobs + [(control, at)]
+    modes = [Setting(m, {"lrt_mode": m}, m == cfg.benchmark_mode) for m in cfg.modes]
+    if cfg.benchmark_mode not in cfg.modes:
+        modes.append(Setting(cfg.benchmark_mode, {"lrt_mode": cfg.benchmark_mode}))
+    return [(f"lrt/{n}", modes) for n in names["lrt"]] + [(control, [Setting("", {})])]
+
+
+@dataclass(frozen=True)
+class VariableRSettings:
+    n_loops: list[int]
+    ppl: PPLSettings
+
+    def __post_init__(self):
+        if not self.n_loops or any(r < 1 for r in self.n_loops) or len(set(self.n_loops)) != len(self.n_loops):
+            raise ValueError(f"n_loops: expected distinct loop counts >= 1, got {self.n_loops}")
+
+
+def variable_r_settings(params: dict):
+    return benchmark_settings(params), build(VariableRSettings, section(params, "variable_r"), "variable_r")
+
+
+def study_settings(params: dict, study: str):
+    return build(STUDY_SETTINGS[study], section(params, f"eval_{study}"), f"eval_{study}")
 
 
 def benchmark_settings(params: dict):

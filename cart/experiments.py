@@ -273,6 +273,7 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           lambda p: [{"variant": v} for v in _variant_names(p, "ablation.variants")], _ablation_fields),
     _variant_group("sweep_cart", "cart"),
     _variant_group("sweep_dense", "dense"),
+    _variant_group("lrt", "lrt"),
     _variant_group("ratplus", "ratplus"),
     _variant_group("ratplus_adapt", "ratplus", run_key="ratplus_adapt.run", parent="ratplus"),
 )}

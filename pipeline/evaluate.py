@@ -3,10 +3,14 @@
     ratplus   every RAT+ run (each variant and seed) and the Dense control (the best run of the Dense
               lr sweep, the same backbone shape) at every pattern of `eval_ratplus.patterns` (train
               dense, run dilated: RATPLUS_SPEC.md); each adapted run at the pattern it was adapted to.
+    lrt       every LRT run in each perplexity mode of `eval_lrt.modes` (merged = the parallel passes,
+              sequential = exact token-by-token recurrence, zero = no memory), the benchmarks in
+              `eval_lrt.benchmark_mode` at 0 and k shots, and the Dense control (LRT_SPEC.md).
 
-Each run and setting gets validation perplexity / bits per byte per domain and the `benchmarks`
-tasks at `eval_<study>.num_fewshot` shots. Writes eval/<study>.tsv (rows of cart/eval_rows.py,
-`setting` = the pattern) and metrics/eval_<study>.json, which the results store and the report read.
+Each run and setting gets validation perplexity / bits per byte per domain and, where the study
+says, the `benchmarks` tasks at `eval_<study>.num_fewshot` shots. Writes eval/<study>.tsv (rows of
+cart/eval_rows.py, `setting` = the pattern or mode) and metrics/eval_<study>.json, which the results
+store and the report read.
 """
 from __future__ import annotations
 
@@ -17,9 +21,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cart.eval_rows import write_rows
-from cart.evaluation import STUDIES, EvalSession, RATPlusEval, domain_sources, ratplus_jobs, study_params
+from cart.evaluation import STUDIES, EvalSession, domain_sources, study_jobs, study_params, study_settings
 from cart.io import atomic_write_json
-from cart.params import build, load_params, section, view
+from cart.params import load_params, view
 from pipeline._cli import run
 
 
@@ -28,40 +32,40 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     ap.add_argument("study", choices=list(STUDIES))
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    root, t0 = Path(root), time.time()
+    root, t0, key = Path(root), time.time(), f"eval_{args.study}"
     params = view(load_params(root / "params.yaml"), study_params(args.study))
-    cfg = build(RATPlusEval, section(params, "eval_ratplus"), "eval_ratplus")
+    cfg = study_settings(params, args.study)
     session = EvalSession(params, root, max(cfg.num_fewshot), progress=not args.no_progress)
-    jobs = ratplus_jobs(params, root, cfg.patterns)
+    jobs = study_jobs(args.study, params, root, cfg)
     val, sources = session.val_batches(cfg.ppl), domain_sources(params)
 
     rows, metrics = [], {}
-    bar = tqdm(total=sum(len(p) for _, p in jobs), desc=f"evaluate {args.study}", unit="setting",
+    bar = tqdm(total=sum(len(s) for _, s in jobs), desc=f"evaluate {args.study}", unit="setting",
                disable=args.no_progress)
-    for run_id, patterns in jobs:
+    for run_id, settings in jobs:
         lm = session.load(run_id)
-        for pattern in patterns:
-            bar.set_postfix_str(f"{run_id} {pattern}")
-            lm.runtime = {"pattern": pattern}
-            common = {"experiment": args.study, "run_id": run_id, "setting": pattern, "n_loops": None}
-            got = session.ppl_rows(lm, val, common, sources, pattern=pattern)
-            for shots in cfg.num_fewshot:
+        for s in settings:
+            bar.set_postfix_str(f"{run_id} {s.label}")
+            lm.runtime = dict(s.runtime)
+            common = {"experiment": args.study, "run_id": run_id, "setting": s.label, "n_loops": None}
+            got = session.ppl_rows(lm, val, common, sources, **s.runtime)
+            for shots in cfg.num_fewshot if s.benchmarks else ():
                 got += session.benchmark_rows(lm, shots, common)
             rows += got
-            m = metrics.setdefault(run_id, {}).setdefault(pattern, {})
+            m = metrics.setdefault(run_id, {}).setdefault(s.label or "default", {})
             for r in got:
-                key = r["task"] if r["num_fewshot"] is None else f"{r['task']}_{r['num_fewshot']}shot"
-                m.setdefault(key, {})[r["metric"]] = r["value"]
+                name = r["task"] if r["num_fewshot"] is None else f"{r['task']}_{r['num_fewshot']}shot"
+                m.setdefault(name, {})[r["metric"]] = r["value"]
             bar.update(1)
         del lm
     bar.close()
 
     write_rows(root / "eval" / f"{args.study}.tsv", rows)
-    atomic_write_json(root / "metrics" / f"eval_{args.study}.json",
+    atomic_write_json(root / "metrics" / f"{key}.json",
                       {"source": session.bench.source, "smoke_set": session.bench.source == "builtin",
                        "limit": session.bench.limit, "results": metrics})
-    print(f"evaluate {args.study}: {len(jobs)} runs x their settings, {len(rows)} rows -> eval/{args.study}.tsv, "
-          f"metrics/eval_{args.study}.json in {time.time() - t0:.1f}s")
+    print(f"evaluate {args.study}: {len(jobs)} runs, {sum(len(s) for _, s in jobs)} settings, {len(rows)} rows "
+          f"-> eval/{args.study}.tsv, metrics/{key}.json in {time.time() - t0:.1f}s")
     return rows
 
 

@@ -40,12 +40,14 @@ def merge(base: dict, overlay: dict) -> dict:
 
 def validate_all(params: dict) -> None:
     """Every stage's params, checked the way the stage itself will check them."""
-    from pipeline.variable_r import load_settings as eval_settings  # benchmarks + variable_r
+    from cart.evaluation import STUDIES, study_settings, variable_r_settings
     corpus_params(params)
     tokenizer_params(params)
     bins_params(params)
     validate_profile(params)
-    eval_settings(params)
+    variable_r_settings(params)  # and benchmarks
+    for study in STUDIES:
+        study_settings(params, study)
     build(ReportSettings, section(params, "report"), "report")
 
 

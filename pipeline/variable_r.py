@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from cart.eval_rows import write_rows
-from cart.evaluation import EvalSession, PPLSettings, benchmark_settings, domain_sources
+from cart.evaluation import EvalSession, domain_sources, variable_r_settings
 from cart.io import atomic_write_json, read_json
-from cart.params import build, load_params, section
+from cart.params import load_params
 from pipeline._cli import run
 
 TSV = Path("eval/variable_r.tsv")
 METRICS_JSON = Path("metrics/variable_r.json")
 STAGE2 = Path("metrics/stage2.json")
-
-
-@dataclass(frozen=True)
-class VariableRSettings:
-    n_loops: list[int]
-    ppl: PPLSettings
-
-    def __post_init__(self):
-        if not self.n_loops or any(r < 1 for r in self.n_loops) or len(set(self.n_loops)) != len(self.n_loops):
-            raise ValueError(f"n_loops: expected distinct loop counts >= 1, got {self.n_loops}")
-
-
-def load_settings(params: dict):
-    return benchmark_settings(params), build(VariableRSettings, section(params, "variable_r"), "variable_r")
 
 
 def main(argv=None, root: Path = Path(".")) -> list[dict]:
@@ -46,7 +31,7 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     args = ap.parse_args(argv)
     root, t0 = Path(root), time.time()
     params = load_params(root / "params.yaml")
-    bcfg, vcfg = load_settings(params)
+    bcfg, vcfg = variable_r_settings(params)
     session = EvalSession(params, root, 0, progress=not args.no_progress)
     run_id = read_json(root / STAGE2, "Stage 2 summary (run the summarize stage)").get("best_run_id")
     if not run_id:

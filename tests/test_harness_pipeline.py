@@ -178,9 +178,36 @@ def test_ratplus_study_stage(tmp_path, monkeypatch):
 
 
 def test_evaluation_params_in_params_yaml_validate():
-    from pipeline.variable_r import load_settings
+    from cart.evaluation import variable_r_settings as load_settings
 
     bench, vr = load_settings(load_params(ROOT / "params.yaml"))
     assert bench.source == "builtin" and vr.n_loops and vr.ppl.seq_len >= 1
     with pytest.raises(ValueError, match=r"variable_r: unknown key\(s\) \['nloops'\]"):
         load_settings({**load_params(ROOT / "params.yaml"), "variable_r": {"nloops": [2]}})
+
+
+def test_lrt_study_stage(tmp_path, monkeypatch):
+    """Every LRT run in each PPL mode, benchmarks in the benchmark mode only; the Dense control as it is."""
+    from pipeline import evaluate
+
+    root = fake_repo(tmp_path, num_fewshot=(0,))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["eval_lrt"].update(modes=["merged", "sequential"], num_fewshot=[0, 1],
+                              ppl={"seq_len": 16, "n_seqs": 2, "batch_size": 2})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    tok = root / "data/tokenizer"
+    for i, name in enumerate(("shared-s42", "layerwise-s42")):
+        _family_run(root / "runs/lrt" / name, tok, {"arch": "lrt", "n_layers": 2, "variant": name.split("-")[0]}, i)
+    _family_run(root / "runs/sweep_dense/lr1e-3-s42", tok, {"arch": "dense", "n_layers": 2}, 3)
+    (root / "metrics/sweep_dense.json").write_text(json.dumps({"best_run_id": "sweep_dense/lr1e-3-s42"}))
+    fake_val_data(monkeypatch)
+    rows = evaluate.main(["lrt", "--no-progress"], root=root)
+
+    got = {(r["run_id"], r["setting"], r["num_fewshot"]) for r in rows}
+    for run in ("lrt/shared-s42", "lrt/layerwise-s42"):
+        assert (run, "merged", None) in got and (run, "sequential", None) in got
+        assert (run, "merged", 0) in got and (run, "merged", 1) in got  # benchmarks in merged mode only
+        assert not any(g[0] == run and g[1] == "sequential" and g[2] is not None for g in got)
+    assert ("sweep_dense/lr1e-3-s42", "", 1) in got
+    ppl = {(r["run_id"], r["setting"]): r["value"] for r in rows if r["task"] == "ppl:wikipedia" and r["metric"] == "ppl"}
+    assert ppl[("lrt/shared-s42", "merged")] != ppl[("lrt/shared-s42", "sequential")]  # the mode reaches the model

@@ -121,11 +121,15 @@ def test_each_stage_reads_only_its_declared_params():
         assert plan_from_params(sub, groups) == plan_from_params(DEFAULT, groups)
     assert plan_from_params(view(DEFAULT, S["results"].params)) == plan_from_params(DEFAULT)
     assert "profile" in S["results"].params  # pipeline/results.py records it in the store
-    from pipeline.variable_r import domain_sources, load_settings
-    load_settings(view(DEFAULT, S["variable_r"].params))
+    from cart.evaluation import STUDIES, benchmark_settings, domain_sources, study_settings, variable_r_settings
+    variable_r_settings(view(DEFAULT, S["variable_r"].params))
     assert domain_sources(view(DEFAULT, S["variable_r"].params)) == domain_sources(DEFAULT)
-    from pipeline.benchmarks import load_settings as benchmark_settings
     benchmark_settings(view(DEFAULT, S["benchmarks"].params))
+    for study in STUDIES:  # settings, and the run names of the groups it evaluates
+        sub = view(DEFAULT, S[f"eval_{study}"].params)
+        study_settings(sub, study)
+        benchmark_settings(sub)
+        assert run_names(sub, STUDIES[study]["groups"]) == run_names(DEFAULT, STUDIES[study]["groups"])
     build(ReportSettings, section(view(DEFAULT, S["report"].params), "report"), "report")
 
 

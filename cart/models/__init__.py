@@ -4,13 +4,14 @@ Each family is a config dataclass (torch-free, `<family>_config.py`: fields, val
 accounting) and a torch model (`<family>.py`). `build_model`, `count_params`, `forward_flops` and
 the run specs dispatch on the config; nothing else in the package names a family's modules.
 
-    arch    config                      model                     what
-    cart    cart_config.CARTConfig      cart.CART                 prelude -> anchor K/V -> looped core -> coda
-    dense   dense_config.DenseConfig    dense.Dense               the standard Transformer baseline
-    ratplus ratplus_config.RATPlusConfig ratplus.RATPlus       recurrence-augmented attention, run at a pattern
+    arch     config                          model              what
+    cart     cart_config.CARTConfig          cart.CART          prelude -> anchor K/V -> looped core -> coda
+    dense    dense_config.DenseConfig        dense.Dense        the standard Transformer baseline
+    lrt      lrt_config.LRTConfig            lrt.LRT            Dense + the previous token's latent state as memory
+    ratplus  ratplus_config.RATPlusConfig    ratplus.RATPlus    recurrence-augmented attention, run at a pattern
 
 Family modules are imported on first use, so code that handles one family depends (for Python
-and for DVC's stage deps, cart/deps.py) on that family's files alone.
+and for DVC's stage deps) on that family's files alone (cart/code_deps.py).
 
 Every model's forward is `model(idx, targets=None, **runtime)`: logits (B, T, V) without
 targets, the mean next-token training loss with them (a training loss that is not a plain
@@ -29,6 +30,7 @@ from .base import IGNORE_INDEX, ConfigBase
 FAMILIES: dict[str, tuple[str, str]] = {
     "cart": ("cart_config", "CARTConfig"),
     "dense": ("dense_config", "DenseConfig"),
+    "lrt": ("lrt_config", "LRTConfig"),
     "ratplus": ("ratplus_config", "RATPlusConfig"),
 }
 ARCHS = tuple(FAMILIES)

@@ -1,0 +1,422 @@
+"""LRT (LRT_SPEC.md section 7, adapted to our Dense backbone): causality of every pass and of
+decoding, schedule exactness (S = T is the exact recurrence), cached decoding against a
+cache-free reference, zero memory = Dense, the loss and its supervision, detach_memory, the
+parameter and FLOP accounting, ragged batched decoding, config validation and learning."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from cart.accounting import train_flops_per_token
+from cart.models import DenseConfig, LRTConfig, build_model, config_from_dict
+from cart.models.base import IGNORE_INDEX
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V = 61
+SMALL = dict(vocab_size=V, d_model=32, head_dim=8, n_layers=3, ffn_multiple=16, gate_channels=16)
+
+
+def perturbed(**flags):
+    """A tiny LRT (eval mode) whose memory machinery is far from its init, so it acts: random
+    gates (zero at init), gammas, memory-norm gains and larger W_fb."""
+    torch.manual_seed(0)
+    m = build_model(LRTConfig(**(SMALL | flags))).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "fb_gate" in name or name == "resid_gamma":
+                p.copy_(torch.randn_like(p) * 0.5)
+            elif name.startswith("feedback."):
+                p.copy_(torch.randn_like(p) * 0.2)
+            elif name.startswith("memory_norm."):
+                p.add_(torch.randn_like(p) * 0.1)
+    return m
+
+
+def tokens(B=2, T=12, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def change_after(idx, t, seed=2):
+    """idx with every token after position t redrawn (so each one differs)."""
+    other = idx.clone()
+    other[:, t + 1:] = (idx[:, t + 1:] + torch.randint(1, V, idx[:, t + 1:].shape,
+                                                       generator=torch.Generator().manual_seed(seed))) % V
+    return other
+
+
+def capture_embeddings(model):
+    """Replace the token embeddings' output by a leaf tensor (store["emb"]) to differentiate by."""
+    store = {}
+
+    def hook(module, inputs, output):
+        store["emb"] = output.detach().requires_grad_()
+        return store["emb"]
+
+    return store, model.tok_emb.register_forward_hook(hook)
+
+
+def naive_recurrence(m, idx):
+    """The exact recurrence without a cache or subsets: T full causal passes, pass k reading
+    m~ = shift(memory of pass k - 1). After pass k positions < k are exact (position 0 always
+    reads zero), so after T passes every position is."""
+    B, T = idx.shape
+    emb, rope = m.tok_emb(idx), m.rope.tables(T, idx.device)
+    memory = torch.zeros(B, T, m.config.d_model)
+    for _ in range(T):
+        previous = torch.cat([torch.zeros_like(memory[:, :1]), memory[:, :-1]], dim=1)
+        x, memory, _ = m.blocks(emb, rope, previous, [None] * m.config.n_layers)
+    return m.head(x)
+
+
+# ---- causality ----
+@pytest.mark.parametrize("S", [2, 3])
+@pytest.mark.parametrize("t", [0, 4, 7, 10])
+def test_every_interleaved_pass_is_causal(S, t):
+    m = perturbed(interleaved_passes=S)
+    a = tokens()
+    b = change_after(a, t)
+    with torch.no_grad():
+        passes_a, passes_b = m.interleaved(a), m.interleaved(b)
+    assert len(passes_a) == S + 1
+    for (pos, xa), (_, xb) in zip(passes_a, passes_b):
+        early = pos <= t
+        assert torch.equal(xa[:, early], xb[:, early])
+        if (~early).any():  # the change does reach later positions
+            assert not torch.allclose(xa[:, ~early], xb[:, ~early])
+
+
+@pytest.mark.parametrize("t", [2, 6, 9])
+def test_no_gradient_from_later_tokens_into_earlier_outputs(t):
+    m = perturbed(interleaved_passes=3)
+    store, handle = capture_embeddings(m)
+    early = sum(x[:, pos <= t].sum() for pos, x in m.interleaved(tokens()))
+    handle.remove()
+    early.backward()
+    grad = store["emb"].grad
+    assert torch.equal(grad[:, t + 1:], torch.zeros_like(grad[:, t + 1:]))
+    assert (grad[:, :t + 1].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("t", [0, 5, 9])
+def test_decoding_is_causal(t):
+    m = perturbed()
+    a = tokens()
+    b = change_after(a, t)
+    with torch.no_grad():
+        la, lb = (m.forward_cached(x, m.new_cache(2, 12)) for x in (a, b))
+    assert torch.equal(la[:, :t + 1], lb[:, :t + 1])
+    assert not torch.allclose(la[:, t + 1:], lb[:, t + 1:])
+
+
+# ---- schedule exactness and decoding ----
+def test_s_equal_t_is_the_exact_recurrence_and_s_below_t_is_not():
+    T = 12
+    exact = perturbed(interleaved_passes=T)
+    x = tokens(T=T)
+    with torch.no_grad():
+        sequential = exact(x, lrt_mode="sequential")
+        assert torch.allclose(exact(x), sequential, atol=1e-5, rtol=0)  # merged: the last pass per position
+        y = tokens(T=T, seed=3)
+        exact.train()
+        loss = exact(x, targets=y)  # (l_0 + sum over the T one-position passes) / (T + 1)
+        exact.eval()
+        per_position = F.cross_entropy(sequential.transpose(1, 2), y, reduction="none").mean(0)
+        l0 = F.cross_entropy(exact(x, lrt_mode="zero").transpose(1, 2), y)
+        assert loss.item() == pytest.approx(((l0 + per_position.sum()) / (T + 1)).item(), abs=1e-5)
+        # S < T: even positions (S = 2) read pass 0's memory, not the recurrence's
+        approximate = perturbed(interleaved_passes=2)
+        assert (approximate(x) - sequential).abs().max() > 1e-2
+
+
+def test_cached_decoding_equals_the_cache_free_recurrence():
+    m = perturbed()
+    x = tokens(T=10)
+    with torch.no_grad():
+        reference = naive_recurrence(m, x)
+        cache = m.new_cache(2, 10)
+        chunks = [m.forward_cached(x[:, :4], cache), m.forward_cached(x[:, 4:5], cache),
+                  m.forward_cached(x[:, 5:], cache)]
+        assert torch.allclose(torch.cat(chunks, dim=1), reference, atol=1e-5, rtol=0)
+        assert torch.allclose(m(x, lrt_mode="sequential"), reference, atol=1e-5, rtol=0)
+        # the recurrence matters: zero memory is far from it
+        assert (m(x, lrt_mode="zero") - reference).abs().max() > 1e-2
+
+
+def test_ragged_left_padded_decoding_equals_each_row_alone():
+    m = perturbed()
+    rows = [tokens(1, 9, seed=4)[0], tokens(1, 5, seed=5)[0], tokens(1, 7, seed=6)[0]]
+    new = tokens(3, 3, seed=7)
+    width = max(len(r) for r in rows)
+    pad = torch.tensor([width - len(r) for r in rows])
+    prompt = torch.stack([F.pad(r, (int(p), 0), value=0) for r, p in zip(rows, pad)])
+    with torch.no_grad():
+        cache = m.new_cache(3, width + 3, pad=pad)
+        batched = torch.cat([m.forward_cached(prompt, cache), m.forward_cached(new, cache)], dim=1)
+        for b, row in enumerate(rows):
+            alone = m.forward_cached(torch.cat([row, new[b]])[None], m.new_cache(1, len(row) + 3))
+            assert torch.allclose(batched[b, int(pad[b]):], alone[0], atol=1e-5, rtol=0)
+
+
+def test_zero_memory_decoding_equals_pass_zero():
+    m = perturbed()
+    x = tokens()
+    with torch.no_grad():
+        decoded = m.forward_cached(x, m.new_cache(2, 12, lrt_mode="zero"))
+        assert torch.allclose(decoded, m(x, lrt_mode="zero"), atol=1e-5, rtol=0)
+
+
+# ---- zero memory is Dense ----
+def test_dense_weights_load_into_the_backbone_and_zero_feedback_is_dense():
+    shape = {k: v for k, v in SMALL.items() if k != "gate_channels"}
+    torch.manual_seed(3)
+    dense = build_model(DenseConfig(**shape)).eval()
+    for variant in ("shared", "layerwise"):
+        m = perturbed(variant=variant)
+        missing, unexpected = m.load_state_dict(dense.state_dict(), strict=False)
+        assert not unexpected
+        assert set(missing) == {n for n, _ in m.named_parameters()} - set(dense.state_dict())
+        x = tokens()
+        with torch.no_grad():
+            want = dense(x)
+            # zero memory is Dense's computation, op for op, whatever the feedback weights
+            assert torch.equal(m(x, lrt_mode="zero"), want)
+            assert (m(x) - want).abs().max() > 1e-2  # perturbed feedback is active
+            m.resid_gamma.zero_()
+            for p in m.feedback.parameters():
+                p.zero_()
+            # gates stay random: with W_fb = 0 and gamma = 0 the memory must still change nothing
+            assert torch.allclose(m(x), want, atol=1e-5, rtol=0)
+            assert torch.allclose(m(x, lrt_mode="sequential"), want, atol=1e-5, rtol=0)
+
+
+def test_initialisation_gates_at_one_and_gamma_at_resid_gate_init():
+    m = build_model(LRTConfig(**SMALL, resid_gate_init=0.25))
+    u = torch.randn(2, 5, 32)
+    for layer in m.layers:  # a = 2 sigmoid(G u) = 1 for any input: the memory enters at full weight
+        assert torch.equal(2 * torch.sigmoid(layer.attn.fb_gate(u[..., :16])), torch.ones(2, 5, 4))
+    assert torch.equal(m.resid_gamma.detach(), torch.full((3,), 0.25))
+    assert all(p.abs().sum() > 0 for p in m.feedback.parameters())
+
+
+def test_the_memory_is_the_normed_output_of_the_source_layer():
+    for source in (1, 2, 3):
+        m = perturbed(source_layer=source)
+        seen = {}
+        m.layers[source - 1].register_forward_hook(lambda mod, inp, out: seen.update(x=out[0]))
+        x = tokens()
+        with torch.no_grad():
+            _, memory, _ = m.blocks(m.tok_emb(x), m.rope.tables(12, x.device), None, [None] * 3)
+            assert torch.equal(memory, m.memory_norm(seen["x"]))
+
+
+@pytest.mark.parametrize("layers,source", [(1, 1), (2, 2), (3, 2), (4, 3), (6, 5), (8, 6), (10, 8), (12, 9)])
+def test_default_source_layer_is_three_quarters_rounded_half_up(layers, source):
+    assert LRTConfig(n_layers=layers).source == source
+    assert LRTConfig(n_layers=layers, source_layer=1).source == 1
+
+
+# ---- the loss and its supervision ----
+@pytest.mark.parametrize("S,T", [(1, 11), (2, 11), (3, 11), (5, 12), (12, 12), (20, 7)])
+def test_each_position_is_supervised_once_across_the_subsets(S, T):
+    m = perturbed(interleaved_passes=S)
+    with torch.no_grad():
+        (pass0, _), *subsets = m.interleaved(tokens(T=T))
+    assert torch.equal(pass0, torch.arange(T))
+    assert len(subsets) == min(S, T)  # S > T: the empty subsets are not run
+    covered = torch.cat([pos for pos, _ in subsets])
+    assert torch.equal(covered.sort().values, torch.arange(T))
+    for i, (pos, _) in enumerate(subsets):
+        assert torch.equal(pos % S, torch.full_like(pos, i))
+
+
+@pytest.mark.parametrize("S", [1, 3])
+def test_training_loss_is_the_mean_of_the_pass_losses(S):
+    m = perturbed(interleaved_passes=S)
+    x, y = tokens(T=11), tokens(T=11, seed=8)
+    y[0, 4] = y[1, 0] = y[1, 9] = IGNORE_INDEX
+    m.train()
+    loss = m(x, targets=y)
+    m.eval()
+    with torch.no_grad():  # the merged logits are each subset pass's, at its positions
+        ce_merged = F.cross_entropy(m(x).transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
+        ce_zero = F.cross_entropy(m(x, lrt_mode="zero").transpose(1, 2), y, ignore_index=IGNORE_INDEX,
+                                  reduction="none")
+    valid = y != IGNORE_INDEX
+    t = torch.arange(11)
+    pass_losses = [ce_zero[valid].mean()]
+    for i in range(S):
+        subset = valid & (t % S == i)
+        pass_losses.append(ce_merged[subset].mean())
+    assert loss.item() == pytest.approx((sum(pass_losses) / (S + 1)).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_detach_memory_cuts_the_gradient_through_buffer_and_memory(detach):
+    """l_1 (the subset of even positions, S = 2) reaches the odd positions' tokens only through
+    pass 0: its keys/values in the buffer and its memory H. detach_memory cuts both."""
+    m = perturbed(interleaved_passes=2, detach_memory=detach)
+    x, y = tokens(), tokens(seed=9)
+    store, handle = capture_embeddings(m)
+    _, (pos, h) = m.interleaved(x)[:2]
+    handle.remove()
+    F.cross_entropy(m.head(h).transpose(1, 2), y[:, pos]).backward()
+    odd = store["emb"].grad[:, 1::2]
+    assert pos.tolist() == list(range(0, 12, 2))
+    assert torch.equal(odd, torch.zeros_like(odd)) == detach
+
+
+def test_every_parameter_is_trained():
+    for variant in ("shared", "layerwise"):
+        m = perturbed(variant=variant).train()
+        m(tokens(), targets=tokens(seed=10)).backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ---- accounting ----
+def overhead_formula(d, L, H, gate_channels, variant, kv=True, resid=True):
+    """Parameters LRT adds to Dense: the W_fb pairs (d -> d each) and per-layer per-head gates,
+    the gammas, the memory norm's gain."""
+    pairs = 1 if variant == "shared" else L
+    return (pairs * 2 * d * d + L * gate_channels * H if kv else 0) + (L if resid else 0) + d
+
+
+@pytest.mark.parametrize("variant", ["shared", "layerwise"])
+@pytest.mark.parametrize("kv,resid", [(True, True), (True, False), (False, True)])
+def test_built_model_adds_exactly_the_overhead_formula(variant, kv, resid):
+    cfg = LRTConfig(**SMALL, variant=variant, inject_kv=kv, inject_resid=resid)
+    dense = DenseConfig(**{k: v for k, v in SMALL.items() if k != "gate_channels"})
+    built = build_model(cfg).num_params()
+    assert built - build_model(dense).num_params() == overhead_formula(32, 3, 4, 16, variant, kv, resid)
+    counted = cfg.count_params()
+    assert counted["stored"] == counted["effective"] == built
+    assert counted["overhead"] == built - dense.count_params()["stored"]
+
+
+def test_overhead_at_d1024_12_layers():
+    """d=1024, 12 layers, vocab 32000 (H = 16, gates read 32 channels). Shared adds one d -> d
+    pair, 2 d^2 / (12 * 12.25 d^2 + V d) = 1.13% of our tied-embedding Dense (the paper's
+    0.25-0.37% is of a backbone with untied embeddings and value embeddings per layer);
+    layerwise adds a pair per layer."""
+    dense = DenseConfig(vocab_size=32_000, d_model=1024, n_layers=12).count_params()["stored"]
+    shared = LRTConfig(vocab_size=32_000, d_model=1024, n_layers=12).count_params()
+    layerwise = LRTConfig(vocab_size=32_000, d_model=1024, n_layers=12, variant="layerwise").count_params()
+    assert shared["overhead"] == overhead_formula(1024, 12, 16, 32, "shared") == 2_104_332
+    assert layerwise["overhead"] == overhead_formula(1024, 12, 16, 32, "layerwise") == 25_173_004
+    assert shared["stored"] == dense + shared["overhead"]
+    assert 0.011 < shared["overhead"] / dense < 0.0115
+    assert 0.13 < layerwise["overhead"] / dense < 0.14
+
+
+@pytest.mark.parametrize("variant", ["shared", "layerwise"])
+def test_forward_flops_count_the_feedback_projections(variant):
+    """One inference forward with memory: torch's FLOP counter measures its matmuls (it does not
+    count the CPU attention kernel, so attention's 4 T^2 d per layer is added as Dense counts it)."""
+    cfg = LRTConfig(**SMALL, variant=variant)
+    m = build_model(cfg).eval()
+    x, T = tokens(), 12
+    memory = torch.randn(2, T, 32)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        m.blocks(m.tok_emb(x), m.rope.tables(T, x.device), memory, [None] * 3)
+    attention = 3 * 4 * T * T * 32
+    assert counter.get_total_flops() + 2 * attention == 2 * cfg.forward_flops(T)  # 2 sequences
+    dense = DenseConfig(**{k: v for k, v in SMALL.items() if k != "gate_channels"}).forward_flops(T)
+    pairs = 1 if variant == "shared" else 3
+    assert cfg.forward_flops(T) == dense + 2 * T * (pairs * 2 * 32 * 32 + 3 * 16 * 4)
+
+
+def test_training_counts_two_passes_per_token():
+    cfg = LRTConfig(**SMALL)
+    assert cfg.train_passes() == 2.0 and cfg.train_substeps() == ({},)
+    assert train_flops_per_token(cfg, 64) == 3 * (cfg.forward_flops(64) / 64 + 2 * 32 * V) * 2
+    assert cfg.runtime_kwargs() == {"lrt_mode"}
+
+
+# ---- interface ----
+@pytest.mark.parametrize("kwargs,field", [
+    ({"n_layers": 0}, "n_layers"),
+    ({"source_layer": 0}, "source_layer"),
+    ({"source_layer": 4}, "source_layer"),
+    ({"variant": "both"}, "variant"),
+    ({"inject_kv": False, "inject_resid": False}, "inject_kv"),
+    ({"interleaved_passes": 0}, "interleaved_passes"),
+    ({"interleaved_passes": 1.5}, "interleaved_passes"),
+    ({"detach_memory": "yes"}, "detach_memory"),
+    ({"resid_gate_init": float("nan")}, "resid_gate_init"),
+    ({"gate_channels": 0}, "gate_channels"),
+    ({"gate_channels": 33}, "gate_channels"),
+])
+def test_bad_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=rf"^LRTConfig\.{field}: "):
+        LRTConfig(**(SMALL | kwargs))
+
+
+def test_bad_runtime_arguments_name_the_argument():
+    m = perturbed()
+    x = tokens()
+    with pytest.raises(ValueError, match=r"lrt_mode: 'exact' is not one of"):
+        m(x, lrt_mode="exact")
+    with pytest.raises(ValueError, match=r"unknown argument.*n_loops"):
+        m(x, n_loops=2)
+    with pytest.raises(ValueError, match=r"lrt_mode: 'merged' is not one of \['sequential', 'zero'\]"):
+        m.new_cache(2, 12, lrt_mode="merged")
+    m.train()
+    with pytest.raises(ValueError, match=r"lrt_mode"):
+        m(x, targets=x, lrt_mode="merged")
+
+
+def test_config_round_trips_through_the_registry():
+    cfg = LRTConfig(**SMALL, variant="layerwise", source_layer=1, detach_memory=True)
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert type(build_model(cfg)).__name__ == "LRT"
+
+
+def test_bf16_autocast_training_and_merged_eval():
+    m = perturbed().train()
+    x, y = tokens(), tokens(seed=11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m(x, targets=y)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(m(x, targets=y).item(), abs=0.05)
+    m.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(x)
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_tiny_lrt_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    model = build_model(LRTConfig(**SMALL)).train()
+    x = torch.randint(0, V, (4, 17))
+    inp, tgt = x[:, :-1], x[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(150):
+        loss = model(inp, targets=tgt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(V), rel=0.1)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager():
+    """The training stage's compiled loss (torch.compile of model + loss, CPU inductor here)
+    computes the same interleaved loss and gradients as eager."""
+    from cart.step import make_loss_fn, train_step
+    x = tokens(T=17)
+    batches = [(x[:, :-1], x[:, 1:])]
+    results = {}
+    for compiled in (False, True):
+        model = perturbed().train()
+        params = list(model.parameters())
+        loss, norm = train_step(make_loss_fn(model, compiled), batches, params, 1.0, torch.device("cpu"),
+                                torch.float32)
+        results[compiled] = (loss.item(), norm.item(), [p.grad.clone() for p in params])
+    (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
+    assert l1 == pytest.approx(l0, rel=1e-5) and n1 == pytest.approx(n0, rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g0, g1))
