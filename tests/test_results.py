@@ -62,9 +62,9 @@ def params_dict() -> dict:
     p["stage2"]["grid"] = {"d_model": S2_D, "n_loops": S2_R, "seed": SEEDS}
     p["stage2"]["n_prelude"] = 2
     p["stage2"]["run"] = dict(RUN)
-    p["dense"] = {"d_model": DENSE_D, "grid": {"n_layers": DENSE_L, "seed": SEEDS}}
+    p["dense"] = {"d_model": DENSE_D, "train": {}, "grid": {"n_layers": DENSE_L, "seed": SEEDS}}
     p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "variants": copy.deepcopy(ABL_VARIANTS)}
-    p["model"]["head_dim"] = 32
+    p["model"]["common"]["head_dim"] = 32
     p["train"]["warmup_steps"] = 2
     return p
 
@@ -83,12 +83,12 @@ def _tsv(path: Path, columns, rows) -> None:
 
 def write_run(root: Path, group: str, name: str, model, seed: int, final_wiki: float | None, *,
               status: str | None = "complete", steps_done: int | None = None, variant=None,
-              rho_final: float = 0.8) -> None:
+              rho_final: float = 0.8, lr: float = 6e-4) -> None:
     """One run in the training stage's formats; status None = no summary.json (incomplete)."""
     run_dir, plots = root / "runs" / group / name, root / "plots" / group / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = {"run_id": f"{group}/{name}", "group": group, "name": name, "seed": seed, "variant": variant,
-           "model": model.to_dict(), "run": dict(RUN), "train": {"lr": 6e-4}, "tokenizer": {"vocab_size": VOCAB}}
+           "model": model.to_dict(), "run": dict(RUN), "train": {"lr": lr}, "tokenizer": {"vocab_size": VOCAB}}
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     is_cart = model.arch == "cart"
     steps_done = RUN["steps"] if steps_done is None else steps_done
@@ -155,6 +155,65 @@ def write_eval(root: Path, source: str = "local", vr_source: str | None = None) 
     _tsv(root / "eval" / "variable_r.tsv", cols, rows)
 
 
+LRS = {"lr3e-4": 3e-4, "lr1e-3": 1e-3, "lr3e-3": 3e-3}  # the default params' sweep variants
+SWEEP_PPL = {"cart": {"lr3e-4": 60.0, "lr1e-3": 50.0, "lr3e-3": 55.0},  # CART best at 1e-3 ...
+             "dense": {"lr3e-4": 58.0, "lr1e-3": 54.0, "lr3e-3": 52.0}}  # ... Dense at 3e-3
+RAT_PATTERNS = {"dense": 1.0, "D4": 1.3, "D8": 1.6}  # PPL factor at each pattern, per model below
+RAT_SENSITIVITY = {"ratplus/joint-s42": 0.2, "ratplus/dense_only-s42": 1.0, "sweep_dense/lr3e-3-s42": 1.5}
+
+
+def small(arch: str, **fields):
+    from cart.models import config_from_dict
+    return config_from_dict({"arch": arch, "vocab_size": VOCAB, "d_model": 64, "head_dim": 32, "ffn_multiple": 64,
+                             **fields})
+
+
+def write_family_runs(root: Path) -> None:
+    """The lr sweeps, LRT and RAT+ runs of the default params' grids (d=64, 3 layers)."""
+    for v, lr in LRS.items():
+        write_run(root, "sweep_cart", f"{v}-s42", small("cart", n_prelude=2, n_loops=2), 42, SWEEP_PPL["cart"][v],
+                  variant=v, lr=lr)
+        write_run(root, "sweep_dense", f"{v}-s42", small("dense", n_layers=3), 42, SWEEP_PPL["dense"][v], variant=v,
+                  lr=lr)
+    for v, ppl in (("shared", 50.0), ("layerwise", 49.0)):
+        write_run(root, "lrt", f"{v}-s42", small("lrt", n_layers=3, variant=v), 42, ppl, variant=v)
+    for v, joint in (("joint", True), ("dense_only", False)):
+        write_run(root, "ratplus", f"{v}-s42", small("ratplus", n_layers=3, joint_train=joint), 42, 51.0, variant=v)
+    for v in ("D4", "D8"):
+        write_run(root, "ratplus_adapt", f"{v}-s42", small("ratplus", n_layers=3, joint_train=False, train_pattern=v),
+                  42, 52.0, variant=v)
+
+
+def write_study_eval(root: Path, source: str) -> None:
+    """eval/lrt.tsv and eval/ratplus.tsv as pipeline/evaluate.py writes them."""
+    cols, rows = R.EVAL_RESULT_COLUMNS, []
+    for run_id, bpb in (("lrt/shared-s42", 1.50), ("lrt/layerwise-s42", 1.48), ("sweep_dense/lr3e-3-s42", 1.53)):
+        lrt = run_id.startswith("lrt/")
+        for mode in (("merged", "sequential", "zero") if lrt else ("",)):
+            factor = {"merged": 1.0, "sequential": 0.99, "zero": 1.05, "": 1.0}[mode]
+            rows.append({"experiment": "lrt", "run_id": run_id, "setting": mode, "task": "ppl:wikipedia",
+                         "metric": "bpb", "value": bpb * factor, "source": "bins"})
+            rows.append({"experiment": "lrt", "run_id": run_id, "setting": mode, "task": "ppl:wikipedia",
+                         "metric": "ppl", "value": 2 ** (4 * bpb * factor), "source": "bins"})
+        for shots in (0, 5):
+            rows.append({"experiment": "lrt", "run_id": run_id, "setting": "merged" if lrt else "",
+                         "num_fewshot": shots, "task": "hellaswag", "metric": "acc_norm",
+                         "value": 0.30 + (0.02 if lrt and shots else 0.0), "stderr": 0.01, "source": source})
+    _tsv(root / "eval" / "lrt.tsv", cols, rows)
+    rows = []
+    jobs = [(rid, list(RAT_PATTERNS)) for rid in RAT_SENSITIVITY] + [("ratplus_adapt/D4-s42", ["D4"]),
+                                                                      ("ratplus_adapt/D8-s42", ["D8"])]
+    for run_id, patterns in jobs:
+        for p in patterns:
+            factor = 1 + (RAT_PATTERNS[p] - 1) * RAT_SENSITIVITY.get(run_id, 0.1)
+            rows.append({"experiment": "ratplus", "run_id": run_id, "setting": p, "task": "ppl:wikipedia",
+                         "metric": "ppl", "value": 50.0 * factor, "source": "bins"})
+            rows.append({"experiment": "ratplus", "run_id": run_id, "setting": p, "num_fewshot": 0,
+                         "task": "hellaswag", "metric": "acc_norm", "value": 0.3 / factor, "stderr": 0.01,
+                         "source": source})
+    _tsv(root / "eval" / "ratplus.tsv", cols, rows)
+
+
 def make_project(root: Path, eval_source: str | None = "local", vr_source: str | None = None) -> Path:
     """The whole synthetic project under root; returns the params.yaml path."""
     for d in S1_D:
@@ -185,8 +244,10 @@ def make_project(root: Path, eval_source: str | None = "local", vr_source: str |
         model = cart(fields["d_model"], fields["n_prelude"], fields["n_loops"],
                      **{k: v for k, v in fields.items() if k not in ("d_model", "n_prelude", "n_loops")})
         write_run(root, "ablation", name, model, 42, base * factor, variant=name)
+    write_family_runs(root)
     if eval_source:
         write_eval(root, eval_source, vr_source)
+        write_study_eval(root, eval_source)
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(params_dict(), sort_keys=False))
     return params
@@ -213,7 +274,7 @@ def test_store_has_every_run_with_its_status(project):
     root, _, db, counts = project
     runs = runs_by_id(db)
     n_expected = len(S1_D) * len(S1_P) * len(S1_R) + len(S2_D) * len(S2_R) * len(SEEDS) + len(DENSE_L) * len(SEEDS) \
-        + len(ABL_VARIANTS)
+        + len(ABL_VARIANTS) + 2 * len(LRS) + 2 + 2 + 2  # lr sweeps, LRT, RAT+ and its adaptations
     assert len(runs) == n_expected + 1  # + the stale directory
     assert counts["failed"] == 1 and counts["missing"] == 2 and counts["incomplete"] == 1
     f = runs[FAILED]
@@ -254,7 +315,7 @@ def test_store_columns_come_from_accounting_and_summaries(project):
     el = R.load_eval_log(con, ["stage2/d64-R2-s42"])
     assert len(el) == 2 * len(DOMAINS) and set(el["domain"]) == set(DOMAINS)
     ev = R.load_eval_results(con)
-    assert set(ev["file"]) == {"benchmarks", "variable_r"} and len(ev) > 0
+    assert set(ev["file"]) == {"benchmarks", "variable_r", "lrt", "ratplus"} and len(ev) > 0  # every eval/*.tsv
     con.close()
 
 

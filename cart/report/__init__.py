@@ -22,6 +22,8 @@ from pathlib import Path
 from .. import results as R
 from .figures import render_figures
 from .render import Table, markdown_table, write_csv
+from .studies import TABLES as STUDY_TABLES
+from .studies import fig_ratplus
 from .tables import TABLES
 
 MARKER = "REPORT.md"
@@ -55,6 +57,13 @@ LAYOUT = (
     ("Inference-time depth (Section 7.4)", ["table12_variable_r", "fig:variable_r.png"]),
     ("Downstream benchmarks (Section 7.5)", ["table13_benchmarks_0shot", "table14_benchmarks_fewshot"]),
     ("Diagnostic ablations (Section 8)", ["table15_ablation", "fig:loss_ablation.png"]),
+    ("Beyond the paper: each family at its own best learning rate",
+     ["table16_lr_sweep", "fig:loss_sweep_cart.png", "fig:loss_sweep_dense.png"]),
+    ("Beyond the paper: LRT (latent recurrent memory) vs Dense", ["table17_lrt", "fig:loss_lrt.png"]),
+    ("Beyond the paper: RAT+ (train dense, run dilated) vs Dense", ["table18_ratplus", "fig:ratplus.png",
+                                                                     "fig:loss_ratplus.png",
+                                                                     "fig:loss_ratplus_adapt.png"]),
+    ("The CART paper's text vs its authors' code", ["table19_paper_text_vs_code"]),
 )
 
 
@@ -81,12 +90,13 @@ def render(con: sqlite3.Connection, out: Path, dpi: int = 100) -> dict:
     """Write the whole report into `out` (an empty folder)."""
     meta = R.read_meta(con)
     tables = {}
-    for fn in TABLES:
+    for fn in (*TABLES, *STUDY_TABLES):
         t = fn(con)
         tables[t.id] = t
         write_csv(t.data, out / "tables" / f"{t.id}.csv")
         (out / "tables" / f"{t.id}.md").write_text("\n".join([f"# {t.title}", "", *_table_section(t)[2:]]) + "\n")
     figs = {name: (cap, need) for name, cap, need in render_figures(con, out / "figures", dpi)}
+    figs["ratplus.png"] = (fig_ratplus(con, out / "figures" / "ratplus.png", dpi), "eval/ratplus.tsv rows")
 
     st = tables["table00_status"].data
     lines = ["# CART reproduction: results report", "",
