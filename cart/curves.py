@@ -44,13 +44,26 @@ def _cut(path: Path, last_step: int) -> None:
         w.writerows([header, *keep])
 
 
+def _files_only_live():
+    from dvclive import Live
+
+    class FilesOnlyLive(Live):
+        """DVCLive's writer without its DVC/git integration: the curves are outputs of the run's
+        own DVC stage (dvc.yaml), so this Live saves no experiment, writes no dvc.yaml and never
+        asks git for a revision (which DVCLive 3.49 does even with save_dvc_exp=False, and which
+        fails in a repository without commits)."""
+
+        def _init_dvc(self):
+            pass
+
+    return FilesOnlyLive
+
+
 class CurveWriter:
     """Logs a run's curves into `plots_dir` through DVCLive. `resume_step` None starts the curves
     afresh (the folder is emptied); an int keeps what was logged up to that step."""
 
     def __init__(self, plots_dir: Path, resume_step: int | None):
-        from dvclive import Live
-
         self.plots_dir = Path(plots_dir)
         if resume_step is None:
             shutil.rmtree(self.plots_dir, ignore_errors=True)
@@ -59,9 +72,8 @@ class CurveWriter:
                 for f in _tsv_files(self.plots_dir, split):
                     _cut(f, resume_step)
         self.plots_dir.mkdir(parents=True, exist_ok=True)
-        # inside `dvc repro` DVCLive must not save experiments or write a dvc.yaml of its own
-        self.live = Live(dir=str(self.plots_dir), resume=resume_step is not None, save_dvc_exp=False,
-                         dvcyaml=None, report=None)
+        self.live = _files_only_live()(dir=str(self.plots_dir), resume=resume_step is not None, save_dvc_exp=False,
+                                   dvcyaml=None, report=None)
 
     def _log(self, step: int, names_values) -> None:
         self.live.step = step

@@ -49,6 +49,7 @@ class RATPlusEval:
     patterns: list[str]       # attention patterns every pretrained RAT+ run and the Dense control run at
     num_fewshot: list[int]
     ppl: PPLSettings
+    benchmark_limit: int | None = None  # items per task here (null: benchmarks.limit)
 
     def __post_init__(self):
         from .models.patterns import parse_pattern
@@ -66,6 +67,7 @@ class LRTEval:
     benchmark_mode: str       # the mode the benchmarks run in (sequential is exact but token by token)
     num_fewshot: list[int]    # the paper's claim is in-context learning: compare 5-shot minus 0-shot with Dense
     ppl: PPLSettings
+    benchmark_limit: int | None = None  # items per task here (null: benchmarks.limit)
 
     def __post_init__(self):
         valid = ("merged", "sequential", "zero")
@@ -125,6 +127,7 @@ def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, lis
 class VariableRSettings:
     n_loops: list[int]
     ppl: PPLSettings
+    benchmark_limit: int | None = None  # items per task at each R (null: benchmarks.limit)
 
     def __post_init__(self):
         if not self.n_loops or any(r < 1 for r in self.n_loops) or len(set(self.n_loops)) != len(self.n_loops):
@@ -203,11 +206,12 @@ class EvalSession:
                      for k, v in (("ppl", perplexity(loss)), ("bpb", bits_per_byte(loss, float(bpt[d]))))]
         return rows
 
-    def benchmark_rows(self, lm, shots: int, common: dict) -> list[dict]:
-        """The `benchmarks` tasks at `shots` shots (lm.runtime / lm.n_loops set the model's setting)."""
+    def benchmark_rows(self, lm, shots: int, common: dict, limit: int | None = None) -> list[dict]:
+        """The `benchmarks` tasks at `shots` shots (lm.runtime / lm.n_loops set the model's setting);
+        `limit` items per task, or benchmarks.limit."""
         from .harness import evaluate_benchmarks
         b = self.bench
         got, _ = evaluate_benchmarks(lm, b.tasks, source=b.source, local_dir=self.local_dir, num_fewshot=shots,
-                                     limit=b.limit, bootstrap_iters=b.bootstrap_iters,
+                                     limit=b.limit if limit is None else limit, bootstrap_iters=b.bootstrap_iters,
                                      fewshot_fallback=b.fewshot_fallback, task_manager=self.task_manager)
         return [{**common, "num_fewshot": shots, **g, "source": b.source} for g in got]

@@ -50,7 +50,7 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
             common = {"experiment": args.study, "run_id": run_id, "setting": s.label, "n_loops": None}
             got = session.ppl_rows(lm, val, common, sources, **s.runtime)
             for shots in cfg.num_fewshot if s.benchmarks else ():
-                got += session.benchmark_rows(lm, shots, common)
+                got += session.benchmark_rows(lm, shots, common, cfg.benchmark_limit)
             rows += got
             m = metrics.setdefault(run_id, {}).setdefault(s.label or "default", {})
             for r in got:

@@ -50,7 +50,7 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     for r in tqdm(vcfg.n_loops, desc="variable R", unit="R", disable=args.no_progress):
         lm.n_loops = r
         common = {"experiment": "variable_r", "run_id": run_id, "setting": "", "n_loops": r}
-        got = session.ppl_rows(lm, val, common, sources, n_loops=r) + session.benchmark_rows(lm, 0, common)
+        got = session.ppl_rows(lm, val, common, sources, n_loops=r) + session.benchmark_rows(lm, 0, common, vcfg.benchmark_limit)
         rows += got
         res = metrics.setdefault(f"R{r}", {})
         for g in got:

@@ -16,7 +16,7 @@ def tiny_params() -> dict:
     p = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
     p["corpus"].update(train_tokens=30_000, val_tokens=6_000)
     p["tokenizer"].update(vocab_size=512)
-    p["model"].update(head_dim=16, ffn_multiple=32)
+    p["model"]["common"].update(head_dim=16, ffn_multiple=32)
     p["train"].update(warmup_steps=2, log_every=2, eval_seqs=2, checkpoint_every=4)
     p["stage1"].update(run={"steps": 8, "seq_len": 32, "micro_batch": 2, "grad_accum": 1, "eval_every": 4},
                        grid={"d_model": [32], "n_prelude": [1], "n_loops": [2]})
@@ -25,6 +25,17 @@ def tiny_params() -> dict:
                        grid={"d_model": [32], "n_loops": [2], "seed": [42]})
     p["dense"].update(d_model=32, grid={"n_layers": [2], "seed": [42]})
     p["ablation"]["base"] = {"d_model": 32, "n_prelude": 1, "n_loops": 2}
+    for group in ("sweep_cart", "sweep_dense", "lrt", "ratplus", "ratplus_adapt"):
+        p[group]["base"]["d_model"] = 32
+        p[group]["base"]["n_layers" if "n_layers" in p[group]["base"] else "n_prelude"] = \
+            2 if "n_layers" in p[group]["base"] else 1
+        p[group]["variants"] = dict(list(p[group]["variants"].items())[:2])
+    p["ratplus_adapt"]["run"] = {"steps": 4, "seq_len": 32, "micro_batch": 2, "grad_accum": 1, "eval_every": 4}
+    p["model"]["ratplus"]["sparse_pattern"] = "D4"
+    for study in ("eval_ratplus", "eval_lrt"):
+        p[study]["ppl"] = {"seq_len": 32, "n_seqs": 2, "batch_size": 2}
+    p["eval_ratplus"]["patterns"] = ["dense", "D4"]
+    p["eval_lrt"]["num_fewshot"] = [0, 1]
     return p
 
 

@@ -48,7 +48,7 @@ def test_full_dag_produces_metrics_store_and_report(repo):
     assert (repo / "results/results.db").stat().st_size > 0
     report = (repo / "reports/REPORT.md").read_text()
     assert "Table" in report or "table" in report
-    assert (repo / "eval/variable_r.png").stat().st_size > 0
+    assert (repo / "reports/figures/variable_r.png").stat().st_size > 0 and (repo / "eval/ratplus.tsv").is_file()
     # a second repro does nothing
     assert "didn't change" in sh(repo, "dvc", "repro").lower() or "up to date" in sh(repo, "dvc", "status").lower()
 

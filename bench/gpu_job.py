@@ -1,0 +1,99 @@
+"""One slice of the DAG on a GPU machine that has no DVC: the same stage commands as dvc.yaml, in
+the DAG's order, with the training runs of the listed groups packed N at a time on the one GPU
+(small runs leave most of an H200 idle: several at once reach a multiple of one run's tokens/s).
+
+    python -m bench.gpu_job data train:stage1,sweep_cart,sweep_dense summarize:stage1,sweep_cart,sweep_dense \
+        --parallel 6
+    python -m bench.gpu_job eval:benchmarks,variable_r,ratplus,lrt results report
+
+Steps, run in the order given: `data` (corpus, tokenizer, bins: skipped when data/bins/meta.json
+exists, e.g. on a machine still warm from the last job), `train:<groups>` (every run of each group's
+grid, N concurrent processes), `summarize:<groups>`, `eval:<stages>` (benchmarks, variable_r, or a
+study of pipeline/evaluate.py), `results`, `report`. A failing command stops the job (exit 1), after
+the runs already started have finished. Each step prints its wall time; bench/gpu_profile.sh packs
+what came out. On a DVC machine use `dvc repro` instead: this is the same work without DVC's records.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cart.evaluation import STUDIES
+from cart.experiments import GROUPS, run_names
+from cart.params import load_params
+
+PY = [sys.executable, "-m"]
+
+
+def _run(cmd: list[str], log: Path | None = None) -> tuple[list[str], int, float]:
+    t0 = time.time()
+    if log is None:
+        code = subprocess.run(cmd).returncode
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    return cmd, code, time.time() - t0
+
+
+def commands(step: str, params: dict) -> list[list[str]]:
+    kind, _, arg = step.partition(":")
+    names = [a for a in arg.split(",") if a]
+    if kind == "data":
+        if Path("data/bins/meta.json").is_file():
+            print("data: data/bins already built on this machine, skipped")
+            return []
+        return [PY + [f"pipeline.{s}", "--no-progress"] for s in ("corpus", "tokenizer", "bins")]
+    if kind == "train":
+        bad = [g for g in names if g not in GROUPS]
+        if bad:
+            raise SystemExit(f"train: unknown group(s) {bad}; valid: {list(GROUPS)}")
+        runs = run_names(params, names)
+        return [PY + ["pipeline.train", g, n, "--no-progress"] for g in names for n in runs[g]]
+    if kind == "summarize":
+        return [PY + ["pipeline.summarize", g] for g in names]
+    if kind == "eval":
+        valid = ("benchmarks", "variable_r", *STUDIES)
+        bad = [s for s in names if s not in valid]
+        if bad:
+            raise SystemExit(f"eval: unknown stage(s) {bad}; valid: {list(valid)}")
+        return [PY + ([f"pipeline.{s}"] if s in ("benchmarks", "variable_r") else ["pipeline.evaluate", s])
+                + ["--no-progress"] for s in names]
+    if kind in ("results", "report"):
+        return [PY + [f"pipeline.{kind}"]]
+    raise SystemExit(f"unknown step {step!r}: data | train:<groups> | summarize:<groups> | eval:<stages> | "
+                     f"results | report")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("steps", nargs="+")
+    ap.add_argument("--parallel", type=int, default=4, help="training runs at once on the GPU")
+    ap.add_argument("--logs", type=Path, default=Path("logs"))
+    args = ap.parse_args(argv)
+    params = load_params("params.yaml")
+    t_job = time.time()
+    for step in args.steps:
+        cmds, t0 = commands(step, params), time.time()
+        if step.startswith("train:"):
+            with ThreadPoolExecutor(args.parallel) as pool:
+                done = list(pool.map(lambda c: _run(c, args.logs / f"{c[3]}-{c[4]}.log"), cmds))
+        else:
+            done = [_run(c) for c in cmds]
+        failed = [" ".join(c[2:]) for c, code, _ in done if code != 0]
+        for c, code, secs in done:
+            print(f"  {' '.join(c[2:]):60s} exit {code} {secs:7.1f}s", flush=True)
+        print(f"{step}: {len(cmds)} command(s) in {time.time() - t0:.1f}s", flush=True)
+        if failed:
+            print(f"FAILED: {failed} (logs in {args.logs}/)", flush=True)
+            return 1
+    print(f"job: {time.time() - t_job:.1f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
