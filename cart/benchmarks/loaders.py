@@ -128,7 +128,8 @@ def _read_hellaswag_text(path: Path, task: str) -> list[dict]:
 
     Each item is 6 lines: `activity_label + ": " + ctx` with ctx = ctx_a + " " + ctx_b (lm-eval's
     preprocessing already applied, ctx_b not capitalised), the label, and the 4 preprocessed endings.
-    Running lm-eval's preprocessing again on these leaves them unchanged, and ctx is split again by
+    lm-eval's preprocessing runs again on these (it also drops the bracketed spans the rendering kept in
+    14 lines of the full file, e.g. "[www.kiddio.org]"), and ctx is split again by
     split_hellaswag_context, so lm-eval builds the same query as from the original record (1000/1000 on
     the subset; see cart/benchmarks/spec.py). What the format cannot give back is the leading space that
     lm-eval's preprocessing leaves on an ending that began with a WikiHow tag ("[title] ...").
