@@ -9,10 +9,11 @@ YAMLs apply unchanged.
 Local files (cart/benchmarks/spec.py lists the file names and each format) are
 read as published by the benchmark authors and converted to the hub layout the same way the hub
 datasets' own loading scripts do (ARC: question.stem -> question, choices -> {text, label};
-PIQA: valid.jsonl + valid-labels.lst -> label).
+PIQA: valid.jsonl + valid-labels.lst -> label; HellaSwag's llama.cpp text format -> release records).
 """
 from __future__ import annotations
 
+import bz2
 import json
 import re
 from pathlib import Path
@@ -113,11 +114,66 @@ def _require(row: dict, keys: tuple[str, ...], path: Path, n: int, task: str) ->
 
 
 def _read_hellaswag(path: Path, task: str, split: str) -> list[dict]:
+    if path.name.endswith((".txt", ".txt.bz2")):
+        return _read_hellaswag_text(path, task)
     rows = _jsonl(path, task)
     for n, r in enumerate(rows, 1):
         _require(r, ("activity_label", "ctx_a", "ctx_b", "endings", "label"), path, n, task)
         r["label"] = str(r["label"])  # the hub dataset stores labels as strings
     return rows
+
+
+def _read_hellaswag_text(path: Path, task: str) -> list[dict]:
+    """Release-format records from llama.cpp's HellaSwag text format (plain, or .bz2).
+
+    Each item is 6 lines: `activity_label + ": " + ctx` with ctx = ctx_a + " " + ctx_b (lm-eval's
+    preprocessing already applied, ctx_b not capitalised), the label, and the 4 preprocessed endings.
+    lm-eval's preprocessing runs again on these (it also drops the bracketed spans the rendering kept in
+    14 lines of the full file, e.g. "[www.kiddio.org]"), and ctx is split again by
+    split_hellaswag_context, so lm-eval builds the same query as from the original record (1000/1000 on
+    the subset; see cart/benchmarks/spec.py). What the format cannot give back is the leading space that
+    lm-eval's preprocessing leaves on an ending that began with a WikiHow tag ("[title] ...").
+    """
+    with (bz2.open if path.suffix == ".bz2" else open)(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines[-1] == "":  # the newline that ends the last line
+        lines.pop()
+    if not lines:
+        raise BenchmarkFileError(f"{path}: no records; expected {FORMATS[task]}")
+    rows = []
+    for start in range(0, len(lines), 6):
+        record = lines[start:start + 6]
+        n = start + 1  # 1-based number of the record's first line
+        # the label first: a line lost or added mid-file shows there, long before the end of the file
+        if len(record) > 1 and record[1] not in ("0", "1", "2", "3"):
+            raise BenchmarkFileError(f"{path}:{n + 1}: label {record[1]!r} is not 0, 1, 2 or 3 (the 2nd line of "
+                                     f"the record starting at line {n}); expected {FORMATS[task]}")
+        if len(record) != 6:
+            raise BenchmarkFileError(f"{path}:{n}: the last record has {len(record)} of its 6 lines (the file has "
+                                     f"{len(lines)} lines, not a multiple of 6); expected {FORMATS[task]}")
+        header, label, *endings = record
+        activity_label, sep, ctx = header.partition(": ")
+        if not sep:
+            raise BenchmarkFileError(f"{path}:{n}: {header[:60]!r} is not `activity_label: context` (the 1st "
+                                     f"line of a record); expected {FORMATS[task]}")
+        ctx_a, ctx_b = split_hellaswag_context(ctx)
+        rows.append({"activity_label": activity_label, "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": ctx,
+                     "endings": endings, "label": label})
+    return rows
+
+
+def split_hellaswag_context(ctx: str) -> tuple[str, str]:
+    """(ctx_a, ctx_b) of a HellaSwag context joined as ctx_a + " " + ctx_b (reconstructed).
+
+    ActivityNet items end in ctx_b, the lower-case start of the sentence the endings complete
+    ("A man is sitting on a roof. he"); WikiHow items have an empty ctx_b and end with a full stop.
+    So a context ending in "." has no ctx_b, and otherwise ctx_b is what follows the last ". " (all of
+    it when there is none). On the 1,000-item subset this gives back every original ctx_b.
+    """
+    if ctx.endswith("."):
+        return ctx, ""
+    ctx_a, sep, ctx_b = ctx.rpartition(". ")
+    return ctx_a + sep.rstrip(), ctx_b
 
 
 def _read_arc(path: Path, task: str, split: str) -> list[dict]:
