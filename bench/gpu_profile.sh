@@ -5,7 +5,10 @@
 #   bash bench/gpu_profile.sh job1   # data; Stage 1 screen; lr sweeps of CART and Dense
 #   bash bench/gpu_profile.sh job2   # Stage 2 (d256, d512 x R x 2 seeds); Dense 7L/12L
 #   bash bench/gpu_profile.sh job3   # ablations (with the leak and paper_code); LRT; RAT+ and its adaptation
-#   bash bench/gpu_profile.sh job4   # benchmarks, variable R, the LRT and RAT+ studies; results store; report
+#   bash bench/gpu_profile.sh job4   # benchmarks, variable R, the LRT and RAT+ studies
+#
+# then, on any machine, from the archives: python -m bench.gpu_import out/job*.tgz (builds the results
+# store and the report from every job's runs and evaluations, and files them under gpu/).
 #
 # The profile runs in .gpu-ws/, a workspace apart from the checkout's own (committed) outputs; a warm
 # machine keeps it between calls, so later jobs read the data, runs and summaries of earlier ones
@@ -24,7 +27,7 @@ JOB=${1:?usage: bash bench/gpu_profile.sh job1|job2|job3|job4}
 REPO=$PWD
 OUT=${OUT:-$REPO/out}
 mkdir -p "$OUT" .gpu-ws
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 SITE=/tmp/cart-gpu-site
 if [ ! -d "$SITE" ]; then
   for w in .gpu-whl/*.whl; do python3 -m zipfile -e "$w" "$SITE" || exit 1; done
@@ -48,7 +51,7 @@ case "$JOB" in
   job1) STEPS=(data "train:$GROUPS1" "summarize:$GROUPS1"); PAR=8 ;;
   job2) STEPS=(data "train:$GROUPS2" "summarize:$GROUPS2"); PAR=8 ;;
   job3) STEPS=(data "train:$GROUPS3" train:ratplus_adapt "summarize:$GROUPS3,ratplus_adapt"); PAR=8 ;;
-  job4) STEPS=(eval:benchmarks,variable_r,ratplus,lrt results report); PAR=1 ;;
+  job4) STEPS=(eval:benchmarks,variable_r,ratplus,lrt); PAR=1 ;;
   *) echo "unknown job $JOB" >&2; exit 2 ;;
 esac
 status=0

@@ -18,17 +18,19 @@ from .params import build, section
 
 TOKENIZER = Path("data/tokenizer")
 BINS = Path("data/bins")
-# the family studies of pipeline/evaluate.py: the run groups each evaluates (its Dense control is
-# the best run of the Dense lr sweep, the same backbone shape), and the families it runs
+# the family studies of pipeline/evaluate.py: the run groups each evaluates, and the families it
+# runs; its Dense control is the Dense baseline run of the same backbone shape and seed
 STUDIES = {
-    "ratplus": {"groups": ("ratplus", "ratplus_adapt"), "control": "sweep_dense", "models": ("ratplus", "dense")},
-    "lrt": {"groups": ("lrt",), "control": "sweep_dense", "models": ("lrt", "dense")},
+    "ratplus": {"groups": ("ratplus", "ratplus_adapt"), "models": ("ratplus", "dense")},
+    "lrt": {"groups": ("lrt",), "models": ("lrt", "dense")},
 }
 
 
 def study_params(study: str) -> tuple[str, ...]:
     """The params keys a study's evaluation reads (its DVC stage's `params:`)."""
-    return ("benchmarks", f"eval_{study}", "corpus.domains", *grid_keys(STUDIES[study]["groups"]))
+    first = STUDIES[study]["groups"][0]
+    return ("benchmarks", f"eval_{study}", "corpus.domains", *grid_keys(STUDIES[study]["groups"]),
+            f"{first}.base", "dense.d_model", "dense.grid")
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,19 @@ class Setting:
     benchmarks: bool = True
 
 
-def _control(root: Path, study: str) -> str:
-    summary = root / "metrics" / f"{STUDIES[study]['control']}.json"
-    control = read_json(summary, "the Dense lr sweep's summary (run the summarize stage)").get("best_run_id")
-    if not control:
-        raise ValueError(f"{summary} names no best run: the Dense control of the {study} study needs one "
-                         f"complete run")
-    return control
+def _control(params: dict, study: str) -> str:
+    """The Dense baseline run with the study's backbone (d_model, n_layers) and first seed."""
+    group = STUDIES[study]["groups"][0]
+    base, seed = section(params, f"{group}.base"), section(params, f"{group}.seeds")[0]
+    if base.get("d_model") != section(params, "dense.d_model"):
+        raise ValueError(f"{group}.base.d_model={base.get('d_model')} differs from dense.d_model="
+                         f"{section(params, 'dense.d_model')}: the {study} study's Dense control must share its width")
+    control = f"L{base.get('n_layers')}-s{seed}"
+    names = run_names(params, ["dense"])["dense"]
+    if control not in names:
+        raise ValueError(f"the {study} study's Dense control dense/{control} ({group}.base n_layers and seed) is "
+                         f"not in the dense grid {names}")
+    return f"dense/{control}"
 
 
 def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, list[Setting]]]:
@@ -109,7 +117,7 @@ def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, lis
     as it is."""
     from .checkpoint import read_run_config
     names = run_names(params, STUDIES[study]["groups"])
-    control = _control(root, study)
+    control = _control(params, study)
     if study == "ratplus":
         at = [Setting(p, {"pattern": p}) for p in cfg.patterns]
         jobs = [(f"ratplus/{n}", at) for n in names["ratplus"]]

@@ -30,6 +30,8 @@ def tiny_params() -> dict:
         p[group]["base"]["n_layers" if "n_layers" in p[group]["base"] else "n_prelude"] = \
             2 if "n_layers" in p[group]["base"] else 1
         p[group]["variants"] = dict(list(p[group]["variants"].items())[:2])
+    for g in ("sweep_cart", "sweep_dense"):
+        p[g]["run"] = dict(p["stage2"]["run"])
     p["ratplus_adapt"]["run"] = {"steps": 4, "seq_len": 32, "micro_batch": 2, "grad_accum": 1, "eval_every": 4}
     p["model"]["ratplus"]["sparse_pattern"] = "D4"
     for study in ("eval_ratplus", "eval_lrt"):

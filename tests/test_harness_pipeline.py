@@ -152,6 +152,8 @@ def test_ratplus_study_stage(tmp_path, monkeypatch):
     root = fake_repo(tmp_path, num_fewshot=(0,))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["eval_ratplus"].update(patterns=["dense", "D4"], ppl={"seq_len": 16, "n_seqs": 2, "batch_size": 2})
+    params["ratplus"]["base"] = {"d_model": 32, "n_layers": 2}  # the control: dense/L2-s42 at dense.d_model
+    params["dense"].update(d_model=32, grid={"n_layers": [2], "seed": [42]})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tok = root / "data/tokenizer"
     rat = {"arch": "ratplus", "n_layers": 2}
@@ -159,8 +161,7 @@ def test_ratplus_study_stage(tmp_path, monkeypatch):
         _family_run(root / "runs/ratplus" / name, tok, rat | {"joint_train": name.startswith("joint")}, 1)
     for name, pattern in (("D4-s42", "D4"), ("D8-s42", "D8")):
         _family_run(root / "runs/ratplus_adapt" / name, tok, rat | {"joint_train": False, "train_pattern": pattern}, 2)
-    _family_run(root / "runs/sweep_dense/lr1e-3-s42", tok, {"arch": "dense", "n_layers": 2}, 3)
-    (root / "metrics/sweep_dense.json").write_text(json.dumps({"best_run_id": "sweep_dense/lr1e-3-s42"}))
+    _family_run(root / "runs/dense/L2-s42", tok, {"arch": "dense", "n_layers": 2}, 3)
     fake_val_data(monkeypatch)
     rows = evaluate.main(["ratplus", "--no-progress"], root=root)
 
@@ -168,11 +169,11 @@ def test_ratplus_study_stage(tmp_path, monkeypatch):
     assert settings == {("ratplus/joint-s42", "dense"), ("ratplus/joint-s42", "D4"),
                         ("ratplus/dense_only-s42", "dense"), ("ratplus/dense_only-s42", "D4"),
                         ("ratplus_adapt/D4-s42", "D4"), ("ratplus_adapt/D8-s42", "D8"),
-                        ("sweep_dense/lr1e-3-s42", "dense"), ("sweep_dense/lr1e-3-s42", "D4")}
+                        ("dense/L2-s42", "dense"), ("dense/L2-s42", "D4")}
     ppl = {(r["run_id"], r["setting"]): r["value"] for r in rows if r["task"] == "ppl:wikipedia" and r["metric"] == "ppl"}
     # the pattern reaches the model: the same weights give another PPL at another pattern
     assert ppl[("ratplus/joint-s42", "dense")] != ppl[("ratplus/joint-s42", "D4")]
-    assert ppl[("sweep_dense/lr1e-3-s42", "dense")] != ppl[("sweep_dense/lr1e-3-s42", "D4")]
+    assert ppl[("dense/L2-s42", "dense")] != ppl[("dense/L2-s42", "D4")]
     m = json.loads((root / "metrics/eval_ratplus.json").read_text())
     assert set(m["results"]["ratplus/joint-s42"]) == {"dense", "D4"}
 
@@ -194,12 +195,13 @@ def test_lrt_study_stage(tmp_path, monkeypatch):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["eval_lrt"].update(modes=["merged", "sequential"], num_fewshot=[0, 1],
                               ppl={"seq_len": 16, "n_seqs": 2, "batch_size": 2})
+    params["lrt"]["base"] = {"d_model": 32, "n_layers": 2}
+    params["dense"].update(d_model=32, grid={"n_layers": [2], "seed": [42]})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tok = root / "data/tokenizer"
     for i, name in enumerate(("shared-s42", "layerwise-s42")):
         _family_run(root / "runs/lrt" / name, tok, {"arch": "lrt", "n_layers": 2, "variant": name.split("-")[0]}, i)
-    _family_run(root / "runs/sweep_dense/lr1e-3-s42", tok, {"arch": "dense", "n_layers": 2}, 3)
-    (root / "metrics/sweep_dense.json").write_text(json.dumps({"best_run_id": "sweep_dense/lr1e-3-s42"}))
+    _family_run(root / "runs/dense/L2-s42", tok, {"arch": "dense", "n_layers": 2}, 3)
     fake_val_data(monkeypatch)
     rows = evaluate.main(["lrt", "--no-progress"], root=root)
 
@@ -208,6 +210,6 @@ def test_lrt_study_stage(tmp_path, monkeypatch):
         assert (run, "merged", None) in got and (run, "sequential", None) in got
         assert (run, "merged", 0) in got and (run, "merged", 1) in got  # benchmarks in merged mode only
         assert not any(g[0] == run and g[1] == "sequential" and g[2] is not None for g in got)
-    assert ("sweep_dense/lr1e-3-s42", "", 1) in got
+    assert ("dense/L2-s42", "", 1) in got
     ppl = {(r["run_id"], r["setting"]): r["value"] for r in rows if r["task"] == "ppl:wikipedia" and r["metric"] == "ppl"}
     assert ppl[("lrt/shared-s42", "merged")] != ppl[("lrt/shared-s42", "sequential")]  # the mode reaches the model
