@@ -30,7 +30,7 @@ def choose(root: Path = Path(".")) -> dict:
         best = read_json(root / f"metrics/sweep_{family}.json", f"the {family} lr sweep's summary")["best_variant"]
         lr[family] = float(section(params, f"sweep_{family}.variants.{best}")["train"]["lr"])
     base = dict(section(params, "ablation.base")) | {"n_prelude": p}
-    return {"stage2": {"n_prelude": p}, "ablation": {"base": base}, "train": {"lr": lr["cart"]},
+    return {"stage2": {"n_prelude": p, "train": {"lr": lr["cart"]}}, "ablation": {"base": base, "train": {"lr": lr["cart"]}},
             "dense": {"train": {"lr": lr["dense"]}}, "lrt": {"train": {"lr": lr["dense"]}},
             "ratplus": {"train": {"lr": lr["dense"]}},
             "ratplus_adapt": {"train": {"lr": lr["dense"] / 10, "warmup_steps": 0}}}

@@ -40,7 +40,7 @@ cd .gpu-ws || exit 1
 ln -sfn "$REPO/.gpu-data" .gpu-data
 cp "$REPO/params.yaml" params.yaml
 python3 -m pipeline.profile gpu || exit 1
-if [ "$JOB" != job1 ]; then
+if [ "$JOB" != job1 ] && [ -f metrics/stage1.json ]; then  # a warm machine: choose from job 1's results
   python3 -m bench.gpu_choose && python3 -m pipeline.profile gpu_chosen || exit 1
 fi
 

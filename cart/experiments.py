@@ -215,7 +215,9 @@ def _variant_entry(p: dict, key: str) -> tuple[dict, dict]:
 def _ablation_fields(p: dict, f: dict) -> RunFields:
     name = f["variant"]
     fields, train = _variant_entry(p, f"ablation.variants.{name}")
-    return RunFields(dict(section(p, "ablation.base")) | fields, section(p, "ablation.seed"), name, train)
+    group_train = section(p, "ablation.train") or {}
+    return RunFields(dict(section(p, "ablation.base")) | fields, section(p, "ablation.seed"), name,
+                     dict(group_train) | train)
 
 
 def _model_keys(arch: str) -> tuple[str, str]:
@@ -258,17 +260,18 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
           lambda p: _grid(p, "stage1.grid", ("d_model", "n_prelude", "n_loops")),
           lambda p, f: RunFields(f, section(p, "stage1.seed"))),
     Group("stage2", "cart", "d{d_model}-R{n_loops}-s{seed}",
-          (*_model_keys("cart"), "train", "stage2.run", "stage2.n_prelude"), "stage2.run", ("stage2.grid",),
-          lambda p: _grid(p, "stage2.grid", ("d_model", "n_loops", "seed")),
+          (*_model_keys("cart"), "train", "stage2.run", "stage2.n_prelude", "stage2.train"), "stage2.run",
+          ("stage2.grid",), lambda p: _grid(p, "stage2.grid", ("d_model", "n_loops", "seed")),
           lambda p, f: RunFields({"d_model": f["d_model"], "n_loops": f["n_loops"],
-                                  "n_prelude": section(p, "stage2.n_prelude")}, f["seed"])),
+                                  "n_prelude": section(p, "stage2.n_prelude")}, f["seed"],
+                                 train=section(p, "stage2.train") or {})),
     Group("dense", "dense", "L{n_layers}-s{seed}",
           (*_model_keys("dense"), "train", "stage2.run", "dense.d_model", "dense.train"), "stage2.run",
           ("dense.grid",), lambda p: _grid(p, "dense.grid", ("n_layers", "seed")),
           lambda p, f: RunFields({"n_layers": f["n_layers"], "d_model": section(p, "dense.d_model")}, f["seed"],
                                  train=section(p, "dense.train") or {})),
     Group("ablation", "cart", "{variant}",
-          (*_model_keys("cart"), "train", "stage2.run", "ablation.seed", "ablation.base",
+          (*_model_keys("cart"), "train", "stage2.run", "ablation.seed", "ablation.base", "ablation.train",
            "ablation.variants.{variant}"), "stage2.run", ("ablation.variants",),
           lambda p: [{"variant": v} for v in _variant_names(p, "ablation.variants")], _ablation_fields),
     _variant_group("sweep_cart", "cart", run_key="sweep_cart.run"),
