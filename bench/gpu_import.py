@@ -1,45 +1,69 @@
 """Import what bench/gpu_profile.sh brought back into gpu/, the committed home of the `gpu` profile's
 outputs (apart from the default profile's DVC outputs):
 
-    python -m bench.gpu_import job4.tgz [job1.tgz ...]      # later archives win
+    python -m bench.gpu_import out/job1.tgz out/job2.tgz ...     # later archives win
 
-    gpu/report/            REPORT.md, tables, figures (rendered on the GPU machine from gpu/results.db)
+The archives are unpacked into one workspace, where the group summaries, the results store and the
+report are rebuilt from every job's runs and evaluation rows (CPU work: the GPU jobs need not keep
+a machine warm for them), then filed:
+
+    gpu/report/            REPORT.md, tables, figures
     gpu/results.db         the results store
     gpu/metrics/           every run's and group's metrics JSON (as metrics/ in the default profile)
-    gpu/eval/              the evaluation rows (eval/*.tsv)
+    gpu/eval/              the evaluation rows (eval/*.tsv), where a job evaluated
     gpu/plots/             every run's DVCLive curves
     gpu/runs/<group>/<name>/{config,summary}.json   each run's full config and summary (no weights)
+    gpu/bins_meta.json     the training and validation token counts of the data the runs read
     gpu/logs/              each job's log and every run's training log
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-MAP = {"gpu/report": "report", "results/results.db": "results.db", "metrics": "metrics", "eval": "eval",
-       "plots": "plots", "logs": "logs"}
+from cart.experiments import GROUPS
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def import_archives(archives: list[Path], dest: Path = Path("gpu")) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp)
+        ws = Path(tmp)
         for a in archives:  # later archives overwrite earlier ones
             with tarfile.open(a) as t:
-                t.extractall(staged, filter="data")
+                t.extractall(ws, filter="data")
+        shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+        def stage(*args: str) -> None:
+            subprocess.run([sys.executable, "-m", *args], cwd=ws, env=env, check=True)
+        stage("pipeline.profile", "gpu")
+        for group in GROUPS:
+            stage("pipeline.summarize", group)
+        stage("pipeline.results")
+        stage("pipeline.report")
+
         dest.mkdir(exist_ok=True)
-        for src, name in MAP.items():
-            if (staged / src).exists():
-                target = dest / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                (shutil.copytree if (staged / src).is_dir() else shutil.copy2)(staged / src, target)
+        for src, name in (("gpu/report", "report"), ("results/results.db", "results.db"), ("metrics", "metrics"),
+                          ("eval", "eval"), ("plots", "plots"), ("logs", "logs")):
+            target = dest / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.is_file():
+                target.unlink()
+            if (ws / src).exists():
+                (shutil.copytree if (ws / src).is_dir() else shutil.copy2)(ws / src, target)
+        if (ws / "data/bins/meta.json").is_file():  # how much text the runs had (one pass or less)
+            shutil.copy2(ws / "data/bins/meta.json", dest / "bins_meta.json")
         runs = dest / "runs"
         shutil.rmtree(runs, ignore_errors=True)
-        for f in sorted((staged / "runs").glob("*/*/*.json")):
+        for f in sorted((ws / "runs").glob("*/*/*.json")):
             (runs / f.parent.parent.name / f.parent.name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(f, runs / f.parent.parent.name / f.parent.name / f.name)
         for a in archives:
@@ -54,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("archives", nargs="+", type=Path)
     ap.add_argument("--dest", type=Path, default=Path("gpu"))
     args = ap.parse_args(argv)
-    import_archives(args.archives, args.dest)
+    import_archives([a.resolve() for a in args.archives], args.dest)
     print(f"imported {len(args.archives)} archive(s) into {args.dest}/")
     return 0
 
