@@ -79,11 +79,12 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     model = build_model(cfg).to(device)
     if compile and by_iteration:
         model.compile_by_iteration()
-    loop_sampling.check_model(cfg, train.backprop_loops)
-    step_kwargs = []
-    for i in range(warmup + steps):
-        kwargs = {"n_loops": loop_sampling.sample(cfg.n_loops, 0, i)} if loop_sampling.varies else {}
-        step_kwargs.append(kwargs | ({"backprop_loops": train.backprop_loops} if train.backprop_loops else {}))
+    # each step's R and forward kwargs, as the training loop makes them (Trainer._loop_kwargs)
+    looped = isinstance(cfg, CARTConfig)
+    rs = [loop_sampling.sample(cfg.n_loops, 0, i) for i in range(warmup + steps)] if looped else []
+    step_kwargs = [({"n_loops": r} if loop_sampling.varies else {})
+                   | ({"backprop_loops": train.backprop_loops} if looped and train.backprop_loops else {})
+                   for r in rs or [None] * (warmup + steps)]
     opt = make_optimizer(model, train, cfg.d_model, device)
     if compile and compile_scope == "blocks":
         # each layer compiled on its own: the shared core is one small graph called R times,
@@ -116,10 +117,9 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         _profile_steps(loss_fn, batches, params, opt, train, device, dtype)
     tok_s = steps * grad_accum * micro_batch * seq_len / dt
     counts = count_params(cfg)
-    # FLOPs at each timed step's own R (forward FLOPs are linear in R, so this is their mean R's)
-    timed_r = [kw.get("n_loops", cfg.n_loops if isinstance(cfg, CARTConfig) else None) for kw in step_kwargs[warmup:]]
-    flops_per_token = (sum(train_flops_per_token(cfg.replace(n_loops=r), seq_len) for r in timed_r) / steps
-                       if isinstance(cfg, CARTConfig) else train_flops_per_token(cfg, seq_len))
+    # the real FLOPs at each timed step's own R
+    flops_per_token = (sum(train_flops_per_token(cfg.replace(n_loops=r), seq_len) for r in rs[warmup:]) / steps
+                       if looped else train_flops_per_token(cfg, seq_len))
     return {
         "model": _label(cfg), "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
         "mfu_paper": mfu(cfg, tok_s, peak) if peak else None,
@@ -128,7 +128,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         "stored_m": counts["stored"] / 1e6, "effective_m": counts["effective"] / 1e6,
         "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
         "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration,
-        "mean_r": sum(timed_r) / steps if timed_r[0] is not None else None, "train_tflops": flops_per_token * tok_s / 1e12,
+        "mean_r": sum(rs[warmup:]) / steps if looped else None, "train_tflops": flops_per_token * tok_s / 1e12,
         "graphs": counters["stats"]["unique_graphs"],
         "graphs_in_timing": counters["stats"]["unique_graphs"] - graphs_before_timing,
         "eager_fallbacks": counters["frames"]["total"] - counters["frames"]["ok"],
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
                for cfg in configs if args.loop_sampling and isinstance(cfg, CARTConfig)]
     for cfg, schemes in sampled:
         for scheme in schemes:
-            scheme.check_model(cfg, args.backprop_loops, where="--loop-sampling")
+            scheme.check_model(cfg, args.backprop_loops, where="bench")
     print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
           f"| optimizer {optimizer} | compile {args.compile} ({args.compile_scope})")
     rows = []
@@ -241,15 +241,21 @@ def main(argv=None) -> None:
         fixed = next(r for r in rows if r["model"] == _label(cfg))
         jobs = [(LoopSampling(), True)] + [(scheme, args.sampled_compile == "iteration") for scheme in schemes]
         for scheme, by_iteration in jobs:
-            row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
-                            args.compile == "on", device, peak, args.compile_mode, loop_sampling=scheme,
-                            by_iteration=by_iteration)
+            try:
+                row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
+                                args.compile == "on", device, peak, args.compile_mode, loop_sampling=scheme,
+                                by_iteration=by_iteration)
+            except torch.OutOfMemoryError:
+                print(f"{_label(cfg)} {_sampling_label(scheme)}: OOM", flush=True)
+                torch.cuda.empty_cache()
+                continue
             if "train_tflops" in fixed:
                 row["cost_vs_fixed"] = 1 - row["train_tflops"] / fixed["train_tflops"]
             loop_rows.append(row)
             print(_fmt_loop_row(row), flush=True)
     if loop_rows:
-        print("\n" + loop_table([r for r in rows if any(r["model"] == _label(c) for c, _ in sampled)] + loop_rows))
+        fixed_rows = [r for r in rows if "tokens_per_s" in r and any(r["model"] == _label(c) for c, _ in sampled)]
+        print("\n" + loop_table(fixed_rows + loop_rows))
     atomic_write_json(args.out, {"device": name, "torch": torch.__version__, "optimizer": optimizer,
                                  "compile": args.compile, "peak_flops": peak, "rows": rows,
                                  "backprop_loops": args.backprop_loops, "loop_sampling_rows": loop_rows})

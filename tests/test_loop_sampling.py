@@ -123,6 +123,8 @@ def _resolve(params: dict, group: str, name: str):
     ("ablation", "W", {"backprop_loops": 1}, r"train\.backprop_loops: .* prelude without gradient"),
     ("ablation", "Z", {"backprop_loops": 1}, r"train\.backprop_loops: 1 < n_loops=2 would leave the first 1 block\(s\) of an unshared core without"),
     ("ablation", "Z", {"backprop_loops": 2}, None),  # k = R: nothing truncated
+    ("stage2", "d32-R2-s42", {"loop_sampling": {"scheme": "poisson_lognormal", "sigma": 0.5, "r_max": 2}},
+     r"train\.loop_sampling\.r_max: a clamp at 2 <= the mean R \(the model's n_loops=2\)"),
     ("ablation", "Y", {"loop_sampling": {"scheme": "poisson_lognormal", "sigma": 0.5}},
      r"train\.loop_sampling\.scheme: poisson_lognormal .* the model has n_loops=1"),
 ])
