@@ -270,7 +270,7 @@ def recorded_kwargs(monkeypatch):
     real, calls = T.train_step, []
 
     def recording(*args, **kwargs):
-        calls.append(dict(args[7] if len(args) > 7 else {}))
+        calls.append(dict(kwargs.get("forward_kwargs", args[7] if len(args) > 7 else {})))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(T, "train_step", recording)
