@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+from .loop_sampling import LoopSampling
 from .models import ModelConfig, config_from_dict
 from .params import build, section, view
 
@@ -63,6 +64,10 @@ class TrainSettings:
     nproc: int = 1  # processes (GPUs) per run; > 1 launches the run under torchrun with DDP
     # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
     weight_decay_scope: Literal["matrices", "all"] = "matrices"
+    # the R of each optimizer step (cart/loop_sampling.py); fixed: the model's n_loops, as the paper
+    loop_sampling: LoopSampling = LoopSampling()
+    # gradients through the last k loop iterations only (CART.recur, Huginn's truncation); None: all
+    backprop_loops: int | None = None
 
     def __post_init__(self):
         checks = {
@@ -71,6 +76,7 @@ class TrainSettings:
             "beta1": 0 <= self.beta1 < 1, "beta2": 0 <= self.beta2 < 1, "grad_clip": self.grad_clip >= 0,
             "log_every": self.log_every >= 1, "eval_seqs": self.eval_seqs >= 1,
             "checkpoint_every": self.checkpoint_every >= 1, "nproc": self.nproc >= 1,
+            "backprop_loops": self.backprop_loops is None or self.backprop_loops >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -329,6 +335,7 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
     where = f"ablation.variants.{name}" if group == "ablation" else f"{group} run {name}"
     model = config_from_dict({"arch": g.arch, **model_defaults(p, g.arch), **rf.model, "vocab_size": vocab_size},
                              where=where)
+    train.loop_sampling.check_model(model, train.backprop_loops)
     return RunSpec(group=group, name=name, seed=rf.seed, model=model, run=run, train=train, variant=rf.variant,
                    init_from=rf.init_from)
 

@@ -205,6 +205,8 @@ class Trainer:
             self.curves = CurveWriter(paths.plots_dir, start if state == "resume" else None)
 
         use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
+        if use_compile and t.loop_sampling.varies:  # one compiled iteration for every R, not one graph per R
+            self.model.compile_by_iteration()
         self.ddp = distributed.wrap(self.model, self.dist, self.device)
         self.loss_fn = make_loss_fn(self.ddp, use_compile)
         self.substeps = spec.model.train_substeps()
@@ -239,10 +241,12 @@ class Trainer:
                 batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
             # One optimizer update per sub-step (one, unless the family trains jointly under several
             # settings, e.g. RAT+'s sparse then dense attention); the schedule advances once per batch.
-            # The logged loss and the checked grad norm are the last sub-step's.
+            # The logged loss and the checked grad norm are the last sub-step's. Every sub-step and
+            # micro-batch of the step runs the step's loop count and truncation (loop_kwargs).
+            loop_kwargs = self._loop_kwargs(step)
             for kwargs in self.substeps:
                 loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device,
-                                                 self.dtype, self.ddp, kwargs)
+                                                 self.dtype, self.ddp, kwargs | loop_kwargs)
                 norm = _NormOnHost(grad_norm)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
@@ -260,6 +264,8 @@ class Trainer:
             self.tokens += r.tokens_per_step
             interval_tokens += r.tokens_per_step
             self.train_time += time.perf_counter() - t0
+            if "n_loops" in loop_kwargs and self.dist.is_main:  # every step's R, not only the logged steps'
+                self.curves.log_train(done, {"n_loops": loop_kwargs["n_loops"]})
 
             log_now = done % t.log_every == 0 or done == r.steps
             eval_now = done % r.eval_every == 0 or done == r.steps
@@ -303,6 +309,18 @@ class Trainer:
                 raise Interrupted(self._signal)
         bar.close()
         return final_eval, last_loss
+
+    def _loop_kwargs(self, step: int) -> dict:
+        """The recurrent model's forward arguments for optimizer step `step` (0-based): its sampled
+        R (train.loop_sampling; nothing under `fixed`, so the model runs its n_loops) and the
+        truncation of backpropagation (train.backprop_loops). The same on every rank."""
+        t, model = self.spec.train, self.spec.model
+        out = {}
+        if t.loop_sampling.varies:
+            out["n_loops"] = t.loop_sampling.sample(model.n_loops, self.spec.seed, step)
+        if t.backprop_loops is not None:
+            out["backprop_loops"] = t.backprop_loops
+        return out
 
     def _check_grad_norm(self, step: int, norm: "_NormOnHost") -> float:
         """Stop on a non-finite step; warn on a spike against the running EMA of the norm."""

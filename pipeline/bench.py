@@ -7,6 +7,19 @@ Each config trains for --steps optimizer steps after --warmup steps (compilation
 on random tokens already on the device, through the same `train_step` and optimizer code as the
 training stage. Prints tokens/s, MFU in the paper's accounting (6 x effective params x tokens/s /
 peak), MFU counting the real FLOPs (attention and LM head included), peak memory, and CART/Dense.
+
+Sampled recurrence depth (cart/loop_sampling.py), each CART config at its R as the mean:
+
+    python -m pipeline.bench --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal --steps 100
+
+adds, per config, a fixed-R row compiled one iteration at a time (as sampled training compiles)
+and a row per scheme (`uniform` = U{1..2R-1}, `poisson_lognormal` = Huginn's with sigma 0.5 and
+no clamp; or spelled out, `uniform:r_min=2,r_max=10`, `poisson_lognormal:sigma=0.5,r_max=16`),
+and prints, against the default fixed-R row: the graphs Dynamo compiled (in all, and during the
+timed steps), the frames it gave up on (eager fallbacks), the mean R of the timed steps, the
+training FLOP/s achieved (FLOPs at each step's own R) and their cost against fixed R at the same
+mean R (1 - FLOP/s sampled / FLOP/s fixed). `--sampled-compile whole` benches the sampled rows
+compiled the default way instead (one unrolled graph per R), to see what compile_by_iteration avoids.
 """
 import argparse
 import contextlib
@@ -14,9 +27,11 @@ import dataclasses
 import time
 
 import torch
+from torch._dynamo.utils import counters
 
 from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_flops_for, train_flops_per_token
 from cart.experiments import TrainSettings
+from cart.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
 from cart.device import resolve_dtype
@@ -37,12 +52,39 @@ def parse_config(name: str, vocab: int) -> CARTConfig | DenseConfig:
     raise ValueError(f"bad config name {name!r}: use cart-d<d>-R<R>[-P<P>] or dense-L<layers>[-d<d>]")
 
 
+def parse_loop_sampling(spec: str, n_loops: int) -> LoopSampling:
+    """`uniform` (U{1..2R-1}), `poisson_lognormal` (sigma 0.5, no clamp), or `<scheme>:key=value,...`."""
+    scheme, _, rest = spec.partition(":")
+    defaults = {"uniform": {"r_min": 1, "r_max": 2 * n_loops - 1}, "poisson_lognormal": {"sigma": 0.5}}
+    if scheme not in defaults:
+        raise ValueError(f"--loop-sampling {spec!r}: scheme must be one of {list(defaults)}")
+    fields = defaults[scheme] if not rest else {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ("r_min", "r_max", "sigma") or not value:
+            raise ValueError(f"--loop-sampling {spec!r}: expected key=value with key r_min, r_max or sigma")
+        fields[key] = float(value) if key == "sigma" else int(value)
+    return LoopSampling(scheme=scheme, **fields)
+
+
 def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_len: int, steps: int,
               warmup: int, compile: bool, device: torch.device, peak: float | None,
-              compile_mode: str | None = None, profile: bool = False, compile_scope: str = "model") -> dict:
+              compile_mode: str | None = None, profile: bool = False, compile_scope: str = "model",
+              loop_sampling: LoopSampling = LoopSampling(), by_iteration: bool = False) -> dict:
+    """One config's row. `loop_sampling` draws each step's R (mean: cfg.n_loops) as training does
+    (seed 0); `by_iteration` compiles the CART loop one iteration at a time (compile_by_iteration)."""
     torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
+    counters.clear()
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
+    if compile and by_iteration:
+        model.compile_by_iteration()
+    # each step's R and forward kwargs, as the training loop makes them (Trainer._loop_kwargs)
+    looped = isinstance(cfg, CARTConfig)
+    rs = [loop_sampling.sample(cfg.n_loops, 0, i) for i in range(warmup + steps)] if looped else []
+    step_kwargs = [({"n_loops": r} if loop_sampling.varies else {})
+                   | ({"backprop_loops": train.backprop_loops} if looped and train.backprop_loops else {})
+                   for r in rs or [None] * (warmup + steps)]
     opt = make_optimizer(model, train, cfg.d_model, device)
     if compile and compile_scope == "blocks":
         # each layer compiled on its own: the shared core is one small graph called R times,
@@ -64,7 +106,9 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         if i == warmup:
             _sync(device)
             compile_s, t0 = time.perf_counter() - t0, time.perf_counter()
-        loss_sum, grad_norm = train_step(loss_fn, batches, params, train.grad_clip, device, dtype)
+            graphs_before_timing = counters["stats"]["unique_graphs"]
+        loss_sum, grad_norm = train_step(loss_fn, batches, params, train.grad_clip, device, dtype,
+                                         forward_kwargs=step_kwargs[i])
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
@@ -73,14 +117,29 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         _profile_steps(loss_fn, batches, params, opt, train, device, dtype)
     tok_s = steps * grad_accum * micro_batch * seq_len / dt
     counts = count_params(cfg)
+    # the real FLOPs at each timed step's own R
+    flops_per_token = (sum(train_flops_per_token(cfg.replace(n_loops=r), seq_len) for r in rs[warmup:]) / steps
+                       if looped else train_flops_per_token(cfg, seq_len))
     return {
         "model": _label(cfg), "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
         "mfu_paper": mfu(cfg, tok_s, peak) if peak else None,
-        "mfu_real": train_flops_per_token(cfg, seq_len) * tok_s / peak if peak else None,
+        "mfu_real": flops_per_token * tok_s / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "stored_m": counts["stored"] / 1e6, "effective_m": counts["effective"] / 1e6,
         "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
+        "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration,
+        "mean_r": sum(rs[warmup:]) / steps if looped else None, "train_tflops": flops_per_token * tok_s / 1e12,
+        "graphs": counters["stats"]["unique_graphs"],
+        "graphs_in_timing": counters["stats"]["unique_graphs"] - graphs_before_timing,
+        "eager_fallbacks": counters["frames"]["total"] - counters["frames"]["ok"],
     }
+
+
+def _sampling_label(s: LoopSampling) -> str:
+    if not s.varies:
+        return "fixed"
+    return f"{s.scheme} " + ",".join(f"{k}={getattr(s, k)}" for k in ("r_min", "r_max", "sigma")
+                                     if getattr(s, k) is not None)
 
 
 def _profile_steps(loss_fn, batches, params, opt, train, device, dtype, steps: int = 3) -> None:
@@ -126,18 +185,33 @@ def main(argv=None) -> None:
                     help="default: train.optimizer from params.yaml's paper profile choice on GPU (adamw8bit)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the peak looked up by device name")
+    ap.add_argument("--loop-sampling", nargs="+", default=[], metavar="SCHEME",
+                    help="CART configs also train with R sampled per step around their R: uniform, poisson_lognormal "
+                         "or <scheme>:key=value,... (see the module docstring)")
+    ap.add_argument("--sampled-compile", choices=["iteration", "whole"], default="iteration",
+                    help="how sampled rows compile: one iteration at a time (training's choice) or the whole "
+                         "unrolled model per R (the default torch.compile)")
+    ap.add_argument("--backprop-loops", type=int, default=None,
+                    help="truncated backpropagation through the last k loop iterations (train.backprop_loops)")
     ap.add_argument("--out", default="metrics/bench.json")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
     train = build(TrainSettings, section(load_params(), "train"), "train")
     optimizer = args.optimizer or ("adamw8bit" if device.type == "cuda" else "adamw")
-    train = dataclasses.replace(train, optimizer=optimizer, dtype="auto")
+    train = dataclasses.replace(train, optimizer=optimizer, dtype="auto", loop_sampling=LoopSampling(),
+                                backprop_loops=args.backprop_loops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops_for(name)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     configs = [parse_config(c, args.vocab) for c in args.configs]  # all names checked before any work
+    # (config, schemes) for the sampled-R rows, each checked against its config before any work
+    sampled = [(cfg, [parse_loop_sampling(spec, cfg.n_loops) for spec in args.loop_sampling])
+               for cfg in configs if args.loop_sampling and isinstance(cfg, CARTConfig)]
+    for cfg, schemes in sampled:
+        for scheme in schemes:
+            scheme.check_model(cfg, args.backprop_loops, where="bench")
     print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
           f"| optimizer {optimizer} | compile {args.compile} ({args.compile_scope})")
     rows = []
@@ -162,8 +236,29 @@ def main(argv=None) -> None:
             if "mfu_paper" in r and r["mfu_paper"] and ref["mfu_paper"]:
                 r["mfu_vs_dense7l"] = r["mfu_paper"] / ref["mfu_paper"]
     print("\n" + markdown_table(rows))
+    loop_rows = []
+    for cfg, schemes in sampled:
+        fixed = next(r for r in rows if r["model"] == _label(cfg))
+        jobs = [(LoopSampling(), True)] + [(scheme, args.sampled_compile == "iteration") for scheme in schemes]
+        for scheme, by_iteration in jobs:
+            try:
+                row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
+                                args.compile == "on", device, peak, args.compile_mode, loop_sampling=scheme,
+                                by_iteration=by_iteration)
+            except torch.OutOfMemoryError:
+                print(f"{_label(cfg)} {_sampling_label(scheme)}: OOM", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            if "train_tflops" in fixed:
+                row["cost_vs_fixed"] = 1 - row["train_tflops"] / fixed["train_tflops"]
+            loop_rows.append(row)
+            print(_fmt_loop_row(row), flush=True)
+    if loop_rows:
+        fixed_rows = [r for r in rows if "tokens_per_s" in r and any(r["model"] == _label(c) for c, _ in sampled)]
+        print("\n" + loop_table(fixed_rows + loop_rows))
     atomic_write_json(args.out, {"device": name, "torch": torch.__version__, "optimizer": optimizer,
-                                 "compile": args.compile, "peak_flops": peak, "rows": rows})
+                                 "compile": args.compile, "peak_flops": peak, "rows": rows,
+                                 "backprop_loops": args.backprop_loops, "loop_sampling_rows": loop_rows})
     best = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r.get("mfu_paper") or 0, default=None)
     if best:
         print(f"bench: {len(rows)} configs on {name}; best paper-MFU {best['model']} "
@@ -177,6 +272,29 @@ def _fmt_row(r: dict) -> str:
     mem = f"{r['peak_mem_gib']:6.1f} GiB" if r["peak_mem_gib"] is not None else "      n/a"
     return (f"{r['model']:<22} {r['batch']:>12} {r['tokens_per_s']:>11,.0f} tok/s  MFU(paper) {pct(r['mfu_paper'])}  "
             f"MFU(real) {pct(r['mfu_real'])}  {mem}  warmup {r['warmup_s']:.0f}s")
+
+
+def _fmt_loop_row(r: dict) -> str:
+    compiled = "per iteration" if r["compile_by_iteration"] else "whole"
+    return (f"{r['model']:<22} {r['loop_sampling']:<34} compile {compiled:<13} graphs {r['graphs']:>3} "
+            f"({r['graphs_in_timing']} timed, {r['eager_fallbacks']} eager fallbacks)  mean R {r['mean_r']:.2f}  "
+            f"{r['tokens_per_s']:>11,.0f} tok/s  {r['train_tflops']:.3f} TFLOP/s  "
+            f"cost vs fixed {r.get('cost_vs_fixed', float('nan')):+.1%}")
+
+
+def loop_table(rows: list[dict]) -> str:
+    """Sampled-R rows beside their config's fixed-R row (compiled whole, as fixed-R training is)."""
+    head = ("| model | R per step | compile | graphs (timed) | eager fallbacks | mean R | tok/s | TFLOP/s | "
+            "cost vs fixed R | peak mem GiB |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        compiled = "per iteration" if r["compile_by_iteration"] else "whole"
+        mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "n/a"
+        cost = f"{r['cost_vs_fixed']:+.1%}" if "cost_vs_fixed" in r else "(reference)"
+        lines.append(f"| {r['model']} | {r['loop_sampling']} | {compiled} | {r['graphs']} ({r['graphs_in_timing']}) | "
+                     f"{r['eager_fallbacks']} | {r['mean_r']:.2f} | {r['tokens_per_s']:,.0f} | {r['train_tflops']:.3f} | "
+                     f"{cost} | {mem} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -125,6 +125,11 @@ class ConfigBase:
         """Inference-time keyword arguments the model's forward accepts (e.g. `n_loops`)."""
         return frozenset()
 
+    def training_kwargs(self) -> frozenset[str]:
+        """Keyword arguments the model's forward accepts from training alone (e.g. CART's
+        `backprop_loops`): they change gradients, never outputs, so inference does not offer them."""
+        return frozenset()
+
     def kv_cache_values_per_token(self, **runtime) -> int:
         """Values the model's decode cache holds per token of context under the given runtime
         arguments (e.g. CART's n_loops); bytes = values x the cache dtype's size."""

@@ -24,6 +24,7 @@ W (a self-attending core) cache one latent per loop and token instead.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -279,39 +280,77 @@ class CART(LanguageModel):
             raise ValueError(f"n_loops={R}: an unshared core has exactly {len(self.core)} blocks")
         return R
 
-    def hidden(self, idx: torch.Tensor, n_loops: int | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, n_loops: int | None = None,
+               backprop_loops: int | None = None) -> torch.Tensor:
         R = self.loop_count(n_loops)
         x = self.tok_emb(idx)
         rope = self.rope.tables(idx.shape[1], idx.device)
         for layer in self.prelude:
             x = layer(x, rope)
-        return self.coda(self.recur(x, R, rope), rope)
+        return self.coda(self.recur(x, R, rope, backprop_loops=backprop_loops), rope)
 
-    def recur(self, x: torch.Tensor, R: int, rope, decoding: Decoding | None = None) -> torch.Tensor:
+    def recur(self, x: torch.Tensor, R: int, rope, decoding: Decoding | None = None,
+              backprop_loops: int | None = None) -> torch.Tensor:
         """The core loop h_0 = x -> h_R, shared by the full forward (decoding None: attention
-        causal within the T tokens) and cached decoding (the anchor's and W's latents cached)."""
+        causal within the T tokens) and cached decoding (the anchor's and W's latents cached).
+
+        backprop_loops = k (training; None = all): truncated backpropagation through the last k
+        iterations, as Huginn trains (Geiping et al. 2025). The first R - k iterations run without
+        autograd (no activations kept, so memory is bounded by k, not R), and the state they hand on,
+        h_0's copies in the HyperConnection window included, is a constant: the prelude output then
+        reaches the loss only through the anchor K, V that the last k iterations read, and the shared
+        core, gate, HC and LIE get gradient from those k iterations alone. k >= R is full
+        backpropagation. Values are the same either way. (X and W read no anchor of h_0, so their
+        prelude would get no gradient at all: cart.loop_sampling rejects truncation for them.)"""
         cfg = self.config
-
-        def cached(part: str, i: int = 0) -> LayerCache | None:
-            return None if decoding is None else decoding.layer(part, i)
-
         # X (unfreeze_kv) recomputes K, V inside the loop instead, so the pre-loop anchor is skipped
-        anchor_kv = None if cfg.self_attn_core or cfg.unfreeze_kv else self.anchor(x, cached("anchor"))
+        anchor_kv = (None if cfg.self_attn_core or cfg.unfreeze_kv
+                     else self.anchor(x, None if decoding is None else decoding.layer("anchor")))
         pe = None if self.lie is None else self.lie(R, x.device)
+        frozen = 0 if backprop_loops is None else max(0, R - check_int_arg("backprop_loops", backprop_loops))
+        # newest first; h_0 until R fills the window. Views of x rather than x itself thrice: the
+        # same values and gradient, and a compiled iteration sees distinct tensors from r = 0 on
+        # (Dynamo compiles one graph per pattern of repeated inputs).
+        history = [x] + [x.view_as(x) for _ in range(cfg.hc_window - 1)]
+        return self.loop(history, R, frozen, pe, anchor_kv, rope, decoding)[0]
 
-        history = [x] * cfg.hc_window  # newest first; copies of h_0 until R fills it
+    def loop(self, history: list[torch.Tensor], R: int, frozen: int, pe: torch.Tensor | None, anchor_kv, rope,
+             decoding: Decoding | None) -> list[torch.Tensor]:
+        """R iterations from the state window `history`, the first `frozen` without autograd."""
+        cfg = self.config
         for r in range(R):
-            x_r = history[0] if self.hyper is None else self.hyper(history)
-            u = x_r if pe is None else x_r + pe[r].to(x_r.dtype)  # the core's input
-            if cfg.unfreeze_kv:  # X: K, V from this loop's state (the authors' code: from the core's input)
-                kv = self.anchor(u if cfg.unfrozen_kv_input == "core_input" else x_r, cached("anchor", r))
-            else:
-                kv = anchor_kv
-            core_cache = cached("core", r) if cfg.self_attn_core else None
-            y = self.core[r if cfg.unshare_core else 0](u, kv, rope, core_cache)
-            carried = u if cfg.core_update == "residual_plus_gate" else x_r  # the authors' gate carries u_r
-            history = [self.gate(carried, y - carried)] + history[:-1]
-        return history[0]
+            # the window is a constant where truncation starts (r = frozen); detached on entering the
+            # no-grad iterations too, so they all see the same kind of input (one compiled graph)
+            if frozen and r in (0, frozen):
+                history = [h.detach() for h in history]
+            with torch.no_grad() if r < frozen else contextlib.nullcontext():
+                history = self.iteration(
+                    history, None if pe is None else pe[r], anchor_kv, rope, self.core[r if cfg.unshare_core else 0],
+                    anchor_cache=decoding.layer("anchor", r) if decoding is not None and cfg.unfreeze_kv else None,
+                    core_cache=decoding.layer("core", r) if decoding is not None and cfg.self_attn_core else None)
+        return history
+
+    def iteration(self, history: list[torch.Tensor], pe_r: torch.Tensor | None, anchor_kv, rope, core: CoreBlock,
+                  anchor_cache: LayerCache | None = None, core_cache: LayerCache | None = None) -> list[torch.Tensor]:
+        """One loop iteration: the state window (newest first) -> the window with h_{r+1} in front.
+        A function of tensors and modules, never of the loop index r, so that a compiled model runs
+        it as one graph for every r and every R (compile_by_iteration)."""
+        x_r = history[0] if self.hyper is None else self.hyper(history)
+        u = x_r if pe_r is None else x_r + pe_r.to(x_r.dtype)  # the core's input
+        if self.config.unfreeze_kv:  # X: K, V from this loop's state (the authors' code: from the core's input)
+            anchor_kv = self.anchor(u if self.config.unfrozen_kv_input == "core_input" else x_r, anchor_cache)
+        y = core(u, anchor_kv, rope, core_cache)
+        carried = u if self.config.core_update == "residual_plus_gate" else x_r  # the authors' gate carries u_r
+        return [self.gate(carried, y - carried)] + history[:-1]
+
+    def compile_by_iteration(self) -> None:
+        """Have torch.compile run the loop over r (`loop`) as plain Python and compile what it calls:
+        one graph per iteration, reused for every r and every R, as Huginn compiles its recurrence
+        (`torch._dynamo.disable(recursive=False)` on iterate_forward, seal-rg/recurrent-pretraining).
+        Training with a sampled R needs it: by default Dynamo unrolls the loop into one graph per
+        distinct R and, past its recompile limit (8 per function), runs every further R eagerly,
+        silently. A fixed-R run keeps the default, one graph for the whole unrolled model."""
+        self.loop = torch.compiler.disable(self.loop, recursive=False)
 
     # ---- cached decoding ----
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,

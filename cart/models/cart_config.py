@@ -151,6 +151,10 @@ class CARTConfig(ConfigBase):
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"n_loops"})
 
+    def training_kwargs(self) -> frozenset[str]:
+        """backprop_loops: truncated backpropagation through the last k iterations (CART.recur)."""
+        return frozenset({"backprop_loops"})
+
     def kv_cache_values_per_token(self, n_loops: int | None = None) -> int:
         """MLA latents (d_c each) of the prelude layers, the coda and the anchor; X caches one
         anchor latent per loop and W one self-attention latent per loop instead (CART.new_cache)."""

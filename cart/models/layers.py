@@ -248,9 +248,10 @@ class LanguageModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **runtime) -> torch.Tensor:
-        unknown = set(runtime) - self.config.runtime_kwargs()
+        accepted = self.config.runtime_kwargs() | self.config.training_kwargs()
+        unknown = set(runtime) - accepted
         if unknown:
-            valid = sorted(self.config.runtime_kwargs()) or "none"
+            valid = sorted(accepted) or "none"
             raise ValueError(f"{type(self).__name__}: unknown argument(s) {sorted(unknown)}; valid: {valid}")
         logits = self.head(self.hidden(idx, **runtime))
         return logits if targets is None else lm_loss(logits, targets)
