@@ -120,8 +120,23 @@ def test_cache_sizes_at_paper_scale():
     assert DenseConfig(d_model=1024, n_layers=12).kv_cache_values_per_token() == 12 * 2 * 1024
 
 
+@pytest.mark.parametrize("flags", CART_FLAGS, ids=list(CART_FLAGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cache_allocates_exactly_what_the_config_counts(flags, dtype):
+    """Preallocated, before any token: max_len slots of kv_cache_values_per_token() values per row,
+    in the model's dtype; no latent cache that is never filled (it would cost memory, not bytes)."""
+    model = tiny(**CART_FLAGS[flags]).to(dtype)
+    R = 3 if "Z" in flags else 5  # an unshared core runs its own R only
+    cache = model.new_cache(2, 11, n_loops=R)
+    assert cache.nbytes() == 0
+    assert all(layer.c.dtype == dtype and layer.c.shape[:2] == (2, 11) for layer in cache.layers)
+    assert sum(layer.c.shape[2] for layer in cache.layers) == model.config.kv_cache_values_per_token(n_loops=R)
+
+
 def test_noncausal_cross_attention_cannot_decode():
-    with pytest.raises(ValueError, match="noncausal_cross_attn"):
+    """The leak-collapse experiment's model sees the future: it has no token-by-token decoding."""
+    with pytest.raises(ValueError, match=r"^CARTConfig\.noncausal_cross_attn: a cross-attention that sees the "
+                                         r"future cannot decode token by token$"):
         tiny(noncausal_cross_attn=True).new_cache(1, 4)
 
 
