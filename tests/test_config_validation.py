@@ -122,3 +122,58 @@ def test_derived_geometry(cls):
     assert cfg.ffn_hidden == 96  # 16 * ceil(int(8 * 32 / 3) / 16) = 16 * ceil(85 / 16)
     assert cfg.layer_weights == 4 * 32 * 32 + 3 * 32 * 96
     assert cls(**(SMALL | {"ffn_multiple": 85})).ffn_hidden == 85  # int(8d/3) = 85 exactly: no rounding up
+
+
+# ---- runtime arguments and decode state: one exact message each ------------------------------
+
+def _runtime_errors():
+    import torch
+
+    from cart.models.layers import DecodeCache, KVCache, LanguageModel, LatentCache
+    idx = torch.randint(0, 61, (1, 4))
+    cart = build_model(CARTConfig(**SMALL, n_prelude=1, n_loops=3))
+    return [
+        (lambda: build_model(CARTConfig(**SMALL, n_prelude=1, n_loops=3, unshare_core=True))(idx, n_loops=4),
+         "n_loops=4: an unshared core has exactly 3 blocks"),
+        (lambda: build_model(CARTConfig(**SMALL, n_prelude=1, n_loops=3, variant="paper_code"))(idx, n_loops=17),
+         "n_loops=17: the projected loop-index embedding has 16 rows (lie_rows), one per iteration; "
+         "run at most 16 loops"),
+        (lambda: build_model(DenseConfig(**SMALL, n_layers=1))(idx, n_loops=2),
+         "Dense: unknown argument(s) ['n_loops']; valid: ['pattern']"),
+        (lambda: cart(idx, pattern="D4"), "CART: unknown argument(s) ['pattern']; valid: ['n_loops']"),
+        (lambda: cart.forward_cached(torch.randint(0, 61, (1, 5)), cart.new_cache(1, 4)),
+         "decoding past max_len=4: 0 tokens seen, 5 more given"),
+        (lambda: DecodeCache(2, 4, "cpu", torch.tensor([1, -1])),
+         "DecodeCache: pad must be 2 non-negative counts, got tensor([ 1, -1])"),
+        (lambda: DecodeCache(2, 4, "cpu", torch.tensor([1])), "DecodeCache: pad must be 2 non-negative counts, got tensor([1])"),
+        (lambda: KVCache(1, 2, 4, 3, "cpu", torch.float32).append(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 4, 4)),
+         "KVCache: 4 tokens exceed the cache's max_len=3"),
+        (lambda: LatentCache(1, 4, 3, "cpu", torch.float32).append(torch.zeros(1, 4, 4)),
+         "LatentCache: 4 tokens exceed the cache's max_len=3"),
+        (lambda: LanguageModel(DenseConfig(**SMALL, n_layers=1)).new_cache(1, 2), "LanguageModel has no cached decoding"),
+        (lambda: LanguageModel(DenseConfig(**SMALL, n_layers=1)).forward_cached(idx, None),
+         "LanguageModel has no cached decoding"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_runtime_misuse_is_one_exact_message(case):
+    call, message = _runtime_errors()[case]
+    with pytest.raises((ValueError, NotImplementedError)) as e:
+        call()
+    assert str(e.value) == message
+
+
+def test_caches_accept_exactly_max_len_tokens():
+    import torch
+
+    from cart.models.layers import KVCache, LatentCache
+    kv = KVCache(1, 2, 4, 3, "cpu", torch.float32)
+    k, v = kv.append(torch.ones(1, 2, 2, 4), torch.ones(1, 2, 2, 4))
+    k, v = kv.append(torch.full((1, 2, 1, 4), 2.0), torch.full((1, 2, 1, 4), 3.0))
+    assert k.shape[2] == 3 and k[0, 0, :, 0].tolist() == [1.0, 1.0, 2.0] and v[0, 0, :, 0].tolist() == [1.0, 1.0, 3.0]
+    assert kv.nbytes() == 2 * 2 * 3 * 4 * 4
+    latent = LatentCache(1, 4, 3, "cpu", torch.float32)
+    latent.append(torch.ones(1, 2, 4))
+    assert latent.append(torch.full((1, 1, 4), 2.0))[0, :, 0].tolist() == [1.0, 1.0, 2.0]
+    assert latent.nbytes() == 3 * 4 * 4
