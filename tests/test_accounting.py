@@ -149,3 +149,33 @@ def test_dense_flops_are_what_the_forward_applies(layers):
     per_token, matmul, attention = applied(build_model(cfg), 8)
     assert count_params(cfg)["effective"] == per_token
     assert forward_flops(cfg, 8) == 2 * matmul * 8 + attention * 4 * 8 * 8 * cfg.d_model
+
+
+@pytest.mark.parametrize("device_name,peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12),
+    ("NVIDIA GeForce RTX 3090", 71e12), ("NVIDIA GeForce RTX 4090", 165e12), ("NVIDIA L40S", 362e12),
+    ("nvidia h100 pcie", 989e12),  # torch's names vary in case
+    ("NVIDIA GeForce GTX 1080", None), ("", None),
+])
+def test_peak_flops_are_looked_up_by_device_name(device_name, peak):
+    from cart.accounting import peak_flops_for
+    assert peak_flops_for(device_name) == peak
+
+
+@pytest.mark.parametrize("cfg", [CARTConfig(**SMALL), DenseConfig(vocab_size=97, d_model=64, head_dim=16, n_layers=2,
+                                                                   ffn_multiple=32)], ids=["cart", "dense"])
+def test_training_flops_per_token_are_three_passes_of_forward_and_head(cfg):
+    """Forward per token plus the tied LM head (2 FLOPs per weight of the V x d embedding), times 3
+    for forward + backward, times the family's passes per training token."""
+    from cart.accounting import train_flops_per_token
+    head = 2 * build_model(cfg).tok_emb.weight.numel()
+    assert train_flops_per_token(cfg, 16) == 3 * (forward_flops(cfg, 16) / 16 + head)
+
+
+def test_joint_training_doubles_training_flops_and_mfu():
+    from cart.accounting import train_flops_per_token
+    from cart.models import RATPlusConfig
+    joint = RATPlusConfig(vocab_size=97, d_model=64, head_dim=16, n_layers=2, ffn_multiple=32)
+    single = joint.replace(joint_train=False)
+    assert train_flops_per_token(joint, 16) == 2 * train_flops_per_token(single, 16)
+    assert mfu(joint, 1000.0, 1e12) == 2 * mfu(single, 1000.0, 1e12) == 2 * 6 * count_params(single)["effective"] * 1e-9

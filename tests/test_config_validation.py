@@ -177,3 +177,16 @@ def test_caches_accept_exactly_max_len_tokens():
     latent.append(torch.ones(1, 2, 4))
     assert latent.append(torch.full((1, 1, 4), 2.0))[0, :, 0].tolist() == [1.0, 1.0, 2.0]
     assert latent.nbytes() == 3 * 4 * 4
+
+
+def test_the_base_defaults_every_family_inherits():
+    cart = CARTConfig(**SMALL)
+    assert cart.train_substeps() == ({},) and cart.train_passes() == 1.0
+    assert DenseConfig(**SMALL).train_passes() == 1.0
+    assert cart.to_dict()["arch"] == "cart" and cart.to_dict()["d_model"] == 32
+    assert cart.replace(n_loops=5).n_loops == 5 and cart.n_loops == 6  # a copy; the original is unchanged
+    with pytest.raises(ValueError, match=r"^CARTConfig\.n_loops: must be >= 1, got 0$"):
+        cart.replace(n_loops=0)  # a replaced config is validated again
+    with pytest.raises(NotImplementedError) as e:
+        RATPlusConfig(**SMALL).kv_cache_values_per_token()
+    assert str(e.value) == "RATPlusConfig has no cached decoding"
