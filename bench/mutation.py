@@ -31,7 +31,8 @@ SUMMARY = ROOT / "metrics" / "mutation.json"
 EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.toml"
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped as the summary counts them
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no_tests", 5: "no_tests", None: "not_checked",
-          36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout"}
+          36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+          -9: "timeout"}  # -9: the SIGKILL mutmut sends one second after the CPU-time limit
 
 
 def targets() -> list[str]:
