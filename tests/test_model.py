@@ -215,3 +215,27 @@ def test_compiled_training_step_matches_eager():
     (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
     assert l1 == pytest.approx(l0, rel=1e-5) and n1 == pytest.approx(n0, rel=1e-4)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g0, g1))
+
+
+@pytest.mark.parametrize("cfg,depth", [
+    (CARTConfig(**SMALL), 2 + 3 + 1), (CARTConfig(**SMALL, variant="paper_code"), None),
+    (DenseConfig(vocab_size=61, d_model=32, head_dim=8, n_layers=3, ffn_multiple=16), 3),
+], ids=["cart_depth_scaled", "cart_plain", "dense"])
+def test_initialisation_follows_the_config(cfg, depth):
+    """Matrices N(0, 0.02); under depth-scaled init the residual output projections (attention o,
+    SwiGLU down) N(0, 0.02 / sqrt(2 L)); norm gains 1; the gate at lti_init; HC logits [6 or 1, 0, 0]."""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for name, p in model.named_parameters():
+        if p.dim() < 2:
+            continue
+        scaled = depth is not None and name.endswith(("attn.o.weight", "ffn.down.weight"))
+        std = 0.02 / math.sqrt(2 * depth) if scaled else 0.02
+        assert p.std().item() == pytest.approx(std, rel=0.15), name
+        assert abs(p.mean().item()) < 0.2 * std, name
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or name == "norm_f.weight":
+            assert torch.equal(p, torch.ones_like(p)), name
+    if isinstance(cfg, CARTConfig):
+        torch.testing.assert_close(torch.sigmoid(model.gate.theta), torch.full((32,), 0.9))
+        assert model.hyper.logits.tolist() == [cfg.hc_init_logit, 0.0, 0.0]
