@@ -67,6 +67,7 @@ def test_bad_value_is_one_exact_message(cls, kwargs, message):
     (CARTConfig, {"unfreeze_kv": True}), (CARTConfig, {"self_attn_core": True}),
     (CARTConfig, {"head_dim": 2, "d_model": 2, "kv_latent_ratio": 2, "vocab_size": 1, "ffn_multiple": 1}),
     (DenseConfig, {"n_layers": 1}), (RATPlusConfig, {"n_layers": 1}),
+    (DenseConfig, {"rope_theta": 0.5, "norm_eps": 1e-12, "init_std": 1e-9}),  # positive, however small
     (RATPlusConfig, {"joint_train": False, "train_pattern": "D4"}),
     (RATPlusConfig, {"n_layers": 2, "sparse_pattern": "D4,W2"}),
 ])

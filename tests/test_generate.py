@@ -133,6 +133,13 @@ def test_cache_allocates_exactly_what_the_config_counts(flags, dtype):
     assert sum(layer.c.shape[2] for layer in cache.layers) == model.config.kv_cache_values_per_token(n_loops=R)
 
 
+@pytest.mark.parametrize("pattern", [None, "D4-W2-P1"])
+def test_dense_cache_is_in_the_models_dtype(pattern):
+    model = tiny("dense").to(torch.bfloat16)
+    cache = model.new_cache(2, 9, pattern=pattern)
+    assert len(cache.layers) == 2 and all(layer.k.dtype == layer.v.dtype == torch.bfloat16 for layer in cache.layers)
+
+
 def test_noncausal_cross_attention_cannot_decode():
     """The leak-collapse experiment's model sees the future: it has no token-by-token decoding."""
     with pytest.raises(ValueError, match=r"^CARTConfig\.noncausal_cross_attn: a cross-attention that sees the "

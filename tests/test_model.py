@@ -239,3 +239,16 @@ def test_initialisation_follows_the_config(cfg, depth):
     if isinstance(cfg, CARTConfig):
         torch.testing.assert_close(torch.sigmoid(model.gate.theta), torch.full((32,), 0.9))
         assert model.hyper.logits.tolist() == [cfg.hc_init_logit, 0.0, 0.0]
+
+
+def test_lm_loss_skips_ignored_targets_and_honours_the_reduction():
+    from cart.models.base import IGNORE_INDEX
+    from cart.models.layers import lm_loss
+    logits = torch.randn(2, 5, 61, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 61, (2, 5), generator=torch.Generator().manual_seed(1))
+    per_token = torch.nn.functional.cross_entropy(logits.view(-1, 61), targets.view(-1), reduction="none")
+    assert torch.allclose(lm_loss(logits, targets, reduction="sum"), per_token.sum())
+    targets[0, 4] = targets[1, 4] = IGNORE_INDEX  # a window's last target that would cross domains
+    kept = per_token.view(2, 5)[:, :4]
+    assert torch.allclose(lm_loss(logits, targets), kept.mean())
+    assert torch.allclose(lm_loss(logits, targets, reduction="sum"), kept.sum())
