@@ -133,6 +133,24 @@ def test_cache_allocates_exactly_what_the_config_counts(flags, dtype):
     assert sum(layer.c.shape[2] for layer in cache.layers) == model.config.kv_cache_values_per_token(n_loops=R)
 
 
+@pytest.mark.parametrize("arch", ["cart", "dense"])
+def test_unpadded_decoding_without_a_pad_argument(arch):
+    """The common case, a batch of equal-length prompts: no `pad`, every row starts at position 0."""
+    model = tiny(arch)
+    seq = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cache = model.new_cache(2, 7)
+        got = torch.cat([model.forward_cached(seq[:, :4], cache)] +
+                        [model.forward_cached(seq[:, i:i + 1], cache) for i in range(4, 7)], dim=1)
+        torch.testing.assert_close(got, model(seq), atol=1e-5, rtol=1e-5)
+    assert cache.pad.tolist() == [0, 0] and cache.length == 7
+
+
+def test_an_empty_decode_cache_holds_no_bytes():
+    from cart.models.layers import DecodeCache
+    assert DecodeCache(2, 5, "cpu").nbytes() == 0
+
+
 @pytest.mark.parametrize("pattern", [None, "D4-W2-P1"])
 def test_dense_cache_is_in_the_models_dtype(pattern):
     model = tiny("dense").to(torch.bfloat16)
