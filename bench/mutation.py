@@ -32,7 +32,10 @@ EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.toml"
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped as the summary counts them
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no_tests", 5: "no_tests", None: "not_checked",
           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
-          -9: "timeout"}  # -9: the SIGKILL mutmut sends one second after the CPU-time limit
+          -9: "sigkill", -11: "sigkill"}
+# sigkill: the worker died (mutmut's CPU-time kill, or the kernel's when memory ran out) before the
+# tests gave a verdict. Not counted as killed: listed with the survivors until a re-run judges it.
+COUNTED = ("killed", "timeout", "survived", "sigkill", "no_tests", "not_checked", "other")
 
 
 def targets() -> list[str]:
@@ -70,8 +73,7 @@ def summarize(runtimes: dict[str, float]) -> dict:
     modules, survivors = {}, {}
     for path in targets():
         results = module_results(path)
-        counts = {s: sum(v == s for v in results.values())
-                  for s in ("killed", "timeout", "survived", "no_tests", "not_checked", "other")}
+        counts = {s: sum(v == s for v in results.values()) for s in COUNTED}
         judged = len(results) - counts["not_checked"]
         caught = counts["killed"] + counts["timeout"]
         runtime = runtimes.get(path, previous["modules"].get(path, {}).get("runtime_s"))
@@ -79,15 +81,17 @@ def summarize(runtimes: dict[str, float]) -> dict:
                          "killed_fraction": round(caught / judged, 4) if judged else None,
                          "runtime_s": None if runtime is None else round(runtime)}
         for name, status in results.items():
-            if status in ("survived", "no_tests"):
-                survivors[name] = reasons.get(name, "unexplained")
-    total = {k: sum(m[k] for m in modules.values())
-             for k in ("mutants", "killed", "timeout", "survived", "no_tests", "not_checked", "other")}
+            if status in ("survived", "no_tests", "sigkill", "other"):
+                survivors[name] = reasons.get(name, "unexplained" if status != "sigkill" else
+                                              "sigkill: no verdict yet (re-run it by name)")
+    total = {k: sum(m[k] for m in modules.values()) for k in ("mutants", *COUNTED)}
     judged = total["mutants"] - total["not_checked"]
     total["killed_fraction"] = round((total["killed"] + total["timeout"]) / judged, 4) if judged else None
     return {"tool": "mutmut 3.8.1", "command": "python bench/mutation.py",
-            "note": "killed_fraction = (killed + timeout) / judged; no_tests = no selected test runs the "
-                    "mutated function; survivors list each survivor or no-test mutant with its reason",
+            "note": "killed_fraction = (killed + timeout) / (mutants - not_checked); no_tests = no selected "
+                    "test runs the mutated function; sigkill = the worker was killed before a verdict (not "
+                    "counted as killed); survivors lists every survived, no-test and sigkill mutant with the "
+                    "reason it is equivalent (bench/mutation_equivalents.toml) or 'unexplained'",
             "total": total, "modules": modules, "survivors": dict(sorted(survivors.items()))}
 
 
