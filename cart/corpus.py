@@ -194,12 +194,23 @@ def corpus_file(corpus_dir: str | os.PathLike, domain: str, split: str) -> Path:
 
 
 def iter_texts(corpus_dir: str | os.PathLike, domain: str, split: str) -> Iterator[str]:
-    """The documents of one domain and split, in corpus order."""
+    """The documents of one domain and split, in corpus order.
+
+    The corpus stage writes UTF-8 (JSON escapes anything else), so bytes that are not UTF-8 mean a
+    damaged or hand-edited file: rejected, not replaced (replacing would silently train the
+    tokenizer and the model on U+FFFD), with one message naming the file and the byte offset."""
     path = corpus_file(corpus_dir, domain, split)
     if not path.is_file():
         raise FileNotFoundError(f"corpus file not found: {path}; re-run the corpus stage")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not UTF-8 at byte {offset + e.start} ({e.reason}); the corpus stage "
+                                 f"writes UTF-8, so the file is damaged: re-run the corpus stage") from None
+            offset += len(raw)
             if line.strip():
                 yield json.loads(line)["text"]
 

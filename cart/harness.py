@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .device import autocast, resolve_device, resolve_dtype
 from .io import sha256_file
+from .models.base import check_int_arg
 
 
 # ---- params: the `benchmarks` section of params.yaml --------------------------------------------
@@ -174,7 +175,7 @@ class CARTLM(TemplateLM):
         self._device = torch.device(device)
         self.model = model.to(self._device).eval()
         self.tok = tokenizer
-        self.n_loops = n_loops
+        self.n_loops = n_loops  # checked by the setter below, before any request is scored
         self.runtime: dict = {}  # the family's other inference-time arguments (RAT+ pattern, LRT mode)
         self.batch_size = batch_size
         self.max_length = max_length
@@ -260,6 +261,20 @@ class CARTLM(TemplateLM):
 
     def tok_decode(self, tokens) -> str:
         return self.tok.decode(tokens)
+
+    @property
+    def n_loops(self) -> int | None:
+        return self._n_loops
+
+    @n_loops.setter
+    def n_loops(self, value: int | None) -> None:
+        """R of every forward pass (None: the trained R); lm-eval's model_args arrive parsed, so
+        `n_loops=2.5` is a float here: refused now, naming the argument, not deep inside torch."""
+        if value is not None:
+            if "n_loops" not in self.model.config.runtime_kwargs():
+                raise ValueError(f"n_loops: {type(self.model).__name__} has no loop count; leave n_loops unset")
+            check_int_arg("n_loops", value)
+        self._n_loops = value
 
     @property
     def trained_n_loops(self) -> int | None:

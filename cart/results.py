@@ -177,6 +177,28 @@ def read_tsv(path: Path, columns: Iterable[str], issues: list, run_id: str | Non
     return df
 
 
+def weights_damage(path: Path) -> str | None:
+    """What is wrong with a completed run's safetensors weights, read from the header alone (no
+    torch, no full read): missing, a header that does not parse, or a file shorter or longer than
+    the tensors the header lists (a truncated copy). None when the file is whole."""
+    if not path.is_file():
+        return "model.safetensors is missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 2 <= header_len <= size - 8:
+                raise ValueError(f"header length {header_len}")
+            header = json.loads(f.read(header_len))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        return f"model.safetensors is damaged: unreadable header ({e})"
+    expected = 8 + header_len + max(ends, default=0)
+    if size != expected:
+        return f"model.safetensors is damaged: {size} bytes, its header lists {expected}"
+    return None
+
+
 def _model_config(cfg: dict | None, issues: list, run_id: str, path: Path):
     if not cfg or not isinstance(cfg.get("model"), dict):
         return None
@@ -240,6 +262,12 @@ def collect_run(root: Path, group: str, name: str, expected: dict | None, in_gri
         row["failure"] = summary.get("failure")
         if status not in ("complete", "failed"):
             row["failure"] = f"summary.json has unknown status {status!r}"
+        damage = weights_damage(run_dir / "model.safetensors") if status == "complete" else None
+        if damage:  # the evaluation stages would load these weights: a failed run, not a silent one
+            row["status"] = "failed"
+            row["failure"] = (f"{damage}; restore it (`dvc checkout runs/{group}/{name}`) or delete the run "
+                              "folder to retrain")
+            issues.append((run_id, str(run_dir / "model.safetensors"), damage))
         for k in ("steps", "tokens", "wall_s", "tokens_per_s", "mfu", "peak_flops", "spectral_radius",
                   "final_train_loss"):
             row[k] = _num(summary.get(k))

@@ -144,14 +144,25 @@ def _training_lines(corpus_dir: Path, domains: list[str], train_chars: int) -> I
 def train_sentencepiece(lines: Iterable[str], model_type: str, vocab_size: int) -> bytes:
     """Train a byte-fallback SentencePiece model; returns the serialized model."""
     buf = io.BytesIO()
+    source_errors: list[Exception] = []
+
+    def source():  # SentencePiece wraps an error of its line source in a RuntimeError: keep the original
+        try:
+            yield from lines
+        except Exception as e:
+            source_errors.append(e)
+            raise
+
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buf, model_type=model_type, vocab_size=vocab_size,
+            sentence_iterator=source(), model_writer=buf, model_type=model_type, vocab_size=vocab_size,
             byte_fallback=True, character_coverage=0.9995, normalization_rule_name="identity",
             remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
             max_sentence_length=_MAX_SENTENCE_BYTES, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             num_threads=max(1, os.cpu_count() or 1), minloglevel=2)
     except RuntimeError as e:
+        if source_errors:  # e.g. a damaged corpus file (cart.corpus.iter_texts): its own one-line message
+            raise source_errors[0] from None
         msg = str(e)
         if "Vocabulary size" in msg or "vocab_size" in msg:
             raise ValueError(f"tokenizer.vocab_size={vocab_size} is too large for the training text "

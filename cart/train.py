@@ -2,8 +2,10 @@
 
 Guarantees: a finished run is not retrained; an interrupted run (SIGKILL, SIGTERM, Ctrl-C)
 resumes at the exact optimizer step and data position and ends bit-identical to an
-uninterrupted run on CPU; a run whose config changed starts over; a NaN/inf stops the run
-naming the step, keeps the last good checkpoint and records the failure.
+uninterrupted run on CPU; a run whose config changed starts over, once the new config, data and
+model are accepted, and a completed run it replaces keeps its config, summary and weights under
+runs/<group>/<name>/replaced/<time>/; a NaN/inf stops the run naming the step, keeps the last good
+checkpoint and records the failure (null, never NaN, in its JSON).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from .tokenizer import tokenizer_info
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
 # finished run finished and lets an interrupted one resume (on another GPU count, too).
 RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every")
+# Inside a run folder: the completed runs a changed config replaced, one folder each (never deleted here).
+REPLACED = "replaced"
 
 
 class NonFiniteError(RuntimeError):
@@ -112,10 +116,39 @@ class Trainer:
         return "resume" if (p.run_dir / ckpt.STATE).is_file() else "fresh"
 
     def _reset_dirs(self) -> None:
-        for d in (self.paths.run_dir, self.paths.plots_dir):
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(parents=True, exist_ok=True)
+        """Empty the run's folders for a fresh start; a completed run's files are set aside first and
+        runs/<group>/<name>/replaced/ is never emptied."""
+        self._set_aside_completed_run()
+        shutil.rmtree(self.paths.plots_dir, ignore_errors=True)
+        self.paths.plots_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        for entry in self.paths.run_dir.iterdir():
+            if entry.name == REPLACED:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         self.paths.metrics_file.unlink(missing_ok=True)
+
+    def _set_aside_completed_run(self) -> None:
+        """A completed run whose config changed is retrained from scratch, but its weights are never
+        deleted: its config, summary and final weights move to replaced/<UTC time>/ inside the run
+        folder, where they stay until someone deletes them (a move, so no extra disk; DVC dedups the
+        unchanged weights in its cache). An unfinished or failed run has no final weights: it goes."""
+        run_dir = self.paths.run_dir
+        summary = run_dir / ckpt.SUMMARY
+        if not (summary.is_file() and (run_dir / ckpt.WEIGHTS).is_file()
+                and read_json(summary, "run summary").get("status") == "complete"):
+            return
+        dest = run_dir / REPLACED / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        while dest.exists():  # two replacements within one second
+            dest = dest.with_name(dest.name + "+")
+        dest.mkdir(parents=True)
+        for name in (ckpt.CONFIG, ckpt.SUMMARY, ckpt.WEIGHTS):
+            if (run_dir / name).is_file():
+                (run_dir / name).replace(dest / name)
+        print(f"{self.spec.run_id}: the completed run this config replaces is kept in {dest}")
 
     # ---- checkpoints ----
     def _save_checkpoint(self, step: int) -> None:
@@ -356,6 +389,7 @@ class Trainer:
             "flops_per_seq": forward_flops(spec.model, spec.run.seq_len),
             "spectral_radius": self._rho(), "final_train_loss": last_loss, "final_eval": final_eval,
         }
+        summary = finite_or_null(summary)  # a diverged run's NaN rho is no JSON number: null, beside its failure
         atomic_write_json(paths.run_dir / ckpt.SUMMARY, summary)
         atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
         return summary
@@ -378,6 +412,18 @@ class _NormOnHost:
         if self.event is not None:
             self.event.synchronize()
         return self.host.item()
+
+
+def finite_or_null(value):
+    """`value` with every NaN or infinite float (at any depth) replaced by None, so the JSON written
+    from it is valid for strict readers (Python's json would write the non-standard NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def metrics_from_summary(summary: dict) -> dict:

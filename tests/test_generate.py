@@ -120,8 +120,48 @@ def test_cache_sizes_at_paper_scale():
     assert DenseConfig(d_model=1024, n_layers=12).kv_cache_values_per_token() == 12 * 2 * 1024
 
 
+@pytest.mark.parametrize("flags", CART_FLAGS, ids=list(CART_FLAGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cache_allocates_exactly_what_the_config_counts(flags, dtype):
+    """Preallocated, before any token: max_len slots of kv_cache_values_per_token() values per row,
+    in the model's dtype; no latent cache that is never filled (it would cost memory, not bytes)."""
+    model = tiny(**CART_FLAGS[flags]).to(dtype)
+    R = 3 if "Z" in flags else 5  # an unshared core runs its own R only
+    cache = model.new_cache(2, 11, n_loops=R)
+    assert cache.nbytes() == 0
+    assert all(layer.c.dtype == dtype and layer.c.shape[:2] == (2, 11) for layer in cache.layers)
+    assert sum(layer.c.shape[2] for layer in cache.layers) == model.config.kv_cache_values_per_token(n_loops=R)
+
+
+@pytest.mark.parametrize("arch", ["cart", "dense"])
+def test_unpadded_decoding_without_a_pad_argument(arch):
+    """The common case, a batch of equal-length prompts: no `pad`, every row starts at position 0."""
+    model = tiny(arch)
+    seq = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        cache = model.new_cache(2, 7)
+        got = torch.cat([model.forward_cached(seq[:, :4], cache)] +
+                        [model.forward_cached(seq[:, i:i + 1], cache) for i in range(4, 7)], dim=1)
+        torch.testing.assert_close(got, model(seq), atol=1e-5, rtol=1e-5)
+    assert cache.pad.tolist() == [0, 0] and cache.length == 7
+
+
+def test_an_empty_decode_cache_holds_no_bytes():
+    from cart.models.layers import DecodeCache
+    assert DecodeCache(2, 5, "cpu").nbytes() == 0
+
+
+@pytest.mark.parametrize("pattern", [None, "D4-W2-P1"])
+def test_dense_cache_is_in_the_models_dtype(pattern):
+    model = tiny("dense").to(torch.bfloat16)
+    cache = model.new_cache(2, 9, pattern=pattern)
+    assert len(cache.layers) == 2 and all(layer.k.dtype == layer.v.dtype == torch.bfloat16 for layer in cache.layers)
+
+
 def test_noncausal_cross_attention_cannot_decode():
-    with pytest.raises(ValueError, match="noncausal_cross_attn"):
+    """The leak-collapse experiment's model sees the future: it has no token-by-token decoding."""
+    with pytest.raises(ValueError, match=r"^CARTConfig\.noncausal_cross_attn: a cross-attention that sees the "
+                                         r"future cannot decode token by token$"):
         tiny(noncausal_cross_attn=True).new_cache(1, 4)
 
 

@@ -200,6 +200,26 @@ def test_n_loops_reaches_the_model(lm, model, tok):
         assert all(abs(g - d) > 1e-3 for g, d in zip(got, default))
 
 
+@pytest.mark.parametrize("value,message", [(2.5, "n_loops: expected an int, got 2.5"),
+                                           (True, "n_loops: expected an int, got True"),
+                                           (0, "n_loops: must be >= 1, got 0")])
+def test_bad_n_loops_is_refused_when_set_not_when_scoring(model, tok, value, message):
+    """lm-eval's `--model_args n_loops=2.5` reaches the adapter as a float: one message up front."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        CARTLM(model, tok, n_loops=value, progress=False)
+    lm = CARTLM(model, tok, progress=False)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        lm.n_loops = value
+    assert lm.n_loops is None
+
+
+def test_n_loops_on_a_model_without_loops_is_refused(tok):
+    from cart.models import DenseConfig, build_model
+    dense = build_model(DenseConfig(vocab_size=VOCAB, d_model=32, head_dim=16, n_layers=1, ffn_multiple=16))
+    with pytest.raises(ValueError, match="^n_loops: Dense has no loop count"):
+        CARTLM(dense, tok, n_loops=2, progress=False)
+
+
 def test_bf16_autocast_path_stays_close_to_fp32(model, tok):
     pairs = [req(c, x) for c, x in PAIRS]
     fp32 = CARTLM(model, tok, batch_size=4, max_length=256, progress=False).loglikelihood(pairs, disable_tqdm=True)

@@ -1,5 +1,7 @@
 """Atomic writes under SIGKILL, damaged checkpoints, disk-space refusal."""
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,3 +93,132 @@ def test_disk_space_is_checked_before_writing(tmp_path, monkeypatch):
         require_free_space(tmp_path, 500 << 20, "bins")
     monkeypatch.setattr("shutil.disk_usage", lambda _: usage(10 << 30, 0, 10 << 30))
     require_free_space(tmp_path, 500 << 20, "bins")  # enough: no error
+
+
+# ---- reliability findings (issue 16): each test failed before its fix -----------------------
+
+def _strict_json(path: Path):
+    """json.loads as a strict reader: NaN and Infinity are not JSON."""
+    def reject(constant):
+        raise ValueError(f"{path.name}: {constant} is not valid JSON")
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def _spec(group="stage2", name="d32-R2-s42"):
+    from cart.experiments import resolve_run
+    from cart.params import load_params
+    from cart.tokenizer import tokenizer_info
+    return resolve_run(load_params(), group, name, tokenizer_info("data/tokenizer")["vocab_size"])
+
+
+def test_diverged_run_writes_null_not_nan_and_the_failure(tiny_project):
+    from cart.checkpoint import SUMMARY
+    from cart.experiments import RunPaths
+    from cart.train import NonFiniteError, Trainer
+    from conftest import tiny_params, write_params
+    p = tiny_params()
+    p["train"].update(lr=1e6, lr_width_scaling=False, grad_clip=0.0, checkpoint_every=1)
+    write_params(tiny_project, p)
+    spec = _spec()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    with pytest.raises(NonFiniteError):
+        Trainer(spec, paths, progress=False).run()
+    for path in (paths.run_dir / SUMMARY, paths.metrics_file):
+        data = _strict_json(path)
+        assert data["status"] == "failed" and data["spectral_radius"] is None, path.name
+    assert "non-finite" in _strict_json(paths.run_dir / SUMMARY)["failure"]
+
+
+def _retrain_with_steps(project: Path, steps: int):
+    from cart.experiments import RunPaths
+    from cart.train import train_run
+    from conftest import tiny_params, write_params
+    p = tiny_params()
+    p["stage2"]["run"].update(steps=steps, eval_every=steps // 2)
+    write_params(project, p)
+    spec = _spec()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    return train_run(spec, paths, progress=False), paths
+
+
+def test_changed_config_with_broken_data_keeps_the_old_run(tiny_project):
+    """The stale run's files go only once the new config, data and model are accepted."""
+    first, paths = _retrain_with_steps(tiny_project, 12)
+    before = {f.name: f.read_bytes() for f in paths.run_dir.iterdir() if f.is_file()}
+    (tiny_project / "data/bins/train.bin").unlink()
+    with pytest.raises((FileNotFoundError, ValueError)):
+        _retrain_with_steps(tiny_project, 8)
+    assert {f.name: f.read_bytes() for f in paths.run_dir.iterdir() if f.is_file()} == before
+
+
+def test_a_replaced_completed_run_keeps_its_weights(tiny_project, capsys):
+    from cart.results import memory_store, load_runs
+    first, paths = _retrain_with_steps(tiny_project, 12)
+    old = {name: (paths.run_dir / name).read_bytes() for name in ("config.json", "summary.json", "model.safetensors")}
+    second, _ = _retrain_with_steps(tiny_project, 8)
+    assert second["status"] == "complete" and second["steps"] == 8
+    [kept] = (paths.run_dir / "replaced").iterdir()
+    assert {f.name: f.read_bytes() for f in kept.iterdir()} == old
+    assert "kept in" in capsys.readouterr().out
+    _retrain_with_steps(tiny_project, 6)  # a third config: both earlier runs are kept
+    assert len(list((paths.run_dir / "replaced").iterdir())) == 2
+    assert json.loads((paths.run_dir / "summary.json").read_text())["steps"] == 6
+    con = memory_store(tiny_project, groups=["stage2"])
+    assert list(load_runs(con)["run_id"]) == ["stage2/d32-R2-s42"]  # replaced/ is not a run
+
+
+def test_corpus_bytes_that_are_not_utf8_are_one_line_naming_file_and_offset(tiny_data, tmp_path):
+    """Rejected, not replaced (cart.corpus.iter_texts says why): the tokenizer stage, which reads
+    the corpus inside SentencePiece's trainer, stops with one line instead of a traceback."""
+    shutil.copytree(tiny_data / "data/corpus", tmp_path / "data/corpus")
+    shutil.copy(tiny_data / "params.yaml", tmp_path / "params.yaml")
+    damaged = tmp_path / "data/corpus/wikipedia/train.jsonl"
+    raw = damaged.read_bytes()
+    at = raw.index(b"\n", len(raw) // 2) + 20  # inside a document's text
+    damaged.write_bytes(raw[:at] + b"\xff" + raw[at:])
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "pipeline.tokenizer", "--no-progress"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"tokenizer: error: data/corpus/wikipedia/train.jsonl: not UTF-8 at byte {at} (invalid start byte); "
+        "the corpus stage writes UTF-8, so the file is damaged: re-run the corpus stage"]
+
+
+def _params_with(tmp_path: Path, path: str, value) -> Path:
+    import yaml
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    node = params
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    out = tmp_path / "params.yaml"
+    out.write_text(yaml.safe_dump(params, sort_keys=False))
+    return out
+
+
+@pytest.mark.parametrize("group", ["stage2", "dense"])
+def test_an_empty_grid_is_one_error_naming_it(tmp_path, group):
+    from pipeline import summarize
+    key = "stage2.grid.d_model" if group == "stage2" else "dense.grid.n_layers"
+    params = _params_with(tmp_path, key, [])
+    with pytest.raises(ValueError, match=rf"^{key}: expected a non-empty list, got \[\]$"):
+        summarize.main([group, "--params", str(params), "--root", str(tmp_path), "--out", str(tmp_path / "s.json")])
+
+
+def test_head_dim_error_names_the_runs_own_width(tmp_path):
+    from cart.experiments import validate_profile
+    from cart.params import load_params
+    params = load_params(_params_with(tmp_path, "model.common.head_dim", 48))
+    with pytest.raises(ValueError, match=r"^CARTConfig\.head_dim: must divide d_model=64, got 48$"):
+        validate_profile(params, vocab_size=2048)  # the default profile's first run has d=64
+
+
+def test_a_run_name_outside_the_grid_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    from pipeline import train
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"stage2/d96-R3-s7 is not in params.yaml's stage2 grid; valid: \["):
+        train.main(["stage2", "d96-R3-s7"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no run folder, no data read

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from safetensors.numpy import save_file
 from scipy import stats
 
 from cart.accounting import count_params, forward_flops
@@ -110,6 +111,7 @@ def write_run(root: Path, group: str, name: str, model, seed: int, final_wiki: f
         return
     final = None
     if status == "complete":
+        save_file({"w": np.zeros(6, dtype=np.float32)}, str(run_dir / "model.safetensors"))  # the final weights
         final = {}
         for dom in DOMAINS:
             ppl = final_wiki * DOMAIN_SCALE[dom]
@@ -365,6 +367,28 @@ def test_store_records_unreadable_files_instead_of_crashing(tmp_path):
     issues = R.load_issues(con)
     assert any("unreadable JSON" in m for m in issues["message"])
     assert any("non-numeric" in m and p.endswith("loss.tsv") for p, m in zip(issues["path"], issues["message"]))
+    con.close()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda w: w.write_bytes(w.read_bytes()[:-5]), "bytes, its header lists"),  # a truncated copy
+    (lambda w: w.write_bytes(w.read_bytes() + b"extra"), "bytes, its header lists"),
+    (lambda w: w.write_bytes(b"\xff" * 40), "unreadable header"),
+    (lambda w: w.unlink(), "missing"),
+])
+def test_a_completed_run_with_damaged_weights_is_a_failed_run(tmp_path, damage, message):
+    """The evaluation stages load a completed run's weights: damaged ones fail the run in the store
+    (with an issue naming the file and how to recover), never pass silently."""
+    make_project(tmp_path, eval_source=None)
+    weights = tmp_path / "runs/stage2/d64-R2-s42/model.safetensors"
+    damage(weights)
+    con = R.memory_store(tmp_path, None)
+    runs = R.load_runs(con).set_index("run_id")
+    assert runs.loc["stage2/d64-R2-s42", "status"] == "failed"
+    assert message in runs.loc["stage2/d64-R2-s42", "failure"] and "dvc checkout" in runs.loc["stage2/d64-R2-s42", "failure"]
+    assert runs.loc["stage2/d64-R4-s42", "status"] == "complete"  # its neighbour's whole weights pass
+    issues = R.load_issues(con)
+    assert list(issues["path"]) == [str(weights)]
     con.close()
 
 

@@ -105,7 +105,9 @@ class MLACrossAttention(nn.Module):
 
 
 
-# lambda = LTI_CEILING * sigmoid(theta): keeps rho < 1 even where fp32 rounds sigmoid(theta) to 1.
+# lambda = LTI_CEILING * sigmoid(theta) (reconstructed: the paper writes lambda = sigmoid(theta)): keeps
+# rho < 1 even where fp32 rounds sigmoid(theta) to exactly 1 (theta > ~17); a relative change of 1e-6
+# elsewhere. paper_code's residual_plus_gate uses sigmoid(a) as the authors do, without it.
 LTI_CEILING = 1.0 - 1e-6
 
 

@@ -94,17 +94,25 @@ class CARTConfig(ConfigBase):
     lie_dim: int = 32  # lie="projected": sinusoid width before the learned projection
     lie_rows: int = 16  # lie="projected": table rows, so at most 16 loops
     anchor_norm: bool | None = None  # RMSNorm before the anchor's K/V projection (reconstructed in paper_text)
-    init: Literal["depth_scaled", "plain"] | None = None  # depth_scaled: residual output projections / sqrt(2 L)
+    # depth_scaled (reconstructed: the paper gives no init; GPT-2's choice): residual output
+    # projections N(0, 0.02 / sqrt(2 L)), L = P + R + 1; plain: N(0, 0.02) everywhere (the authors' code)
+    init: Literal["depth_scaled", "plain"] | None = None
     norm_eps: float | None = None
     unfrozen_kv_input: Literal["state", "core_input"] | None = None  # what ablation X projects K/V from
     # ablations, all off by default
     unfreeze_kv: bool = False  # X: K, V recomputed from the evolving state every iteration
     unshare_core: bool = False  # Z: R distinct core blocks
     self_attn_core: bool = False  # W: core layers use MLA self-attention + RoPE, no anchor
-    disable_hyperconnection: bool = False  # HC: x_r = h_r
+    # HC: x_r = h_r. (reconstructed) The disabled HyperConnection is not built, so its 3 logits are
+    # not stored; the authors' model keeps the unused module (3 more stored parameters, and 32 d
+    # more for a disabled projected LIE). Results are the same; only the stored count differs by that.
+    disable_hyperconnection: bool = False
     disable_lti: bool = False  # LTI: plain residual (paper_text x_r + delta_r, paper_code 2 u_r + delta_r)
     disable_lie: bool = False  # LIE: no loop-index embedding
-    # Test-only: a cross-attention that sees the future, to prove the causality test can fail.
+    # The leak-collapse experiment: a cross-attention without its causal mask sees token t+1 from
+    # position t through the anchor (the paper's bug: training loss collapses to ~0, PPL ~1.02). A
+    # first-class ablation for that study and the proof the causality tests can fail; such a model
+    # cannot decode token by token (new_cache refuses it).
     noncausal_cross_attn: bool = False
 
     arch: ClassVar[str] = "cart"

@@ -1,0 +1,117 @@
+"""Mutation testing of the model families and the accounting with mutmut, one module at a time,
+and the committed summary of the last run (metrics/mutation.json).
+
+    pip install mutmut==3.8.1
+    python bench/mutation.py                        # every target module (hours on 2 cores)
+    python bench/mutation.py cart/models/cart.py    # one module (or several)
+    python bench/mutation.py --summary              # rewrite metrics/mutation.json from mutants/
+
+Slow, so outside CI. What is mutated and which tests judge it is `[tool.mutmut]` in pyproject.toml;
+mutmut runs each mutant against only the tests that execute the mutated function, fastest first,
+stopping at the first failure. Results accumulate in mutants/ (git-ignored): a module's mutants
+already judged are not re-run unless named (`mutmut run <mutant name>`) or their code changed.
+
+A surviving mutant is either killed by a new behavioural test or listed in
+bench/mutation_equivalents.toml with the reason it cannot change behaviour; the summary lists
+every survivor with its reason, or "unexplained".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = ROOT / "metrics" / "mutation.json"
+EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.toml"
+# mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped as the summary counts them
+STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no_tests", 5: "no_tests", None: "not_checked",
+          36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+          -9: "sigkill", -11: "sigkill"}
+# sigkill: the worker died (mutmut's CPU-time kill, or the kernel's when memory ran out) before the
+# tests gave a verdict. Not counted as killed: listed with the survivors until a re-run judges it.
+COUNTED = ("killed", "timeout", "survived", "sigkill", "no_tests", "not_checked", "other")
+
+
+def targets() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return list(config["only_mutate"])
+
+
+def module_of(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+def run_module(path: str) -> float:
+    """mutmut over one module's mutants; returns the wall time in seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first itself
+    env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny models: one thread per worker is fastest
+    start = time.monotonic()
+    result = subprocess.run(["mutmut", "run", f"{module_of(path)}.*"], cwd=ROOT, env=env)
+    if result.returncode:
+        raise SystemExit(f"mutation: mutmut failed on {path} (exit {result.returncode})")
+    return time.monotonic() - start
+
+
+def module_results(path: str) -> dict[str, str]:
+    """mutant name -> status, from mutmut's record of the module (mutants/<path>.meta)."""
+    meta = ROOT / "mutants" / f"{path}.meta"
+    if not meta.is_file():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: STATUS.get(code, "other") for name, code in codes.items()}
+
+
+def summarize(runtimes: dict[str, float]) -> dict:
+    previous = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {"modules": {}}
+    reasons = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
+    modules, survivors = {}, {}
+    for path in targets():
+        results = module_results(path)
+        counts = {s: sum(v == s for v in results.values()) for s in COUNTED}
+        judged = len(results) - counts["not_checked"]
+        caught = counts["killed"] + counts["timeout"]
+        runtime = runtimes.get(path, previous["modules"].get(path, {}).get("runtime_s"))
+        modules[path] = {"mutants": len(results), **counts,
+                         "killed_fraction": round(caught / judged, 4) if judged else None,
+                         "runtime_s": None if runtime is None else round(runtime)}
+        for name, status in results.items():
+            if status in ("survived", "no_tests", "sigkill", "other"):
+                survivors[name] = reasons.get(name, "unexplained" if status != "sigkill" else
+                                              "sigkill: no verdict yet (re-run it by name)")
+    total = {k: sum(m[k] for m in modules.values()) for k in ("mutants", *COUNTED)}
+    judged = total["mutants"] - total["not_checked"]
+    total["killed_fraction"] = round((total["killed"] + total["timeout"]) / judged, 4) if judged else None
+    return {"tool": "mutmut 3.8.1", "command": "python bench/mutation.py",
+            "note": "killed_fraction = (killed + timeout) / (mutants - not_checked); no_tests = no selected "
+                    "test runs the mutated function; sigkill = the worker was killed before a verdict (not "
+                    "counted as killed); survivors lists every survived, no-test and sigkill mutant with the "
+                    "reason it is equivalent (bench/mutation_equivalents.toml) or 'unexplained'",
+            "total": total, "modules": modules, "survivors": dict(sorted(survivors.items()))}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("modules", nargs="*", help="target files (default: every [tool.mutmut] only_mutate file)")
+    ap.add_argument("--summary", action="store_true", help="only rewrite metrics/mutation.json from mutants/")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.modules) - set(targets()))
+    if unknown:
+        raise SystemExit(f"mutation: {unknown} are not mutation targets; valid: {targets()}")
+    runtimes = {}
+    if not args.summary:
+        for path in args.modules or targets():
+            runtimes[path] = run_module(path)
+            SUMMARY.write_text(json.dumps(summarize(runtimes), indent=2) + "\n")  # after each module
+    summary = summarize(runtimes)
+    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["total"]), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
