@@ -64,7 +64,7 @@ def params_dict() -> dict:
     p["stage2"]["n_prelude"] = 2
     p["stage2"]["run"] = dict(RUN)
     p["dense"] = {"d_model": DENSE_D, "train": {}, "grid": {"n_layers": DENSE_L, "seed": SEEDS}}
-    p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "variants": copy.deepcopy(ABL_VARIANTS)}
+    p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "train": {}, "variants": copy.deepcopy(ABL_VARIANTS)}
     p["model"]["common"]["head_dim"] = 32
     p["train"]["warmup_steps"] = 2
     return p
