@@ -33,11 +33,6 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
                 w.writerow([_cell(r[c]) for c in EVAL_COLUMNS])
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
 def _cell(v) -> str:
     if v is None:
         return ""

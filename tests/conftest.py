@@ -80,3 +80,26 @@ def tiny_project(tiny_data, tmp_path, monkeypatch) -> Path:
     shutil.copy(tiny_data / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def smoke_benchmark_text() -> str:
+    """Every string of the builtin benchmark smoke set (to train a tiny tokenizer that covers it)."""
+    from cart.benchmarks import smoke
+
+    def strings(x) -> list[str]:
+        if isinstance(x, str):
+            return [x]
+        if isinstance(x, dict):
+            return [s for v in x.values() for s in strings(v)]
+        if isinstance(x, list):
+            return [s for v in x for s in strings(v)]
+        return []
+    return "\n".join(s for task in smoke._TASKS for records in smoke.generate(task).values()
+                     for r in records for s in strings(r))
+
+
+def read_tsv_rows(path) -> list[dict]:
+    """An evaluation TSV (cart.eval_rows' format) as a list of {column: text} rows."""
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))

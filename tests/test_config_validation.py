@@ -103,13 +103,13 @@ def test_check_int_arg_accepts_the_minimum_and_returns_the_value():
 def test_registry_errors_name_the_key_and_the_valid_choices():
     with pytest.raises(ValueError) as e:
         config_from_dict({"arch": "rnn"})
-    assert str(e.value) == "model.arch: unknown architecture 'rnn'; valid: ['cart', 'dense', 'ratplus']"
+    assert str(e.value) == "model.arch: unknown architecture 'rnn'; valid: ['cart', 'dense', 'lrt', 'ratplus']"
     with pytest.raises(ValueError) as e:
         config_from_dict({"arch": "dense", "n_loops": 3}, where="dense run L7")
     assert str(e.value).startswith("dense run L7: unknown key(s) ['n_loops'] for arch='dense'; valid: ['d_model', ")
     with pytest.raises(TypeError) as e:
         build_model({"arch": "cart"})
-    assert str(e.value) == "build_model: expected a model config of one of ['cart', 'dense', 'ratplus'], got dict"
+    assert str(e.value) == "build_model: expected a model config of one of ['cart', 'dense', 'lrt', 'ratplus'], got dict"
 
 
 def test_a_config_without_arch_is_cart():
@@ -141,7 +141,7 @@ def _runtime_errors():
          "run at most 16 loops"),
         (lambda: build_model(DenseConfig(**SMALL, n_layers=1))(idx, n_loops=2),
          "Dense: unknown argument(s) ['n_loops']; valid: ['pattern']"),
-        (lambda: cart(idx, pattern="D4"), "CART: unknown argument(s) ['pattern']; valid: ['n_loops']"),
+        (lambda: cart(idx, pattern="D4"), "CART: unknown argument(s) ['pattern']; valid: ['backprop_loops', 'n_loops']"),
         (lambda: cart.forward_cached(torch.randint(0, 61, (1, 5)), cart.new_cache(1, 4)),
          "decoding past max_len=4: 0 tokens seen, 5 more given"),
         (lambda: DecodeCache(2, 4, "cpu", torch.tensor([1, -1])),

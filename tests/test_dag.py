@@ -82,20 +82,24 @@ def test_param_edit_invalidates_only_dependents(repo):
 
 
 def test_metrics_diff_across_branches(repo):
-    sh(repo, "git", "checkout", "-q", "-b", "lower-lr")
+    # A Stage 1 seed on a branch: Stage 1 retrains, nothing else trains, and `dvc metrics diff`
+    # shows exactly the Stage 1 files (and the summaries built from them) as changed.
+    sh(repo, "git", "checkout", "-q", "-b", "stage1-seed")
     bins_mtime = (repo / "data/bins/train.bin").stat().st_mtime_ns
+    stage2_mtime = (repo / "runs/stage2/d32-R2-s42/model.safetensors").stat().st_mtime_ns
     try:
         p = yaml.safe_load((repo / "params.yaml").read_text())
-        p["train"]["lr"] = p["train"]["lr"] / 4
+        p["stage1"]["seed"] += 1
         write_params(repo, p)
         sh(repo, "dvc", "repro", "-q")
         sh(repo, "git", "add", "-A")
-        sh(repo, "git", "commit", "-qm", "lower lr")
+        sh(repo, "git", "commit", "-qm", "stage1 seed")
         diff = json.loads(sh(repo, "dvc", "metrics", "diff", "main", "--json"))
         changed = {path for path, metrics in diff.items() for m in metrics.values()
                    if m.get("diff") not in (None, 0)}
-        assert "metrics/stage2/d32-R2-s42.json" in changed
-        assert any(p.startswith("metrics/stage1") for p in changed)
+        assert "metrics/stage1/d32-P1-R2.json" in changed
+        assert not any(p.startswith(("metrics/stage2", "metrics/dense", "metrics/ablation")) for p in changed)
         assert (repo / "data/bins/train.bin").stat().st_mtime_ns == bins_mtime  # data stages not re-run
+        assert (repo / "runs/stage2/d32-R2-s42/model.safetensors").stat().st_mtime_ns == stage2_mtime
     finally:
         sh(repo, "git", "checkout", "-q", "main")

@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from cart import benchmarks as B  # noqa: E402
-from cart.benchmarks import smoke  # noqa: E402
+from conftest import smoke_benchmark_text  # noqa: E402
 from cart.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
 from cart.generation import generate  # noqa: E402
 from cart.harness import CARTLM, quiet_lm_eval  # noqa: E402
@@ -51,7 +51,7 @@ def write_tokenizer(d: Path, model: bytes) -> Path:
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory) -> Path:
     """A tokenizer trained as the tokenizer stage trains one (identity normalisation, byte fallback)."""
-    lines = smoke.all_text().splitlines() + ["The quick brown fox jumps over the lazy dog 12345."] * 3
+    lines = smoke_benchmark_text().splitlines() + ["The quick brown fox jumps over the lazy dog 12345."] * 3
     return write_tokenizer(tmp_path_factory.mktemp("tok"), train_sentencepiece(lines, "bpe", 512))
 
 
@@ -176,7 +176,7 @@ with torch.no_grad():
 # ---- the tokenizer ---------------------------------------------------------------------------
 
 def probe_texts() -> list[str]:
-    texts = smoke.all_text().splitlines()[:200] + [" leading", "two  spaces  ", "x  1 and 23", "tab\there", "\n\nnl",
+    texts = smoke_benchmark_text().splitlines()[:200] + [" leading", "two  spaces  ", "x  1 and 23", "tab\there", "\n\nnl",
                                                    "ünïcödé 😀 中文", "a</s>b<s>c", "", " "]
     data = ROOT.parent / "shared" / "data"
     for name in ("tinystories/valid_sample.txt", "wikitext2/wiki.test.raw"):

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from cart.experiments import describe_run, resolve_run, run_names
-from cart.params import load_params
 from pipeline.profile import apply_profile
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import cart
 from cart import benchmarks as B
 from cart.benchmarks import smoke
+from conftest import smoke_benchmark_text
 from cart.checkpoint import save_weights, write_run_config
 from cart.harness import CARTLM, BenchmarkSettings, Tokenizer, evaluate_benchmarks, quiet_lm_eval
 from cart.params import build
@@ -45,7 +46,7 @@ def make_tokenizer(d: Path, domains=("tinystories", "wikipedia", "fineweb_edu"))
     import sentencepiece as spm
 
     d.mkdir(parents=True, exist_ok=True)
-    lines = smoke.all_text().splitlines() + ["The quick brown fox jumps over the lazy dog."] * 3
+    lines = smoke_benchmark_text().splitlines() + ["The quick brown fox jumps over the lazy dog."] * 3
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(d / "tokenizer"),
                                    vocab_size=VOCAB, model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1,
                                    eos_id=2, pad_id=-1, minloglevel=2)

@@ -15,7 +15,7 @@ import yaml
 
 from cart.checkpoint import save_weights, write_run_config
 from cart.eval_rows import EVAL_COLUMNS
-from cart.eval_rows import read_rows as read_tsv
+from conftest import read_tsv_rows as read_tsv
 from cart.models import build_model, config_from_dict
 from cart.params import load_params
 from test_harness import make_run, make_tokenizer

@@ -113,23 +113,3 @@ def generate(task: str) -> dict[str, list[dict]]:
             rows.append(r)
         out[split] = rows
     return out
-
-
-def all_text() -> str:
-    """Every string in the smoke set (for tests that train a tiny tokenizer on it)."""
-    parts = []
-    for task in _TASKS:
-        for records in generate(task).values():
-            for r in records:
-                parts.extend(_strings(r))
-    return "\n".join(parts)
-
-
-def _strings(x) -> list[str]:
-    if isinstance(x, str):
-        return [x]
-    if isinstance(x, dict):
-        return [s for v in x.values() for s in _strings(v)]
-    if isinstance(x, list):
-        return [s for v in x for s in _strings(v)]
-    return []

@@ -78,9 +78,6 @@ class Table:
     notes: list[str] = dataclasses.field(default_factory=list)
     empty_reason: str | None = None  # set when the table has no rows of ours
 
-    def markdown(self) -> str:
-        return markdown_table(self.view)
-
 
 def escape(cell) -> str:
     return str(cell).replace("|", "\\|").replace("\n", " ")
