@@ -333,7 +333,8 @@ def table_sampled_r(con: sqlite3.Connection) -> Table:
              "run settings); the fixed run is the paper's recipe, the others draw R afresh every optimizer step "
              "(cart/loop_sampling.py). Mean R (realised) = the average of the R each step logged.",
              _paper_fixed_r_note(),
-             "Spectral radius (final max sigmoid(a) of the LTI gate; < 1 is a contraction under paper_text): "
+             "Spectral radius (final max sigmoid(a) of the LTI gate: below 1 a contraction under paper_text, only "
+             "what the authors log under paper_code): "
              + ", ".join(f"{k} {sig(v, 4)}" for k, v in rho.items())
              + (" (below 1 under every scheme)." if (rho < 1).all() else " (NOT below 1 under every scheme).")]
     if data["mean_acc_0shot"].notna().any():
