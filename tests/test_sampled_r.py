@@ -86,6 +86,9 @@ def test_bad_params_fail_with_one_message_naming_the_key(mutate, key):
 def test_the_group_reads_only_its_declared_keys():
     keys = GROUPS["sampled_r"].keys("uniform-s42")
     assert "sampled_r.variants.uniform" in keys and "stage2.run" in keys and "stage2.train" not in keys
+    p = copy.deepcopy(DEFAULT)
+    p["stage2"]["run"]["steps"] = 40  # Stage 2's token budget is the group's
+    assert {resolve_run(p, "sampled_r", n, 2048).run.steps for n in run_names(p, ["sampled_r"])["sampled_r"]} == {40}
 
 
 # ---- the evaluation study ----------------------------------------------------------------------------
