@@ -18,19 +18,21 @@ from .params import build, section
 
 TOKENIZER = Path("data/tokenizer")
 BINS = Path("data/bins")
-# the family studies of pipeline/evaluate.py: the run groups each evaluates, and the families it
-# runs; its Dense control is the Dense baseline run of the same backbone shape and seed
+# the family studies of pipeline/evaluate.py: the run groups each evaluates, the families it runs,
+# and whether it has a Dense control (the Dense baseline run of the same backbone shape and seed)
 STUDIES = {
-    "ratplus": {"groups": ("ratplus", "ratplus_adapt"), "models": ("ratplus", "dense")},
-    "lrt": {"groups": ("lrt",), "models": ("lrt", "dense")},
+    "ratplus": {"groups": ("ratplus", "ratplus_adapt"), "models": ("ratplus", "dense"), "control": True},
+    "lrt": {"groups": ("lrt",), "models": ("lrt", "dense"), "control": True},
+    # issue 20: CART trained with a fixed / sampled R, each run at every inference R
+    "sampled_r": {"groups": ("sampled_r",), "models": ("cart",), "control": False},
 }
 
 
 def study_params(study: str) -> tuple[str, ...]:
     """The params keys a study's evaluation reads (its DVC stage's `params:`)."""
     first = STUDIES[study]["groups"][0]
-    return ("benchmarks", f"eval_{study}", "corpus.domains", *grid_keys(STUDIES[study]["groups"]),
-            f"{first}.base", "dense.d_model", "dense.grid")
+    control = (f"{first}.base", "dense.d_model", "dense.grid") if STUDIES[study]["control"] else ()
+    return ("benchmarks", f"eval_{study}", "corpus.domains", *grid_keys(STUDIES[study]["groups"]), *control)
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,39 @@ class LRTEval:
             raise ValueError(f"num_fewshot: expected shot counts >= 0, got {self.num_fewshot}")
 
 
-STUDY_SETTINGS = {"ratplus": RATPlusEval, "lrt": LRTEval}
+@dataclass(frozen=True)
+class SampledREval:
+    n_loops: list[int]        # inference R every sampled_r run is evaluated at (no fine-tuning)
+    num_fewshot: list[int]    # benchmark shots at each R ([]: validation PPL/BPB only)
+    ppl: PPLSettings
+    benchmark_limit: int | None = None  # items per task at each R (null: benchmarks.limit)
+
+    def __post_init__(self):
+        if not self.n_loops or any(r < 1 for r in self.n_loops) or len(set(self.n_loops)) != len(self.n_loops):
+            raise ValueError(f"n_loops: expected distinct loop counts >= 1, got {self.n_loops}")
+        if any(k < 0 for k in self.num_fewshot) or len(set(self.num_fewshot)) != len(self.num_fewshot):
+            raise ValueError(f"num_fewshot: expected distinct shot counts >= 0 (or []), got {self.num_fewshot}")
+        if self.benchmark_limit is not None and self.benchmark_limit < 1:
+            raise ValueError(f"benchmark_limit: must be >= 1 (or null), got {self.benchmark_limit}")
+
+
+STUDY_SETTINGS = {"ratplus": RATPlusEval, "lrt": LRTEval, "sampled_r": SampledREval}
 
 
 @dataclass(frozen=True)
 class Setting:
     """One inference-time setting of a run: its label in the rows, the forward's runtime kwargs,
-    and whether the benchmarks run at it (perplexity always does)."""
+    whether the benchmarks run at it (perplexity always does), and CART's inference loop count R
+    (None: the trained R)."""
     label: str
     runtime: dict
     benchmarks: bool = True
+    n_loops: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Its name in metrics/eval_<study>.json."""
+        return self.label or (f"R{self.n_loops}" if self.n_loops is not None else "default")
 
 
 def _control(params: dict, study: str) -> str:
@@ -114,9 +139,12 @@ def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, lis
     ratplus: pretrained RAT+ runs and the Dense control at every pattern; adapted runs at their own
     (the authors never run a pretrained checkpoint sparse without adapting it; the comparison needs
     both). lrt: every LRT run in each PPL mode (benchmarks in `benchmark_mode`), the Dense control
-    as it is."""
+    as it is. sampled_r: every run (each training scheme and seed) at every R of `n_loops`."""
     from .checkpoint import read_run_config
     names = run_names(params, STUDIES[study]["groups"])
+    if study == "sampled_r":
+        at = [Setting("", {}, n_loops=r) for r in cfg.n_loops]
+        return [(f"sampled_r/{n}", at) for n in names["sampled_r"]]
     control = _control(params, study)
     if study == "ratplus":
         at = [Setting(p, {"pattern": p}) for p in cfg.patterns]

@@ -18,11 +18,11 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, get_type_hints
 
 from .loop_sampling import LoopSampling
 from .models import ModelConfig, config_from_dict
-from .params import build, section, view
+from .params import build, check_value, section, view
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,8 @@ class RunFields:
     variant: str | None = None
     train: dict = dataclasses.field(default_factory=dict)  # TrainSettings fields overridden for the run
     init_from: str | None = None
+    # where each overridden training setting is written (its full params key), for error messages
+    train_from: dict = dataclasses.field(default_factory=dict)
 
 
 # ---- groups --------------------------------------------------------------------------------------
@@ -218,24 +220,48 @@ def _variant_entry(p: dict, key: str) -> tuple[dict, dict]:
     return entry, train
 
 
+def _train_overrides(*sources: tuple[str, dict]) -> tuple[dict, dict]:
+    """The training settings a run overrides, merged from (params key, mapping) pairs in order
+    (later wins; a setting is replaced whole, e.g. a variant's `loop_sampling` is not merged into
+    the group's), and the full params key each one comes from."""
+    merged, origin = {}, {}
+    for where, block in sources:
+        block = block or {}
+        if not isinstance(block, dict):
+            raise ValueError(f"{where}: expected a mapping of training settings, got {block!r}")
+        for k, v in block.items():
+            merged[k], origin[k] = v, f"{where}.{k}"
+    return merged, origin
+
+
+def _grid_fields(p: dict, model: dict, seed: int, train_key: str) -> RunFields:
+    """A grid run: its model fields and seed, and the group's `train_key` overrides."""
+    merged, origin = _train_overrides((train_key, section(p, train_key)))
+    return RunFields(model, seed, train=merged, train_from=origin)
+
+
 def _ablation_fields(p: dict, f: dict) -> RunFields:
     name = f["variant"]
     fields, train = _variant_entry(p, f"ablation.variants.{name}")
-    group_train = section(p, "ablation.train") or {}
-    return RunFields(dict(section(p, "ablation.base")) | fields, section(p, "ablation.seed"), name,
-                     dict(group_train) | train)
+    merged, origin = _train_overrides(("ablation.train", section(p, "ablation.train")),
+                                      (f"ablation.variants.{name}.train", train))
+    return RunFields(dict(section(p, "ablation.base")) | fields, section(p, "ablation.seed"), name, merged,
+                     train_from=origin)
 
 
 def _model_keys(arch: str) -> tuple[str, str]:
     return "model.common", f"model.{arch}"
 
 
-def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: str | None = None) -> Group:
+def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: str | None = None,
+                   train_only: tuple[str, ...] | None = None) -> Group:
     """Runs `<variant>-s<seed>` of one family, same run settings as Stage 2 unless `run_key` says:
     every run sets `<name>.base` (e.g. d_model, n_layers), then its entry of `<name>.variants`
     (model fields, and optional `train:` overrides), on top of the group's `<name>.train` overrides;
     seeds from `<name>.seeds`. With `parent`, each run starts from the final weights of run
-    `<parent>/<name.init_from>-s<seed>` (e.g. RAT+ resolution adaptation from a pretrained run)."""
+    `<parent>/<name.init_from>-s<seed>` (e.g. RAT+ resolution adaptation from a pretrained run).
+    With `train_only`, the variants differ in training alone: an entry holds nothing but `train:`,
+    which must set each of the named settings (every run trains the model of `<name>.base`)."""
     keys = (*_model_keys(arch), "train", run_key, f"{name}.base", f"{name}.train", f"{name}.variants.{{variant}}")
     keys += (f"{name}.init_from",) if parent else ()
 
@@ -246,15 +272,21 @@ def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: st
         return [{"variant": v, "seed": s} for v in _variant_names(p, f"{name}.variants") for s in seeds]
 
     def fields(p: dict, f: dict) -> RunFields:
-        model, train = _variant_entry(p, f"{name}.variants.{f['variant']}")
-        group_train = section(p, f"{name}.train") or {}
-        if not isinstance(group_train, dict):
-            raise ValueError(f"{name}.train: expected a mapping of training settings, got {group_train!r}")
+        key = f"{name}.variants.{f['variant']}"
+        model, train = _variant_entry(p, key)
+        if train_only is not None:
+            if model:
+                raise ValueError(f"{key}.{sorted(model)[0]}: {name} variants differ in training alone (a `train:` "
+                                 f"mapping); every run trains the model of {name}.base")
+            for k in train_only:
+                if k not in train:
+                    raise ValueError(f"{key}.train.{k}: every {name} variant sets it (the setting its runs compare)")
+        merged, origin = _train_overrides((f"{name}.train", section(p, f"{name}.train")), (f"{key}.train", train))
         base = section(p, f"{name}.base")
         if not isinstance(base, dict):
             raise ValueError(f"{name}.base: expected a mapping of model fields, got {base!r}")
         init = f"{parent}/{section(p, f'{name}.init_from')}-s{f['seed']}" if parent else None
-        return RunFields(dict(base) | model, f["seed"], f["variant"], dict(group_train) | train, init)
+        return RunFields(dict(base) | model, f["seed"], f["variant"], merged, init, origin)
 
     return Group(name, arch, "{variant}-s{seed}", keys, run_key, (f"{name}.variants", f"{name}.seeds"),
                  expand, fields)
@@ -268,14 +300,13 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("stage2", "cart", "d{d_model}-R{n_loops}-s{seed}",
           (*_model_keys("cart"), "train", "stage2.run", "stage2.n_prelude", "stage2.train"), "stage2.run",
           ("stage2.grid",), lambda p: _grid(p, "stage2.grid", ("d_model", "n_loops", "seed")),
-          lambda p, f: RunFields({"d_model": f["d_model"], "n_loops": f["n_loops"],
-                                  "n_prelude": section(p, "stage2.n_prelude")}, f["seed"],
-                                 train=section(p, "stage2.train") or {})),
+          lambda p, f: _grid_fields(p, {"d_model": f["d_model"], "n_loops": f["n_loops"],
+                                        "n_prelude": section(p, "stage2.n_prelude")}, f["seed"], "stage2.train")),
     Group("dense", "dense", "L{n_layers}-s{seed}",
           (*_model_keys("dense"), "train", "stage2.run", "dense.d_model", "dense.train"), "stage2.run",
           ("dense.grid",), lambda p: _grid(p, "dense.grid", ("n_layers", "seed")),
-          lambda p, f: RunFields({"n_layers": f["n_layers"], "d_model": section(p, "dense.d_model")}, f["seed"],
-                                 train=section(p, "dense.train") or {})),
+          lambda p, f: _grid_fields(p, {"n_layers": f["n_layers"], "d_model": section(p, "dense.d_model")},
+                                    f["seed"], "dense.train")),
     Group("ablation", "cart", "{variant}",
           (*_model_keys("cart"), "train", "stage2.run", "ablation.seed", "ablation.base", "ablation.train",
            "ablation.variants.{variant}"), "stage2.run", ("ablation.variants",),
@@ -285,6 +316,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     _variant_group("lrt", "lrt"),
     _variant_group("ratplus", "ratplus"),
     _variant_group("ratplus_adapt", "ratplus", run_key="ratplus_adapt.run", parent="ratplus"),
+    # issue 20: CART at one config trained with a fixed, a uniform and a Poisson-lognormal R per step
+    _variant_group("sampled_r", "cart", train_only=("loop_sampling",)),
 )}
 # Fields a group decides per run; the shared model sections may not set them.
 _PER_RUN_FIELDS = {"vocab_size", "d_model", "n_prelude", "n_loops", "n_layers", "noncausal_cross_attn",
@@ -323,21 +356,41 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
         check_in_grid(params, group, name)
         raise
     rf = g.fields(p, fields)
-    unknown = sorted(set(rf.train) - {f.name for f in dataclasses.fields(TrainSettings)})
-    if unknown:
-        raise ValueError(f"{group} run {name}: unknown training setting(s) {unknown} in a train override")
-    train = build(TrainSettings, dict(section(p, "train")) | rf.train, "train")
+    train = _train_settings(section(p, "train"), rf, f"{group} run {name}")
     run = build(RunSettings, section(p, g.run_key), g.run_key)
     if train.warmup_steps >= run.steps:
-        raise ValueError(f"train.warmup_steps={train.warmup_steps} must be < {g.run_key}.steps={run.steps}")
+        raise ValueError(f"{rf.train_from.get('warmup_steps', 'train.warmup_steps')}={train.warmup_steps} must be "
+                         f"< {g.run_key}.steps={run.steps}")
     if not isinstance(rf.seed, int) or isinstance(rf.seed, bool):
         raise ValueError(f"{group} seed must be an integer, got {rf.seed!r}")
     where = f"ablation.variants.{name}" if group == "ablation" else f"{group} run {name}"
     model = config_from_dict({"arch": g.arch, **model_defaults(p, g.arch), **rf.model, "vocab_size": vocab_size},
                              where=where)
-    train.loop_sampling.check_model(model, train.backprop_loops)
+    # the sampled-R checks against the model, naming where the run's loop_sampling is written
+    origin = rf.train_from.get("loop_sampling") or rf.train_from.get("backprop_loops")
+    train.loop_sampling.check_model(model, train.backprop_loops, origin.rsplit(".", 1)[0] if origin else "train")
     return RunSpec(group=group, name=name, seed=rf.seed, model=model, run=run, train=train, variant=rf.variant,
                    init_from=rf.init_from)
+
+
+def _train_settings(shared: dict, rf: RunFields, run: str) -> TrainSettings:
+    """`train` with the run's overrides on top. A bad override fails naming the params key it is
+    written at (e.g. `sampled_r.variants.uniform.train.loop_sampling.r_min`), not `train.<field>`."""
+    hints = get_type_hints(TrainSettings)
+    for k, v in rf.train.items():
+        where = rf.train_from.get(k, f"{run}: train override {k}")
+        if k not in hints:
+            raise ValueError(f"{where}: unknown training setting; valid: {sorted(hints)}")
+        check_value(hints[k], v, where)
+    try:
+        return build(TrainSettings, dict(shared) | rf.train, "train")
+    except ValueError as e:  # a range check of TrainSettings itself ("train: lr: out of range, ...")
+        msg = str(e)
+        for k, where in rf.train_from.items():
+            for prefix in (f"train: {k}: ", f"train.{k}: "):
+                if msg.startswith(prefix):
+                    raise ValueError(f"{where}: {msg[len(prefix):]}") from None
+        raise
 
 
 def describe_run(params: dict, group: str, name: str) -> dict:

@@ -479,6 +479,13 @@ def load_eval_results(con: sqlite3.Connection, file: str | None = None) -> pd.Da
     return pd.read_sql_query(sql + order, con, params=args)
 
 
+def train_diag_mean(con: sqlite3.Connection, name: str) -> dict[str, float]:
+    """run_id -> the mean over logged steps of one per-step diagnostic (e.g. n_loops: a sampled-R
+    run's realised mean R)."""
+    rows = con.execute("SELECT run_id, AVG(value) FROM train_diag WHERE name = ? GROUP BY run_id", (name,))
+    return {r: float(v) for r, v in rows if v is not None}
+
+
 def load_issues(con: sqlite3.Connection) -> pd.DataFrame:
     return pd.read_sql_query("SELECT * FROM issues ORDER BY path, message", con)
 
@@ -806,16 +813,18 @@ def _ppl_fields(row, doms, suffix="") -> dict:
 
 
 def _summary_runs(con, group: str) -> dict:
-    """Any other group: each run's final numbers, and the best run by the ranking domain's PPL
-    (for a learning-rate sweep: the lr each family is compared at)."""
+    """Any other group: each run's final numbers (a CART run's final spectral radius too), and the
+    best run by the ranking domain's PPL (for a learning-rate sweep: the lr each family is compared at)."""
     doms = store_domains(con)
     runs = load_runs(con, group)
     done = runs[(runs["status"] == "complete") & runs[f"ppl_{RANK_DOMAIN}"].notna()]
     best = done.sort_values([f"ppl_{RANK_DOMAIN}", "run_id"]).iloc[0] if len(done) else None
+    cart = group_of(group).arch == "cart"
     per_run = {r["name"]: {"status": r["status"], "variant": r["variant"], "seed": r["seed"],
                            **_ppl_fields(r, doms), **{f"bpb_{d}": r.get(f"bpb_{d}") for d in doms},
                            "final_train_loss": r["final_train_loss"], "tokens_per_s": r["tokens_per_s"],
-                           "stored_params": r["stored_params"], "effective_params": r["effective_params"]}
+                           "stored_params": r["stored_params"], "effective_params": r["effective_params"],
+                           **({"spectral_radius": r["spectral_radius"]} if cart else {})}
                for _, r in runs.iterrows()}
     return {"runs": _status_block(con, [group])[group], "rank_domain": RANK_DOMAIN,
             "best_run_id": None if best is None else best["run_id"],

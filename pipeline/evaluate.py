@@ -6,6 +6,9 @@
     lrt       every LRT run in each perplexity mode of `eval_lrt.modes` (merged = the parallel passes,
               sequential = exact token-by-token recurrence, zero = no memory), the benchmarks in
               `eval_lrt.benchmark_mode` at 0 and k shots, and the Dense control (LRT_SPEC.md).
+    sampled_r every sampled_r run (CART trained with a fixed, uniform or Poisson-lognormal R per step,
+              issue 20) at every inference R of `eval_sampled_r.n_loops`, no fine-tuning (`n_loops` = R
+              in its rows, as variable_r's).
 
 Each run and setting gets validation perplexity / bits per byte per domain and, where the study
 says, the `benchmarks` tasks at `eval_<study>.num_fewshot` shots. Writes eval/<study>.tsv (rows of
@@ -35,7 +38,7 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     root, t0, key = Path(root), time.time(), f"eval_{args.study}"
     params = view(load_params(root / "params.yaml"), study_params(args.study))
     cfg = study_settings(params, args.study)
-    session = EvalSession(params, root, max(cfg.num_fewshot), progress=not args.no_progress)
+    session = EvalSession(params, root, max(cfg.num_fewshot, default=0), progress=not args.no_progress)
     jobs = study_jobs(args.study, params, root, cfg)
     val, sources = session.val_batches(cfg.ppl), domain_sources(params)
 
@@ -45,14 +48,15 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     for run_id, settings in jobs:
         lm = session.load(run_id)
         for s in settings:
-            bar.set_postfix_str(f"{run_id} {s.label}")
-            lm.runtime = dict(s.runtime)
-            common = {"experiment": args.study, "run_id": run_id, "setting": s.label, "n_loops": None}
-            got = session.ppl_rows(lm, val, common, sources, **s.runtime)
+            bar.set_postfix_str(f"{run_id} {s.key}")
+            lm.runtime, lm.n_loops = dict(s.runtime), s.n_loops
+            runtime = dict(s.runtime) | ({} if s.n_loops is None else {"n_loops": s.n_loops})
+            common = {"experiment": args.study, "run_id": run_id, "setting": s.label, "n_loops": s.n_loops}
+            got = session.ppl_rows(lm, val, common, sources, **runtime)
             for shots in cfg.num_fewshot if s.benchmarks else ():
                 got += session.benchmark_rows(lm, shots, common, cfg.benchmark_limit)
             rows += got
-            m = metrics.setdefault(run_id, {}).setdefault(s.label or "default", {})
+            m = metrics.setdefault(run_id, {}).setdefault(s.key, {})
             for r in got:
                 name = r["task"] if r["num_fewshot"] is None else f"{r['task']}_{r['num_fewshot']}shot"
                 m.setdefault(name, {})[r["metric"]] = r["value"]

@@ -37,6 +37,10 @@ def tiny_params() -> dict:
     for study in ("eval_ratplus", "eval_lrt"):
         p[study]["ppl"] = {"seq_len": 32, "n_seqs": 2, "batch_size": 2}
     p["eval_ratplus"]["patterns"] = ["dense", "D4"]
+    p["sampled_r"]["base"] = {"d_model": 32, "n_prelude": 1, "n_loops": 2}
+    p["sampled_r"]["variants"]["uniform"]["train"]["loop_sampling"].update(r_min=1, r_max=3)
+    p["sampled_r"]["variants"]["poisson_lognormal"]["train"]["loop_sampling"].update(r_max=4)
+    p["eval_sampled_r"].update(n_loops=[1, 2, 3], benchmark_limit=2, ppl={"seq_len": 32, "n_seqs": 2, "batch_size": 2})
     p["eval_lrt"]["num_fewshot"] = [0, 1]
     return p
 

@@ -49,6 +49,8 @@ def test_full_dag_produces_metrics_store_and_report(repo):
     report = (repo / "reports/REPORT.md").read_text()
     assert "Table" in report or "table" in report
     assert (repo / "reports/figures/variable_r.png").stat().st_size > 0 and (repo / "eval/ratplus.tsv").is_file()
+    assert (repo / "reports/figures/sampled_r.png").stat().st_size > 0  # issue 20's study, end to end
+    assert json.loads((repo / "metrics/sampled_r.json").read_text())["runs"]["n_complete"] == 3
     # a second repro does nothing
     assert "didn't change" in sh(repo, "dvc", "repro").lower() or "up to date" in sh(repo, "dvc", "status").lower()
 

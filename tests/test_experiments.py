@@ -40,7 +40,7 @@ def test_paper_profile_expands_to_the_papers_runs(tmp_path):
     merged = apply_profile("paper", p)
     counts = {g: len(n) for g, n in validate_profile(merged).items()}
     assert counts == {"stage1": 64, "stage2": 36, "dense": 6, "ablation": 8, "sweep_cart": 3, "sweep_dense": 3,
-                      "lrt": 2, "ratplus": 2, "ratplus_adapt": 2}
+                      "lrt": 2, "ratplus": 2, "ratplus_adapt": 2, "sampled_r": 3}
     spec = resolve_run(merged, "stage2", "d1024-R6-s42", 32_000)
     assert spec.run.tokens_per_step == 32_768 and spec.run.steps == 30_500
     assert resolve_run(merged, "stage1", "d256-P6-R6", 32_000).run.tokens_per_step == 16_384

@@ -84,12 +84,15 @@ def _tsv(path: Path, columns, rows) -> None:
 
 def write_run(root: Path, group: str, name: str, model, seed: int, final_wiki: float | None, *,
               status: str | None = "complete", steps_done: int | None = None, variant=None,
-              rho_final: float = 0.8, lr: float = 6e-4) -> None:
-    """One run in the training stage's formats; status None = no summary.json (incomplete)."""
+              rho_final: float = 0.8, lr: float = 6e-4, train: dict | None = None,
+              step_r=None) -> None:
+    """One run in the training stage's formats; status None = no summary.json (incomplete).
+    `train`: more training settings in its config; step_r(step): the R a sampled-R step logged."""
     run_dir, plots = root / "runs" / group / name, root / "plots" / group / name
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = {"run_id": f"{group}/{name}", "group": group, "name": name, "seed": seed, "variant": variant,
-           "model": model.to_dict(), "run": dict(RUN), "train": {"lr": lr}, "tokenizer": {"vocab_size": VOCAB}}
+           "model": model.to_dict(), "run": dict(RUN), "train": {"lr": lr, **(train or {})},
+           "tokenizer": {"vocab_size": VOCAB}}
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     is_cart = model.arch == "cart"
     steps_done = RUN["steps"] if steps_done is None else steps_done
@@ -103,6 +106,8 @@ def write_run(root: Path, group: str, name: str, model, seed: int, final_wiki: f
     curves = CurveWriter(plots, None)  # the training loop's own writer: the store reads its format
     for row in train:
         curves.log_train(row["step"], {k: v for k, v in row.items() if k != "step"})
+    for step in range(1, steps_done + 1) if step_r else ():
+        curves.log_train(step, {"n_loops": step_r(step)})
     for step in range(RUN["eval_every"], steps_done + 1, RUN["eval_every"]):
         for dom in DOMAINS:
             ppl = (final_wiki or 100.0) * DOMAIN_SCALE[dom] * (1 + 0.5 * (1 - step / RUN["steps"]))
@@ -162,6 +167,16 @@ SWEEP_PPL = {"cart": {"lr3e-4": 60.0, "lr1e-3": 50.0, "lr3e-3": 55.0},  # CART b
              "dense": {"lr3e-4": 58.0, "lr1e-3": 54.0, "lr3e-3": 52.0}}  # ... Dense at 3e-3
 RAT_PATTERNS = {"dense": 1.0, "D4": 1.3, "D8": 1.6}  # PPL factor at each pattern, per model below
 RAT_SENSITIVITY = {"ratplus/joint-s42": 0.2, "ratplus/dense_only-s42": 1.0, "sweep_dense/lr3e-3-s42": 1.5}
+# issue 20 (the default params' sampled_r group, mean R 4): training scheme -> its loop_sampling, the R its
+# steps log, its final spectral radius, and its Wikipedia PPL at each inference R (fixed degrades off R=4)
+SAMPLED = {"fixed": ({"scheme": "fixed"}, None, 0.85),
+           "uniform": ({"scheme": "uniform", "r_min": 1, "r_max": 7}, lambda s: 1 + s % 7, 0.8),
+           "poisson_lognormal": ({"scheme": "poisson_lognormal", "sigma": 0.5, "r_max": 12}, lambda s: 3 + (s % 4 == 0), 0.9)}
+SAMPLED_R = (1, 2, 4, 6, 8)
+
+
+def sampled_ppl(scheme: str, r: int) -> float:
+    return 40.0 * (1 + {"fixed": 0.3, "uniform": 0.05, "poisson_lognormal": 0.1}[scheme] * abs(r - 4))
 
 
 def small(arch: str, **fields):
@@ -184,6 +199,9 @@ def write_family_runs(root: Path) -> None:
     for v in ("D4", "D8"):
         write_run(root, "ratplus_adapt", f"{v}-s42", small("ratplus", n_layers=3, joint_train=False, train_pattern=v),
                   42, 52.0, variant=v)
+    for v, (ls, step_r, rho) in SAMPLED.items():
+        write_run(root, "sampled_r", f"{v}-s42", small("cart", n_prelude=2, n_loops=4), 42, sampled_ppl(v, 4),
+                  variant=v, train={"loop_sampling": ls}, step_r=step_r, rho_final=rho)
 
 
 def write_study_eval(root: Path, source: str) -> None:
@@ -214,6 +232,19 @@ def write_study_eval(root: Path, source: str) -> None:
                          "task": "hellaswag", "metric": "acc_norm", "value": 0.3 / factor, "stderr": 0.01,
                          "source": source})
     _tsv(root / "eval" / "ratplus.tsv", cols, rows)
+    rows = []
+    for v in SAMPLED:
+        for r in SAMPLED_R:
+            for dom in DOMAINS:
+                ppl = sampled_ppl(v, r) * DOMAIN_SCALE[dom]
+                for metric, value in (("ppl", ppl), ("bpb", np.log2(ppl) / 4)):
+                    rows.append({"experiment": "sampled_r", "run_id": f"sampled_r/{v}-s42", "setting": "",
+                                 "n_loops": r, "task": f"ppl:{dom}", "metric": metric, "value": value,
+                                 "source": source})
+            rows.append({"experiment": "sampled_r", "run_id": f"sampled_r/{v}-s42", "setting": "", "n_loops": r,
+                         "num_fewshot": 0, "task": "hellaswag", "metric": "acc_norm",
+                         "value": 0.3 - 0.01 * abs(r - 4), "stderr": 0.01, "source": source})
+    _tsv(root / "eval" / "sampled_r.tsv", cols, rows)
 
 
 def make_project(root: Path, eval_source: str | None = "local", vr_source: str | None = None) -> Path:
@@ -276,7 +307,7 @@ def test_store_has_every_run_with_its_status(project):
     root, _, db, counts = project
     runs = runs_by_id(db)
     n_expected = len(S1_D) * len(S1_P) * len(S1_R) + len(S2_D) * len(S2_R) * len(SEEDS) + len(DENSE_L) * len(SEEDS) \
-        + len(ABL_VARIANTS) + 2 * len(LRS) + 2 + 2 + 2  # lr sweeps, LRT, RAT+ and its adaptations
+        + len(ABL_VARIANTS) + 2 * len(LRS) + 2 + 2 + 2 + 3  # lr sweeps, LRT, RAT+ and its adaptations, sampled R
     assert len(runs) == n_expected + 1  # + the stale directory
     assert counts["failed"] == 1 and counts["missing"] == 2 and counts["incomplete"] == 1
     f = runs[FAILED]
@@ -317,7 +348,7 @@ def test_store_columns_come_from_accounting_and_summaries(project):
     el = R.load_eval_log(con, ["stage2/d64-R2-s42"])
     assert len(el) == 2 * len(DOMAINS) and set(el["domain"]) == set(DOMAINS)
     ev = R.load_eval_results(con)
-    assert set(ev["file"]) == {"benchmarks", "variable_r", "lrt", "ratplus"} and len(ev) > 0  # every eval/*.tsv
+    assert set(ev["file"]) == {"benchmarks", "variable_r", "lrt", "ratplus", "sampled_r"} and len(ev) > 0  # every eval/*.tsv
     con.close()
 
 

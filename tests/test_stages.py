@@ -167,3 +167,13 @@ def test_an_unknown_model_block_is_rejected():
     p["model"]["crat"] = {"lti_init": 0.5}
     with pytest.raises(ValueError, match="model: unknown key.*crat"):
         validate_profile(p)
+
+
+def test_the_results_store_waits_for_every_evaluation_stage():
+    """pipeline/results.py reads every eval/*.tsv: each evaluation stage's rows are a dep of `results`,
+    so the store is never built before them (and rebuilt when they change)."""
+    tsvs = {next(iter(o)) if isinstance(o, dict) else o for s in DVC.values() for o in s.get("outs", [])}
+    tsvs = {t for t in tsvs if t.startswith("eval/") and t.endswith(".tsv")}
+    assert {"eval/benchmarks.tsv", "eval/variable_r.tsv", "eval/sampled_r.tsv"} <= tsvs
+    missing = sorted(tsvs - set(DVC["results"]["deps"]))
+    assert not missing, f"add to the results stage's deps in dvc.yaml: {missing}"

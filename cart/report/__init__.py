@@ -23,7 +23,7 @@ from .. import results as R
 from .figures import render_figures
 from .render import Table, markdown_table, write_csv
 from .studies import TABLES as STUDY_TABLES
-from .studies import fig_ratplus
+from .studies import fig_ratplus, fig_sampled_r
 from .tables import TABLES
 
 MARKER = "REPORT.md"
@@ -63,6 +63,8 @@ LAYOUT = (
     ("Beyond the paper: RAT+ (train dense, run dilated) vs Dense", ["table18_ratplus", "fig:ratplus.png",
                                                                      "fig:loss_ratplus.png",
                                                                      "fig:loss_ratplus_adapt.png"]),
+    ("Beyond the paper: sampled recurrence depth (training R per step, then R past it)",
+     ["table20_sampled_r", "fig:sampled_r.png", "fig:loss_sampled_r.png"]),
     ("The CART paper's text vs its authors' code", ["table19_paper_text_vs_code"]),
 )
 
@@ -97,6 +99,7 @@ def render(con: sqlite3.Connection, out: Path, dpi: int = 100) -> dict:
         (out / "tables" / f"{t.id}.md").write_text("\n".join([f"# {t.title}", "", *_table_section(t)[2:]]) + "\n")
     figs = {name: (cap, need) for name, cap, need in render_figures(con, out / "figures", dpi)}
     figs["ratplus.png"] = (fig_ratplus(con, out / "figures" / "ratplus.png", dpi), "eval/ratplus.tsv rows")
+    figs["sampled_r.png"] = (fig_sampled_r(con, out / "figures" / "sampled_r.png", dpi), "eval/sampled_r.tsv rows")
 
     st = tables["table00_status"].data
     lines = ["# CART reproduction: results report", "",

@@ -1,6 +1,6 @@
 """The report's sections beyond the CART paper: each family at its own best learning rate, LRT vs
-Dense, RAT+ vs Dense across attention patterns, and what the CART authors' code trains that the
-paper's text does not say. Rendered from the results store alone, like the paper tables."""
+Dense, RAT+ vs Dense across attention patterns, CART trained with a sampled recurrence depth, and
+what the CART authors' code trains that the paper's text does not say. Rendered from the results store alone, like the paper tables."""
 from __future__ import annotations
 
 import json
@@ -229,6 +229,162 @@ def fig_ratplus(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     return "RAT+ and the Dense control: validation PPL vs attention FLOPs across patterns"
 
 
+# ---- sampled recurrence depth (issue 20) -----------------------------------------------------------------
+SAMPLED_R_SMOKE = ("SMOKE: the default profile's tiny runs on the builtin generated corpus (a pipeline check, "
+                   "not a result: these numbers say nothing about depth extrapolation)")
+
+
+def _scheme(cfg: dict, variant) -> tuple[str, str]:
+    """(scheme, its distribution in words) from a run's config (train.loop_sampling)."""
+    ls = cfg.get("train", {}).get("loop_sampling") or {}
+    scheme = ls.get("scheme") or (variant if isinstance(variant, str) else "fixed")
+    R = cfg.get("model", {}).get("n_loops")
+    if scheme == "uniform":
+        return scheme, f"U{{{ls.get('r_min')}..{ls.get('r_max')}}}"
+    if scheme == "poisson_lognormal":
+        clamp = f", <= {ls['r_max']}" if ls.get("r_max") is not None else ""
+        return scheme, f"1 + Poisson(LogNormal), sigma {ls.get('sigma')}{clamp}"
+    return scheme, f"R = {R}"
+
+
+def sampled_r_long(con: sqlite3.Connection) -> pd.DataFrame:
+    """One row per (sampled_r run, inference R): the run's training scheme, trained (mean) R,
+    realised mean R over its steps, final spectral radius, validation PPL/BPB per domain and the mean
+    0-shot accuracy of the paper's benchmark metrics (where the study ran benchmarks)."""
+    ev = _eval(con, "sampled_r")
+    if ev.empty:
+        return pd.DataFrame()
+    ev = ev.dropna(subset=["n_loops"])
+    runs = R.load_runs(con, with_json=True).set_index("run_id")
+    realised = R.train_diag_mean(con, "n_loops")
+    doms = R.store_domains(con)
+    rows = []
+    for (run_id, r), g in ev.groupby(["run_id", "n_loops"], sort=True):
+        cfg = json.loads(runs.loc[run_id, "config_json"]) if run_id in runs.index and \
+            isinstance(runs.loc[run_id, "config_json"], str) else {}
+        variant = runs.loc[run_id, "variant"] if run_id in runs.index else None
+        scheme, dist = _scheme(cfg, variant)
+        trained = cfg.get("model", {}).get("n_loops")
+        scored = [(t, m) in PAPER_METRIC for t, m in zip(g["task"], g["metric"])]
+        accs = g[(g["num_fewshot"] == 0).to_numpy() & np.array(scored, dtype=bool)]
+        rows.append({"run_id": run_id, "scheme": scheme, "distribution": dist, "n_loops": int(r),
+                     "trained_n_loops": trained, "realised_mean_r": realised.get(run_id, trained),
+                     "spectral_radius": runs["spectral_radius"].get(run_id, np.nan),
+                     **{f"ppl_{d}": _ppl_r(g, d) for d in doms}, **{f"bpb_{d}": _ppl_r(g, d, "bpb") for d in doms},
+                     "mean_acc_0shot": float(accs["value"].mean()) if len(accs) else np.nan,
+                     "smoke": bool((g["source"] == "builtin").any())})
+    order = {s: i for i, s in enumerate(("fixed", "uniform", "poisson_lognormal"))}
+    out = pd.DataFrame(rows)
+    out["_o"] = out["scheme"].map(lambda s: order.get(s, len(order)))
+    return out.sort_values(["_o", "scheme", "run_id", "n_loops"]).drop(columns="_o").reset_index(drop=True)
+
+
+def _ppl_r(g: pd.DataFrame, domain: str, metric: str = "ppl") -> float:
+    hit = g[(g["task"] == f"ppl:{domain}") & (g["metric"] == metric)]
+    return float(hit["value"].iloc[0]) if len(hit) else np.nan
+
+
+def _sampled_r_smoke(con, data: pd.DataFrame) -> bool:
+    return bool(data["smoke"].any()) or R.read_meta(con).get("profile") == "smoke"
+
+
+def _paper_fixed_r_note() -> str:
+    from .paper import PAPER
+    pv, tr = PAPER["variable_r"], PAPER["variable_r_trained"]
+    lam = {r: v[3] for r, v in pv.items()}
+    return (f"The paper (Table 12; CART_SPEC.md section 4) trains at one fixed R={tr} (d=1024, P=6) and finds every "
+            f"other inference R worse on every benchmark, e.g. LAMBADA perplexity "
+            + ", ".join(f"{lam[r]:g} at R={r}" for r in sorted(lam) if r in (2, 4, tr, 8, 16))
+            + f" ({lam[2] / lam[tr]:.1f}x its trained-R value with fewer loops, {lam[16] / lam[tr]:.2f}x with 16); "
+            "it names training with a sampled depth as the remedy and never tries it. Our fixed row is that recipe: "
+            "the question is whether the sampled rows stay flat past the trained R.")
+
+
+def table_sampled_r(con: sqlite3.Connection) -> Table:
+    data = sampled_r_long(con)
+    title = "Sampled recurrence depth: validation PPL vs inference R per training scheme (issue 20)"
+    if data.empty:
+        return Table("table20_sampled_r", title, data, pd.DataFrame(),
+                     empty_reason="eval/sampled_r.tsv absent (evaluate sampled_r stage not run)")
+    dom = R.RANK_DOMAIN
+    Rs = sorted(data["n_loops"].unique())
+    rows = []
+    for run_id, g in data.groupby("run_id", sort=False):
+        first = g.iloc[0]
+        at = dict(zip(g["n_loops"], g[f"ppl_{dom}"]))
+        tr = first["trained_n_loops"]
+        best_r = int(g.loc[g[f"ppl_{dom}"].idxmin(), "n_loops"]) if g[f"ppl_{dom}"].notna().any() else None
+        rows.append({"scheme": first["scheme"], "run_id": run_id, "distribution": first["distribution"],
+                     "trained_n_loops": tr, "realised_mean_r": first["realised_mean_r"],
+                     "spectral_radius": first["spectral_radius"], "best_r": best_r,
+                     "max_r_vs_trained": at.get(max(Rs), np.nan) / at.get(tr, np.nan) if tr in at else np.nan,
+                     **{f"ppl_R{r}": at.get(r, np.nan) for r in Rs}})
+    wide = pd.DataFrame(rows)
+    spec = [("scheme", "scheme"), ("run", "run_id"), ("training R", "distribution"),
+            ("mean R (realised)", lambda r: sig(r["realised_mean_r"], 3)),
+            ("spectral radius", lambda r: sig(r["spectral_radius"], 4)),
+            *((f"PPL R={r}" + (" (train)" if (wide["trained_n_loops"] == r).all() else ""),
+               (lambda r: lambda row: sig(row[f"ppl_R{r}"], 4))(r)) for r in Rs),
+            ("best R", lambda r: DASH if r["best_r"] is None or isnan(r["best_r"]) else str(int(r["best_r"]))),
+            (f"PPL R={max(Rs)} / trained R", lambda r: sig(r["max_r_vs_trained"], 3))]
+    rho = data.groupby("scheme")["spectral_radius"].max()
+    notes = [f"Validation PPL on {dom} (every domain and BPB in the CSV) of each sampled_r run, inference R changed "
+             "at evaluation time with no fine-tuning. Every run: the same d, P, mean R and token budget (Stage 2's "
+             "run settings); the fixed run is the paper's recipe, the others draw R afresh every optimizer step "
+             "(cart/loop_sampling.py). Mean R (realised) = the average of the R each step logged.",
+             _paper_fixed_r_note(),
+             "Spectral radius (final max sigmoid(a) of the LTI gate: below 1 a contraction under paper_text, only "
+             "what the authors log under paper_code): "
+             + ", ".join(f"{k} {sig(v, 4)}" for k, v in rho.items())
+             + (" (below 1 under every scheme)." if (rho < 1).all() else " (NOT below 1 under every scheme).")]
+    if data["mean_acc_0shot"].notna().any():
+        notes.append("Mean 0-shot accuracy over the paper's benchmark metrics at each R is in the CSV "
+                     "(mean_acc_0shot).")
+    if _sampled_r_smoke(con, data):
+        notes.insert(0, SAMPLED_R_SMOKE + ".")
+    return Table("table20_sampled_r", title, data, view_from(wide, spec), notes)
+
+
+def fig_sampled_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
+    """PPL vs inference R, one curve per training scheme (seed mean); beside it, each curve relative
+    to its PPL at the trained R with the paper's fixed-R curve (LAMBADA perplexity, Table 12)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .figures import RC, _save, plt
+    from .paper import PAPER
+    data = sampled_r_long(con)
+    if data.empty:
+        return None
+    col = f"ppl_{R.RANK_DOMAIN}"
+    with plt.rc_context(RC):
+        fig, (ax, rel) = plt.subplots(1, 2, figsize=(9, 3.4))
+        for scheme, g in data.groupby("scheme", sort=False):
+            mean = g.groupby("n_loops")[col].mean()
+            trained = g["trained_n_loops"].dropna()
+            ax.plot(mean.index, mean.values, "-o", ms=3, label=f"{scheme} ({g['distribution'].iloc[0]})")
+            if len(trained) and int(trained.iloc[0]) in mean.index:
+                rel.plot(mean.index, mean.values / mean[int(trained.iloc[0])], "-o", ms=3, label=scheme)
+        for r in sorted(data["trained_n_loops"].dropna().unique()):
+            ax.axvline(int(r), color="red", ls=":", lw=1)
+            rel.axvline(int(r), color="red", ls=":", lw=1, label=f"trained (mean) R={int(r)}")
+        pv, tr = PAPER["variable_r"], PAPER["variable_r_trained"]
+        pr = sorted(pv)
+        rel.plot(pr, [pv[r][3] / pv[tr][3] for r in pr], "--s", mfc="none", color="grey",
+                 label=f"paper, fixed R={tr}: LAMBADA ppl (Table 12)")
+        ax.set(xlabel="inference R (core iterations)", ylabel=f"validation PPL ({R.RANK_DOMAIN})", yscale="log")
+        rel.set(xlabel="inference R (core iterations)", ylabel="PPL / PPL at the trained R", yscale="log")
+        for a in (ax, rel):
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.legend(loc="best", fontsize=6)
+        smoke = _sampled_r_smoke(con, data)
+        fig.suptitle("PPL vs inference R per training scheme" + (" (SMOKE: tiny runs, builtin corpus; not a result)"
+                                                                 if smoke else ""))
+        fig.tight_layout()
+        _save(fig, path, dpi)
+    return "Sampled recurrence depth: PPL vs inference R per training scheme, and relative to the trained R " \
+           "beside the paper's fixed-R curve"
+
+
 # ---- the CART paper's text vs its authors' code ---------------------------------------------------------
 def table_paper_text_vs_code(con: sqlite3.Connection) -> Table:
     data = pd.DataFrame([d._asdict() for d in PAPER_TEXT_VS_CODE])
@@ -249,4 +405,4 @@ def table_paper_text_vs_code(con: sqlite3.Connection) -> Table:
                                                  or "none") + "."])
 
 
-TABLES = (table_lr_sweep, table_lrt, table_ratplus, table_paper_text_vs_code)
+TABLES = (table_lr_sweep, table_lrt, table_ratplus, table_sampled_r, table_paper_text_vs_code)
