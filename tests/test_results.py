@@ -65,6 +65,8 @@ def params_dict() -> dict:
     p["stage2"]["run"] = dict(RUN)
     p["dense"] = {"d_model": DENSE_D, "train": {}, "grid": {"n_layers": DENSE_L, "seed": SEEDS}}
     p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "train": {}, "variants": copy.deepcopy(ABL_VARIANTS)}
+    for family in ("cart", "dense"):  # three peak lrs, so the best lies inside the sweep
+        p[f"sweep_{family}"]["variants"] = {v: {"train": {"lr": lr, "lr_width_scaling": False}} for v, lr in LRS.items()}
     p["model"]["common"]["head_dim"] = 32
     p["train"]["warmup_steps"] = 2
     return p
@@ -162,7 +164,7 @@ def write_eval(root: Path, source: str = "local", vr_source: str | None = None) 
     _tsv(root / "eval" / "variable_r.tsv", cols, rows)
 
 
-LRS = {"lr3e-4": 3e-4, "lr1e-3": 1e-3, "lr3e-3": 3e-3}  # the default params' sweep variants
+LRS = {"lr3e-4": 3e-4, "lr1e-3": 1e-3, "lr3e-3": 3e-3}  # the sweeps' variants (params_dict)
 SWEEP_PPL = {"cart": {"lr3e-4": 60.0, "lr1e-3": 50.0, "lr3e-3": 55.0},  # CART best at 1e-3 ...
              "dense": {"lr3e-4": 58.0, "lr1e-3": 54.0, "lr3e-3": 52.0}}  # ... Dense at 3e-3
 RAT_PATTERNS = {"dense": 1.0, "D4": 1.3, "D8": 1.6}  # PPL factor at each pattern, per model below

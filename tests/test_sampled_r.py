@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import read_tsv_rows as read_rows
 
-from cart.eval_rows import read_rows
 from cart.experiments import GROUPS, resolve_run, run_names, validate_profile
 from cart.params import load_params
 
@@ -142,6 +142,7 @@ def test_eval_settings_are_validated_naming_the_key():
 # ---- the store, the summary and the report -------------------------------------------------------------
 def _store(root: Path, source: str) -> Path:
     import test_results as S
+
     from cart import results as R
     params = S.make_project(root, eval_source=source)
     db = root / "results.db"
@@ -162,6 +163,7 @@ def synthetic(tmp_path_factory):
 
 def test_the_store_ingests_every_row_and_the_summary_keeps_the_spectral_radius(synthetic):
     import test_results as S
+
     from cart import results as R
     root, db, _ = synthetic
     con = R.connect(db)
