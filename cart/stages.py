@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .code_deps import code_closure, family_closure
 from .evaluation import STUDIES, study_params
-from .experiments import GROUPS, plan_keys, summary_groups
+from .experiments import GROUPS, plan_keys
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,7 @@ def stages() -> dict[str, Stage]:
     }
     for name, g in GROUPS.items():
         table[name] = Stage("pipeline.train", g.params, models=(g.arch,))
-    for name in GROUPS:
-        groups = summary_groups(name)
-        table[f"summarize_{name}"] = Stage("pipeline.summarize", plan_keys(groups),
-                                           configs=tuple(dict.fromkeys(GROUPS[g].arch for g in groups)))
+    table["summarize"] = Stage("pipeline.summarize", plan_keys(GROUPS), configs=every_arch)
     table |= {
         "benchmarks": Stage("pipeline.benchmarks", ("benchmarks",), models=("cart",)),
         "variable_r": Stage("pipeline.variable_r", ("benchmarks", "variable_r", "corpus.domains"), models=("cart",)),

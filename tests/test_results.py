@@ -539,6 +539,24 @@ def test_summarize_dense_and_ablation_deltas(project):
     assert a["runs"]["missing"] == ["ablation/LIE"]
 
 
+def test_one_summarize_stage_writes_every_group_as_each_alone_would(project, tmp_path):
+    """The DVC stage runs `pipeline.summarize` with no group: one store for every group, and each
+    metrics/<group>.json byte-identical to summarizing that group alone."""
+    from cart.results import GROUPS
+    from pipeline.summarize import main
+    root, params, _, _ = project
+    both = main(["--root", str(root), "--params", str(params)])
+    assert list(both) == list(GROUPS)
+    for group in GROUPS:
+        alone = tmp_path / f"{group}.json"
+        main([group, "--root", str(root), "--params", str(params), "--out", str(alone)])
+        assert alone.read_bytes() == (root / "metrics" / f"{group}.json").read_bytes(), group
+    with pytest.raises(SystemExit):
+        main(["stage1", "dense", "--root", str(root), "--params", str(params), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        main(["stage3", "--root", str(root), "--params", str(params)])
+
+
 def test_summarize_says_what_is_missing_when_stage2_is_absent(tmp_path):
     params = make_project(tmp_path / "src", eval_source=None)
     root = tmp_path / "only_dense"

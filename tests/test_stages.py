@@ -11,7 +11,7 @@ import yaml
 from cart.code_deps import ROOT, code_closure, family_closure, training_code
 from cart.corpus import corpus_params
 from cart.data import bins_params
-from cart.experiments import GROUPS, describe_run, resolve_run, run_names, summary_groups
+from cart.experiments import GROUPS, describe_run, resolve_run, run_names
 from cart.params import build, load_params, section, view
 from cart.report import ReportSettings
 from cart.results import plan_from_params
@@ -115,10 +115,7 @@ def test_each_stage_reads_only_its_declared_params():
         for name in names:
             keys = GROUPS[group].keys(name)
             assert resolve_run(view(DEFAULT, keys), group, name, 2048) == resolve_run(DEFAULT, group, name, 2048)
-    for group in GROUPS:
-        groups = summary_groups(group)
-        sub = view(DEFAULT, S[f"summarize_{group}"].params)
-        assert plan_from_params(sub, groups) == plan_from_params(DEFAULT, groups)
+    assert plan_from_params(view(DEFAULT, S["summarize"].params)) == plan_from_params(DEFAULT)
     assert plan_from_params(view(DEFAULT, S["results"].params)) == plan_from_params(DEFAULT)
     assert "profile" in S["results"].params  # pipeline/results.py records it in the store
     from cart.evaluation import STUDIES, benchmark_settings, domain_sources, study_settings, variable_r_settings
