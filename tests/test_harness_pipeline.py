@@ -154,6 +154,7 @@ def test_ratplus_study_stage(tmp_path, monkeypatch):
     params["eval_ratplus"].update(patterns=["dense", "D4"], ppl={"seq_len": 16, "n_seqs": 2, "batch_size": 2})
     params["ratplus"]["base"] = {"d_model": 32, "n_layers": 2}  # the control: dense/L2-s42 at dense.d_model
     params["dense"].update(d_model=32, grid={"n_layers": [2], "seed": [42]})
+    params["ratplus_adapt"]["variants"] = {v: {"train_pattern": v} for v in ("D4", "D8")}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     tok = root / "data/tokenizer"
     rat = {"arch": "ratplus", "n_layers": 2}
