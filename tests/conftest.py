@@ -88,7 +88,7 @@ def tiny_project(tiny_data, tmp_path, monkeypatch) -> Path:
 
 def smoke_benchmark_text() -> str:
     """Every string of the builtin benchmark smoke set (to train a tiny tokenizer that covers it)."""
-    from cart.benchmarks import smoke
+    from cart.benchmarks import TASKS, smoke
 
     def strings(x) -> list[str]:
         if isinstance(x, str):
@@ -98,7 +98,7 @@ def smoke_benchmark_text() -> str:
         if isinstance(x, list):
             return [s for v in x for s in strings(v)]
         return []
-    return "\n".join(s for task in smoke._TASKS for records in smoke.generate(task).values()
+    return "\n".join(s for task in TASKS for records in smoke.generate(task).values()
                      for r in records for s in strings(r))
 
 
@@ -107,3 +107,31 @@ def read_tsv_rows(path) -> list[dict]:
     import csv
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+def run_spec(group="stage2", name="d32-R2-s42", params_file="params.yaml"):
+    """A run's resolved spec in a project directory (the cwd) whose data stages have run."""
+    from cart.experiments import resolve_run
+    from cart.params import load_params
+    from cart.tokenizer import tokenizer_info
+    return resolve_run(load_params(params_file), group, name, tokenizer_info("data/tokenizer")["vocab_size"])
+
+
+def assert_compiled_step_matches_eager(make_model, x) -> None:
+    """One training step through the training stage's compiled loss (torch.compile of model + loss,
+    the CPU inductor backend here) gives the eager loss, grad norm and gradients; `make_model()`
+    builds the same weights each call."""
+    import torch
+
+    from cart.step import make_loss_fn, train_step
+    batches = [(x[:, :-1], x[:, 1:])]
+    results = {}
+    for compiled in (False, True):
+        model = make_model().train()
+        params = list(model.parameters())
+        loss, norm = train_step(make_loss_fn(model, compiled), batches, params, 1.0, torch.device("cpu"),
+                                torch.float32)
+        results[compiled] = (loss.item(), norm.item(), [p.grad.clone() for p in params])
+    (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
+    assert l1 == pytest.approx(l0, rel=1e-5) and n1 == pytest.approx(n0, rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g0, g1))

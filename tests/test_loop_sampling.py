@@ -20,9 +20,8 @@ from cart.models import build_model, count_params
 from cart.models.cart import CART
 from cart.models.cart_config import CARTConfig
 from cart.params import build, load_params
-from cart.tokenizer import tokenizer_info
 from cart.train import Interrupted, Trainer, train_run
-from conftest import tiny_params, write_params
+from conftest import run_spec, tiny_params, write_params
 from test_train import _run_cli
 
 DRAWS = 20_000
@@ -259,10 +258,6 @@ def _sampling_project(project, **train):
     write_params(project, p)
 
 
-def _spec():
-    return resolve_run(load_params(), "stage2", "d32-R2-s42", tokenizer_info("data/tokenizer")["vocab_size"])
-
-
 @pytest.fixture
 def recorded_kwargs(monkeypatch):
     """The forward kwargs of every train_step the loop makes, in order."""
@@ -279,7 +274,7 @@ def recorded_kwargs(monkeypatch):
 
 def test_each_step_runs_and_logs_its_sampled_r(tiny_project, recorded_kwargs):
     _sampling_project(tiny_project, backprop_loops=2)
-    spec = _spec()
+    spec = run_spec()
     paths = RunPaths.for_run(spec.group, spec.name)
     summary = train_run(spec, paths, progress=False)
     expected = [LoopSampling(**UNIFORM).sample(2, spec.seed, s) for s in range(12)]
@@ -293,7 +288,7 @@ def test_each_step_runs_and_logs_its_sampled_r(tiny_project, recorded_kwargs):
 
 
 def test_fixed_r_passes_nothing_and_logs_no_r(tiny_project, recorded_kwargs):
-    spec = _spec()
+    spec = run_spec()
     paths = RunPaths.for_run(spec.group, spec.name)
     train_run(spec, paths, progress=False)
     assert recorded_kwargs == [{}] * 12
@@ -306,7 +301,7 @@ def _weights(path) -> dict:
 
 def test_resumed_run_reproduces_the_r_sequence_and_the_weights(tiny_project, recorded_kwargs):
     _sampling_project(tiny_project)
-    spec = _spec()
+    spec = run_spec()
     paths = RunPaths.for_run(spec.group, spec.name)
     train_run(spec, paths, progress=False)
     reference_r, reference_curves = list(recorded_kwargs), read_curves(paths.plots_dir)[0]

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cart.accounting import train_flops_per_token
 from cart.models import DenseConfig, LRTConfig, build_model, config_from_dict
 from cart.models.base import IGNORE_INDEX
+from conftest import assert_compiled_step_matches_eager
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -407,16 +408,4 @@ def test_tiny_lrt_overfits_a_fixed_batch():
 def test_compiled_training_step_matches_eager():
     """The training stage's compiled loss (torch.compile of model + loss, CPU inductor here)
     computes the same interleaved loss and gradients as eager."""
-    from cart.step import make_loss_fn, train_step
-    x = tokens(T=17)
-    batches = [(x[:, :-1], x[:, 1:])]
-    results = {}
-    for compiled in (False, True):
-        model = perturbed().train()
-        params = list(model.parameters())
-        loss, norm = train_step(make_loss_fn(model, compiled), batches, params, 1.0, torch.device("cpu"),
-                                torch.float32)
-        results[compiled] = (loss.item(), norm.item(), [p.grad.clone() for p in params])
-    (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
-    assert l1 == pytest.approx(l0, rel=1e-5) and n1 == pytest.approx(n0, rel=1e-4)
-    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g0, g1))
+    assert_compiled_step_matches_eager(perturbed, tokens(T=17))

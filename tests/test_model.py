@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cart import CARTConfig, DenseConfig, LTIGate, build_model, generate
 from cart.models import config_from_dict
+from conftest import assert_compiled_step_matches_eager
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)
 VARIANTS = {
@@ -202,19 +203,7 @@ def test_bad_dense_config_and_unknown_keys():
 def test_compiled_training_step_matches_eager():
     """The GPU fast path (torch.compile of model + loss, as the training stage uses it) computes the
     same loss and gradients as the plain eager path; checked here with the CPU inductor backend."""
-    from cart.step import make_loss_fn, train_step
-    x = torch.randint(0, 61, (2, 17))
-    batches = [(x[:, :-1], x[:, 1:])]
-    results = {}
-    for compiled in (False, True):
-        model = tiny().train()
-        params = list(model.parameters())
-        loss, norm = train_step(make_loss_fn(model, compiled), batches, params, 1.0, torch.device("cpu"),
-                                torch.float32)
-        results[compiled] = (loss.item(), norm.item(), [p.grad.clone() for p in params])
-    (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
-    assert l1 == pytest.approx(l0, rel=1e-5) and n1 == pytest.approx(n0, rel=1e-4)
-    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g0, g1))
+    assert_compiled_step_matches_eager(tiny, torch.randint(0, 61, (2, 17)))
 
 
 @pytest.mark.parametrize("cfg,depth", [

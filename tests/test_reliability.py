@@ -14,6 +14,7 @@ import torch
 from cart import CARTConfig, build_model
 from cart.checkpoint import load_weights, save_weights
 from cart.io import atomic_write_bytes, require_free_space
+from conftest import run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,13 +105,6 @@ def _strict_json(path: Path):
     return json.loads(path.read_text(), parse_constant=reject)
 
 
-def _spec(group="stage2", name="d32-R2-s42"):
-    from cart.experiments import resolve_run
-    from cart.params import load_params
-    from cart.tokenizer import tokenizer_info
-    return resolve_run(load_params(), group, name, tokenizer_info("data/tokenizer")["vocab_size"])
-
-
 def test_diverged_run_writes_null_not_nan_and_the_failure(tiny_project):
     from cart.checkpoint import SUMMARY
     from cart.experiments import RunPaths
@@ -119,7 +113,7 @@ def test_diverged_run_writes_null_not_nan_and_the_failure(tiny_project):
     p = tiny_params()
     p["train"].update(lr=1e6, lr_width_scaling=False, grad_clip=0.0, checkpoint_every=1)
     write_params(tiny_project, p)
-    spec = _spec()
+    spec = run_spec()
     paths = RunPaths.for_run(spec.group, spec.name)
     with pytest.raises(NonFiniteError):
         Trainer(spec, paths, progress=False).run()
@@ -136,7 +130,7 @@ def _retrain_with_steps(project: Path, steps: int):
     p = tiny_params()
     p["stage2"]["run"].update(steps=steps, eval_every=steps // 2)
     write_params(project, p)
-    spec = _spec()
+    spec = run_spec()
     paths = RunPaths.for_run(spec.group, spec.name)
     return train_run(spec, paths, progress=False), paths
 

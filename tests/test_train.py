@@ -16,18 +16,13 @@ import torch
 from cart.checkpoint import SUMMARY
 from cart.experiments import resolve_run
 from cart.params import load_params
-from cart.tokenizer import tokenizer_info
 from cart.curves import read_curves
 from cart.experiments import RunPaths
 from cart.train import NonFiniteError, Trainer, train_run
+from conftest import run_spec as spec_for
 from conftest import tiny_params, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def spec_for(group="stage2", name="d32-R2-s42", params_file="params.yaml"):
-    vocab = tokenizer_info("data/tokenizer")["vocab_size"]
-    return resolve_run(load_params(params_file), group, name, vocab)
 
 
 def weights(path: Path) -> dict:
