@@ -39,6 +39,9 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu")) -> None:
             with tarfile.open(a) as t:
                 t.extractall(ws, filter="data")
         shutil.copy(REPO / "params.yaml", ws / "params.yaml")
+        from cart.results import WEIGHTS_NOT_KEPT  # the archives hold no weights, by design
+        (ws / "runs").mkdir(exist_ok=True)
+        (ws / "runs" / WEIGHTS_NOT_KEPT).write_text("weights stayed on the GPU machine\n")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
 
         def stage(*args: str) -> None:
@@ -59,6 +62,10 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu")) -> None:
                 target.unlink()
             if (ws / src).exists():
                 (shutil.copytree if (ws / src).is_dir() else shutil.copy2)(ws / src, target)
+        if (ws / "gpu_bench").is_dir():  # job 5's GPU benches (sampled-R compile cost, cached decoding)
+            (dest / "bench").mkdir(exist_ok=True)
+            for f in (ws / "gpu_bench").glob("*.json"):
+                shutil.copy2(f, dest / "bench" / f.name)
         if (ws / "data/bins/meta.json").is_file():  # how much text the runs had (one pass or less)
             shutil.copy2(ws / "data/bins/meta.json", dest / "bins_meta.json")
         runs = dest / "runs"

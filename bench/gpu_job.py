@@ -7,9 +7,10 @@ the DAG's order, with the training runs of the listed groups packed N at a time 
     python -m bench.gpu_job eval:benchmarks,variable_r,ratplus,lrt results report
 
 Steps, run in the order given: `data` (corpus, tokenizer, bins: skipped when data/bins/meta.json
-exists, e.g. on a machine still warm from the last job), `train:<groups>` (every run of each group's
-grid, N concurrent processes), `summarize:<groups>`, `eval:<stages>` (benchmarks, variable_r, or a
-study of pipeline/evaluate.py), `results`, `report`. A failing command stops the job (exit 1), after
+exists, e.g. on a machine still warm from the last job), `train:<groups or group/run>` (every run of
+each group's grid, or the one run named, N concurrent processes), `summarize:<groups>`,
+`eval:<stages>` (benchmarks, variable_r, or a study of pipeline/evaluate.py; N at once, each logged
+to logs/eval-<stage>.log), `results`, `report`. A failing command stops the job (exit 1), after
 the runs already started have finished. Each step prints its wall time; bench/gpu_profile.sh packs
 what came out. On a DVC machine use `dvc repro` instead: this is the same work without DVC's records.
 """
@@ -48,12 +49,18 @@ def commands(step: str, params: dict) -> list[list[str]]:
             print("data: data/bins already built on this machine, skipped")
             return []
         return [PY + [f"pipeline.{s}", "--no-progress"] for s in ("corpus", "tokenizer", "bins")]
-    if kind == "train":
-        bad = [g for g in names if g not in GROUPS]
+    if kind == "train":  # a group (every run of its grid) or one run, group/name
+        groups = list(dict.fromkeys(n.partition("/")[0] for n in names))
+        bad = [g for g in groups if g not in GROUPS]
         if bad:
             raise SystemExit(f"train: unknown group(s) {bad}; valid: {list(GROUPS)}")
-        runs = run_names(params, names)
-        return [PY + ["pipeline.train", g, n, "--no-progress"] for g in names for n in runs[g]]
+        runs = run_names(params, groups)
+        wanted = [(g, r) for n in names for g, _, one in [n.partition("/")] for r in ([one] if one else runs[g])]
+        unknown = [f"{g}/{r}" for g, r in wanted if r not in runs[g]]
+        if unknown:
+            raise SystemExit(f"train: {unknown} are not in the params grid; valid: "
+                             f"{[f'{g}/{r}' for g in groups for r in runs[g]]}")
+        return [PY + ["pipeline.train", g, r, "--no-progress"] for g, r in wanted]
     if kind == "summarize":
         return [PY + ["pipeline.summarize", g] for g in names]
     if kind == "eval":
@@ -82,6 +89,9 @@ def main(argv=None) -> int:
         if step.startswith("train:"):
             with ThreadPoolExecutor(args.parallel) as pool:
                 done = list(pool.map(lambda c: _run(c, args.logs / f"{c[3]}-{c[4]}.log"), cmds))
+        elif step.startswith("eval:") and args.parallel > 1:  # the stages write disjoint outputs
+            with ThreadPoolExecutor(args.parallel) as pool:
+                done = list(pool.map(lambda c: _run(c, args.logs / f"eval-{c[-2]}.log"), cmds))
         else:
             done = [_run(c) for c in cmds]
         failed = [" ".join(c[2:]) for c, code, _ in done if code != 0]

@@ -177,11 +177,18 @@ def read_tsv(path: Path, columns: Iterable[str], issues: list, run_id: str | Non
     return df
 
 
+# A runs/ folder imported without its weights (bench/gpu_import: the GPU machine's checkpoints are not
+# brought back) holds this file; there a missing model.safetensors is expected, a damaged one is not.
+WEIGHTS_NOT_KEPT = "WEIGHTS_NOT_KEPT"
+
+
 def weights_damage(path: Path) -> str | None:
     """What is wrong with a completed run's safetensors weights, read from the header alone (no
     torch, no full read): missing, a header that does not parse, or a file shorter or longer than
     the tensors the header lists (a truncated copy). None when the file is whole."""
     if not path.is_file():
+        if (path.parents[2] / WEIGHTS_NOT_KEPT).is_file():
+            return None
         return "model.safetensors is missing"
     size = path.stat().st_size
     try:

@@ -75,3 +75,16 @@ def test_the_training_fits_its_gpu_budget(gpu_params):
             total += spec.run.steps * spec.run.tokens_per_step * spec.model.train_passes() / rate
     wall = total / PACKED
     assert wall < TRAIN_BUDGET_S, f"training alone needs ~{wall / 60:.1f} GPU-minutes"
+
+
+def test_the_cpu_dry_run_overlay_keeps_the_grid_and_shrinks_every_run(gpu_params, tmp_path):
+    """configs/gpu_dry.yaml (GPU_PROFILE_OVERLAY=gpu_dry): the same runs and stages as the gpu
+    profile, validated, with a few steps each, so a GPU job's commands can be exercised on the CPU."""
+    import yaml
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(gpu_params, sort_keys=False))  # as `python -m pipeline.profile gpu` leaves it
+    dry = apply_profile("gpu_dry", p)
+    assert run_names(dry) == run_names(gpu_params)
+    for group, names in run_names(dry).items():
+        for name in names:
+            assert describe_run(dry, group, name)["planned_steps"] <= 3, f"{group}/{name}"

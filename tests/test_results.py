@@ -426,6 +426,19 @@ def test_a_completed_run_with_damaged_weights_is_a_failed_run(tmp_path, damage, 
     con.close()
 
 
+@pytest.mark.parametrize("damage,status", [(lambda w: w.unlink(), "complete"),
+                                           (lambda w: w.write_bytes(w.read_bytes()[:-5]), "failed")])
+def test_runs_imported_without_weights_are_complete_but_damaged_weights_still_fail(tmp_path, damage, status):
+    """bench/gpu_import marks a runs/ folder whose weights stayed on the GPU machine: there an absent
+    file is expected, while a truncated one still fails the run."""
+    make_project(tmp_path, eval_source=None)
+    (tmp_path / "runs" / R.WEIGHTS_NOT_KEPT).write_text("")
+    damage(tmp_path / "runs/stage2/d64-R2-s42/model.safetensors")
+    con = R.memory_store(tmp_path, None)
+    assert R.load_runs(con).set_index("run_id").loc["stage2/d64-R2-s42", "status"] == status
+    con.close()
+
+
 def test_empty_project_builds_an_empty_store(tmp_path):
     params = make_project(tmp_path / "src", eval_source=None)
     plan = R.plan_from_params(load_params(params))
