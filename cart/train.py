@@ -91,6 +91,7 @@ class Trainer:
         self.counts = count_params(spec.model)
         self._signal = None
         self.steady_rates: list[float] = []  # logged tokens/s after the first (warm-up) interval
+        self.peak_mem = {"train": None, "eval": None}  # GiB, this process's part of the run (CUDA only)
 
     def _parent_weights(self) -> Path | None:
         """The final weights of the run this one starts from (spec.init_from), which must be complete."""
@@ -185,13 +186,26 @@ class Trainer:
 
     # ---- evaluation ----
     def _evaluate(self, step: int) -> dict:
+        self._note_peak_memory("train")  # training's peak so far, then the evaluation's own
         out = {}
         for dom, batches in self.val.items():
             loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
             bpt = self.tok["bytes_per_token"][dom]
             out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
             self.curves.log_eval(step, dom, out[dom])
+        eval_peak = self._note_peak_memory("eval")
+        if eval_peak is not None:
+            self.curves.log_train(step, {"eval_peak_mem_gib": eval_peak})
         return out
+
+    def _note_peak_memory(self, phase: str) -> float | None:
+        """The device's peak allocated memory since the last call (GiB), folded into the run's peak for
+        `phase` ("train" or "eval"); the counter restarts. None off CUDA (no allocator counter)."""
+        peak = peak_memory_gib(self.device)
+        if peak is not None:
+            self.peak_mem[phase] = max(self.peak_mem[phase] or 0.0, peak)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
 
     def _on_signal(self, signum, frame):
         self._signal = signum
@@ -375,6 +389,7 @@ class Trainer:
 
     def _finish(self, status: str, failure: str | None, final_eval: dict | None, last_loss: float | None) -> dict:
         spec, paths = self.spec, self.paths
+        self._note_peak_memory("train")
         if status == "complete":
             ckpt.save_weights(self.model, paths.run_dir / ckpt.WEIGHTS)
         # steady-state throughput: the median logged interval after warm-up, else the overall mean
@@ -388,6 +403,7 @@ class Trainer:
             "git_commit": git_commit(), "params": self.counts,
             "flops_per_seq": forward_flops(spec.model, spec.run.seq_len),
             "spectral_radius": self._rho(), "final_train_loss": last_loss, "final_eval": final_eval,
+            "peak_mem_gib": self.peak_mem["train"], "eval_peak_mem_gib": self.peak_mem["eval"],
         }
         summary = finite_or_null(summary)  # a diverged run's NaN rho is no JSON number: null, beside its failure
         atomic_write_json(paths.run_dir / ckpt.SUMMARY, summary)
@@ -443,6 +459,14 @@ def code_fingerprint(arch: str) -> str:
     for rel in training_code(arch):
         h.update(rel.encode() + b"\0" + (ROOT / rel).read_bytes())
     return h.hexdigest()
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak memory the caching allocator handed out on `device` since its last reset, in GiB; None
+    off CUDA, where torch keeps no such counter."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def _device_name(device: torch.device) -> str:

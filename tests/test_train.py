@@ -49,6 +49,40 @@ def test_run_writes_outputs_and_is_not_retrained(tiny_project, capsys):
     assert again == summary and (paths.run_dir / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+def test_peak_memory_of_training_and_of_evaluation_are_recorded_apart(tiny_project, monkeypatch):
+    """A fake allocator counter (CPU has none): whatever the device allocated between two readings is
+    that phase's, so the evaluations' peak (here 0.5 GiB) never hides in training's (2 GiB), and the
+    run's summary and curves carry each."""
+    import cart.train as train_mod
+    high = {"value": 0.0}
+
+    def allocating(fn, gib):  # fn, noting that it allocated `gib` GiB at its peak
+        def wrapped(*args, **kwargs):
+            high["value"] = max(high["value"], gib)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def read(device):
+        value, high["value"] = high["value"], 0.0  # a reading restarts the counter, as the reset does
+        return value
+    monkeypatch.setattr(train_mod, "peak_memory_gib", read)
+    monkeypatch.setattr(train_mod.torch.cuda, "reset_peak_memory_stats", lambda device: None)
+    monkeypatch.setattr(train_mod, "train_step", allocating(train_mod.train_step, 2.0))
+    monkeypatch.setattr(train_mod, "eval_loss", allocating(train_mod.eval_loss, 0.5))
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    summary = train_run(spec, paths, progress=False)
+    assert summary["peak_mem_gib"] == 2.0 and summary["eval_peak_mem_gib"] == 0.5
+    train, _ = read_curves(paths.plots_dir)
+    assert list(train.dropna(subset=["eval_peak_mem_gib"])["eval_peak_mem_gib"]) == [0.5, 0.5]
+
+
+def test_cpu_runs_record_no_peak_memory(tiny_project):
+    spec = spec_for()
+    summary = train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    assert summary["peak_mem_gib"] is None and summary["eval_peak_mem_gib"] is None
+
+
 def test_logging_settings_do_not_retrain(tiny_project, capsys):
     spec = spec_for()
     paths = RunPaths.for_run(spec.group, spec.name)
