@@ -5,6 +5,7 @@ and the committed summary of the last run (metrics/mutation.json).
     python bench/mutation.py                        # every target module (hours on 2 cores)
     python bench/mutation.py cart/models/cart.py    # one module (or several)
     python bench/mutation.py --summary              # rewrite metrics/mutation.json from mutants/
+    python bench/mutation.py --max-children 1 ...   # leave a CPU to other work
 
 Slow, so outside CI. What is mutated and which tests judge it is `[tool.mutmut]` in pyproject.toml;
 mutmut runs each mutant against only the tests that execute the mutated function, fastest first,
@@ -47,12 +48,13 @@ def module_of(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def run_module(path: str) -> float:
+def run_module(path: str, max_children: int | None = None) -> float:
     """mutmut over one module's mutants; returns the wall time in seconds."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts mutants/ first itself
     env |= {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny models: one thread per worker is fastest
     start = time.monotonic()
-    result = subprocess.run(["mutmut", "run", f"{module_of(path)}.*"], cwd=ROOT, env=env)
+    workers = [] if max_children is None else ["--max-children", str(max_children)]
+    result = subprocess.run(["mutmut", "run", *workers, f"{module_of(path)}.*"], cwd=ROOT, env=env)
     if result.returncode:
         raise SystemExit(f"mutation: mutmut failed on {path} (exit {result.returncode})")
     return time.monotonic() - start
@@ -73,6 +75,13 @@ def summarize(runtimes: dict[str, float]) -> dict:
     modules, survivors = {}, {}
     for path in targets():
         results = module_results(path)
+        if path in previous["modules"] and all(v == "not_checked" for v in results.values()):
+            # mutants/ is a local, git-ignored cache: a module judged on another checkout (none of its
+            # mutants judged here) keeps its committed counts and survivors until it is re-run here
+            modules[path] = previous["modules"][path]
+            survivors |= {n: r for n, r in previous.get("survivors", {}).items()
+                          if n.startswith(module_of(path) + ".")}
+            continue
         counts = {s: sum(v == s for v in results.values()) for s in COUNTED}
         judged = len(results) - counts["not_checked"]
         caught = counts["killed"] + counts["timeout"]
@@ -99,6 +108,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("modules", nargs="*", help="target files (default: every [tool.mutmut] only_mutate file)")
     ap.add_argument("--summary", action="store_true", help="only rewrite metrics/mutation.json from mutants/")
+    ap.add_argument("--max-children", type=int, default=None,
+                    help="mutants tested at once (mutmut's default: one per CPU)")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.modules) - set(targets()))
     if unknown:
@@ -106,7 +117,7 @@ def main(argv=None) -> None:
     runtimes = {}
     if not args.summary:
         for path in args.modules or targets():
-            runtimes[path] = run_module(path)
+            runtimes[path] = run_module(path, args.max_children)
             SUMMARY.write_text(json.dumps(summarize(runtimes), indent=2) + "\n")  # after each module
     summary = summarize(runtimes)
     SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")

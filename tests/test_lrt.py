@@ -337,22 +337,31 @@ def test_training_counts_two_passes_per_token():
 
 
 # ---- interface ----
-@pytest.mark.parametrize("kwargs,field", [
-    ({"n_layers": 0}, "n_layers"),
-    ({"source_layer": 0}, "source_layer"),
-    ({"source_layer": 4}, "source_layer"),
-    ({"variant": "both"}, "variant"),
-    ({"inject_kv": False, "inject_resid": False}, "inject_kv"),
-    ({"interleaved_passes": 0}, "interleaved_passes"),
-    ({"interleaved_passes": 1.5}, "interleaved_passes"),
-    ({"detach_memory": "yes"}, "detach_memory"),
-    ({"resid_gate_init": float("nan")}, "resid_gate_init"),
-    ({"gate_channels": 0}, "gate_channels"),
-    ({"gate_channels": 33}, "gate_channels"),
+@pytest.mark.parametrize("kwargs,field,valid", [
+    ({"n_layers": 0}, "n_layers", "must be >= 1, got 0"),
+    ({"source_layer": 0}, "source_layer", "1-based layer index in 1..3 (n_layers), got 0"),
+    ({"source_layer": 4}, "source_layer", "1-based layer index in 1..3 (n_layers), got 4"),
+    ({"variant": "both"}, "variant", "'both'"),
+    ({"inject_kv": False, "inject_resid": False}, "inject_kv",
+     "inject_kv and inject_resid are both off, so the memory reaches nothing; turn one on (or use arch 'dense')"),
+    ({"interleaved_passes": 0}, "interleaved_passes", "must be >= 1 (S subset passes), got 0"),
+    ({"interleaved_passes": 1.5}, "interleaved_passes", "1.5"),
+    ({"detach_memory": "yes"}, "detach_memory", "'yes'"),
+    ({"resid_gate_init": float("nan")}, "resid_gate_init", "must be finite, got nan"),
+    ({"gate_channels": 0}, "gate_channels", "must be in 1..d_model=32, got 0"),
+    ({"gate_channels": 33}, "gate_channels", "must be in 1..d_model=32, got 33"),
 ])
-def test_bad_config_names_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=rf"^LRTConfig\.{field}: "):
+def test_bad_config_names_the_field_and_what_is_valid(kwargs, field, valid):
+    with pytest.raises(ValueError, match=rf"^LRTConfig\.{field}: ") as e:
         LRTConfig(**(SMALL | kwargs))
+    assert valid in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs", [{"source_layer": 1}, {"source_layer": 3}, {"gate_channels": 1},
+                                    {"gate_channels": 32}, {"interleaved_passes": 1}, {"inject_kv": False},
+                                    {"inject_resid": False}])
+def test_the_edges_of_each_valid_range_are_accepted(kwargs):
+    assert LRTConfig(**(SMALL | kwargs))
 
 
 def test_bad_runtime_arguments_name_the_argument():
