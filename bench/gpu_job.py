@@ -86,12 +86,12 @@ def main(argv=None) -> int:
     t_job = time.time()
     for step in args.steps:
         cmds, t0 = commands(step, params), time.time()
-        if step.startswith("train:"):
+        # training runs, and evaluation stages (they write disjoint outputs), N at once, each to its log
+        log_name = {"train": lambda c: f"{c[3]}-{c[4]}.log",
+                    "eval": lambda c: f"eval-{c[-2]}.log"}.get(step.partition(":")[0])
+        if log_name and (step.startswith("train:") or args.parallel > 1):
             with ThreadPoolExecutor(args.parallel) as pool:
-                done = list(pool.map(lambda c: _run(c, args.logs / f"{c[3]}-{c[4]}.log"), cmds))
-        elif step.startswith("eval:") and args.parallel > 1:  # the stages write disjoint outputs
-            with ThreadPoolExecutor(args.parallel) as pool:
-                done = list(pool.map(lambda c: _run(c, args.logs / f"eval-{c[-2]}.log"), cmds))
+                done = list(pool.map(lambda c: _run(c, args.logs / log_name(c)), cmds))
         else:
             done = [_run(c) for c in cmds]
         failed = [" ".join(c[2:]) for c, code, _ in done if code != 0]
