@@ -69,7 +69,8 @@ def bench_one(name: str, args, device: torch.device, dtype: torch.dtype) -> dict
     torch.manual_seed(0)
     model = build_model(cfg).to(device=device, dtype=dtype).eval()
     prompts = torch.randint(0, cfg.vocab_size, (args.batch, args.context), device=device)
-    decode(model, prompts[:, :16], 4, use_cache=True)  # warm-up: kernels, allocator
+    for use_cache in (True, False):  # warm-up at the timed shapes: CUDA context, kernels, allocator
+        decode(model, prompts, 4, use_cache)
     row = {"config": name, "context": args.context, "new_tokens": args.new_tokens, "batch": args.batch,
            "dtype": str(dtype).removeprefix("torch."), "device": str(device),
            "cache_bytes_per_token": cfg.kv_cache_values_per_token() * torch.finfo(dtype).bits // 8}

@@ -321,13 +321,15 @@ class CART(LanguageModel):
         """R iterations from the state window `history`, the first `frozen` without autograd."""
         cfg = self.config
         for r in range(R):
+            # pe[r] is cloned (d numbers) so that a compiled iteration sees a row, not a view of
+            # the R-row table, whose size R Dynamo would guard on.
             # the window is a constant where truncation starts (r = frozen); detached on entering the
             # no-grad iterations too, so they all see the same kind of input (one compiled graph)
             if frozen and r in (0, frozen):
                 history = [h.detach() for h in history]
             with torch.no_grad() if r < frozen else contextlib.nullcontext():
                 history = self.iteration(
-                    history, None if pe is None else pe[r], anchor_kv, rope, self.core[r if cfg.unshare_core else 0],
+                    history, None if pe is None else pe[r].clone(), anchor_kv, rope, self.core[r if cfg.unshare_core else 0],
                     anchor_cache=decoding.layer("anchor", r) if decoding is not None and cfg.unfreeze_kv else None,
                     core_cache=decoding.layer("core", r) if decoding is not None and cfg.self_attn_core else None)
         return history
@@ -351,8 +353,16 @@ class CART(LanguageModel):
         (`torch._dynamo.disable(recursive=False)` on iterate_forward, seal-rg/recurrent-pretraining).
         Training with a sampled R needs it: by default Dynamo unrolls the loop into one graph per
         distinct R and, past its recompile limit (8 per function), runs every further R eagerly,
-        silently. A fixed-R run keeps the default, one graph for the whole unrolled model."""
+        silently. A fixed-R run keeps the default, one graph for the whole unrolled model.
+
+        `recur` and the loop-index table run eagerly too, so that R enters no compiled frame as a
+        size: traced, the table's arange(R) guards on R's value (one graph per R) and, once Dynamo
+        makes R dynamic, on R >= 2 (a further graph when R = 1 is drawn). What is left is the int R
+        passed through forward, which Dynamo turns dynamic at the second distinct R (one recompile)."""
         self.loop = torch.compiler.disable(self.loop, recursive=False)
+        self.recur = torch.compiler.disable(self.recur, recursive=False)
+        if self.lie is not None:
+            self.lie.forward = torch.compiler.disable(self.lie.forward)
 
     # ---- cached decoding ----
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,
