@@ -56,11 +56,14 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local), device
 
 
-def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device, bucket_cap_mb: int = 25,
+         gradient_as_bucket_view: bool = False) -> torch.nn.Module:
+    """DDP around `model` when the run has several processes (train.ddp_* pick the buckets)."""
     if not info.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=bucket_cap_mb,
+               gradient_as_bucket_view=gradient_as_bucket_view)
 
 
 def no_sync(model: torch.nn.Module, last_micro_batch: bool):

@@ -62,6 +62,10 @@ class TrainSettings:
     checkpoint_every: int
     deterministic: bool
     nproc: int = 1  # processes (GPUs) per run; > 1 launches the run under torchrun with DDP
+    # DDP's gradient buckets (torch's defaults 25 MiB, copies): what each all-reduce carries while
+    # backward goes on, and whether .grad views the bucket instead of being copied into it
+    ddp_bucket_cap_mb: int = 25
+    ddp_gradient_as_bucket_view: bool = False
     # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
     weight_decay_scope: Literal["matrices", "all"] = "matrices"
     # the R of each optimizer step (cart/loop_sampling.py); fixed: the model's n_loops, as the paper
@@ -76,6 +80,7 @@ class TrainSettings:
             "beta1": 0 <= self.beta1 < 1, "beta2": 0 <= self.beta2 < 1, "grad_clip": self.grad_clip >= 0,
             "log_every": self.log_every >= 1, "eval_seqs": self.eval_seqs >= 1,
             "checkpoint_every": self.checkpoint_every >= 1, "nproc": self.nproc >= 1,
+            "ddp_bucket_cap_mb": self.ddp_bucket_cap_mb >= 1,
             "backprop_loops": self.backprop_loops is None or self.backprop_loops >= 1,
         }
         for name, ok in checks.items():

@@ -254,7 +254,8 @@ class Trainer:
         use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
         if use_compile and t.loop_sampling.varies:  # one compiled iteration for every R, not one graph per R
             self.model.compile_by_iteration()
-        self.ddp = distributed.wrap(self.model, self.dist, self.device)
+        self.ddp = distributed.wrap(self.model, self.dist, self.device, t.ddp_bucket_cap_mb,
+                                    t.ddp_gradient_as_bucket_view)
         self.loss_fn = make_loss_fn(self.ddp, use_compile)
         self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -332,7 +333,7 @@ class Trainer:
                 logged_once = True
                 row = {"tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
                        "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
-                       "mfu": mfu(spec.model, tok_s, self.peak) if self.peak else None}
+                       "mfu": self._mfu(tok_s)}
                 if self.dist.is_main:
                     self.curves.log_train(done, row | self._diagnostics())
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
@@ -387,6 +388,12 @@ class Trainer:
     def _rho(self) -> float | None:
         return self.model.spectral_radius() if hasattr(self.model, "spectral_radius") else None
 
+    def _mfu(self, tok_s: float | None) -> float | None:
+        """Paper-MFU per GPU: tok_s counts every rank's tokens, self.peak is one GPU's."""
+        if not (self.peak and tok_s):
+            return None
+        return mfu(self.spec.model, tok_s / self.dist.world, self.peak)
+
     def _finish(self, status: str, failure: str | None, final_eval: dict | None, last_loss: float | None) -> dict:
         spec, paths = self.spec, self.paths
         self._note_peak_memory("train")
@@ -398,7 +405,7 @@ class Trainer:
         summary = {
             "status": status, "failure": failure, "steps": spec.run.steps if status == "complete" else None,
             "tokens": self.tokens, "wall_s": round(self.train_time, 3), "tokens_per_s": tok_s,
-            "mfu": mfu(spec.model, tok_s, self.peak) if (self.peak and tok_s) else None,
+            "mfu": self._mfu(tok_s),
             "peak_flops": self.peak, "device": _device_name(self.device), "torch": torch.__version__,
             "git_commit": git_commit(), "params": self.counts,
             "flops_per_seq": forward_flops(spec.model, spec.run.seq_len),

@@ -70,13 +70,16 @@ def parse_loop_sampling(spec: str, n_loops: int) -> LoopSampling:
 def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_len: int, steps: int,
               warmup: int, compile: bool, device: torch.device, peak: float | None,
               compile_mode: str | None = None, profile: bool = False, compile_scope: str = "model",
-              loop_sampling: LoopSampling = LoopSampling(), by_iteration: bool = False) -> dict:
+              loop_sampling: LoopSampling = LoopSampling(), by_iteration: bool = False, lever: str = "base") -> dict:
     """One config's row. `loop_sampling` draws each step's R (mean: cfg.n_loops) as training does
-    (seed 0); `by_iteration` compiles the CART loop one iteration at a time (compile_by_iteration)."""
+    (seed 0); `by_iteration` compiles the CART loop one iteration at a time (compile_by_iteration);
+    `lever` one of LEVERS (what it changes against the training stage's step)."""
     torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
     counters.clear()
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
+    if lever == "fp8":
+        _to_float8(model)
     if compile and by_iteration:
         model.compile_by_iteration()
     # each step's R and forward kwargs, as the training loop makes them (Trainer._loop_kwargs)
@@ -92,7 +95,8 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         for block in [*getattr(model, "prelude", []), *getattr(model, "core", []), *getattr(model, "layers", [])] \
                 + ([model.coda] if hasattr(model, "coda") else []):
             block.compile(mode=compile_mode)
-    loss_fn = make_loss_fn(model, compile and compile_scope == "model", compile_mode)
+    loss_fn = (_fused_loss_fn(model, compile and compile_scope == "model", compile_mode) if lever == "fused_loss"
+               else make_loss_fn(model, compile and compile_scope == "model", compile_mode))
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = resolve_dtype(train.dtype, device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -121,7 +125,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     flops_per_token = (sum(train_flops_per_token(cfg.replace(n_loops=r), seq_len) for r in rs[warmup:]) / steps
                        if looped else train_flops_per_token(cfg, seq_len))
     return {
-        "model": _label(cfg), "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
+        "model": _label(cfg), "lever": lever, "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
         "mfu_paper": mfu(cfg, tok_s, peak) if peak else None,
         "mfu_real": flops_per_token * tok_s / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
@@ -133,6 +137,49 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         "graphs_in_timing": counters["stats"]["unique_graphs"] - graphs_before_timing,
         "eager_fallbacks": counters["frames"]["total"] - counters["frames"]["ok"],
     }
+
+
+# Speed levers benched against the training stage's step ("base"), one row each (issue 22):
+#   fused_loss  Liger's fused linear + cross-entropy (liger-kernel): the LM head and the loss in chunks,
+#               never the full (tokens x vocab) logits; same loss up to float rounding
+#   fp8         torchao's float8 training of every nn.Linear with dims divisible by 16 (the tied LM
+#               head is F.linear on the embedding, so it stays bf16); MFU still against the bf16 peak
+LEVERS = ("base", "fused_loss", "fp8")
+
+
+def _to_float8(model: torch.nn.Module) -> None:
+    from torchao.float8 import convert_to_float8_training
+    convert_to_float8_training(model, module_filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                               and m.in_features % 16 == 0 and m.out_features % 16 == 0)
+
+
+def _fused_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
+    """make_loss_fn's loss through Liger's fused linear cross-entropy instead of head + lm_loss."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    from cart.models.base import IGNORE_INDEX
+    fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    def loss_fn(x, y, **kwargs):
+        h = model.norm_f(model.hidden(x, **kwargs))
+        return fused(model.tok_emb.weight.to(h.dtype), h.flatten(0, 1), y.flatten())
+    return torch.compile(loss_fn, mode=mode) if compile else loss_fn
+
+
+# The paper profile's Stage 2 sweep (configs/paper.yaml): d x R x 3 seeds, 30,500 steps of 32,768 tokens.
+SWEEP_RUNS_PER_CONFIG, SWEEP_TOKENS_PER_RUN = 3, 30_500 * 32_768
+
+
+def sweep_projection(rows: list[dict]) -> dict | None:
+    """GPU-hours of the paper profile's Stage 2 sweep from the measured tok/s of each of its CART
+    configs (d in 256..1024, R in 6, 8, 10; P 6 here, the paper's 4-6 differ by ~2 layers), None
+    unless every one of them was measured."""
+    want = [f"CART d{d} P6 R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
+    rate = {r["model"]: r["tokens_per_s"] for r in rows if r.get("lever", "base") == "base" and "tokens_per_s" in r}
+    if not all(m in rate for m in want):
+        return None
+    hours = {m: SWEEP_RUNS_PER_CONFIG * SWEEP_TOKENS_PER_RUN / rate[m] / 3600 for m in want}
+    return {"runs": SWEEP_RUNS_PER_CONFIG * len(want), "tokens_per_run": SWEEP_TOKENS_PER_RUN,
+            "gpu_hours": sum(hours.values()), "gpu_hours_per_config": hours}
 
 
 def _sampling_label(s: LoopSampling) -> str:
@@ -193,6 +240,9 @@ def main(argv=None) -> None:
                          "unrolled model per R (the default torch.compile)")
     ap.add_argument("--backprop-loops", type=int, default=None,
                     help="truncated backpropagation through the last k loop iterations (train.backprop_loops)")
+    ap.add_argument("--levers", nargs="+", choices=LEVERS, default=["base"],
+                    help="bench every config once per lever: base (the training stage's step), fused_loss "
+                         "(liger-kernel), fp8 (torchao float8)")
     ap.add_argument("--out", default="metrics/bench.json")
     args = ap.parse_args(argv)
 
@@ -218,27 +268,37 @@ def main(argv=None) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    for i, cfg in enumerate(configs):
+    for i, (cfg, lever) in enumerate((c, lv) for c in configs for lv in args.levers):
         try:
             with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
                 row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
                                 args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0,
-                                args.compile_scope)
+                                args.compile_scope, lever=lever)
         except torch.OutOfMemoryError:
-            row = {"model": _label(cfg), "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}", "oom": True}
+            row = {"model": _label(cfg), "lever": lever, "oom": True,
+                   "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
             torch.cuda.empty_cache()
+        except (ImportError, RuntimeError) as e:  # a lever's library missing or failing: say so, bench the rest
+            row = {"model": _label(cfg), "lever": lever, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                   "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
         rows.append(row)
         print(_fmt_row(row), flush=True)
-    dense = {r["model"]: r for r in rows if r["model"].startswith("Dense") and "tokens_per_s" in r}
-    ref = dense.get("Dense 7L d1024")
-    if ref:
-        for r in rows:
-            if "mfu_paper" in r and r["mfu_paper"] and ref["mfu_paper"]:
-                r["mfu_vs_dense7l"] = r["mfu_paper"] / ref["mfu_paper"]
+    for r in rows:  # each lever's row against Dense 7L and against the same config's base row, same lever run
+        ref = next((b for b in rows if b["model"] == "Dense 7L d1024" and b["lever"] == r["lever"]
+                    and b.get("mfu_paper")), None)
+        base = next((b for b in rows if b["model"] == r["model"] and b["lever"] == "base" and "tokens_per_s" in b), None)
+        if r.get("mfu_paper") and ref:
+            r["mfu_vs_dense7l"] = r["mfu_paper"] / ref["mfu_paper"]
+        if "tokens_per_s" in r and base and r["lever"] != "base":
+            r["speedup_vs_base"] = r["tokens_per_s"] / base["tokens_per_s"]
     print("\n" + markdown_table(rows))
+    projection = sweep_projection(rows)
+    if projection:
+        print(f"\nprojected paper-profile Stage 2 sweep ({projection['runs']} runs x "
+              f"{projection['tokens_per_run'] / 1e9:.2f}B tokens) at these tok/s: {projection['gpu_hours']:.1f} GPU-hours")
     loop_rows = []
     for cfg, schemes in sampled:
-        fixed = next(r for r in rows if r["model"] == _label(cfg))
+        fixed = next(r for r in rows if r["model"] == _label(cfg) and r["lever"] == "base")
         jobs = [(LoopSampling(), True)] + [(scheme, args.sampled_compile == "iteration") for scheme in schemes]
         for scheme, by_iteration in jobs:
             try:
@@ -254,11 +314,13 @@ def main(argv=None) -> None:
             loop_rows.append(row)
             print(_fmt_loop_row(row), flush=True)
     if loop_rows:
-        fixed_rows = [r for r in rows if "tokens_per_s" in r and any(r["model"] == _label(c) for c, _ in sampled)]
+        fixed_rows = [r for r in rows if "tokens_per_s" in r and r["lever"] == "base"
+                      and any(r["model"] == _label(c) for c, _ in sampled)]
         print("\n" + loop_table(fixed_rows + loop_rows))
     atomic_write_json(args.out, {"device": name, "torch": torch.__version__, "optimizer": optimizer,
                                  "compile": args.compile, "peak_flops": peak, "rows": rows,
-                                 "backprop_loops": args.backprop_loops, "loop_sampling_rows": loop_rows})
+                                 "backprop_loops": args.backprop_loops, "loop_sampling_rows": loop_rows,
+                                 "levers": args.levers, "sweep_projection": projection})
     best = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r.get("mfu_paper") or 0, default=None)
     if best:
         print(f"bench: {len(rows)} configs on {name}; best paper-MFU {best['model']} "
@@ -266,11 +328,12 @@ def main(argv=None) -> None:
 
 
 def _fmt_row(r: dict) -> str:
-    if r.get("oom"):
-        return f"{r['model']:<22} {r['batch']:>12}  OOM"
+    if r.get("oom") or r.get("error"):
+        return f"{r['model']:<22} {r['lever']:<10} {r['batch']:>12}  {'OOM' if r.get('oom') else r['error']}"
     pct = lambda v: f"{v:6.1%}" if v is not None else "   n/a"
     mem = f"{r['peak_mem_gib']:6.1f} GiB" if r["peak_mem_gib"] is not None else "      n/a"
-    return (f"{r['model']:<22} {r['batch']:>12} {r['tokens_per_s']:>11,.0f} tok/s  MFU(paper) {pct(r['mfu_paper'])}  "
+    return (f"{r['model']:<22} {r['lever']:<10} {r['batch']:>12} {r['tokens_per_s']:>11,.0f} tok/s  "
+            f"MFU(paper) {pct(r['mfu_paper'])}  "
             f"MFU(real) {pct(r['mfu_real'])}  {mem}  warmup {r['warmup_s']:.0f}s")
 
 
@@ -298,15 +361,18 @@ def loop_table(rows: list[dict]) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = "| model | batch | tok/s | MFU paper | MFU real | peak mem GiB | MFU / Dense 7L |\n|---|---|---|---|---|---|---|"
+    head = ("| model | lever | batch | tok/s | MFU paper | MFU real | peak mem GiB | MFU / Dense 7L | vs base |\n"
+            "|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        if r.get("oom"):
-            lines.append(f"| {r['model']} | {r['batch']} | OOM | | | | |")
+        if r.get("oom") or r.get("error"):
+            lines.append(f"| {r['model']} | {r['lever']} | {r['batch']} | {'OOM' if r.get('oom') else r['error']} "
+                         f"| | | | | |")
             continue
         f = lambda v, s="{:.1%}": s.format(v) if v is not None else "n/a"
-        lines.append(f"| {r['model']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {f(r['mfu_paper'])} | "
-                     f"{f(r['mfu_real'])} | {f(r['peak_mem_gib'], '{:.1f}')} | {f(r.get('mfu_vs_dense7l'), '{:.2f}')} |")
+        lines.append(f"| {r['model']} | {r['lever']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {f(r['mfu_paper'])} | "
+                     f"{f(r['mfu_real'])} | {f(r['peak_mem_gib'], '{:.1f}')} | {f(r.get('mfu_vs_dense7l'), '{:.2f}')} | "
+                     f"{f(r.get('speedup_vs_base'), '{:.2f}x')} |")
     return "\n".join(lines)
 
 

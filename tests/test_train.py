@@ -255,3 +255,34 @@ def test_ddp_two_processes_match_one(tiny_data, tmp_path):
         assert summary["tokens"] == 12 * 2 * 2 * 32  # same tokens per step at any process count
     for k in finals[1]:
         assert torch.allclose(finals[1][k], finals[2][k], atol=1e-4), k
+
+
+def test_mfu_is_per_gpu_under_ddp():
+    """tokens/s counts every rank's tokens; MFU divides by one GPU's peak, so per GPU it is the rank share."""
+    from types import SimpleNamespace
+
+    from cart import mfu
+    from cart.models import CARTConfig
+    from cart.train import Trainer
+    model = CARTConfig(vocab_size=64, d_model=32, head_dim=16, n_prelude=1, n_loops=2)
+    one = SimpleNamespace(spec=SimpleNamespace(model=model), peak=1e12, dist=SimpleNamespace(world=1))
+    two = SimpleNamespace(spec=SimpleNamespace(model=model), peak=1e12, dist=SimpleNamespace(world=2))
+    assert Trainer._mfu(one, 2e6) == mfu(model, 2e6, 1e12)
+    assert Trainer._mfu(two, 2e6) == mfu(model, 1e6, 1e12)
+    assert Trainer._mfu(SimpleNamespace(peak=None), 2e6) is None  # CPU: no peak, no MFU
+
+
+def test_ddp_buckets_are_the_train_settings(tmp_path):
+    """train.ddp_bucket_cap_mb / ddp_gradient_as_bucket_view reach DDP (one gloo process standing in)."""
+    import torch.distributed as dist
+
+    from cart import distributed
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = torch.nn.Linear(4, 4)
+        ddp = distributed.wrap(model, distributed.DistInfo(0, 2, 0), torch.device("cpu"), 50, True)
+        assert ddp.bucket_bytes_cap == 50 * 1024 * 1024 and ddp.gradient_as_bucket_view
+        plain = distributed.wrap(model, distributed.DistInfo(0, 2, 0), torch.device("cpu"))
+        assert plain.bucket_bytes_cap == 25 * 1024 * 1024 and not plain.gradient_as_bucket_view
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU benchmarks of issues 20-22 as self-contained device calls (never tests): each part writes
+# its JSON/TSV and log under $OUT (default ./out). Carry .gpu-site (bitsandbytes, liger-kernel,
+# torchao: see README "GPU") and .gpu-data (the Llama-2 tokenizer.model).
+#   bash bench/gpu_perf.sh decode     # bench.decode: cached vs uncached greedy decoding (issue 21)
+#   bash bench/gpu_perf.sh decode_batch   # the same at batch 1 in another order, and at batch 32
+#   bash bench/gpu_perf.sh decode_fresh   # one process per config and batch (1, 32)
+#   bash bench/gpu_perf.sh sampled    # pipeline.bench: sampled-R compile cost vs fixed R (issue 20)
+#   bash bench/gpu_perf.sh levers     # pipeline.bench: fused loss and FP8 against the training step (issue 22)
+#   bash bench/gpu_perf.sh sweep      # pipeline.bench: every paper-profile Stage 2 config + the sweep projection
+#   bash bench/gpu_perf.sh ddp [N]    # bench/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers (issue 22)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONPATH="$PWD/.gpu-site:$PWD:${PYTHONPATH:-}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/device.txt"
+for part in "$@"; do
+  case "$part" in
+    decode)
+      timeout 240 python3 -m bench.decode --out "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log" ;;
+    decode_batch)  # the same at batch 1 (configs twice, in another order) and at batch 32
+      timeout 200 python3 -m bench.decode --configs dense-L12-d1024 cart-d1024-R6 dense-L7-d1024 cart-d1024-R6 \
+        --out "$OUT/decode_b1.json" 2>&1 | tee "$OUT/decode_b1.log"
+      timeout 240 python3 -m bench.decode --batch 32 --out "$OUT/decode_b32.json" 2>&1 | tee "$OUT/decode_b32.log" ;;
+    decode_fresh)  # one process per config and batch: no config runs after another in the same process
+      for b in 1 32; do for c in cart-d1024-R6 dense-L12-d1024; do
+        timeout 100 python3 -m bench.decode --batch "$b" --configs "$c" --out "$OUT/decode_${c}_b$b.json" \
+          2>&1 | tee -a "$OUT/decode_fresh.log"
+      done; done ;;
+    sampled)
+      timeout 300 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 60 --warmup 10 \
+        --loop-sampling uniform poisson_lognormal --out "$OUT/sampled_r.json" 2>&1 | tee "$OUT/sampled_r.log" ;;
+    levers)
+      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 cart-d256-R6 --micro-batch 32 \
+        --steps 20 --warmup 5 --levers base fused_loss fp8 --out "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
+    sweep)
+      timeout 540 python3 -m pipeline.bench --micro-batch 32 --steps 10 --warmup 3 \
+        --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" ;;
+    ddp)
+      n=$(nvidia-smi -L | wc -l)
+      for model in ${DDP_MODELS:-cart dense}; do
+        OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 280 bash bench/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
+          "$n" 40 "$model" ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
+          2>&1 | tee "$OUT/ddp_$model.log"
+      done ;;
+    *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp)" >&2; exit 2 ;;
+  esac
+done
