@@ -6,6 +6,9 @@ and the committed summary of the last run (metrics/mutation.json).
     python bench/mutation.py cart/models/cart.py    # one module (or several)
     python bench/mutation.py --summary              # rewrite metrics/mutation.json from mutants/
     python bench/mutation.py --max-children 1 ...   # leave a CPU to other work
+    mutmut run --max-children 1 "<mutant name>" ... && python bench/mutation.py --summary
+                                                    # re-judge survivors after new tests; the summary
+                                                    # keeps the committed verdicts of the rest
 
 Slow, so outside CI. What is mutated and which tests judge it is `[tool.mutmut]` in pyproject.toml;
 mutmut runs each mutant against only the tests that execute the mutated function, fastest first,
@@ -69,19 +72,51 @@ def module_results(path: str) -> dict[str, str]:
     return {name: STATUS.get(code, "other") for name, code in codes.items()}
 
 
+def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, str] | None:
+    """mutant name -> status of a module's mutants as the committed summary records them (a listed
+    survivor's status, every other mutant killed), or None where that record cannot be exact for
+    the mutants not `rerun` here: the module not judged in full there (not_checked, timeouts or
+    'other' it does not name), or its mutants not the ones mutmut generates here (their number or
+    names differ: the code changed)."""
+    module = previous["modules"].get(path)
+    if module is None or module["not_checked"] or module["timeout"] or module["other"]:
+        return None
+    prefix = module_of(path) + "."
+    listed = {n: r for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
+    names = set(names)
+    if module["mutants"] != len(names) or not set(listed) <= names:
+        return None
+    # summaries before survivor_status: a reason says sigkill; the rest survived, or had no tests when
+    # the module counted some (then the split of those two is unknown: not exact)
+    known = previous.get("survivor_status", {})
+    if module["no_tests"] and not all(n in known for n in set(listed) - set(rerun)):
+        return None
+    status = {n: known.get(n, "sigkill" if r.startswith("sigkill") else "survived") for n, r in listed.items()}
+    return {n: status.get(n, "killed") for n in names}
+
+
 def summarize(runtimes: dict[str, float]) -> dict:
     previous = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {"modules": {}}
     reasons = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
-    modules, survivors = {}, {}
+    modules, survivors, survivor_status = {}, {}, {}
     for path in targets():
         results = module_results(path)
         if path in previous["modules"] and all(v == "not_checked" for v in results.values()):
             # mutants/ is a local, git-ignored cache: a module judged on another checkout (none of its
             # mutants judged here) keeps its committed counts and survivors until it is re-run here
             modules[path] = previous["modules"][path]
-            survivors |= {n: r for n, r in previous.get("survivors", {}).items()
-                          if n.startswith(module_of(path) + ".")}
+            prefix = module_of(path) + "."
+            # their reasons refreshed from the equivalents listed since
+            survivors |= {n: reasons.get(n, r) for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
+            survivor_status |= {n: s for n, s in previous.get("survivor_status", {}).items() if n.startswith(prefix)}
             continue
+        if any(v == "not_checked" for v in results.values()):
+            # partly re-run here (mutants named, e.g. the survivors after new tests): the others keep
+            # their committed verdicts where the committed record is exact for this code
+            committed = committed_statuses(previous, path, results,
+                                           rerun=[n for n, s in results.items() if s != "not_checked"])
+            if committed is not None:
+                results = {n: committed[n] if s == "not_checked" else s for n, s in results.items()}
         counts = {s: sum(v == s for v in results.values()) for s in COUNTED}
         judged = len(results) - counts["not_checked"]
         caught = counts["killed"] + counts["timeout"]
@@ -93,6 +128,7 @@ def summarize(runtimes: dict[str, float]) -> dict:
             if status in ("survived", "no_tests", "sigkill", "other"):
                 survivors[name] = reasons.get(name, "unexplained" if status != "sigkill" else
                                               "sigkill: no verdict yet (re-run it by name)")
+                survivor_status[name] = status
     total = {k: sum(m[k] for m in modules.values()) for k in ("mutants", *COUNTED)}
     judged = total["mutants"] - total["not_checked"]
     total["killed_fraction"] = round((total["killed"] + total["timeout"]) / judged, 4) if judged else None
@@ -100,8 +136,11 @@ def summarize(runtimes: dict[str, float]) -> dict:
             "note": "killed_fraction = (killed + timeout) / (mutants - not_checked); no_tests = no selected "
                     "test runs the mutated function; sigkill = the worker was killed before a verdict (not "
                     "counted as killed); survivors lists every survived, no-test and sigkill mutant with the "
-                    "reason it is equivalent (bench/mutation_equivalents.toml) or 'unexplained'",
-            "total": total, "modules": modules, "survivors": dict(sorted(survivors.items()))}
+                    "reason it is equivalent (bench/mutation_equivalents.toml) or 'unexplained', and "
+                    "survivor_status its status; a module re-run here in part keeps the committed verdicts of "
+                    "the mutants not re-run",
+            "total": total, "modules": modules, "survivors": dict(sorted(survivors.items())),
+            "survivor_status": dict(sorted(survivor_status.items()))}
 
 
 def main(argv=None) -> None:

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cart.accounting import train_flops_per_token
 from cart.models import DenseConfig, LRTConfig, build_model, config_from_dict
 from cart.models.base import IGNORE_INDEX
+from cart.models.layers import RoPE
 from conftest import assert_compiled_step_matches_eager
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -374,8 +375,55 @@ def test_bad_runtime_arguments_name_the_argument():
     with pytest.raises(ValueError, match=r"lrt_mode: 'merged' is not one of \['sequential', 'zero'\]"):
         m.new_cache(2, 12, lrt_mode="merged")
     m.train()
-    with pytest.raises(ValueError, match=r"lrt_mode"):
+    with pytest.raises(ValueError, match=r"^LRT: \['lrt_mode'\] select an evaluation mode; in train mode with targets "
+                                         r"the loss is always the interleaved one \(call model\.eval\(\) to evaluate\)$"):
         m(x, targets=x, lrt_mode="merged")
+
+
+def test_feedback_attention_adds_the_gated_memory_keys_and_values():
+    """Each layer's keys and values take the memory's, gated per head: k + a K_fb, v + a V_fb with
+    a = 2 sigmoid(G u) (1 at init), before RoPE; then causal attention and the output projection."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 7, 32, generator=g)
+    k_fb, v_fb = (torch.randn(2, 4, 7, 8, generator=g) for _ in range(2))
+    for m, at_init in ((build_model(LRTConfig(**SMALL)), True), (perturbed(), False)):
+        attn = m.layers[1].attn
+        cos, sin = rope = m.rope.tables(7, x.device)
+        heads = lambda t: t.view(2, 7, 4, 8).transpose(1, 2)  # noqa: E731
+        a = torch.ones(2, 4, 7, 1) if at_init else 2 * torch.sigmoid(attn.fb_gate(x[..., :16])).transpose(1, 2)[..., None]
+        q, k, v = heads(attn.q(x)), heads(attn.k(x)) + a * k_fb, heads(attn.v(x)) + a * v_fb
+        y = F.scaled_dot_product_attention(RoPE.apply(q, cos, sin), RoPE.apply(k, cos, sin), v, is_causal=True)
+        want = attn.o(y.transpose(1, 2).reshape(2, 7, 32))
+        with torch.no_grad():
+            got, (k_seen, v_seen) = attn(x, rope, (k_fb, v_fb))
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(v_seen, v, atol=1e-6, rtol=1e-5)
+
+
+def test_eval_mode_with_targets_is_the_mean_loss_of_the_logits():
+    m, x = perturbed(), tokens()
+    y = tokens(seed=5)
+    with torch.no_grad():
+        for mode in ("sequential", "zero"):
+            logits = m(x, lrt_mode=mode)
+            want = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+            torch.testing.assert_close(m(x, y, lrt_mode=mode), want, atol=1e-6, rtol=1e-6)
+    m.train()
+    assert m(x).shape == (2, 12, V)  # train mode without targets: the logits
+
+
+def test_decode_cache_is_in_the_models_dtype():
+    m = build_model(LRTConfig(**SMALL)).to(torch.bfloat16)
+    cache = m.new_cache(3, 10)
+    assert cache.memory.dtype == torch.bfloat16 and cache.memory.shape == (3, 1, 32) and not cache.memory.any()
+    assert all(layer.k.dtype == layer.v.dtype == torch.bfloat16 for layer in cache.layers)
+
+
+def test_memory_norm_is_rms_norm_with_the_configured_eps():
+    m = build_model(LRTConfig(**SMALL, norm_eps=1e-2))
+    x = torch.full((1, 1, 32), 0.05)  # mean square 2.5e-3: comparable to eps, so eps shows
+    with torch.no_grad():
+        torch.testing.assert_close(m.memory_norm(x), x / math.sqrt(2.5e-3 + 1e-2), atol=1e-7, rtol=1e-6)
 
 
 def test_config_round_trips_through_the_registry():
@@ -418,3 +466,34 @@ def test_compiled_training_step_matches_eager():
     """The training stage's compiled loss (torch.compile of model + loss, CPU inductor here)
     computes the same interleaved loss and gradients as eager."""
     assert_compiled_step_matches_eager(perturbed, tokens(T=17))
+
+
+def test_output_projections_are_initialised_scaled_with_depth():
+    """Dense's init: N(0, init_std) for every matrix, the residual writers (attention o, FFN down)
+    scaled by 1 / sqrt(2 n_layers). Sample std of 32 x 32 (or more) draws: within 10% of its value."""
+    cfg = LRTConfig(**SMALL)
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    for layer in m.layers:
+        for p, want in ((layer.attn.q.weight, cfg.init_std), (layer.attn.o.weight, cfg.init_std / math.sqrt(6)),
+                        (layer.ffn.down.weight, cfg.init_std / math.sqrt(6))):
+            assert abs(p.std().item() / want - 1) < 0.1
+
+
+@pytest.mark.parametrize("flags", [dict(), dict(variant="layerwise"), dict(variant="layerwise", n_layers=2),
+                                   dict(n_layers=2, inject_kv=False)])
+def test_blocks_inject_the_memory_before_every_layer(flags):
+    """x <- x + gamma_i m~ before block i, and block i's attention takes W_fb's keys/values of m~
+    (one shared pair, or layer i's own)."""
+    m = perturbed(**flags)
+    g = torch.Generator().manual_seed(6)
+    emb, memory = torch.randn(2, 9, 32, generator=g), torch.randn(2, 9, 32, generator=g)
+    rope = m.rope.tables(9, emb.device)
+    with torch.no_grad():
+        x = emb
+        for i, layer in enumerate(m.layers):
+            x = x + m.resid_gamma[i] * memory if m.config.inject_resid else x
+            kv = None if m.feedback is None else m.feedback[0 if len(m.feedback) == 1 else i](memory)
+            x, _ = layer(x, rope, kv)
+        got, _, _ = m.blocks(emb, rope, memory, [None] * len(m.layers))
+    torch.testing.assert_close(got, x, atol=0, rtol=0)

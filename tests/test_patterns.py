@@ -1,6 +1,8 @@
 """Attention patterns (cart/models/patterns.py, pattern_attention.py): the string syntax and its
 validation, the visible sets against their definition, the dense fast path, the two-branch form
 and the top-k block term."""
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,26 @@ def test_one_pattern_for_all_layers_or_one_per_layer():
     assert layer_patterns("dense,D64", 2) == (DENSE, d64)
     assert layer_patterns([DENSE, d64], 2) == (DENSE, d64)
     assert format_patterns((DENSE, d64)) == "dense,D64" and format_patterns((d64,) * 4) == "D64"
+    assert format_patterns([d64]) == "D64" and format_patterns((DENSE,)) == "dense"  # a one-layer model
+
+
+def test_the_edges_of_each_valid_range_are_accepted():
+    assert Pattern(dilation=-1, topk=2, block=1).block == 1 and str(parse_pattern("K2-B1")) == "K2-B1"
+    assert Pattern(dilation=2, window=0, sink=0).dilation == 2
+
+
+@pytest.mark.parametrize("fields", [dict(window=4), dict(sink=4), dict(topk=2), dict(sink=1, topk=1)])
+def test_dense_takes_no_other_term(fields):
+    with pytest.raises(ValueError, match=r"^Pattern\.dilation: 1 \(dense\) already sees every key; window, sink and "
+                                         r"topk must be 0, got "):
+        Pattern(dilation=1, **fields)
+
+
+@pytest.mark.parametrize("text", [16, None, ("D4",)])
+def test_parse_pattern_names_where_a_non_string_came_from(text):
+    with pytest.raises(ValueError, match=rf"^RATPlusConfig\.eval_pattern: expected a pattern string \(.*D16-W256-P4.*\), "
+                                         rf"got {re.escape(repr(text))}$"):
+        parse_pattern(text, "RATPlusConfig.eval_pattern")
 
 
 @pytest.mark.parametrize("make,match", [
@@ -135,7 +157,8 @@ def test_two_branches_are_disjoint_and_their_union_is_the_pattern(text, T):
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on CPU, on purpose
-@pytest.mark.parametrize("text", ["D4", "D4-W8-P2", "D5-P7", "D3-W40", "W8-P2", "D16-W4-P4", "D64"])
+@pytest.mark.parametrize("text", ["D2", "D2-W3-P1", "D4", "D4-W8-P2", "D5-P7", "D3-W40", "W8-P2", "D16-W4-P4",
+                                  "D64"])
 def test_two_branch_lse_merge_equals_the_masked_attention(text):
     p = parse_pattern(text)
     q, k, v = qkv(37, seed=1, hd=16)
@@ -180,3 +203,82 @@ def test_cache_slots_follow_the_spec():
     assert cache_slots(parse_pattern("D64-K8"), T) == T
     assert cache_slots(parse_pattern("W256-P4"), 10) == 4 + 10 + 1  # P and W capped at T
 
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_kernel_takes_the_two_branch_form_for_static_patterns_only(monkeypatch):
+    calls = []
+    two_branch = pa.two_branch_attention
+
+    def spy(q, k, v, pattern):
+        calls.append(str(pattern))
+        return two_branch(q, k, v, pattern)
+    monkeypatch.setattr(pa, "two_branch_attention", spy)
+    q, k, v = qkv(23)
+    static, topk = parse_pattern("D4-W2-P1"), parse_pattern("D4-W2-P1-K2-B4")
+    pa.pattern_attention(q, k, v, static)
+    assert calls == []  # the default kernel is the masked SDPA
+    pa.pattern_attention(q, k, v, static, kernel="flex")
+    assert calls == ["D4-W2-P1"]
+    # the top-k term depends on the keys, which the block masks cannot express: masked SDPA, the same output
+    assert torch.equal(pa.pattern_attention(q, k, v, topk, kernel="flex"), pa.pattern_attention(q, k, v, topk))
+    assert calls == ["D4-W2-P1"]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("text", ["D2", "D4-W8-P2"])
+def test_two_branch_form_keeps_the_input_dtype(text):
+    p = parse_pattern(text)
+    q, k, v = (x.bfloat16() for x in qkv(37, seed=1, hd=16))
+    out = pa.two_branch_attention(q, k, v, p)
+    assert out.dtype == torch.bfloat16
+    ref = pa.pattern_attention(q.float(), k.float(), v.float(), p)
+    assert ref.abs().max() < 4  # where a bf16 ulp is at most 2^-6: the merge rounds a few times, two ulps
+    torch.testing.assert_close(out.float(), ref, atol=2 * 2 ** -6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("text", ["D4-W8-P2", "W3-P2", "D3", "D5-P7", "W0"])
+def test_decode_cache_bytes_are_the_spec_slots(text, dtype):
+    p, max_len, heads, hd = parse_pattern(text), 40, 3, 4
+    cache = pa.PatternKVCache(p, 1, heads, hd, max_len, torch.zeros(1, dtype=torch.long), "cpu", dtype)
+    # the spec's slots less the "+1" (the current token, attended from its projection), K and V
+    slots = cache_slots(p, max_len) - 1
+    assert cache.nbytes() == 2 * slots * heads * hd * torch.finfo(dtype).bits // 8
+
+
+def test_decode_cache_refuses_a_topk_pattern():
+    with pytest.raises(ValueError, match=r"^pattern: D4-K2 has a top-k term, which may pick any earlier block, so "
+                                         r"its decode cache would keep every key; evaluate it with the full forward$"):
+        pa.PatternKVCache(parse_pattern("D4-K2"), 1, 1, 4, 8, torch.zeros(1, dtype=torch.long), "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("text", ["D4-W3-P2", "W3-P2", "D3", "D5-P7", "P2"])
+def test_decode_cache_holds_exactly_the_keys_the_pattern_can_still_show(text):
+    """After each chunk, the three regions (RATPLUS_SPEC section 4) hold the first P positions, the
+    last W tokens and the strided positions (pos + 1 = 0 mod D), each with its own K and V; a slot
+    not yet written holds position -1 and zeros. Row 1 is left-padded by 3: its pads are never kept
+    as real keys."""
+    from collections import Counter
+    p, max_len, pad = parse_pattern(text), 16, torch.tensor([0, 3])
+    D, W, P = p.dilation, p.window, p.sink
+    q, k, v = qkv(max_len, seed=3, H=2, hd=4)
+    cache = pa.PatternKVCache(p, 2, 2, 4, max_len, pad, "cpu", torch.float32)
+    length = 0
+    for n in (5, 1, 1, 3, 6):
+        cache.attend(q[:, :, length:length + n], k[:, :, length:length + n], v[:, :, length:length + n])
+        length += n
+        for b in range(2):
+            real = range(length - int(pad[b]))  # this row's positions so far
+            kept = Counter([j for j in real if j < P] + [j for j in real if j >= len(real) - W]
+                           + [j for j in real if D > 0 and (j + 1) % D == 0])
+            held = cache.pos[b].tolist()
+            assert Counter(j for j in held if j >= 0) == kept
+            for slot, j in enumerate(held):
+                col = j + int(pad[b])  # the token's index in this row
+                if j >= 0:
+                    assert torch.equal(cache.k[b, :, slot], k[b, :, col]) and torch.equal(cache.v[b, :, slot], v[b, :, col])
+            if b == 0:  # no pad: every slot not holding a kept key is empty
+                assert held.count(-1) == cache.slots - sum(kept.values())
+                empty = torch.tensor(held) == -1
+                assert not cache.k[b, :, empty].any() and not cache.v[b, :, empty].any()

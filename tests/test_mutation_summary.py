@@ -1,0 +1,109 @@
+"""bench/mutation.py's summary (metrics/mutation.json): a module re-run in part (its survivors named
+after new tests) keeps the committed verdicts of the mutants not re-run, and only where that record is
+exact for the mutants generated now."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("_bench_mutation", Path(__file__).parents[1] / "bench" / "mutation.py")
+mutation = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mutation)
+
+A, B = "cart/models/a.py", "cart/models/b.py"
+NOT_CHECKED = None  # mutmut's exit code of a mutant not judged
+
+
+def module(**counts):
+    row = {s: 0 for s in mutation.COUNTED} | counts
+    return row | {"mutants": sum(row.values()), "killed_fraction": 0.5, "runtime_s": 7}
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A checkout with two target modules, a committed summary and mutmut's local records."""
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    monkeypatch.setattr(mutation, "SUMMARY", tmp_path / "mutation.json")
+    monkeypatch.setattr(mutation, "EQUIVALENTS", tmp_path / "equivalents.toml")
+    monkeypatch.setattr(mutation, "targets", lambda: [A, B])
+    (tmp_path / "equivalents.toml").write_text('"cart.models.a.f__mutmut_3" = "same values"\n')
+
+    def local(path, codes):
+        meta = tmp_path / "mutants" / f"{path}.meta"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"exit_code_by_key": codes}))
+    return local
+
+
+def commit(project_root, modules, survivors, status=None):
+    summary = {"modules": modules, "survivors": survivors} | ({"survivor_status": status} if status else {})
+    (project_root / "mutation.json").write_text(json.dumps(summary))
+
+
+def names(module_name, n):
+    return [f"cart.models.{module_name}.f__mutmut_{i}" for i in range(1, n + 1)]
+
+
+def test_a_partly_rerun_module_keeps_the_verdicts_not_rerun(project, tmp_path):
+    a, b = names("a", 6), names("b", 3)
+    commit(tmp_path, {A: module(killed=2, survived=3, sigkill=1), B: module(killed=2, survived=1)},
+           {a[2]: "unexplained", a[3]: "unexplained", a[4]: "unexplained",
+            a[5]: "sigkill: no verdict yet (re-run it by name)", b[0]: "unexplained"})
+    # the survivors and the sigkill of A re-run: a[3] and a[5] now killed, a[4] survives; B not re-run here
+    project(A, {a[0]: NOT_CHECKED, a[1]: NOT_CHECKED, a[2]: 0, a[3]: 1, a[4]: 0, a[5]: 1})
+    project(B, dict.fromkeys(b, NOT_CHECKED))
+    summary = mutation.summarize({})
+    assert {k: summary["modules"][A][k] for k in ("mutants", "killed", "survived", "sigkill", "not_checked")} == \
+        {"mutants": 6, "killed": 4, "survived": 2, "sigkill": 0, "not_checked": 0}
+    assert summary["modules"][A]["killed_fraction"] == round(4 / 6, 4)
+    assert summary["modules"][B] == module(killed=2, survived=1)  # kept as committed
+    assert summary["survivors"] == {a[2]: "same values", a[4]: "unexplained", b[0]: "unexplained"}
+    assert summary["survivor_status"] == {a[2]: "survived", a[4]: "survived"}
+    assert summary["total"]["mutants"] == 9 and summary["total"]["killed"] == 6
+
+
+def test_no_tests_survivors_keep_their_status_once_recorded(project, tmp_path):
+    a = names("a", 4)
+    commit(tmp_path, {A: module(killed=1, survived=1, no_tests=2), B: module()},
+           dict.fromkeys(a[1:], "unexplained"), {a[1]: "survived", a[2]: "no_tests", a[3]: "no_tests"})
+    project(A, {a[0]: NOT_CHECKED, a[1]: NOT_CHECKED, a[2]: NOT_CHECKED, a[3]: 1})
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["survived"], counts["no_tests"], counts["not_checked"]) == (2, 1, 1, 0)
+    # an older summary without survivor_status cannot tell no_tests from survived: not merged
+    commit(tmp_path, {A: module(killed=1, survived=1, no_tests=2), B: module()}, dict.fromkeys(a[1:], "unexplained"))
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["not_checked"]) == (1, 3)
+    # ... unless every listed survivor was re-run here: the rest were killed
+    project(A, {a[0]: NOT_CHECKED, a[1]: 0, a[2]: 1, a[3]: 33})
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["survived"], counts["no_tests"], counts["not_checked"]) == (2, 1, 1, 0)
+
+
+@pytest.mark.parametrize("committed,local_names", [
+    (module(killed=3, survived=1), 5),  # the code changed: a different number of mutants
+    (module(killed=3, survived=1, not_checked=1), 5),  # the committed run did not judge them all
+])
+def test_no_merge_where_the_committed_record_is_not_exact(project, tmp_path, committed, local_names):
+    a = names("a", local_names)
+    commit(tmp_path, {A: committed, B: module()}, {a[0]: "unexplained"})
+    project(A, {n: (1 if n == a[0] else NOT_CHECKED) for n in a})
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["mutants"], counts["killed"], counts["not_checked"]) == (local_names, 1, local_names - 1)
+
+
+def test_a_module_not_run_here_keeps_its_committed_entry(project, tmp_path):
+    a = names("a", 2)
+    commit(tmp_path, {A: module(killed=1, sigkill=1), B: module()},
+           {a[1]: "sigkill: no verdict yet (re-run it by name)"}, {a[1]: "sigkill"})
+    project(A, dict.fromkeys(a, NOT_CHECKED))
+    summary = mutation.summarize({})
+    assert summary["modules"][A] == module(killed=1, sigkill=1)
+    assert summary["survivor_status"] == {a[1]: "sigkill"}
+    # an equivalent listed since: its reason, though the module is not re-run here
+    b = names("b", 3)
+    commit(tmp_path, {A: module(killed=1, sigkill=1), B: module(killed=1, survived=2)},
+           {b[1]: "unexplained", b[2]: "unexplained"})
+    (tmp_path / "equivalents.toml").write_text(f'"{b[2]}" = "same values"\n')
+    project(B, dict.fromkeys(b, NOT_CHECKED))
+    assert mutation.summarize({})["survivors"] == {b[1]: "unexplained", b[2]: "same values"}
