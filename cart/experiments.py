@@ -2,8 +2,9 @@
 
 A run is `<group>/<name>`. Each group (a DVC matrix stage) trains one model family; its name
 template (e.g. stage1 `d{d_model}-P{n_prelude}-R{n_loops}`) both builds the names the grid expands
-to and parses a name back to its fields, and `RunPaths` is where a run's files live. Each group
-also declares exactly which params keys its runs read (`Group.params`, equal to dvc.yaml's
+to and parses a name back to its fields (the ablations have a second template, `<variant>-s<seed>`,
+for their multi-seed variants: a second DVC stage), and `RunPaths` is where a run's files live. Each
+group also declares exactly which params keys its runs read (`Group.params`, equal to dvc.yaml's
 `params:` for the stage, checked by tests/test_stages.py): runs are resolved from a view of
 params.yaml holding those keys alone, so a run can never depend on a key DVC does not track.
 
