@@ -2,8 +2,9 @@
 
 A run is `<group>/<name>`. Each group (a DVC matrix stage) trains one model family; its name
 template (e.g. stage1 `d{d_model}-P{n_prelude}-R{n_loops}`) both builds the names the grid expands
-to and parses a name back to its fields, and `RunPaths` is where a run's files live. Each group
-also declares exactly which params keys its runs read (`Group.params`, equal to dvc.yaml's
+to and parses a name back to its fields (the ablations have a second template, `<variant>-s<seed>`,
+for their multi-seed variants: a second DVC stage), and `RunPaths` is where a run's files live. Each
+group also declares exactly which params keys its runs read (`Group.params`, equal to dvc.yaml's
 `params:` for the stage, checked by tests/test_stages.py): runs are resolved from a view of
 params.yaml holding those keys alone, so a run can never depend on a key DVC does not track.
 
@@ -155,6 +156,10 @@ class Group:
     grid      the params keys the group's runs are expanded from
     expand    params -> every name-field dict the grid expands to
     fields    (params view, name fields) -> RunFields
+    stage     the DVC stage's name ("" = the group's)
+    more      runs of the same group from a second DVC stage, named by its own template (the
+              ablations' multi-seed variants: a DVC foreach or matrix makes one stage per item, so
+              `<variant>` runs and `<variant>-s<seed>` runs cannot come from one stage)
     """
 
     name: str
@@ -165,6 +170,17 @@ class Group:
     grid: tuple[str, ...]
     expand: Callable[[dict], list[dict]]
     fields: Callable[[dict, dict], RunFields]
+    stage: str = ""
+    more: "Group | None" = None
+
+    @property
+    def forms(self) -> tuple["Group", ...]:
+        """The group's DVC stages, each a Group of its own template, params and grid."""
+        return (self,) if self.more is None else (self, *self.more.forms)
+
+    @property
+    def stage_name(self) -> str:
+        return self.stage or self.name
 
     @property
     def placeholders(self) -> list[str]:
@@ -173,26 +189,58 @@ class Group:
     def format(self, **fields) -> str:
         return self.template.format(**fields)
 
-    def parse(self, name: str) -> dict:
+    def _match(self, name: str) -> dict | None:
         regex = re.escape(self.template)
         for f in self.placeholders:
             pattern = r"(?P<variant>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*?)" if f == "variant" else rf"(?P<{f}>\d+)"
             regex = regex.replace(re.escape("{" + f + "}"), pattern)
         m = re.fullmatch(regex, name)
-        if not m:
-            raise ValueError(f"run name {name!r} does not match {self.name}'s pattern {self.template!r}")
-        return {k: v if k == "variant" else int(v) for k, v in m.groupdict().items()}
+        return {k: v if k == "variant" else int(v) for k, v in m.groupdict().items()} if m else None
+
+    def form_of(self, name: str) -> "Group":
+        """The stage a run name belongs to: the last form whose template matches (a later form's
+        template is the more specific, e.g. `{variant}-s{seed}` after `{variant}`)."""
+        for form in reversed(self.forms):
+            if form._match(name) is not None:
+                return form
+        patterns = " or ".join(repr(f.template) for f in self.forms)
+        raise ValueError(f"run name {name!r} does not match {self.name}'s pattern {patterns}")
+
+    def parse(self, name: str) -> dict:
+        return self.form_of(name)._match(name)
 
     def keys(self, name: str) -> tuple[str, ...]:
-        variant = self.parse(name).get("variant", "")
-        return tuple(k.replace("{variant}", variant) for k in self.params)
+        form = self.form_of(name)
+        variant = form._match(name).get("variant", "")
+        return tuple(k.replace("{variant}", variant) for k in form.params)
+
+    def names(self, params: dict) -> list[str]:
+        """Every run the grids expand to. A name must read back as a run of the stage that made it
+        (e.g. a single-seed ablation variant named `A-s1` would read as multi-seed variant A's)."""
+        out = []
+        for form in self.forms:
+            for f in form.expand(params):
+                name = form.format(**f)
+                other = self.form_of(name)
+                if other is not form:
+                    key = f"{form.grid[0]}.{f['variant']}" if "variant" in f else form.grid[0]
+                    raise ValueError(f"{key}: run name {name!r} reads as a run of {other.grid[0]} (pattern "
+                                     f"{other.template!r}); rename it")
+                out.append(name)
+        return out
+
+    @property
+    def grids(self) -> tuple[str, ...]:
+        """The params keys naming the group's runs, over all its stages."""
+        return tuple(dict.fromkeys(k for form in self.forms for k in form.grid))
 
     @property
     def plan_keys(self) -> tuple[str, ...]:
         """What describing the group's runs reads (no model build): the grid, the run settings and
         the group's own keys, not the shared model and train sections."""
-        own = (k for k in self.params if not k.startswith(("model.", "train")) and "{variant}" not in k)
-        return tuple(dict.fromkeys((*self.grid, self.run_key, *own)))
+        own = (k for form in self.forms for k in form.params
+               if not k.startswith(("model.", "train")) and "{variant}" not in k)
+        return tuple(dict.fromkeys((*self.grids, self.run_key, *own)))
 
 
 def _grid(params: dict, key: str, names: tuple[str, ...]) -> list[dict]:
@@ -205,11 +253,21 @@ def _grid(params: dict, key: str, names: tuple[str, ...]) -> list[dict]:
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def _variant_names(params: dict, key: str) -> list[str]:
+def _variant_names(params: dict, key: str, may_be_empty: bool = False) -> list[str]:
     variants = section(params, key)
-    if not isinstance(variants, dict) or not variants:
-        raise ValueError(f"{key}: expected a non-empty mapping of name -> fields, got {variants!r}")
+    if not isinstance(variants, dict) or not (variants or may_be_empty):
+        what = "a mapping" if may_be_empty else "a non-empty mapping"
+        raise ValueError(f"{key}: expected {what} of name -> fields, got {variants!r}")
     return list(variants)
+
+
+def _seeds(params: dict, key: str) -> list[int]:
+    seeds = section(params, key)
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise ValueError(f"{key}: expected a non-empty list of distinct integer seeds, e.g. [42, 137, 271], "
+                         f"got {seeds!r}")
+    return seeds
 
 
 def _variant_entry(p: dict, key: str) -> tuple[dict, dict]:
@@ -245,17 +303,31 @@ def _grid_fields(p: dict, model: dict, seed: int, train_key: str) -> RunFields:
     return RunFields(model, seed, train=merged, train_from=origin)
 
 
-def _ablation_fields(p: dict, f: dict) -> RunFields:
-    name = f["variant"]
-    fields, train = _variant_entry(p, f"ablation.variants.{name}")
-    merged, origin = _train_overrides(("ablation.train", section(p, "ablation.train")),
-                                      (f"ablation.variants.{name}.train", train))
-    return RunFields(dict(section(p, "ablation.base")) | fields, section(p, "ablation.seed"), name, merged,
-                     train_from=origin)
-
-
 def _model_keys(arch: str) -> tuple[str, str]:
     return "model.common", f"model.{arch}"
+
+
+def _ablation_fields(p: dict, f: dict, variants: str = "ablation.variants") -> RunFields:
+    """An ablation run: ablation.base, then its entry of `variants`; seed from its name (a
+    multi-seed variant's run) or ablation.seed."""
+    name = f["variant"]
+    fields, train = _variant_entry(p, f"{variants}.{name}")
+    merged, origin = _train_overrides(("ablation.train", section(p, "ablation.train")),
+                                      (f"{variants}.{name}.train", train))
+    seed = f["seed"] if "seed" in f else section(p, "ablation.seed")
+    return RunFields(dict(section(p, "ablation.base")) | fields, seed, name, merged, train_from=origin)
+
+
+# The ablation variants trained at several seeds (the paper's P=4, R=10 spot check is a 3-seed mean):
+# runs `<variant>-s<seed>` of the ablation group, from a DVC matrix of their own.
+MULTI_SEED = "ablation.multi_seed"
+_ABLATION_MULTI_SEED = Group(
+    "ablation", "cart", "{variant}-s{seed}",
+    (*_model_keys("cart"), "train", "stage2.run", "ablation.base", "ablation.train",
+     f"{MULTI_SEED}.variants.{{variant}}"), "stage2.run", (f"{MULTI_SEED}.variants", f"{MULTI_SEED}.seeds"),
+    lambda p: [{"variant": v, "seed": s} for v in _variant_names(p, f"{MULTI_SEED}.variants", may_be_empty=True)
+               for s in _seeds(p, f"{MULTI_SEED}.seeds")],
+    lambda p, f: _ablation_fields(p, f, f"{MULTI_SEED}.variants"), stage="ablation_multi_seed")
 
 
 def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: str | None = None,
@@ -271,9 +343,7 @@ def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: st
     keys += (f"{name}.init_from",) if parent else ()
 
     def expand(p: dict) -> list[dict]:
-        seeds = section(p, f"{name}.seeds")
-        if not isinstance(seeds, list) or not seeds:
-            raise ValueError(f"{name}.seeds: expected a non-empty list of seeds, got {seeds!r}")
+        seeds = _seeds(p, f"{name}.seeds")
         return [{"variant": v, "seed": s} for v in _variant_names(p, f"{name}.variants") for s in seeds]
 
     def fields(p: dict, f: dict) -> RunFields:
@@ -315,7 +385,8 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("ablation", "cart", "{variant}",
           (*_model_keys("cart"), "train", "stage2.run", "ablation.seed", "ablation.base", "ablation.train",
            "ablation.variants.{variant}"), "stage2.run", ("ablation.variants",),
-          lambda p: [{"variant": v} for v in _variant_names(p, "ablation.variants")], _ablation_fields),
+          lambda p: [{"variant": v} for v in _variant_names(p, "ablation.variants")], _ablation_fields,
+          more=_ABLATION_MULTI_SEED),
     _variant_group("sweep_cart", "cart", run_key="sweep_cart.run"),
     _variant_group("sweep_dense", "dense", run_key="sweep_dense.run"),
     _variant_group("lrt", "lrt"),
@@ -360,7 +431,8 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
     except ValueError:  # e.g. a variant's own key exists only for the grid's variants: say which runs do
         check_in_grid(params, group, name)
         raise
-    rf = g.fields(p, fields)
+    form = g.form_of(name)
+    rf = form.fields(p, fields)
     train = _train_settings(section(p, "train"), rf, f"{group} run {name}")
     run = build(RunSettings, section(p, g.run_key), g.run_key)
     if train.warmup_steps >= run.steps:
@@ -368,7 +440,7 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
                          f"< {g.run_key}.steps={run.steps}")
     if not isinstance(rf.seed, int) or isinstance(rf.seed, bool):
         raise ValueError(f"{group} seed must be an integer, got {rf.seed!r}")
-    where = f"ablation.variants.{name}" if group == "ablation" else f"{group} run {name}"
+    where = f"{form.grid[0]}.{rf.variant}" if group == "ablation" else f"{group} run {name}"
     model = config_from_dict({"arch": g.arch, **model_defaults(p, g.arch), **rf.model, "vocab_size": vocab_size},
                              where=where)
     # the sampled-R checks against the model, naming where the run's loop_sampling is written
@@ -403,7 +475,7 @@ def describe_run(params: dict, group: str, name: str) -> dict:
     fields its name and group set, seed, variant and run settings. Reads the group's plan keys."""
     g = group_of(group)
     p = view(params, g.plan_keys)
-    rf = g.fields(p, g.parse(name))
+    rf = g.form_of(name).fields(p, g.parse(name))
     run = build(RunSettings, section(p, g.run_key), g.run_key)
     return {"group": group, "name": name, "arch": g.arch, **rf.model, "seed": rf.seed, "variant": rf.variant,
             "init_from": rf.init_from, "planned_steps": run.steps, "seq_len": run.seq_len,
@@ -417,7 +489,7 @@ def plan_keys(groups) -> tuple[str, ...]:
 
 def grid_keys(groups) -> tuple[str, ...]:
     """The params keys naming these groups' runs (what `run_names` reads)."""
-    return tuple(dict.fromkeys(k for g in groups for k in group_of(g).grid))
+    return tuple(dict.fromkeys(k for g in groups for k in group_of(g).grids))
 
 
 def summary_groups(group: str) -> tuple[str, ...]:
@@ -428,7 +500,7 @@ def summary_groups(group: str) -> tuple[str, ...]:
 
 def run_names(params: dict, groups=None) -> dict[str, list[str]]:
     """Every run the profile's DAG will train, per group (what dvc.yaml's matrices expand to)."""
-    return {name: [g.format(**f) for f in g.expand(params)] for name, g in GROUPS.items()
+    return {name: g.names(params) for name, g in GROUPS.items()
             if groups is None or name in groups}
 
 

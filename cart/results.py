@@ -594,6 +594,14 @@ def expected_counts(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return runs.groupby(keys, sort=True, dropna=False).size().rename("n_expected").reset_index()
 
 
+def config_stats(runs: pd.DataFrame, keys: list[str], domains: Iterable[str]) -> pd.DataFrame:
+    """Per key combination: n expected, n complete (n_seeds) and the seed statistics of every run metric."""
+    st = seed_stats(runs, keys, run_metrics(domains))
+    out = expected_counts(runs, keys).merge(st, on=keys, how="left")
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-group views and summaries (metrics/<group>.json and the report share them)
 # ---------------------------------------------------------------------------------------------
@@ -617,10 +625,7 @@ def stage2_configs(con: sqlite3.Connection) -> pd.DataFrame:
     runs = load_runs(con, "stage2").dropna(subset=keys)  # a key can only be unknown without plan and config
     if runs.empty:
         return pd.DataFrame(columns=keys)
-    exp = expected_counts(runs, keys)
-    st = seed_stats(runs, keys, run_metrics(store_domains(con)))
-    out = exp.merge(st, on=keys, how="left")
-    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    out = config_stats(runs, keys, store_domains(con))
     out["rho_pow_R"] = residual_fraction(out["spectral_radius_mean"], out["n_loops"]) \
         if "spectral_radius_mean" in out else np.nan
     return out.sort_values(keys).reset_index(drop=True)
@@ -648,11 +653,9 @@ def dense_configs(con: sqlite3.Connection) -> pd.DataFrame:
     runs = load_runs(con, "dense").dropna(subset=keys)
     if runs.empty:
         return pd.DataFrame(columns=keys)
-    st = seed_stats(runs, keys, run_metrics(store_domains(con)))
-    out = expected_counts(runs, keys).merge(st, on=keys, how="left")
+    out = config_stats(runs, keys, store_domains(con))
     params = runs.groupby(keys, dropna=False)[["stored_params", "effective_params", "flops_per_seq"]].first()
     out = out.merge(params.reset_index(), on=keys, how="left")
-    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
     return out.sort_values(keys).reset_index(drop=True)
 
 
@@ -681,9 +684,11 @@ def _config_fields(row) -> dict:
 
 
 def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
-    """Each ablation variant against (a) the same-seed Stage 2 run at ablation.base, (b) the
-    seed mean of that base config and (c) where the variant's own (d, R) is a different Stage 2
-    config (e.g. the P=4, R=10 spot check), the same-seed Stage 2 run at that (d, R)."""
+    """Each ablation run against (a) the same-seed Stage 2 run at ablation.base, (b) the seed
+    mean of that base config and (c) where the variant's own (d, R) is a different Stage 2 config
+    (e.g. the P=4, R=10 spot check), the same-seed Stage 2 run at that (d, R). One row per run: a
+    multi-seed variant (ablation.multi_seed) has a row per seed, each compared at its own seed
+    (its seed mean is Table 9's spot-check row); `info` is the base at ablation.seed."""
     doms = store_domains(con)
     meta = read_meta(con)
     base_cfg, seed = meta.get("ablation_base"), meta.get("ablation_seed")
@@ -721,6 +726,13 @@ def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
     rows = []
     for _, v in runs.iterrows():
         row = v.to_dict()
+        run_seed = seed if pd.isna(v["seed"]) else int(v["seed"])  # a multi-seed variant's run: its own
+        same = base_row if run_seed == seed else None
+        if base_cfg and run_seed != seed:
+            m = pick(base_cfg.get("d_model"), base_cfg.get("n_prelude"), base_cfg.get("n_loops"), run_seed)
+            same = m.iloc[0] if len(m) else None
+        same_ok = same is not None and same["status"] == "complete"
+        row["base_run_id"] = None if same is None else same["run_id"]
         changes = {}
         if base_fields is not None:  # what the variant changes relative to ablation.base
             for k, val in _config_fields(v).items():
@@ -730,14 +742,13 @@ def ablation_table(con: sqlite3.Connection) -> tuple[pd.DataFrame, dict]:
         ok = v["status"] == "complete"
         for dom in doms:
             mine = v[f"ppl_{dom}"] if ok else np.nan
-            same_ok = base_row is not None and base_row["status"] == "complete"
-            row[f"delta_ppl_{dom}_pct"] = float(pct_delta(mine, base_row[f"ppl_{dom}"])) if same_ok else np.nan
+            row[f"delta_ppl_{dom}_pct"] = float(pct_delta(mine, same[f"ppl_{dom}"])) if same_ok else np.nan
             row[f"delta_ppl_{dom}_vs_mean_pct"] = \
                 float(pct_delta(mine, base_mean[f"ppl_{dom}"])) if base_mean is not None else np.nan
         row["matched_run_id"] = None
         if base_cfg and not pd.isna(v["n_loops"]) and not pd.isna(v["d_model"]) and (
                 int(v["n_loops"]) != base_cfg.get("n_loops") or int(v["d_model"]) != base_cfg.get("d_model")):
-            m = pick(int(v["d_model"]), None, int(v["n_loops"]), seed)
+            m = pick(int(v["d_model"]), None, int(v["n_loops"]), run_seed)
             if len(m):
                 mr = m.iloc[0]
                 row["matched_run_id"] = mr["run_id"]
@@ -912,7 +923,8 @@ def _summary_ablation(con) -> dict:
     table, base = ablation_table(con)
     variants = {}
     for _, r in table.iterrows():
-        entry = {"run_id": r["run_id"], "status": r["status"], "changes": r["changes"],
+        entry = {"run_id": r["run_id"], "status": r["status"], "changes": r["changes"], "seed": r["seed"],
+                 "base_run_id": r["base_run_id"],
                  "d_model": r["d_model"], "n_prelude": r["n_prelude"], "n_loops": r["n_loops"],
                  "stored_params": r["stored_params"], "effective_params": r["effective_params"],
                  **_ppl_fields(r, doms),

@@ -43,8 +43,9 @@ def stages() -> dict[str, Stage]:
         "tokenizer": Stage("pipeline.tokenizer", ("tokenizer",)),
         "bins": Stage("pipeline.bins", ("bins",)),
     }
-    for name, g in GROUPS.items():
-        table[name] = Stage("pipeline.train", g.params, models=(g.arch,))
+    for g in GROUPS.values():
+        for form in g.forms:  # a group's runs may come from more than one stage (the multi-seed ablations)
+            table[form.stage_name] = Stage("pipeline.train", form.params, models=(g.arch,))
     table["summarize"] = Stage("pipeline.summarize", plan_keys(GROUPS), configs=every_arch)
     table |= {
         "benchmarks": Stage("pipeline.benchmarks", ("benchmarks",), models=("cart",)),

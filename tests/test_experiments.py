@@ -39,8 +39,12 @@ def test_paper_profile_expands_to_the_papers_runs(tmp_path):
     p.write_text((ROOT / "params.yaml").read_text())
     merged = apply_profile("paper", p)
     counts = {g: len(n) for g, n in validate_profile(merged).items()}
-    assert counts == {"stage1": 64, "stage2": 36, "dense": 6, "ablation": 8, "sweep_cart": 3, "sweep_dense": 3,
+    assert counts == {"stage1": 64, "stage2": 36, "dense": 6, "ablation": 10, "sweep_cart": 3, "sweep_dense": 3,
                       "lrt": 2, "ratplus": 2, "ratplus_adapt": 2, "sampled_r": 3}
+    # 7 single-seed ablations and the P=4, R=10 spot check at the paper's 3 seeds (Table 9)
+    spot = [resolve_run(merged, "ablation", f"P4-s{s}", 32_000) for s in (42, 137, 271)]
+    assert [(r.seed, r.variant, r.model.n_prelude, r.model.n_loops, r.model.d_model) for r in spot] == \
+        [(s, "P4", 4, 10, 1024) for s in (42, 137, 271)]
     spec = resolve_run(merged, "stage2", "d1024-R6-s42", 32_000)
     assert spec.run.tokens_per_step == 32_768 and spec.run.steps == 30_500
     assert resolve_run(merged, "stage1", "d256-P6-R6", 32_000).run.tokens_per_step == 16_384
@@ -94,6 +98,55 @@ def _edit(path: str, value):
 def test_bad_params_fail_up_front_naming_the_key(path, value, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         validate_profile(_edit(path, value), vocab_size=2048)
+
+
+def _multi_seed(variants: dict, seeds: list) -> dict:
+    return _edit("ablation.multi_seed", {"seeds": seeds, "variants": variants})
+
+
+def test_a_multi_seed_ablation_variant_trains_one_run_per_seed():
+    p = _multi_seed({"P1": {"n_prelude": 1, "n_loops": 3}}, [42, 7])
+    names = validate_profile(p, vocab_size=2048)["ablation"]
+    assert names == [*DEFAULT["ablation"]["variants"], "P1-s42", "P1-s7"]  # single-seed names unchanged
+    run = resolve_run(p, "ablation", "P1-s7", 2048)
+    assert (run.seed, run.variant, run.model.n_prelude, run.model.n_loops) == (7, "P1", 1, 3)
+    assert run.model.d_model == DEFAULT["ablation"]["base"]["d_model"]  # on top of ablation.base
+    from cart.experiments import GROUPS, check_in_grid
+    assert GROUPS["ablation"].keys("P1-s7")[-1] == "ablation.multi_seed.variants.P1"
+    assert GROUPS["ablation"].keys("X")[-1] == "ablation.variants.X"
+    check_in_grid(p, "ablation", "P1-s42")
+    with pytest.raises(ValueError, match="not in params.yaml's ablation grid"):
+        check_in_grid(p, "ablation", "P1-s8")  # what pipeline/train.py checks before training
+
+
+def test_variants_without_seeds_keep_their_names_and_the_ablation_seed():
+    p = _edit("ablation.seed", 5)
+    names = validate_profile(p, vocab_size=2048)["ablation"]
+    assert names == list(DEFAULT["ablation"]["variants"])
+    assert {resolve_run(p, "ablation", n, 2048).seed for n in names} == {5}
+
+
+@pytest.mark.parametrize("seeds", [[], [42, 42], [42, "137"], [True], 42, None])
+def test_bad_multi_seed_seeds_fail_naming_the_key(seeds):
+    with pytest.raises(ValueError, match=r"^ablation\.multi_seed\.seeds: expected a non-empty list of distinct "
+                                         r"integer seeds, e\.g\. \[42, 137, 271\], got"):
+        validate_profile(_multi_seed({"P1": {"n_prelude": 1}}, seeds), vocab_size=2048)
+
+
+def test_multi_seed_variant_errors_name_their_key():
+    with pytest.raises(ValueError, match=r"ablation\.multi_seed\.variants\.P1"):
+        validate_profile(_multi_seed({"P1": {"n_preluded": 1}}, [42]), vocab_size=2048)
+    with pytest.raises(ValueError, match=r"^ablation\.multi_seed\.variants: expected a mapping"):
+        validate_profile(_multi_seed(None, [42]), vocab_size=2048)
+    with pytest.raises(ValueError, match="missing key 'ablation.multi_seed'"):
+        validate_profile({**DEFAULT, "ablation": {k: v for k, v in DEFAULT["ablation"].items() if k != "multi_seed"}})
+
+
+def test_a_single_seed_variant_may_not_be_named_like_a_seeded_run():
+    p = _edit("ablation.variants", {"A-s1": {"unfreeze_kv": True}})
+    with pytest.raises(ValueError, match=r"^ablation\.variants\.A-s1: run name 'A-s1' reads as a run of "
+                                         r"ablation\.multi_seed\.variants"):
+        validate_profile(p, vocab_size=2048)
 
 
 def test_bad_run_names_are_rejected():

@@ -260,3 +260,43 @@ def test_study_tables_put_each_family_beside_its_control(report):
     assert (out / "figures" / "ratplus.png").is_file()
     paper = _csv(out, "table19_paper_text_vs_code")
     assert "core update" in set(paper["item"])
+
+
+def test_a_multi_seed_spot_check_is_one_seed_mean_beside_the_papers(tmp_path):
+    """ablation.multi_seed's P=4, R=10 spot check: Table 9 averages its complete seeds (n complete /
+    n expected, mean ± std) beside the paper's 3-seed value; the ablation table has a row per seed,
+    each compared with the Stage 2 base run of its own seed."""
+    from cart.report.tables import table_ablation, table_stage2_ppl
+    params = S.make_project(tmp_path, eval_source=None)
+    p = load_params(params)
+    spot = {"d_model": 1024, "n_prelude": 4, "n_loops": 10}
+    p["ablation"]["multi_seed"] = {"seeds": [42, 43, 44], "variants": {"P4R10": spot}}
+    params.write_text(yaml.safe_dump(p, sort_keys=False))
+    wiki = {42: 30.0, 43: 33.0}
+    for seed, ppl in wiki.items():
+        S.write_run(tmp_path, "ablation", f"P4R10-s{seed}", S.cart(1024, 4, 10), seed, ppl, variant="P4R10")
+    S.write_run(tmp_path, "ablation", "P4R10-s44", S.cart(1024, 4, 10), 44, 31.0, status="failed", steps_done=20,
+                variant="P4R10")
+    db = tmp_path / "results" / "results.db"
+    R.build_store(db, tmp_path, R.plan_from_params(load_params(params)))
+    con = R.connect(db)
+
+    t9 = table_stage2_ppl(con).data
+    row = t9[t9["model"] == "CART spot check"].set_index(["d_model", "n_prelude", "n_loops"]).loc[(1024, 4, 10)]
+    assert (row["n_seeds"], row["n_expected"]) == (2, 3)
+    assert row["ppl_wikipedia_mean"] == pytest.approx(np.mean(list(wiki.values())))
+    assert row["ppl_wikipedia_std"] == pytest.approx(np.std(list(wiki.values()), ddof=1))
+    assert row["paper_ppl_wikipedia"] == PAPER["stage2_ppl"][(1024, 4, 10)][1]
+    assert ((t9["model"] == "CART spot check") & (t9["n_loops"] == 10)).sum() == 1  # one row, not one per seed
+
+    ab = table_ablation(con).data.set_index("variant")
+    assert {"P4R10-s42", "P4R10-s43", "P4R10-s44", "X"} <= set(ab.index)
+    for seed, ppl in wiki.items():  # each seed against the Stage 2 base run of its own seed
+        want = 100 * (ppl / S.s2_ppl(256, 4, seed) - 1)
+        assert ab.loc[f"P4R10-s{seed}", "delta_wikipedia_pct"] == pytest.approx(want, rel=1e-6)
+    assert np.isnan(ab.loc["P4R10-s44", "delta_wikipedia_pct"])  # failed, and seed 44 is not in Stage 2
+    assert ab.loc["X", "delta_wikipedia_pct"] == pytest.approx(1.0, abs=1e-6)  # single-seed: ablation.seed
+    table, _ = R.ablation_table(con)
+    base = dict(zip(table["name"], table["base_run_id"]))
+    assert (base["P4R10-s43"], base["X"]) == ("stage2/d256-R4-s43", "stage2/d256-R4-s42")
+    assert pd.isna(base["P4R10-s44"])

@@ -64,7 +64,8 @@ def params_dict() -> dict:
     p["stage2"]["n_prelude"] = 2
     p["stage2"]["run"] = dict(RUN)
     p["dense"] = {"d_model": DENSE_D, "train": {}, "grid": {"n_layers": DENSE_L, "seed": SEEDS}}
-    p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "train": {}, "variants": copy.deepcopy(ABL_VARIANTS)}
+    p["ablation"] = {"seed": 42, "base": dict(ABL_BASE), "train": {}, "variants": copy.deepcopy(ABL_VARIANTS),
+                     "multi_seed": {"seeds": [42], "variants": {}}}
     p["ratplus_adapt"]["variants"] = {v: {"train_pattern": v} for v in ("D4", "D8")}  # two adapted patterns
     for family in ("cart", "dense"):  # three peak lrs, so the best lies inside the sweep
         p[f"sweep_{family}"]["variants"] = {v: {"train": {"lr": lr, "lr_width_scaling": False}} for v, lr in LRS.items()}

@@ -174,3 +174,25 @@ def test_the_results_store_waits_for_every_evaluation_stage():
     assert {"eval/benchmarks.tsv", "eval/variable_r.tsv", "eval/sampled_r.tsv"} <= tsvs
     missing = sorted(tsvs - set(DVC["results"]["deps"]))
     assert not missing, f"add to the results stage's deps in dvc.yaml: {missing}"
+
+
+@pytest.mark.parametrize("profile", ["default", "paper"])
+def test_dvc_generates_one_training_stage_per_planned_run(tmp_path, profile):
+    """DVC's own expansion of dvc.yaml's foreach/matrix training stages trains exactly the runs of
+    run_names, into their run folders (e.g. the paper profile's multi-seed P=4 spot check)."""
+    from dvc.repo import Repo
+    from pipeline.profile import apply_profile
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    params = DEFAULT if profile == "default" else apply_profile(profile, ROOT / "params.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    repo = Repo.init(str(tmp_path), no_scm=True)
+    trained = {}
+    for stage in repo.index.stages:
+        if stage.cmd.startswith("python -m pipeline.train "):
+            group, name = stage.cmd.split()[-2:]
+            trained[f"{group}/{name}"] = {str(o.def_path) for o in stage.outs}
+    expected = {f"{g}/{n}" for g, names in run_names(params).items() for n in names}
+    assert set(trained) == expected
+    assert all(f"runs/{run_id}" in outs for run_id, outs in trained.items())
+    if profile == "paper":
+        assert {"ablation/P4-s42", "ablation/P4-s137", "ablation/P4-s271"} <= set(trained)

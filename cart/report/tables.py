@@ -472,19 +472,24 @@ def table_spectral(con: sqlite3.Connection) -> Table:
 
 
 # ---- Table 9: Stage 2 final PPL (+ Dense) ----------------------------------------------------------------
+SPOT_KEYS = ["d_model", "n_prelude", "n_loops"]
+
+
 def _reference_variants(con) -> pd.DataFrame:
-    """Ablation variants that change only the prelude depth P (and maybe R), no flag: a spot check
-    like the paper's P=4, R=10 row of Table 9."""
-    ab = R.load_runs(con, "ablation").dropna(subset=["d_model", "n_prelude", "n_loops"])
+    """Spot checks like the paper's P=4, R=10 row of Table 9 (a 3-seed mean): ablation variants that
+    change only the prelude depth P (and maybe R), no flag; per (d, P, R), n expected, n complete and
+    the seed statistics over the complete runs (a multi-seed variant's seeds, as Stage 2's configs)."""
+    ab = R.load_runs(con, "ablation").dropna(subset=SPOT_KEYS)
     if ab.empty:
-        return ab
+        return pd.DataFrame(columns=SPOT_KEYS)
     plain = np.ones(len(ab), dtype=bool)
     for f in R.FLAGS:
         plain &= ~(ab[f].fillna(0).astype(int).astype(bool)).to_numpy()
     base = R.read_meta(con).get("ablation_base") or {}
     if base.get("n_prelude") is not None:
         plain &= (ab["n_prelude"] != base["n_prelude"]).to_numpy(dtype=bool)
-    return ab[plain & (ab["n_loops"] > 1).to_numpy(dtype=bool)]
+    spot = ab[plain & (ab["n_loops"] > 1).to_numpy(dtype=bool)]
+    return R.config_stats(spot, SPOT_KEYS, R.store_domains(con)) if len(spot) else pd.DataFrame(columns=SPOT_KEYS)
 
 
 def table_stage2_ppl(con: sqlite3.Connection) -> Table:
@@ -492,13 +497,13 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
     doms = R.store_domains(con)
     ours = {_model_key(r): r for _, r in models.iterrows()}
     refs = _reference_variants(con)
-    ref_rows = {("ref", int(r["d_model"]), int(r["n_prelude"]), int(r["n_loops"])): r for _, r in refs.iterrows()}
+    ours |= {("ref", int(r["d_model"]), int(r["n_prelude"]), int(r["n_loops"])): r for _, r in refs.iterrows()}
     p2 = dict(PAPER["stage2_ppl"])
     paper_ref_key = (1024, 4, 10)
     paper = {("cart", *k): v for k, v in p2.items() if k != paper_ref_key}
     paper[("ref", *paper_ref_key)] = p2[paper_ref_key]
     paper |= {("dense", *k): v for k, v in PAPER["dense_ppl"].items()}
-    keys = set(ours) | set(ref_rows) | set(paper)
+    keys = set(ours) | set(paper)
     order = {"cart": 0, "ref": 1, "dense": 2}
     rows = []
     for k in sorted(keys, key=lambda k: (k[1], order[k[0]], k[2:])):
@@ -513,14 +518,6 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
                 for dom in doms:
                     row[f"{m}_{dom}_mean"] = _f(o.get(f"{m}_{dom}_mean"))
                     row[f"{m}_{dom}_std"] = _f(o.get(f"{m}_{dom}_std"))
-        elif k in ref_rows:
-            o = ref_rows[k]
-            done = o["status"] == "complete"
-            row |= {"in_ours": True, "n_seeds": int(done), "n_expected": 1, "run_id": o["run_id"]}
-            for m in ("ppl", "bpb"):
-                for dom in doms:
-                    row[f"{m}_{dom}_mean"] = _f(o.get(f"{m}_{dom}")) if done else np.nan
-                    row[f"{m}_{dom}_std"] = np.nan
         else:
             row |= {"in_ours": False, "n_seeds": 0, "n_expected": 0}
         for i, dom in enumerate(PAPER_DOMAINS):
@@ -545,7 +542,8 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
     return Table("table09_stage2_ppl", "Table 9: Stage 2 final perplexity (seed mean ± std), with Dense", data, view, [
         "PPL on each held-out validation set at the end of training; seeds = complete/expected. BPB = bits per "
         "byte = loss / ln 2 x tokens/bytes of the eval text (measured by the tokenizer stage). 'CART spot check' "
-        "rows are single-seed ablation variants that change only P or R (the paper's P=4, R=10 row had 3 seeds)."],
+        "rows are ablation variants that change only P or R, over their complete seeds as the CART rows "
+        "(ablation.multi_seed trains a variant at several seeds; the paper's P=4, R=10 row is a 3-seed mean)."],
         empty_reason=None if has else "no complete Stage 2 or Dense run")
 
 
@@ -919,12 +917,14 @@ def table_ablation(con: sqlite3.Connection) -> Table:
               f"{r['matched_run_id']}: Wiki {pct(r['delta_wikipedia_vs_matched_pct'])}"),
              ("paper Wiki", lambda r: sig(r["paper_ppl_wikipedia"]))]
     view = view_from(data, spec)
-    return Table("table15_ablation", "Section 8: ablations (single seed) vs the Stage 2 baseline", data, view, [
+    return Table("table15_ablation", "Section 8: ablations (one row per run) vs the Stage 2 baseline", data, view, [
         "Δ = 100 x (variant / baseline - 1) on final PPL; negative = the variant is better. Same seed = the Stage 2 "
-        "run at ablation.base with the ablation seed; seed mean = that config's mean over complete seeds. A variant "
-        "that changes d or R is also compared with the same-seed Stage 2 run at its own (d, R) where one exists "
-        "(matched baseline). The paper's Section 8 tables lost their numbers in extraction; only the P=4, R=10 "
-        "spot check (Table 9, 3-seed mean) has a paper value, shown when our variant is that config."],
+        "run at ablation.base with the run's seed (ablation.seed; a variant of ablation.multi_seed has one row "
+        "per seed, `<variant>-s<seed>`, its seed mean is Table 9's 'CART spot check' row); seed mean = that "
+        "config's mean over complete seeds. A variant that changes d or R is also compared with the same-seed "
+        "Stage 2 run at its own (d, R) where one exists (matched baseline). The paper's Section 8 tables lost their "
+        "numbers in extraction; only the P=4, R=10 spot check (Table 9, 3-seed mean) has a paper value, shown "
+        "when our variant is that config."],
         empty_reason=None if len(table) and (table["status"] == "complete").any() else "no complete ablation run")
 
 
