@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -15,9 +15,10 @@ from .models.layers import lm_loss
 @torch.no_grad()
 def eval_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-              **runtime) -> tuple[float, int]:
+              on_batch: Callable[[nn.Module, torch.Tensor], None] | None = None, **runtime) -> tuple[float, int]:
     """Mean next-token loss (nats) over all target tokens in `batches`, and the token count.
-    `runtime`: the family's inference-time arguments (CART's n_loops, ...)."""
+    `runtime`: the family's inference-time arguments (CART's n_loops, ...); `on_batch(model,
+    targets)` after each batch's forward (e.g. to read what the model noted of it)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -26,6 +27,8 @@ def eval_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
         with autocast(device, dtype):
             logits = model(x, **runtime)
         total += lm_loss(logits, y, reduction="sum").item()
+        if on_batch is not None:
+            on_batch(model, y)
         count += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
     if count == 0:

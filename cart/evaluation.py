@@ -8,6 +8,7 @@ the run's inference-time setting (a CART loop count, a RAT+ attention pattern, a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,19 @@ class SampledREval:
     num_fewshot: list[int]    # benchmark shots at each R ([]: validation PPL/BPB only)
     ppl: PPLSettings
     benchmark_limit: int | None = None  # items per task at each R (null: benchmarks.limit)
+    # adaptive exit (CART.hidden's exit_threshold): PPL/BPB and the mean loops used at each threshold,
+    # looping at most exit_max_loops (null: the largest of n_loops); [] none
+    exit_thresholds: list[float] = dataclasses.field(default_factory=list)
+    exit_max_loops: int | None = None
 
     def __post_init__(self):
         if not self.n_loops or any(r < 1 for r in self.n_loops) or len(set(self.n_loops)) != len(self.n_loops):
             raise ValueError(f"n_loops: expected distinct loop counts >= 1, got {self.n_loops}")
+        if any(not t > 0 for t in self.exit_thresholds) or len(set(self.exit_thresholds)) != len(self.exit_thresholds):
+            raise ValueError(f"exit_thresholds: expected distinct relative changes > 0 (or []), got "
+                             f"{self.exit_thresholds}")
+        if self.exit_max_loops is not None and self.exit_max_loops < 1:
+            raise ValueError(f"exit_max_loops: must be >= 1 (or null: the largest of n_loops), got {self.exit_max_loops}")
         if any(k < 0 for k in self.num_fewshot) or len(set(self.num_fewshot)) != len(self.num_fewshot):
             raise ValueError(f"num_fewshot: expected distinct shot counts >= 0 (or []), got {self.num_fewshot}")
         if self.benchmark_limit is not None and self.benchmark_limit < 1:
@@ -116,6 +126,11 @@ class Setting:
     def key(self) -> str:
         """Its name in metrics/eval_<study>.json."""
         return self.label or (f"R{self.n_loops}" if self.n_loops is not None else "default")
+
+
+def exit_label(threshold: float) -> str:
+    """The `setting` of an adaptive-exit row (eval/sampled_r.tsv), e.g. exit<0.05."""
+    return f"exit<{threshold:g}"
 
 
 def _control(params: dict, study: str) -> str:
@@ -143,7 +158,9 @@ def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, lis
     from .checkpoint import read_run_config
     names = run_names(params, STUDIES[study]["groups"])
     if study == "sampled_r":
-        at = [Setting("", {}, n_loops=r) for r in cfg.n_loops]
+        cap = cfg.exit_max_loops or max(cfg.n_loops)
+        at = [Setting("", {}, n_loops=r) for r in cfg.n_loops] + [
+            Setting(exit_label(t), {"exit_threshold": t}, benchmarks=False, n_loops=cap) for t in cfg.exit_thresholds]
         return [(f"sampled_r/{n}", at) for n in names["sampled_r"]]
     control = _control(params, study)
     if study == "ratplus":
@@ -229,6 +246,7 @@ class EvalSession:
     def ppl_rows(self, lm, val: dict, common: dict, sources: dict, **runtime) -> list[dict]:
         """Validation PPL and BPB per domain of `lm`'s model at `runtime` (e.g. pattern="D8")."""
         from .evaluate import bits_per_byte, eval_loss, perplexity
+        from .models.base import IGNORE_INDEX
         bpt = lm.tok.bytes_per_token
         missing = [d for d in val if d not in bpt]
         if missing:
@@ -236,10 +254,19 @@ class EvalSession:
                              f"re-run the tokenizer stage")
         rows = []
         for d, batches in val.items():
-            loss, _ = eval_loss(lm.model, batches, device=self.device, dtype=self.dtype, **runtime)
+            loops = [0, 0]  # adaptive exit: loop iterations summed over target tokens, target tokens
+
+            def count_loops(model, y):
+                scored = y != IGNORE_INDEX
+                loops[0] += int(model.last_loops_used[scored].sum())
+                loops[1] += int(scored.sum())
+            loss, _ = eval_loss(lm.model, batches, device=self.device, dtype=self.dtype,
+                                on_batch=count_loops if "exit_threshold" in runtime else None, **runtime)
+            got = [("ppl", perplexity(loss)), ("bpb", bits_per_byte(loss, float(bpt[d])))]
+            if "exit_threshold" in runtime:
+                got.append(("mean_loops", loops[0] / loops[1]))
             rows += [{**common, "num_fewshot": None, "task": f"ppl:{d}", "metric": k, "value": v, "stderr": None,
-                      "source": sources.get(d, "bins")}
-                     for k, v in (("ppl", perplexity(loss)), ("bpb", bits_per_byte(loss, float(bpt[d]))))]
+                      "source": sources.get(d, "bins")} for k, v in got]
         return rows
 
     def benchmark_rows(self, lm, shots: int, common: dict, limit: int | None = None) -> list[dict]:

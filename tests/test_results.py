@@ -177,6 +177,8 @@ SAMPLED = {"fixed": ({"scheme": "fixed"}, None, 0.85),
            "uniform": ({"scheme": "uniform", "r_min": 1, "r_max": 7}, lambda s: 1 + s % 7, 0.8),
            "poisson_lognormal": ({"scheme": "poisson_lognormal", "sigma": 0.5, "r_max": 12}, lambda s: 3 + (s % 4 == 0), 0.9)}
 SAMPLED_R = (1, 2, 4, 6, 8)
+# adaptive exit at threshold 0.05, up to R = 8: each scheme's mean loops used and PPL relative to its trained R
+SAMPLED_EXIT = {"fixed": (4.5, 1.02), "uniform": (3.0, 1.05), "poisson_lognormal": (3.5, 1.03)}
 
 
 def sampled_ppl(scheme: str, r: int) -> float:
@@ -248,6 +250,13 @@ def write_study_eval(root: Path, source: str) -> None:
             rows.append({"experiment": "sampled_r", "run_id": f"sampled_r/{v}-s42", "setting": "", "n_loops": r,
                          "num_fewshot": 0, "task": "hellaswag", "metric": "acc_norm",
                          "value": 0.3 - 0.01 * abs(r - 4), "stderr": 0.01, "source": source})
+        loops, rel = SAMPLED_EXIT[v]
+        for dom in DOMAINS:
+            ppl = sampled_ppl(v, 4) * rel * DOMAIN_SCALE[dom]
+            for metric, value in (("ppl", ppl), ("bpb", np.log2(ppl) / 4), ("mean_loops", loops)):
+                rows.append({"experiment": "sampled_r", "run_id": f"sampled_r/{v}-s42", "setting": "exit<0.05",
+                             "n_loops": max(SAMPLED_R), "task": f"ppl:{dom}", "metric": metric, "value": value,
+                             "source": "bins"})
     _tsv(root / "eval" / "sampled_r.tsv", cols, rows)
 
 

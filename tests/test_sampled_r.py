@@ -101,7 +101,8 @@ def test_the_study_writes_one_row_per_run_r_and_domain(tmp_path, monkeypatch, on
     root = fake_repo(tmp_path, num_fewshot=(0,))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["eval_sampled_r"].update(n_loops=[1, 3], num_fewshot=[0], benchmark_limit=2,
-                                    ppl={"seq_len": 16, "n_seqs": 2, "batch_size": 2})
+                                    ppl={"seq_len": 16, "n_seqs": 2, "batch_size": 2},
+                                    exit_thresholds=[1.0e9, 1.0e-12], exit_max_loops=3)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     names = run_names(params, ["sampled_r"])["sampled_r"]
     for i, name in enumerate(names):
@@ -112,6 +113,21 @@ def test_the_study_writes_one_row_per_run_r_and_domain(tmp_path, monkeypatch, on
 
     tsv = read_rows(root / "eval/sampled_r.tsv")
     assert len(tsv) == len(rows) and {r["experiment"] for r in tsv} == {"sampled_r"}
+    # adaptive exit, no benchmarks: a huge threshold stops every token after one loop (the R=1 rows'
+    # PPL), a tiny one loops to exit_max_loops (the R=3 rows')
+    exits = [r for r in tsv if r["setting"]]
+    tsv = [r for r in tsv if not r["setting"]]
+    assert {(r["setting"], r["n_loops"], r["metric"]) for r in exits} == \
+        {(s, "3", m) for s in ("exit<1e+09", "exit<1e-12") for m in ("ppl", "bpb", "mean_loops")}
+    assert all(r["task"].startswith("ppl:") for r in exits)
+    by = {(r["run_id"], r["setting"] or r["n_loops"], r["task"], r["metric"]): float(r["value"]) for r in exits + tsv}
+    for n in names:
+        for d in DOMAINS:
+            run = f"sampled_r/{n}"
+            assert by[(run, "exit<1e+09", f"ppl:{d}", "mean_loops")] == 1.0
+            assert by[(run, "exit<1e+09", f"ppl:{d}", "ppl")] == by[(run, "1", f"ppl:{d}", "ppl")]
+            assert by[(run, "exit<1e-12", f"ppl:{d}", "mean_loops")] == 3.0
+            assert by[(run, "exit<1e-12", f"ppl:{d}", "ppl")] == by[(run, "3", f"ppl:{d}", "ppl")]
     ppl = [r for r in tsv if r["task"].startswith("ppl:")]
     keys = [(r["run_id"], r["n_loops"], r["task"], r["metric"]) for r in ppl]
     assert len(keys) == len(set(keys)) == len(names) * 2 * len(DOMAINS) * 2
@@ -125,13 +141,17 @@ def test_the_study_writes_one_row_per_run_r_and_domain(tmp_path, monkeypatch, on
     assert {(r["run_id"], r["n_loops"], r["num_fewshot"]) for r in bench} == \
         {(f"sampled_r/{n}", str(R), "0") for n in names for R in (1, 3)}
     m = json.loads((root / "metrics/eval_sampled_r.json").read_text())
-    assert set(m["results"]) == {f"sampled_r/{n}" for n in names} and set(m["results"][run]) == {"R1", "R3"}
+    assert set(m["results"]) == {f"sampled_r/{n}" for n in names}
+    assert set(m["results"][run]) == {"R1", "R3", "exit<1e+09", "exit<1e-12"}
 
 
 def test_eval_settings_are_validated_naming_the_key():
     from cart.evaluation import study_settings
     for bad, key in (({"n_loops": [0, 2]}, "eval_sampled_r.*n_loops"), ({"n_loops": [2, 2]}, "n_loops"),
                      ({"num_fewshot": [-1]}, "num_fewshot"), ({"benchmark_limit": 0}, "benchmark_limit"),
+                     ({"exit_thresholds": [0.0]}, r"exit_thresholds: expected distinct relative changes > 0"),
+                     ({"exit_thresholds": [0.1, 0.1]}, "exit_thresholds"),
+                     ({"exit_max_loops": 0}, r"exit_max_loops: must be >= 1"),
                      ({"nloops": [2]}, r"eval_sampled_r: unknown key\(s\) \['nloops'\]")):
         p = copy.deepcopy(DEFAULT)
         p["eval_sampled_r"].update(bad)
@@ -170,7 +190,8 @@ def test_the_store_ingests_every_row_and_the_summary_keeps_the_spectral_radius(s
     try:
         ev = R.load_eval_results(con, "sampled_r")
         per_r = len(S.DOMAINS) * 2 + 1  # PPL and BPB per domain, one benchmark row
-        assert len(ev) == len(S.SAMPLED) * len(S.SAMPLED_R) * per_r
+        per_exit = len(S.DOMAINS) * 3  # PPL, BPB and mean loops per domain
+        assert len(ev) == len(S.SAMPLED) * (len(S.SAMPLED_R) * per_r + per_exit)
         assert set(ev["n_loops"]) == set(S.SAMPLED_R) and set(ev["experiment"]) == {"sampled_r"}
         summary = R.summarize_group(con, "sampled_r")
         assert summary["runs"]["n_complete"] == len(S.SAMPLED)
@@ -204,6 +225,22 @@ def test_the_report_section_puts_ppl_vs_r_per_scheme_beside_the_paper(synthetic)
     report = (out / "REPORT.md").read_text()
     assert "(figures/sampled_r.png)" in report and "(tables/table20_sampled_r.csv)" in report
     assert (out / "figures/sampled_r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_adaptive_exit_table_puts_loops_used_beside_the_fixed_r_ppl(synthetic):
+    import test_results as S
+    _, _, out = synthetic
+    data = pd.read_csv(out / "tables/table21_adaptive_exit.csv").set_index("scheme")
+    assert list(data.index) == list(SCHEMES) and set(data["threshold"]) == {0.05}
+    assert set(data["max_loops"]) == {max(S.SAMPLED_R)}
+    for v, (loops, rel) in S.SAMPLED_EXIT.items():
+        assert data.loc[v, "mean_loops_wikipedia"] == loops
+        assert data.loc[v, "ppl_wikipedia"] == pytest.approx(S.sampled_ppl(v, 4) * rel)
+        assert data.loc[v, "ppl_wikipedia_trained_r"] == pytest.approx(S.sampled_ppl(v, 4))
+        assert data.loc[v, "ppl_wikipedia_max_r"] == pytest.approx(S.sampled_ppl(v, max(S.SAMPLED_R)))
+    md = (out / "tables/table21_adaptive_exit.md").read_text()
+    assert "| uniform | sampled_r/uniform-s42 | 0.05 | 8 | 3 |" in md
+    assert "(tables/table21_adaptive_exit.csv)" in (out / "REPORT.md").read_text()
 
 
 def test_smoke_numbers_are_labelled_as_smoke(tmp_path):

@@ -21,6 +21,12 @@ each prelude layer, the coda and the anchor: (P + 2) * d_c values per token, aga
 for a Dense KV cache. The core keeps nothing of its own for any R: it only reads the anchor, whose
 latents grow by one per new token. Ablations X (the anchor recomputed from each loop's state) and
 W (a self-attending core) cache one latent per loop and token instead.
+
+Adaptive exit (inference, `exit_threshold=t`, issue 20): each token stops looping once its state
+changes by less than t, ||h_{r+1} - h_r|| / ||h_r|| < t, or at R; `last_loops_used` holds how many
+iterations each token ran. The core reads only the anchor (fixed before the loop) and its own
+token's state, so a token that exits after k iterations has exactly the state R = k gives it,
+whatever the other tokens do; X and W, whose core reads every token's loop state, cannot exit so.
 """
 from __future__ import annotations
 
@@ -234,6 +240,7 @@ class CARTCache(DecodeCache):
             return [LatentCache(batch, cfg.d_latent, max_len, self.device, dtype) for _ in range(n)]
 
         self.n_loops = n_loops
+        self.exit_threshold: float | None = None  # adaptive exit (CART.new_cache sets it)
         self.prelude = latents(cfg.n_prelude)
         self.anchor = latents(0 if cfg.self_attn_core else n_loops if cfg.unfreeze_kv else 1)
         self.core = latents(n_loops if cfg.self_attn_core else 0)
@@ -282,17 +289,34 @@ class CART(LanguageModel):
             raise ValueError(f"n_loops={R}: an unshared core has exactly {len(self.core)} blocks")
         return R
 
+    def check_exit(self, exit_threshold, backprop_loops: int | None = None) -> float | None:
+        """The adaptive-exit threshold of a call (None: run all R), checked at the API boundary."""
+        if exit_threshold is None:
+            return None
+        cfg = self.config
+        if isinstance(exit_threshold, bool) or not isinstance(exit_threshold, (int, float)) or not exit_threshold >= 0:
+            raise ValueError(f"exit_threshold: expected a number >= 0 (a relative change of the state), "
+                             f"got {exit_threshold!r}")
+        if cfg.unfreeze_kv or cfg.self_attn_core:
+            raise ValueError("exit_threshold: this CART's core reads every token's loop state (unfreeze_kv or "
+                             "self_attn_core), so tokens cannot stop looping one by one; leave it None")
+        if self.training or backprop_loops is not None:
+            raise ValueError("exit_threshold: adaptive exit is for inference; call model.eval() and leave "
+                             "backprop_loops None")
+        return float(exit_threshold)
+
     def hidden(self, idx: torch.Tensor, n_loops: int | None = None,
-               backprop_loops: int | None = None) -> torch.Tensor:
+               backprop_loops: int | None = None, exit_threshold: float | None = None) -> torch.Tensor:
         R = self.loop_count(n_loops)
+        exit_threshold = self.check_exit(exit_threshold, backprop_loops)
         x = self.tok_emb(idx)
         rope = self.rope.tables(idx.shape[1], idx.device)
         for layer in self.prelude:
             x = layer(x, rope)
-        return self.coda(self.recur(x, R, rope, backprop_loops=backprop_loops), rope)
+        return self.coda(self.recur(x, R, rope, backprop_loops=backprop_loops, exit_threshold=exit_threshold), rope)
 
     def recur(self, x: torch.Tensor, R: int, rope, decoding: Decoding | None = None,
-              backprop_loops: int | None = None) -> torch.Tensor:
+              backprop_loops: int | None = None, exit_threshold: float | None = None) -> torch.Tensor:
         """The core loop h_0 = x -> h_R, shared by the full forward (decoding None: attention
         causal within the T tokens) and cached decoding (the anchor's and W's latents cached).
 
@@ -314,7 +338,29 @@ class CART(LanguageModel):
         # same values and gradient, and a compiled iteration sees distinct tensors from r = 0 on
         # (Dynamo compiles one graph per pattern of repeated inputs).
         history = [x] + [x.view_as(x) for _ in range(cfg.hc_window - 1)]
+        if exit_threshold is not None:
+            return self.loop_with_exit(history, R, pe, anchor_kv, rope, exit_threshold)[0]
         return self.loop(history, R, frozen, pe, anchor_kv, rope, decoding)[0]
+
+    def loop_with_exit(self, history: list[torch.Tensor], R: int, pe: torch.Tensor | None, anchor_kv, rope,
+                       threshold: float) -> list[torch.Tensor]:
+        """Up to R iterations; a token whose state moved by less than `threshold` (relative) keeps its
+        window from then on. Stops early once no token is left looping; sets last_loops_used."""
+        looping = torch.ones(history[0].shape[:-1], dtype=torch.bool, device=history[0].device)
+        used = torch.zeros(looping.shape, dtype=torch.int64, device=looping.device)
+        for r in range(R):
+            core = self.core[r if self.config.unshare_core else 0]
+            new = self.iteration(history, None if pe is None else pe[r].clone(), anchor_kv, rope, core)
+            used += looping
+            h, h_next = history[0].float(), new[0].float()
+            change = (h_next - h).norm(dim=-1) / h.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+            keep = looping[..., None]
+            history = [torch.where(keep, n, old) for n, old in zip(new, history)]
+            looping = looping & (change >= threshold)
+            if not bool(looping.any()):
+                break
+        self.last_loops_used = used
+        return history
 
     def loop(self, history: list[torch.Tensor], R: int, frozen: int, pe: torch.Tensor | None, anchor_kv, rope,
              decoding: Decoding | None) -> list[torch.Tensor]:
@@ -366,14 +412,16 @@ class CART(LanguageModel):
 
     # ---- cached decoding ----
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,
-                  n_loops: int | None = None) -> CARTCache:
+                  n_loops: int | None = None, exit_threshold: float | None = None) -> CARTCache:
         """An empty cache for `batch` rows of up to `max_len` tokens, decoding with R = n_loops
-        (default: the trained R) for its whole life."""
+        (default: the trained R) and the adaptive exit `exit_threshold` for its whole life."""
         if self.config.noncausal_cross_attn:
             raise ValueError("CARTConfig.noncausal_cross_attn: a cross-attention that sees the future "
                              "cannot decode token by token")
         p = self.tok_emb.weight
-        return CARTCache(self.config, batch, max_len, self.loop_count(n_loops), p.device, p.dtype, pad)
+        cache = CARTCache(self.config, batch, max_len, self.loop_count(n_loops), p.device, p.dtype, pad)
+        cache.exit_threshold = self.check_exit(exit_threshold)
+        return cache
 
     def forward_cached(self, idx: torch.Tensor, cache: CARTCache) -> torch.Tensor:
         t = idx.shape[1]
@@ -382,7 +430,8 @@ class CART(LanguageModel):
         x = self.tok_emb(idx)
         for i, layer in enumerate(self.prelude):
             x = layer(x, rope, decoding.layer("prelude", i))
-        x = self.coda(self.recur(x, cache.n_loops, rope, decoding), rope, decoding.layer("coda"))
+        x = self.coda(self.recur(x, cache.n_loops, rope, decoding, exit_threshold=cache.exit_threshold), rope,
+                      decoding.layer("coda"))
         cache.advance(t)
         return self.head(x)
 

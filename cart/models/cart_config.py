@@ -157,7 +157,8 @@ class CARTConfig(ConfigBase):
         return self.d_model // self.kv_latent_ratio
 
     def runtime_kwargs(self) -> frozenset[str]:
-        return frozenset({"n_loops"})
+        """n_loops: R (the most iterations under an adaptive exit); exit_threshold: CART.hidden."""
+        return frozenset({"n_loops", "exit_threshold"})
 
     def training_kwargs(self) -> frozenset[str]:
         """backprop_loops: truncated backpropagation through the last k iterations (CART.recur)."""

@@ -64,7 +64,7 @@ LAYOUT = (
                                                                      "fig:loss_ratplus.png",
                                                                      "fig:loss_ratplus_adapt.png"]),
     ("Beyond the paper: sampled recurrence depth (training R per step, then R past it)",
-     ["table20_sampled_r", "fig:sampled_r.png", "fig:loss_sampled_r.png"]),
+     ["table20_sampled_r", "fig:sampled_r.png", "fig:loss_sampled_r.png", "table21_adaptive_exit"]),
     ("The CART paper's text vs its authors' code", ["table19_paper_text_vs_code"]),
 )
 

@@ -254,7 +254,10 @@ def sampled_r_long(con: sqlite3.Connection) -> pd.DataFrame:
     ev = _eval(con, "sampled_r")
     if ev.empty:
         return pd.DataFrame()
+    ev = ev[ev["setting"].fillna("").astype(str) == ""]  # the fixed-R rows; adaptive exit: adaptive_exit_long
     ev = ev.dropna(subset=["n_loops"])
+    if ev.empty:
+        return pd.DataFrame()
     runs = R.load_runs(con, with_json=True).set_index("run_id")
     realised = R.train_diag_mean(con, "n_loops")
     doms = R.store_domains(con)
@@ -345,6 +348,65 @@ def table_sampled_r(con: sqlite3.Connection) -> Table:
     return Table("table20_sampled_r", title, data, view_from(wide, spec), notes)
 
 
+def adaptive_exit_long(con: sqlite3.Connection) -> pd.DataFrame:
+    """One row per (sampled_r run, exit threshold): the run's scheme, the loop cap, and per domain the
+    PPL with the exit, the mean loops its tokens used, and the PPL at the trained R and at the cap
+    (from the fixed-R rows, where the stage evaluated them)."""
+    ev = _eval(con, "sampled_r")
+    if ev.empty:
+        return pd.DataFrame()
+    setting = ev["setting"].fillna("").astype(str)
+    exits, fixed = ev[setting.str.startswith("exit<")], sampled_r_long(con)
+    if exits.empty:
+        return pd.DataFrame()
+    runs = R.load_runs(con, with_json=True).set_index("run_id")
+    doms = R.store_domains(con)
+    rows = []
+    for (run_id, label), g in exits.groupby(["run_id", "setting"], sort=True):
+        cfg = json.loads(runs.loc[run_id, "config_json"]) if run_id in runs.index and \
+            isinstance(runs.loc[run_id, "config_json"], str) else {}
+        scheme, dist = _scheme(cfg, runs.loc[run_id, "variant"] if run_id in runs.index else None)
+        trained, cap = cfg.get("model", {}).get("n_loops"), int(g["n_loops"].iloc[0])
+        at = fixed[fixed["run_id"] == run_id].set_index("n_loops") if len(fixed) else pd.DataFrame()
+        row = {"run_id": run_id, "scheme": scheme, "distribution": dist, "threshold": float(label[len("exit<"):]),
+               "max_loops": cap, "trained_n_loops": trained, "smoke": bool((g["source"] == "builtin").any())}
+        for d in doms:
+            row |= {f"ppl_{d}": _ppl_r(g, d), f"mean_loops_{d}": _ppl_r(g, d, "mean_loops"),
+                    f"ppl_{d}_trained_r": at[f"ppl_{d}"].get(trained, np.nan) if len(at) else np.nan,
+                    f"ppl_{d}_max_r": at[f"ppl_{d}"].get(cap, np.nan) if len(at) else np.nan}
+        rows.append(row)
+    order = {s: i for i, s in enumerate(("fixed", "uniform", "poisson_lognormal"))}
+    out = pd.DataFrame(rows)
+    out["_o"] = out["scheme"].map(lambda s: order.get(s, len(order)))
+    return out.sort_values(["_o", "scheme", "run_id", "threshold"]).drop(columns="_o").reset_index(drop=True)
+
+
+def table_adaptive_exit(con: sqlite3.Connection) -> Table:
+    data = adaptive_exit_long(con)
+    title = "Adaptive exit: each token stops looping once its state settles (issue 20, stretch)"
+    if data.empty:
+        return Table("table21_adaptive_exit", title, data, pd.DataFrame(),
+                     empty_reason="no adaptive-exit rows in eval/sampled_r.tsv (eval_sampled_r.exit_thresholds empty "
+                                  "or the evaluate sampled_r stage not run)")
+    dom = R.RANK_DOMAIN
+    spec = [("scheme", "scheme"), ("run", "run_id"), ("threshold", lambda r: sig(r["threshold"], 3)),
+            ("max R", lambda r: str(r["max_loops"])),
+            (f"mean loops used ({_title(dom)})", lambda r: sig(r[f"mean_loops_{dom}"], 3)),
+            (f"PPL {_title(dom)} (exit)", lambda r: sig(r[f"ppl_{dom}"], 4)),
+            ("PPL at the trained R", lambda r: sig(r[f"ppl_{dom}_trained_r"], 4)),
+            ("PPL at max R", lambda r: sig(r[f"ppl_{dom}_max_r"], 4))]
+    notes = [f"Validation PPL on {dom} (every domain in the CSV) with CART.hidden's exit_threshold: a token "
+             "stops looping once ||h_(r+1) - h_r|| / ||h_r|| < threshold, or at max R, and keeps that state (the "
+             "coda still attends over every token's final state). Mean loops used = the average over scored tokens. "
+             "The paper has no adaptive exit; the comparison is with the same run at its trained R and at max R "
+             "(the fixed-R rows of the table above).",
+             "A token's trajectory depends only on the anchor and its own state, so its exit state is exactly the "
+             "state the model gives it at R = its loop count (tested); X and W cannot exit per token."]
+    if bool(data["smoke"].any()) or R.read_meta(con).get("profile") == "smoke":
+        notes.insert(0, SAMPLED_R_SMOKE + ".")
+    return Table("table21_adaptive_exit", title, data, view_from(data, spec), notes)
+
+
 def fig_sampled_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     """PPL vs inference R, one curve per training scheme (seed mean); beside it, each curve relative
     to its PPL at the trained R with the paper's fixed-R curve (LAMBADA perplexity, Table 12)."""
@@ -405,4 +467,4 @@ def table_paper_text_vs_code(con: sqlite3.Connection) -> Table:
                                                  or "none") + "."])
 
 
-TABLES = (table_lr_sweep, table_lrt, table_ratplus, table_sampled_r, table_paper_text_vs_code)
+TABLES = (table_lr_sweep, table_lrt, table_ratplus, table_sampled_r, table_adaptive_exit, table_paper_text_vs_code)

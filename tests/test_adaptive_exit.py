@@ -1,0 +1,113 @@
+"""CART's adaptive exit at inference (issue 20): every token stops looping once its state moves by
+less than the threshold, with exactly the state R = (its loop count) gives it; cached decoding with
+the exit equals the full forward with it; bad settings are one message naming the argument."""
+import pytest
+import torch
+
+from cart.generation import generate
+from cart.models import build_model
+from cart.models.cart_config import CARTConfig
+
+
+def tiny(**fields):
+    torch.manual_seed(0)
+    cfg = CARTConfig(**{"vocab_size": 64, "d_model": 32, "head_dim": 16, "ffn_multiple": 32, "n_prelude": 1,
+                        "n_loops": 4} | fields)
+    model = build_model(cfg).eval()
+    with torch.no_grad():  # away from init, so no symmetry of the initial weights helps
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return model
+
+
+def core_inputs(model):
+    """The coda's input of every forward (the loop's final states), appended as they come."""
+    seen = []
+    model.coda.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    return seen
+
+
+@pytest.mark.parametrize("fields", [{}, {"variant": "paper_code"}, {"disable_hyperconnection": True},
+                                    {"disable_lie": True}])
+def test_each_token_exits_with_the_state_of_its_own_loop_count(fields):
+    model, idx = tiny(**fields), torch.randint(0, 64, (3, 12))
+    states = core_inputs(model)
+    R = 8
+    with torch.no_grad():
+        at = {}
+        for k in range(1, R + 1):
+            model.hidden(idx, n_loops=k)
+            at[k] = states[-1]
+        # thresholds that split the tokens: the median relative change of iteration r + 1 over tokens
+        change = [((at[r + 1] - at[r]).norm(dim=-1) / at[r].norm(dim=-1)) for r in range(1, R)]
+        mixed = 0
+        for t in [float(c.median()) for c in change]:
+            model.hidden(idx, n_loops=R, exit_threshold=t)
+            used, final = model.last_loops_used, states[-1]
+            assert used.shape == idx.shape and int(used.min()) >= 1 and int(used.max()) <= R
+            for k in used.unique().tolist():
+                assert torch.equal(final[used == k], at[k][used == k]), (t, k)
+            mixed += len(used.unique()) > 1
+    assert mixed >= 3, "no threshold split the tokens: the test would not see a per-token exit"
+
+
+@pytest.mark.parametrize("fields", [{"n_loops": 6}, {"n_loops": 6, "unshare_core": True}])
+def test_threshold_zero_runs_every_loop_and_a_huge_one_stops_after_the_first(fields):
+    model, idx = tiny(**fields), torch.randint(0, 64, (2, 10))
+    with torch.no_grad():
+        assert torch.equal(model(idx, n_loops=6, exit_threshold=0.0), model(idx, n_loops=6))
+        assert bool((model.last_loops_used == 6).all())
+        if model.config.unshare_core:  # R is the number of blocks; block 0 alone differs from R = 1
+            return
+        assert torch.equal(model(idx, n_loops=6, exit_threshold=1e9), model(idx, n_loops=1))
+        assert bool((model.last_loops_used == 1).all())
+
+
+def test_looping_stops_once_every_token_has_exited():
+    model, idx = tiny(), torch.randint(0, 64, (2, 10))
+    calls = []
+    model.core[0].register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        model(idx, n_loops=16, exit_threshold=1e9)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("r", [2, 4])
+def test_cached_decoding_with_the_exit_equals_the_full_forward_with_it(r):
+    model = tiny()
+    prompts = [torch.randint(0, 64, (n,)) for n in (5, 9)]
+    states = core_inputs(model)
+    with torch.no_grad():  # a threshold that splits the prompts' tokens at iteration r
+        model.hidden(prompts[1][None], n_loops=r)
+        model.hidden(prompts[1][None], n_loops=r + 1)
+        t = float(((states[-1] - states[-2]).norm(dim=-1) / states[-2].norm(dim=-1)).median())
+        cache = model.new_cache(1, 16, n_loops=8, exit_threshold=t)
+        cached = torch.cat([model.forward_cached(prompts[1][None, i:i + 1], cache) for i in range(9)], dim=1)
+        full = model(prompts[1][None], n_loops=8, exit_threshold=t)
+        used = model.last_loops_used
+        kw = dict(max_new_tokens=6, temperature=0.0, n_loops=8, exit_threshold=t)
+        gen_cached = generate(model, prompts, use_cache=True, **kw)
+        gen_full = generate(model, prompts, use_cache=False, **kw)
+    assert len(used.unique()) > 1, "the threshold split no tokens: the test would not see the exit"
+    assert torch.allclose(cached, full, atol=1e-5, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(gen_cached, gen_full))
+
+
+@pytest.mark.parametrize("value", [True, "0.1", -0.1, float("nan")])
+def test_bad_threshold_is_one_message_naming_it(value):
+    with pytest.raises(ValueError, match=r"exit_threshold: expected a number >= 0"):
+        tiny()(torch.zeros(1, 4, dtype=torch.long), exit_threshold=value)
+
+
+@pytest.mark.parametrize("fields", [{"unfreeze_kv": True}, {"self_attn_core": True, "unshare_core": True}])
+def test_a_core_reading_every_tokens_state_cannot_exit_per_token(fields):
+    with pytest.raises(ValueError, match="exit_threshold: this CART's core reads every token's loop state"):
+        tiny(**fields)(torch.zeros(1, 4, dtype=torch.long), exit_threshold=0.1)
+
+
+def test_exit_is_for_inference_only():
+    model, idx = tiny(), torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"exit_threshold: adaptive exit is for inference"):
+        model.train()(idx, exit_threshold=0.1)
+    with pytest.raises(ValueError, match=r"exit_threshold: adaptive exit is for inference"):
+        model.eval()(idx, exit_threshold=0.1, backprop_loops=2)
