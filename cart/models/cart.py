@@ -273,6 +273,7 @@ class CART(LanguageModel):
         self.gate = LTIGate(cfg)
         self.lie = None if cfg.disable_lie else LoopIndexEmbedding(cfg)
         self.coda = Layer(cfg, MLASelfAttention(cfg))
+        self.last_loops_used: torch.Tensor | None = None  # (B, T) loops each token ran, after an adaptive exit
         self._init_weights(cfg.n_prelude + cfg.n_loops + 1 if cfg.init == "depth_scaled" else None)
 
     def anchor(self, x: torch.Tensor, cache: LayerCache | None = None):
@@ -367,13 +368,13 @@ class CART(LanguageModel):
         """R iterations from the state window `history`, the first `frozen` without autograd."""
         cfg = self.config
         for r in range(R):
-            # pe[r] is cloned (d numbers) so that a compiled iteration sees a row, not a view of
-            # the R-row table, whose size R Dynamo would guard on.
             # the window is a constant where truncation starts (r = frozen); detached on entering the
             # no-grad iterations too, so they all see the same kind of input (one compiled graph)
             if frozen and r in (0, frozen):
                 history = [h.detach() for h in history]
             with torch.no_grad() if r < frozen else contextlib.nullcontext():
+                # pe[r] cloned (d numbers): a compiled iteration then sees a row, not a view of the
+                # R-row table, whose size R Dynamo would guard on
                 history = self.iteration(
                     history, None if pe is None else pe[r].clone(), anchor_kv, rope, self.core[r if cfg.unshare_core else 0],
                     anchor_cache=decoding.layer("anchor", r) if decoding is not None and cfg.unfreeze_kv else None,
