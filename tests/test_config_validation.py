@@ -141,7 +141,7 @@ def _runtime_errors():
          "run at most 16 loops"),
         (lambda: build_model(DenseConfig(**SMALL, n_layers=1))(idx, n_loops=2),
          "Dense: unknown argument(s) ['n_loops']; valid: ['pattern']"),
-        (lambda: cart(idx, pattern="D4"), "CART: unknown argument(s) ['pattern']; valid: ['backprop_loops', 'n_loops']"),
+        (lambda: cart(idx, pattern="D4"), "CART: unknown argument(s) ['pattern']; valid: ['backprop_loops', 'exit_threshold', 'n_loops']"),
         (lambda: cart.forward_cached(torch.randint(0, 61, (1, 5)), cart.new_cache(1, 4)),
          "decoding past max_len=4: 0 tokens seen, 5 more given"),
         (lambda: DecodeCache(2, 4, "cpu", torch.tensor([1, -1])),
