@@ -298,7 +298,7 @@ def test_uncached_fallback_for_a_family_without_a_cache():
     ({"top_k": 0}, "top_k: must be None or an int >= 1"),
     ({"eos_token_id": V}, r"eos_token_id: expected a token id"),
     ({"max_new_tokens": 0}, "max_new_tokens: must be an int >= 1"),
-    ({"n_layers": 3}, r"unknown model argument\(s\) \['n_layers'\] for CART; valid: \['n_loops'\]"),
+    ({"n_layers": 3}, r"unknown model argument\(s\) \['n_layers'\] for CART; valid: \['exit_threshold', 'n_loops'\]"),
 ])
 def test_bad_input_is_one_clear_error(kwargs, message):
     kwargs = {"prompts": ragged_rows(), "max_new_tokens": 3} | kwargs

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cart import CARTConfig, DenseConfig, LTIGate, build_model, generate
 from cart.models import config_from_dict
+from cart.models.ratplus_config import RATPlusConfig
 from conftest import assert_compiled_step_matches_eager
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)
@@ -209,7 +210,8 @@ def test_compiled_training_step_matches_eager():
 @pytest.mark.parametrize("cfg,depth", [
     (CARTConfig(**SMALL), 2 + 3 + 1), (CARTConfig(**SMALL, variant="paper_code"), None),
     (DenseConfig(vocab_size=61, d_model=32, head_dim=8, n_layers=3, ffn_multiple=16), 3),
-], ids=["cart_depth_scaled", "cart_plain", "dense"])
+    (RATPlusConfig(vocab_size=61, d_model=32, head_dim=8, n_layers=3, ffn_multiple=16), 3),
+], ids=["cart_depth_scaled", "cart_plain", "dense", "ratplus"])
 def test_initialisation_follows_the_config(cfg, depth):
     """Matrices N(0, 0.02); under depth-scaled init the residual output projections (attention o,
     SwiGLU down) N(0, 0.02 / sqrt(2 L)); norm gains 1; the gate at lti_init; HC logits [6 or 1, 0, 0]."""

@@ -69,6 +69,29 @@ def test_scan_matches_the_step_by_step_loop_forward_and_gradients(T):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(37, 5), (3, 37, 5), (2, 2, 3, 16, 4)], ids=["2d", "3d", "5d"])
+def test_scan_runs_along_dim_minus_two_at_any_rank(shape):
+    """linear_scan scans dim -2 whatever the leading dims (not dim 2, which is -2 only at rank 4):
+    forward and both gradients equal the loop's."""
+    g = torch.Generator().manual_seed(len(shape))
+    a = torch.rand(shape, generator=g).requires_grad_()
+    b = torch.randn(shape, generator=g).requires_grad_()
+    weights = torch.randn(shape, generator=g)
+    h, ref = linear_scan(a, b), loop_scan(a, b)
+    torch.testing.assert_close(h, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad((h * weights).sum(), (a, b))
+    for got, want in zip(grads, torch.autograd.grad((ref * weights).sum(), (a, b))):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 7, 3), (2, 9, 4)])
+def test_scan_backward_passes_gradcheck_in_float64(shape):
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(shape, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(linear_scan, (a, b))
+
+
 def test_gated_recurrence_is_the_spec_recurrence_with_a_carried_state():
     g = torch.Generator().manual_seed(0)
     gate = torch.rand(1, 2, 50, 4, generator=g)
@@ -227,6 +250,75 @@ def test_dense_without_pattern_keeps_its_plain_cache():
             torch.testing.assert_close(got, model(torch.tensor([row]))[0], atol=1e-5, rtol=1e-5)
 
 
+def last_recurrent_states(model, row, pattern):
+    """(k~, v~) at the last position of `row` in every layer of the full forward (the mixer's
+    input captured by a hook, then its gate, keys and values through the spec recurrence)."""
+    inputs = []
+    hooks = [layer.attn.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for layer in model.layers]
+    with torch.no_grad():
+        model(torch.tensor([row]), pattern=pattern)
+        for h in hooks:
+            h.remove()
+        states = []
+        for layer, u in zip(model.layers, inputs):
+            mixer = layer.attn
+            _, _, k, v, f = (x.view(1, len(row), mixer.n_heads, -1).transpose(1, 2)
+                             for x in mixer.in_proj(u).chunk(5, dim=-1))
+            states.append(gated_recurrence(torch.sigmoid(f), k, v)[..., -1:, :])
+    return states
+
+
+def test_decode_cache_carries_the_recurrent_state_of_the_full_forward():
+    """A fresh cache holds a zero fp32 state (B, H, 1, 2 head_dim) per layer (none without the
+    recurrence); after chunked decoding of left-padded rows each row's state is the full forward's
+    (k~, v~) at its last token."""
+    model = perturbed(ratplus(), std=0.15)
+    cache = model.new_cache(2, 30, pad=torch.tensor([0, 7]), pattern="D4-W8-P2")
+    for _, state in cache.layers:
+        assert state.h.dtype == torch.float32 and torch.equal(state.h, torch.zeros(2, 4, 1, 16))
+    assert all(state is None for _, state in ratplus(apply_recurrence=False).new_cache(2, 30).layers)
+    g = torch.Generator().manual_seed(11)
+    rows = [torch.randint(0, V, (n,), generator=g).tolist() for n in (30, 23)]
+    _, cache = decode_in_chunks(model, rows, [0, 7], "D4-W8-P2", [5, 1, 11, 13])
+    for i, row in enumerate(rows):
+        for (_, state), want in zip(cache.layers, last_recurrent_states(model, row, "D4-W8-P2")):
+            torch.testing.assert_close(state.h[i:i + 1], want, atol=1e-5, rtol=1e-5)
+
+
+def test_decode_cache_without_a_pattern_is_for_the_eval_pattern():
+    """new_cache(pattern=None) decodes under eval_pattern (as the eval-mode forward), not train_pattern."""
+    model = perturbed(ratplus(joint_train=False, train_pattern="D4", eval_pattern="W8-P2"), std=0.15)
+    g = torch.Generator().manual_seed(2)
+    rows = [torch.randint(0, V, (n,), generator=g).tolist() for n in (24, 19)]
+    logits, cache = decode_in_chunks(model, rows, [0, 5], None, [10, 1, 13])
+    with torch.no_grad():
+        for row, got in zip(rows, logits):
+            torch.testing.assert_close(got, model.eval()(torch.tensor([row]))[0], atol=1e-5, rtol=1e-5)
+    assert [kv.pattern for kv, _ in cache.layers] == [parse_pattern("W8-P2")] * 2
+
+
+@pytest.mark.parametrize("family", ["ratplus", "dense_control"])
+@pytest.mark.parametrize("text", [None, "D4-W8-P2"])
+def test_bf16_model_decodes_in_bf16_as_its_full_forward(family, text):
+    """A bf16 model: the recurrence's fp32 k~, v~ go back to bf16 for attention, the decode cache
+    keeps bf16 keys and values, and cached decoding gives the bf16 full forward's logits."""
+    if family == "ratplus" and text is None:
+        text = "dense"
+    model = {"ratplus": ratplus, "dense_control": dense_control}[family]()
+    model = perturbed(model, std=0.15).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(4)
+    rows = [torch.randint(0, V, (n,), generator=g).tolist() for n in (20, 14)]
+    logits, cache = decode_in_chunks(model, rows, [0, 6], text, [8, 1, 11])
+    for layer_cache in cache.layers:
+        kv = layer_cache[0] if family == "ratplus" else layer_cache
+        assert kv.k.dtype == kv.v.dtype == torch.bfloat16
+    with torch.no_grad():
+        for row, got in zip(rows, logits):
+            want = model(torch.tensor([row]), pattern=text)[0]
+            assert got.dtype == want.dtype == torch.bfloat16
+            torch.testing.assert_close(got.float(), want.float(), atol=0.05, rtol=0.05)
+
+
 def test_topk_patterns_have_no_decode_cache():
     with pytest.raises(ValueError, match=r"pattern: D4-K2.*top-k"):
         ratplus().new_cache(1, 16, pattern="D4-K2")
@@ -345,6 +437,20 @@ def test_flex_kernel_model_equals_the_sdpa_model():
     x = torch.randint(0, V, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(flex(x, pattern="D4-W8-P2"), sdpa(x, pattern="D4-W8-P2"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+def test_attention_kernel_setting_picks_the_attention_form(kernel, monkeypatch):
+    """attention_kernel='flex' runs the two-branch (FlexAttention) form in every sparse layer,
+    'sdpa' the masked SDPA; the same values either way (test_flex_kernel_model_equals_the_sdpa_model)."""
+    from cart.models import pattern_attention as pa
+    calls, two_branch = [], pa.two_branch_attention
+    monkeypatch.setattr(pa, "two_branch_attention", lambda *args: calls.append(1) or two_branch(*args))
+    model = ratplus(attention_kernel=kernel)
+    with torch.no_grad():
+        model(torch.randint(0, V, (1, 24)), pattern="D4-W8")
+    assert len(calls) == (2 if kernel == "flex" else 0)
 
 
 def test_bf16_autocast_is_finite_and_close():
