@@ -254,6 +254,7 @@ class EvalSession:
                              f"re-run the tokenizer stage")
         rows = []
         for d, batches in val.items():
+            exits = "exit_threshold" in runtime
             loops = [0, 0]  # adaptive exit: loop iterations summed over target tokens, target tokens
 
             def count_loops(model, y):
@@ -261,9 +262,9 @@ class EvalSession:
                 loops[0] += int(model.last_loops_used[scored].sum())
                 loops[1] += int(scored.sum())
             loss, _ = eval_loss(lm.model, batches, device=self.device, dtype=self.dtype,
-                                on_batch=count_loops if "exit_threshold" in runtime else None, **runtime)
+                                on_batch=count_loops if exits else None, **runtime)
             got = [("ppl", perplexity(loss)), ("bpb", bits_per_byte(loss, float(bpt[d])))]
-            if "exit_threshold" in runtime:
+            if exits:
                 got.append(("mean_loops", loops[0] / loops[1]))
             rows += [{**common, "num_fewshot": None, "task": f"ppl:{d}", "metric": k, "value": v, "stderr": None,
                       "source": sources.get(d, "bins")} for k, v in got]

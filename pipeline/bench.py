@@ -279,6 +279,8 @@ def main(argv=None) -> None:
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
             torch.cuda.empty_cache()
         except (ImportError, RuntimeError) as e:  # a lever's library missing or failing: say so, bench the rest
+            if lever == "base":  # the training stage's own step failing is a failure, not a row
+                raise
             row = {"model": _label(cfg), "lever": lever, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
         rows.append(row)
