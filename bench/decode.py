@@ -5,8 +5,10 @@ family's cache against re-running the full forward, CART and Dense side by side,
     python -m bench.decode --device cpu --configs cart-d256-R6 dense-L7-d256 --context 256 --new-tokens 32
 
 Each config decodes --new-tokens tokens after a --context-token prompt for --batch rows, the way
-cart.generation.generate does: cached, the prompt in one forward_cached call (prefill) and then one
-token per call; uncached, a full forward over the whole sequence per token. Every call is timed
+cart.generation.generate does, three ways: `cached`, the prompt in one forward_cached call (prefill)
+and then one token per call; `graph` (CUDA only), the same on a static cache with each one-token
+call replayed from a CUDA graph (GraphedDecodeStep: what generate() does on a GPU); `uncached`, a full
+forward over the whole sequence per token. Every call is timed
 on its own and the median step gives tokens/s (rows / median step), robust to a busy machine;
 the total (prefill included) is printed too. Also the cache's size per token of context: from the
 config (`kv_cache_values_per_token`) and as allocated. Config names as pipeline.bench's, plus a -X
@@ -17,10 +19,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 
 from cart import build_model
+from cart.generation import GraphedDecodeStep
 from cart.io import atomic_write_json
 from pipeline.bench import parse_config
 
@@ -43,25 +47,33 @@ def timed(fn, device: torch.device):
     return out, time.perf_counter() - t0
 
 
+MODES = ("cached", "graph", "uncached")
+
+
 @torch.no_grad()
-def decode(model, prompts: torch.Tensor, new_tokens: int, use_cache: bool) -> tuple[float, list[float]]:
-    """Greedy decoding; (prefill seconds, seconds of each later step)."""
-    device, steps = prompts.device, []
-    if use_cache:
-        cache = model.new_cache(prompts.shape[0], prompts.shape[1] + new_tokens)
-        logits, prefill = timed(lambda: model.forward_cached(prompts, cache), device)
-        for _ in range(new_tokens - 1):
-            nxt = logits[:, -1].argmax(dim=-1, keepdim=True)
-            logits, dt = timed(lambda: model.forward_cached(nxt, cache), device)
-            steps.append(dt)
-    else:
+def decode(model, prompts: torch.Tensor, new_tokens: int, mode: str) -> tuple[float, list[float], torch.Tensor]:
+    """Greedy decoding: (prefill seconds (graph: the capture included), seconds of each later step,
+    the (B, new_tokens) tokens)."""
+    device, steps, tokens = prompts.device, [], []
+    if mode == "uncached":
         seq = prompts
         logits, prefill = timed(lambda: model(seq), device)
-        for _ in range(new_tokens - 1):
-            seq = torch.cat([seq, logits[:, -1].argmax(dim=-1, keepdim=True)], dim=1)
-            logits, dt = timed(lambda: model(seq), device)
-            steps.append(dt)
-    return prefill, steps
+        step = None
+    else:
+        cache = model.new_cache(prompts.shape[0], prompts.shape[1] + new_tokens, static=mode == "graph")
+
+        def prefill_call():
+            out = model.forward_cached(prompts, cache)
+            return out, GraphedDecodeStep(model, cache) if mode == "graph" else partial(model.forward_cached, cache=cache)
+        (logits, step), prefill = timed(prefill_call, device)
+    for _ in range(new_tokens - 1):
+        tokens.append(logits[:, -1].argmax(dim=-1, keepdim=True))  # before a replay overwrites the logits
+        if step is None:
+            seq = torch.cat([seq, tokens[-1]], dim=1)
+        logits, dt = timed(lambda: model(seq) if step is None else step(tokens[-1]), device)
+        steps.append(dt)
+    tokens.append(logits[:, -1].argmax(dim=-1, keepdim=True))
+    return prefill, steps, torch.cat(tokens, dim=1)
 
 
 def bench_one(name: str, args, device: torch.device, dtype: torch.dtype) -> dict:
@@ -69,22 +81,24 @@ def bench_one(name: str, args, device: torch.device, dtype: torch.dtype) -> dict
     torch.manual_seed(0)
     model = build_model(cfg).to(device=device, dtype=dtype).eval()
     prompts = torch.randint(0, cfg.vocab_size, (args.batch, args.context), device=device)
-    for use_cache in (True, False):  # warm-up at the timed shapes: CUDA context, kernels, allocator
-        decode(model, prompts, 4, use_cache)
+    modes = [m for m in MODES if m != "graph" or device.type == "cuda"]
+    for mode in modes:  # warm-up at the timed shapes: CUDA context, kernels, allocator
+        decode(model, prompts, 4, mode)
     row = {"config": name, "context": args.context, "new_tokens": args.new_tokens, "batch": args.batch,
            "dtype": str(dtype).removeprefix("torch."), "device": str(device),
            "cache_bytes_per_token": cfg.kv_cache_values_per_token() * torch.finfo(dtype).bits // 8}
-    for use_cache in (True, False):
-        prefill, steps = decode(model, prompts, args.new_tokens, use_cache)
+    for mode in modes:
+        prefill, steps, _ = decode(model, prompts, args.new_tokens, mode)
         step = statistics.median(steps)
-        row["cached" if use_cache else "uncached"] = {
+        row[mode] = {
             "prefill_s": prefill, "median_step_s": step, "tokens_per_s": args.batch / step,
             "tokens_per_s_with_prefill": args.batch * args.new_tokens / (prefill + sum(steps) + step)}
     with torch.no_grad():
         cache = model.new_cache(args.batch, args.context)
         model.forward_cached(prompts, cache)
         row["cache_bytes_per_token_allocated"] = cache.nbytes() // args.context
-    row["cached_over_uncached"] = row["cached"]["tokens_per_s"] / row["uncached"]["tokens_per_s"]
+    for mode in modes[:-1]:
+        row[f"{mode}_over_uncached"] = row[mode]["tokens_per_s"] / row["uncached"]["tokens_per_s"]
     return row
 
 
@@ -103,15 +117,19 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     rows = []
-    print(f"{'config':<18} {'cache B/token':>13} {'cached tok/s':>13} {'uncached tok/s':>15} {'ratio':>7} "
-          f"{'with prefill: cached':>21} {'uncached':>9}")
+    modes = [m for m in MODES if m != "graph" or device.type == "cuda"]
+    print(f"batch {args.batch}, {args.context}-token prompts, {args.new_tokens} new tokens, {dtype}, {device}; "
+          f"tokens/s = rows / median step (with prefill: every token over the whole decode)")
+    print(f"{'config':<18} {'cache B/token':>13} " + " ".join(f"{m + ' tok/s':>14}" for m in modes)
+          + " " + " ".join(f"{m + '/uncached':>16}" for m in modes[:-1])
+          + " " + " ".join(f"{m + ' w/ prefill':>19}" for m in modes))
     for name in args.configs:
         r = bench_one(name, args, device, dtype)
         rows.append(r)
-        c, u = r["cached"], r["uncached"]
-        print(f"{name:<18} {r['cache_bytes_per_token']:>13,} {c['tokens_per_s']:>13.1f} {u['tokens_per_s']:>15.1f} "
-              f"{r['cached_over_uncached']:>6.1f}x {c['tokens_per_s_with_prefill']:>21.1f} "
-              f"{u['tokens_per_s_with_prefill']:>9.1f}", flush=True)
+        print(f"{name:<18} {r['cache_bytes_per_token']:>13,} "
+              + " ".join(f"{r[m]['tokens_per_s']:>14.1f}" for m in modes) + " "
+              + " ".join(f"{r[m + '_over_uncached']:>15.1f}x" for m in modes[:-1]) + " "
+              + " ".join(f"{r[m]['tokens_per_s_with_prefill']:>19.1f}" for m in modes), flush=True)
     if args.out:
         atomic_write_json(args.out, rows)
     return rows

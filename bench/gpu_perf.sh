@@ -9,6 +9,11 @@
 #   bash bench/gpu_perf.sh levers     # pipeline.bench: fused loss and FP8 against the training step (issue 22)
 #   bash bench/gpu_perf.sh sweep      # pipeline.bench: every paper-profile Stage 2 config + the sweep projection
 #   bash bench/gpu_perf.sh ddp [N]    # bench/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers (issue 22)
+#   bash bench/gpu_perf.sh graph_decode   # tests/test_gpu.py, then bench.decode with CUDA-graph decoding, batch 1 and 32
+#   bash bench/gpu_perf.sh parity     # fp8 against bf16: 300 steps on real tokens (.gpu-data/wiki_5m.bin), loss of the last 20
+#   bash bench/gpu_perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
+#   bash bench/gpu_perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
+#   bash bench/gpu_perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -44,6 +49,45 @@ for part in "$@"; do
           "$n" 40 "$model" ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
           2>&1 | tee "$OUT/ddp_$model.log"
       done ;;
-    *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp)" >&2; exit 2 ;;
+    graph_decode)
+      if python3 -c "import pytest" 2>/dev/null; then
+        python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/test_gpu.log"
+      else  # no pytest on the image: call the CUDA-graph test directly
+        python3 -c "import tests.test_gpu as t
+for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
+    t.test_cuda_graph_decoding_equals_the_eager_cache(f); print('passed', f)" 2>&1 | tee "$OUT/test_gpu.log"
+      fi
+      timeout 200 python3 -m bench.decode --out "$OUT/decode_graph_b1.json" 2>&1 | tee "$OUT/decode_graph_b1.log"
+      timeout 200 python3 -m bench.decode --batch 32 --out "$OUT/decode_graph_b32.json" 2>&1 | tee "$OUT/decode_graph_b32.log" ;;
+    parity)
+      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
+        --levers base fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/parity.json" 2>&1 | tee "$OUT/parity.log" ;;
+    small)
+      for mode in default reduce-overhead; do
+        timeout 150 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
+          $([ "$mode" = default ] || echo --compile-mode "$mode") --out "$OUT/small_$mode.json" 2>&1 | tee -a "$OUT/small.log"
+      done
+      timeout 150 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
+        --optimizer adamw --out "$OUT/small_fused_adamw.json" 2>&1 | tee -a "$OUT/small.log" ;;
+    profile)
+      for c in cart-d1024-R6 cart-d256-R6 dense-L7; do
+        timeout 150 python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 10 --warmup 5 --profile \
+          --out "$OUT/profile_$c.json" 2>&1 | tee "$OUT/profile_$c.log"
+      done ;;
+    pack)
+      for n in 1 2 4; do
+        rm -rf "/tmp/pack_$n"
+        for i in $(seq "$n"); do
+          timeout 240 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 60 --warmup 10 \
+            --barrier "/tmp/pack_$n,$n" --out "$OUT/pack_${n}_$i.json" > "$OUT/pack_${n}_$i.log" 2>&1 &
+        done
+        wait
+        python3 -c "import glob, json, sys
+rows = [json.load(open(f))['rows'][0] for f in sorted(glob.glob('$OUT/pack_${n}_*.json'))]
+print(f'pack $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f\" = {sum(r['tokens_per_s'] for r in rows):,.0f} tok/s, paper-MFU {sum(r['mfu_paper'] for r in rows):.1%}\")" \
+          | tee -a "$OUT/pack.log"
+      done ;;
+    *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
+            "graph_decode, parity, small, profile, pack)" >&2; exit 2 ;;
   esac
 done

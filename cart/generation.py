@@ -11,6 +11,10 @@ cart/models/layers.py) when it has one, each step feeds one token per row; other
 re-runs the full forward over each row's tokens (correct, slow). Runtime arguments (CART's
 `n_loops`) pass through to the model.
 
+On a GPU, CART and Dense decode from a static cache whose one-token step is captured once as a CUDA
+graph and replayed (`cuda_graph`, `GraphedDecodeStep`): a step at small batch is hundreds of small
+kernels, and launching them from Python takes longer than running them.
+
 Sampling: temperature 0 is greedy; otherwise logits / temperature, then top-k, then top-p
 (nucleus), then one draw from `generator` (seed it for reproducible samples). A row that emits
 `eos_token_id` is finished: it gets `pad_token_id` from then on, and decoding stops when every row
@@ -19,6 +23,7 @@ has finished or after max_new_tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -34,7 +39,7 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
              attention_mask: torch.Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
              generator: torch.Generator | None = None, max_len: int | None = None, use_cache: bool | None = None,
-             **runtime) -> torch.Tensor | list[torch.Tensor]:
+             cuda_graph: bool | None = None, **runtime) -> torch.Tensor | list[torch.Tensor]:
     """Continue each prompt by up to max_new_tokens tokens.
 
     prompts:        a list of 1-D LongTensors, or a (B, T) LongTensor (left-padded if
@@ -42,6 +47,8 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
     max_len:        the most tokens a row may hold, prompt + new (default: the longest prompt +
                     max_new_tokens); the cache is allocated for it and generation stops there.
     use_cache:      None = the family's cache if it has one; False = always the full forward.
+    cuda_graph:     replay each one-token step from a CUDA graph (the same logits); None = where it
+                    can (a CUDA model, a family with a static cache, no adaptive exit).
     generator:      a torch.Generator on the model's device, for reproducible sampling.
     runtime:        the model's inference-time arguments (`model.config.runtime_kwargs()`).
     Returns the input's form: a list of 1-D tensors (prompt + new tokens, up to and including EOS),
@@ -67,6 +74,14 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
         use_cache = has_cached_decoding(model)
     elif use_cache and not has_cached_decoding(model):
         raise ValueError(f"use_cache: {type(model).__name__} has no cached decoding; pass use_cache=None or False")
+    graph_ok = (use_cache and idx.device.type == "cuda"
+                and getattr(model, "has_static_cache", lambda **_: False)(**runtime))
+    if cuda_graph is None:
+        cuda_graph = graph_ok
+    elif cuda_graph and not graph_ok:
+        raise ValueError(f"cuda_graph: needs cached decoding on a CUDA device by a family with a static cache for "
+                         f"these arguments (CART without exit_threshold, Dense without pattern); got "
+                         f"{type(model).__name__} on {idx.device} with {runtime or 'no arguments'}")
 
     if stop is not None:
         stop = stop.to(idx.device)
@@ -75,8 +90,10 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
     try:
         seqs = idx  # the uncached path re-reads every row's tokens
         if use_cache:
-            cache = model.new_cache(B, T + n_new, pad=pad, **runtime)
-            logits = model.forward_cached(idx, cache)[:, -1]
+            cache = model.new_cache(B, T + n_new, pad=pad, **runtime, **({"static": True} if cuda_graph else {}))
+            logits = model.forward_cached(idx, cache)[:, -1]  # the prompt: one call, never replayed
+            step = (GraphedDecodeStep(model, cache) if cuda_graph and n_new > 1
+                    else partial(model.forward_cached, cache=cache))
         else:
             logits = _last_logits_uncached(model, seqs, pad, runtime)
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -92,7 +109,7 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
             if i == n_new - 1:
                 break
             if use_cache:
-                logits = model.forward_cached(nxt[:, None], cache)[:, -1]
+                logits = step(nxt[:, None])[:, -1]
             else:
                 seqs = torch.cat([seqs, nxt[:, None]], dim=1)
                 logits = _last_logits_uncached(model, seqs, pad, runtime)
@@ -109,6 +126,39 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
             gen = gen if len(ends) == 0 else gen[:int(ends[0]) + 1]
         rows.append(torch.cat([idx[b, int(pad[b]):], gen]))
     return rows
+
+
+class GraphedDecodeStep:
+    """`forward_cached` of one token per row on a static cache, captured once as a CUDA graph and
+    replayed: `step(idx)` (B, 1) -> logits (B, 1, V), the graph's output buffer, overwritten by the
+    next call. The capture and its warm-up calls leave the cache's counts as they found them (the
+    slot they write is written again by the real step before any query can see it)."""
+
+    def __init__(self, model: nn.Module, cache):
+        if not getattr(cache, "static", False) or cache.device.type != "cuda":
+            raise ValueError("GraphedDecodeStep: needs a static cache on a CUDA device (new_cache(..., static=True))")
+        self.model, self.cache = model, cache
+        self.idx = torch.zeros(cache.batch, 1, dtype=torch.long, device=cache.device)
+        before = cache.counters()
+        side = torch.cuda.Stream(cache.device)  # warm-up off the default stream, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream(cache.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model.forward_cached(self.idx, cache)
+                cache.set_counters(before)
+        torch.cuda.current_stream(cache.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = model.forward_cached(self.idx, cache)
+        cache.set_counters(before)
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.cache.length + 1 > self.cache.max_len:
+            raise ValueError(f"decoding past max_len={self.cache.max_len}: {self.cache.length} tokens seen")
+        self.idx.copy_(idx)
+        self.graph.replay()
+        self.cache.count_replayed(1)
+        return self.logits
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float | None = None,

@@ -20,12 +20,25 @@ timed steps), the frames it gave up on (eager fallbacks), the mean R of the time
 training FLOP/s achieved (FLOPs at each step's own R) and their cost against fixed R at the same
 mean R (1 - FLOP/s sampled / FLOP/s fixed). `--sampled-compile whole` benches the sampled rows
 compiled the default way instead (one unrolled graph per R), to see what compile_by_iteration avoids.
+
+Loss parity of a lever that changes numerics (issue 22: 300 steps on real data within 0.5% of the bf16
+baseline's final loss): `--data tokens.bin` trains on consecutive windows of a raw token file (uint16,
+as the bins stage writes, or --data-dtype uint32) instead of one random batch, the same windows for
+every lever, and each row gets `loss_last20` (the mean loss of the last 20 steps) and
+`loss_vs_base` (its ratio to the base row's):
+
+    python -m pipeline.bench --configs cart-d1024-R6 --levers base fp8 --steps 300 --data wiki.bin
+
+Sweep packing (several small runs on one GPU at once): start N processes with `--barrier DIR,N`;
+each waits after its warm-up until all N have compiled, so their timed steps overlap, and the
+sweep's throughput is the sum of their tokens/s (bench/gpu_perf.sh pack).
 """
 import argparse
 import contextlib
 import dataclasses
 import time
 
+import numpy as np
 import torch
 from torch._dynamo.utils import counters
 
@@ -70,10 +83,13 @@ def parse_loop_sampling(spec: str, n_loops: int) -> LoopSampling:
 def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_len: int, steps: int,
               warmup: int, compile: bool, device: torch.device, peak: float | None,
               compile_mode: str | None = None, profile: bool = False, compile_scope: str = "model",
-              loop_sampling: LoopSampling = LoopSampling(), by_iteration: bool = False, lever: str = "base") -> dict:
+              loop_sampling: LoopSampling = LoopSampling(), by_iteration: bool = False, lever: str = "base",
+              tokens: np.ndarray | None = None, barrier: tuple[str, int] | None = None) -> dict:
     """One config's row. `loop_sampling` draws each step's R (mean: cfg.n_loops) as training does
     (seed 0); `by_iteration` compiles the CART loop one iteration at a time (compile_by_iteration);
-    `lever` one of LEVERS (what it changes against the training stage's step)."""
+    `lever` one of LEVERS (what it changes against the training stage's step); `tokens`: train on
+    consecutive windows of these (real) tokens, not one random batch (`real_batches`); `barrier`
+    (dir, n): after the warm-up, wait until n processes have reached it (sweep packing)."""
     torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
     counters.clear()
     torch.manual_seed(0)
@@ -99,26 +115,34 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
                else make_loss_fn(model, compile and compile_scope == "model", compile_mode))
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = resolve_dtype(train.dtype, device)
-    g = torch.Generator(device=device).manual_seed(0)
-    xs = [torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device, generator=g)
-          for _ in range(grad_accum)]
-    batches = [(x, torch.roll(x, -1, dims=1)) for x in xs]
+    if tokens is None:  # one batch of random tokens for every step
+        g = torch.Generator(device=device).manual_seed(0)
+        xs = [torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device, generator=g)
+              for _ in range(grad_accum)]
+        step_batches = [[(x, torch.roll(x, -1, dims=1)) for x in xs]] * (warmup + steps)
+    else:
+        step_batches = real_batches(tokens, warmup + steps, grad_accum, micro_batch, seq_len, device)
+    losses = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
-            compile_s, t0 = time.perf_counter() - t0, time.perf_counter()
+            compile_s = time.perf_counter() - t0
+            if barrier:
+                wait_for_all(*barrier)
+            t0 = time.perf_counter()
             graphs_before_timing = counters["stats"]["unique_graphs"]
-        loss_sum, grad_norm = train_step(loss_fn, batches, params, train.grad_clip, device, dtype,
+        loss_sum, grad_norm = train_step(loss_fn, step_batches[i], params, train.grad_clip, device, dtype,
                                          forward_kwargs=step_kwargs[i])
+        losses.append(loss_sum)  # device tensors: read once, after timing
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
     dt = time.perf_counter() - t0
     if profile:
-        _profile_steps(loss_fn, batches, params, opt, train, device, dtype)
+        _profile_steps(loss_fn, step_batches[-1], params, opt, train, device, dtype)
     tok_s = steps * grad_accum * micro_batch * seq_len / dt
     counts = count_params(cfg)
     # the real FLOPs at each timed step's own R
@@ -131,6 +155,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "stored_m": counts["stored"] / 1e6, "effective_m": counts["effective"] / 1e6,
         "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
+        "loss_last20": (torch.stack(losses[-20:]).mean() / grad_accum).item(), "data": "random" if tokens is None else "real",
         "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration,
         "mean_r": sum(rs[warmup:]) / steps if looped else None, "train_tflops": flops_per_token * tok_s / 1e12,
         "graphs": counters["stats"]["unique_graphs"],
@@ -180,6 +205,40 @@ def sweep_projection(rows: list[dict]) -> dict | None:
     hours = {m: SWEEP_RUNS_PER_CONFIG * SWEEP_TOKENS_PER_RUN / rate[m] / 3600 for m in want}
     return {"runs": SWEEP_RUNS_PER_CONFIG * len(want), "tokens_per_run": SWEEP_TOKENS_PER_RUN,
             "gpu_hours": sum(hours.values()), "gpu_hours_per_config": hours}
+
+
+def real_batches(tokens: np.ndarray, n_steps: int, grad_accum: int, micro_batch: int, seq_len: int,
+                 device: torch.device) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Each step's micro-batches: consecutive (seq_len + 1)-token windows of `tokens` (inputs, and
+    targets shifted by one), wrapping around past the end; all on the device before timing."""
+    window = seq_len + 1
+    n_windows = len(tokens) // window
+    if n_windows < micro_batch:
+        raise ValueError(f"--data: {len(tokens):,} tokens hold {n_windows} windows of {window}; a micro-batch "
+                         f"needs {micro_batch}")
+    rows = torch.from_numpy(np.asarray(tokens[:n_windows * window], dtype=np.int64).reshape(n_windows, window))
+    out, k = [], 0
+    for _ in range(n_steps):
+        step = []
+        for _ in range(grad_accum):
+            idx = torch.arange(k, k + micro_batch) % n_windows
+            k += micro_batch
+            batch = rows[idx].to(device)
+            step.append((batch[:, :-1], batch[:, 1:]))
+        out.append(step)
+    return out
+
+
+def wait_for_all(folder: str, n: int, timeout_s: float = 900.0) -> None:
+    """A barrier between processes: mark this one arrived in `folder`, return once n have."""
+    import os
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, f"{os.getpid()}.arrived"), "w").close()
+    deadline = time.monotonic() + timeout_s
+    while sum(f.endswith(".arrived") for f in os.listdir(folder)) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"--barrier {folder}: {n} processes never arrived within {timeout_s:.0f} s")
+        time.sleep(0.05)
 
 
 def _sampling_label(s: LoopSampling) -> str:
@@ -243,8 +302,27 @@ def main(argv=None) -> None:
     ap.add_argument("--levers", nargs="+", choices=LEVERS, default=["base"],
                     help="bench every config once per lever: base (the training stage's step), fused_loss "
                          "(liger-kernel), fp8 (torchao float8)")
+    ap.add_argument("--data", default=None, help="a raw token file (the bins stage's format): train on its "
+                    "consecutive windows instead of random tokens, and report each lever's loss against base")
+    ap.add_argument("--data-dtype", choices=["uint16", "uint32"], default="uint16")
+    ap.add_argument("--barrier", default=None, metavar="DIR,N",
+                    help="sweep packing: wait after the warm-up until N processes given the same DIR have compiled")
     ap.add_argument("--out", default="metrics/bench.json")
     args = ap.parse_args(argv)
+    barrier = None
+    if args.barrier:
+        folder, _, n = args.barrier.rpartition(",")
+        if not folder or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--barrier {args.barrier!r}: expected DIR,N with N >= 1 processes")
+        barrier = (folder, int(n))
+    tokens = None
+    if args.data:
+        try:
+            tokens = np.memmap(args.data, dtype=args.data_dtype, mode="r")
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--data {args.data}: cannot read it as {args.data_dtype} tokens ({e})")
+        if int(tokens.max()) >= args.vocab:
+            raise SystemExit(f"--data {args.data}: token id {int(tokens.max())} >= --vocab {args.vocab}")
 
     device = torch.device(args.device)
     train = build(TrainSettings, section(load_params(), "train"), "train")
@@ -273,7 +351,7 @@ def main(argv=None) -> None:
             with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
                 row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
                                 args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0,
-                                args.compile_scope, lever=lever)
+                                args.compile_scope, lever=lever, tokens=tokens, barrier=barrier)
         except torch.OutOfMemoryError:
             row = {"model": _label(cfg), "lever": lever, "oom": True,
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
@@ -293,6 +371,7 @@ def main(argv=None) -> None:
             r["mfu_vs_dense7l"] = r["mfu_paper"] / ref["mfu_paper"]
         if "tokens_per_s" in r and base and r["lever"] != "base":
             r["speedup_vs_base"] = r["tokens_per_s"] / base["tokens_per_s"]
+            r["loss_vs_base"] = r["loss_last20"] / base["loss_last20"]
     print("\n" + markdown_table(rows))
     projection = sweep_projection(rows)
     if projection:
@@ -336,7 +415,7 @@ def _fmt_row(r: dict) -> str:
     mem = f"{r['peak_mem_gib']:6.1f} GiB" if r["peak_mem_gib"] is not None else "      n/a"
     return (f"{r['model']:<22} {r['lever']:<10} {r['batch']:>12} {r['tokens_per_s']:>11,.0f} tok/s  "
             f"MFU(paper) {pct(r['mfu_paper'])}  "
-            f"MFU(real) {pct(r['mfu_real'])}  {mem}  warmup {r['warmup_s']:.0f}s")
+            f"MFU(real) {pct(r['mfu_real'])}  {mem}  warmup {r['warmup_s']:.0f}s  loss(last 20) {r['loss_last20']:.4f}")
 
 
 def _fmt_loop_row(r: dict) -> str:
@@ -363,18 +442,19 @@ def loop_table(rows: list[dict]) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| model | lever | batch | tok/s | MFU paper | MFU real | peak mem GiB | MFU / Dense 7L | vs base |\n"
-            "|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | lever | batch | tok/s | MFU paper | MFU real | peak mem GiB | MFU / Dense 7L | vs base | "
+            "loss (last 20) | loss vs base |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         if r.get("oom") or r.get("error"):
             lines.append(f"| {r['model']} | {r['lever']} | {r['batch']} | {'OOM' if r.get('oom') else r['error']} "
-                         f"| | | | | |")
+                         f"| | | | | | | |")
             continue
         f = lambda v, s="{:.1%}": s.format(v) if v is not None else "n/a"
         lines.append(f"| {r['model']} | {r['lever']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {f(r['mfu_paper'])} | "
                      f"{f(r['mfu_real'])} | {f(r['peak_mem_gib'], '{:.1f}')} | {f(r.get('mfu_vs_dense7l'), '{:.2f}')} | "
-                     f"{f(r.get('speedup_vs_base'), '{:.2f}x')} |")
+                     f"{f(r.get('speedup_vs_base'), '{:.2f}x')} | {r.get('loss_last20', float('nan')):.4f} "
+                     f"({r.get('data', 'random')}) | {f(r.get('loss_vs_base'), '{:.4f}')} |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """pipeline.bench's bookkeeping (never its timings): the sweep projection, the lever rows."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from pipeline import bench
 
@@ -47,3 +49,73 @@ def test_a_lever_whose_library_is_missing_is_one_row_saying_so(tmp_path, monkeyp
     assert rows[0]["tokens_per_s"] > 0 and "error" not in rows[0]
     assert rows[1]["error"].startswith("ImportError") and "tokens_per_s" not in rows[1]
     assert "liger_kernel" in capsys.readouterr().out
+
+
+def test_decode_benchmark_modes_decode_the_same_tokens(one_thread):
+    """bench.decode's cached and uncached greedy decoding produce the same tokens (a benchmark of a
+    wrong decode measures nothing), and its rows carry each mode's tokens/s and the ratio."""
+    from bench import decode as bench_decode
+    from cart import build_model
+    torch.manual_seed(0)
+    for name in ("cart-d64-R3", "cart-d64-R3-X", "dense-L2-d64"):
+        model = build_model(bench_decode.config_of(name, 97)).eval()
+        prompts = torch.randint(0, 97, (2, 12))
+        got = {mode: bench_decode.decode(model, prompts, 6, mode) for mode in ("cached", "uncached")}
+        assert got["cached"][2].shape == (2, 6) and len(got["cached"][1]) == 5
+        assert torch.equal(got["cached"][2], got["uncached"][2])
+    rows = bench_decode.main(["--device", "cpu", "--configs", "cart-d64-R2", "--context", "8", "--new-tokens", "3",
+                              "--vocab", "97"])
+    assert set(rows[0]) >= {"cached", "uncached", "cached_over_uncached", "cache_bytes_per_token"}
+    assert "graph" not in rows[0]  # CUDA only
+    assert rows[0]["cached_over_uncached"] == rows[0]["cached"]["tokens_per_s"] / rows[0]["uncached"]["tokens_per_s"]
+
+
+def test_real_batches_are_consecutive_windows_wrapping_around():
+    tokens = np.arange(50, dtype=np.uint16)  # 5 windows of 9 + 1 tokens (5 left over)
+    steps = bench.real_batches(tokens, n_steps=3, grad_accum=2, micro_batch=2, seq_len=9, device=torch.device("cpu"))
+    firsts = [int(x[r, 0]) for step in steps for x, _ in step for r in range(2)]
+    assert firsts == [0, 10, 20, 30, 40, 0, 10, 20, 30, 40, 0, 10]  # window k starts at 10 k, modulo 5 windows
+    x, y = steps[0][0]
+    assert x.shape == y.shape == (2, 9) and torch.equal(y, x + 1)  # targets: the next token
+    with pytest.raises(ValueError, match=r"--data: 50 tokens hold 5 windows of 10; a micro-batch needs 6"):
+        bench.real_batches(tokens, 1, 1, 6, 9, torch.device("cpu"))
+
+
+def test_data_option_trains_on_the_file_and_compares_each_levers_loss(tmp_path, monkeypatch):
+    """--data: step i trains on the file's windows i (each step new text; without it, one random batch
+    every step), every lever on the same windows; a lever's row gets loss_vs_base."""
+    data = tmp_path / "tok.bin"
+    tokens = np.random.default_rng(0).integers(0, 40, 3000).astype(np.uint16)
+    tokens.tofile(data)
+    monkeypatch.setattr(bench, "LEVERS", bench.LEVERS + ("again",))  # a lever that changes nothing
+    real_bench_one, real_step, seen = bench.bench_one, bench.train_step, []
+    monkeypatch.setattr(bench, "bench_one", lambda *a, lever="base", **k: real_bench_one(*a, **k) | {"lever": lever})
+
+    def spy(loss_fn, batches, *a, **k):
+        seen.append(batches[0][0].clone())
+        return real_step(loss_fn, batches, *a, **k)
+    monkeypatch.setattr(bench, "train_step", spy)
+    out = tmp_path / "b.json"
+    args = ["--configs", "cart-d64-R2-P2", "--micro-batch", "2", "--seq-len", "16", "--vocab", "64", "--steps", "4",
+            "--warmup", "1", "--compile", "off", "--device", "cpu", "--out", str(out)]
+    bench.main(args + ["--data", str(data), "--levers", "base", "again"])
+    windows = torch.from_numpy(tokens[:17 * 10].astype(np.int64)).view(10, 17)[:, :-1]
+    assert len(seen) == 10 and all(torch.equal(x, windows[2 * (i % 5):2 * (i % 5) + 2]) for i, x in enumerate(seen))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["data"] for r in rows] == ["real", "real"]
+    assert rows[1]["loss_vs_base"] == rows[1]["loss_last20"] / rows[0]["loss_last20"] == 1.0
+    with pytest.raises(SystemExit, match=r"--data .*tok.bin: token id 39 >= --vocab 32"):
+        bench.main(args[:7] + ["32"] + args[8:] + ["--data", str(data)])
+
+
+def test_barrier_waits_for_every_process(tmp_path):
+    import multiprocessing as mp
+    folder = str(tmp_path / "b")
+    bench.wait_for_all(folder, 1)  # alone: through at once
+    with pytest.raises(TimeoutError, match=r"--barrier .*b: 2 processes never arrived within 0 s"):
+        bench.wait_for_all(folder, 2, timeout_s=0.2)  # this process only
+    other = mp.get_context("spawn").Process(target=bench.wait_for_all, args=(folder, 2))
+    other.start()
+    bench.wait_for_all(folder, 2, timeout_s=60)
+    other.join(60)
+    assert other.exitcode == 0

@@ -44,17 +44,17 @@ def left_pad(rows: list[torch.Tensor], width: int, pad_id: int = 7) -> tuple[tor
     return idx, torch.tensor([width - len(r) for r in rows])
 
 
-def check_cached_matches_full(model, runtime: dict, prefill_chunks=(5, 4)):
+def check_cached_matches_full(model, runtime: dict, prefill_chunks=(5, 4), static: bool = False):
     """Rows of different lengths, left-padded to one prompt, then 4 more tokens each; the prompt is
     fed in chunks, then one token per call. Every real position's logits must equal the full
-    forward of that row alone (fp32, 1e-5)."""
+    forward of that row alone (fp32, 1e-5). static: the CUDA-graph-ready cache (DecodeCache)."""
     prompts = ragged_rows()
     width = sum(prefill_chunks)
     cont = torch.randint(0, V, (len(prompts), 4), generator=torch.Generator().manual_seed(2))
     padded, pad = left_pad(prompts, width)
     seq = torch.cat([padded, cont], dim=1)
     with torch.no_grad():
-        cache = model.new_cache(len(prompts), seq.shape[1], pad=pad, **runtime)
+        cache = model.new_cache(len(prompts), seq.shape[1], pad=pad, **runtime, **({"static": True} if static else {}))
         steps, start = list(prefill_chunks) + [1] * cont.shape[1], 0
         got = []
         for t in steps:
@@ -67,18 +67,67 @@ def check_cached_matches_full(model, runtime: dict, prefill_chunks=(5, 4)):
     return cache
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("flags", CART_FLAGS, ids=list(CART_FLAGS))
 @pytest.mark.parametrize("n_loops", [None, 1, 5])
-def test_cart_cached_decoding_equals_full_forward(flags, n_loops):
+def test_cart_cached_decoding_equals_full_forward(flags, n_loops, static):
     model = tiny(**CART_FLAGS[flags])
     if model.config.unshare_core and n_loops is not None:
         pytest.skip("an unshared core runs its trained R only")
     runtime = {} if n_loops is None else {"n_loops": n_loops}
-    check_cached_matches_full(model, runtime)
+    check_cached_matches_full(model, runtime, static=static)
 
 
-def test_dense_cached_decoding_equals_full_forward():
-    check_cached_matches_full(tiny("dense"), {})
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_dense_cached_decoding_equals_full_forward(static):
+    check_cached_matches_full(tiny("dense"), {}, static=static)
+
+
+@pytest.mark.parametrize("arch", ["cart", "cart-X", "cart-W", "dense"])
+def test_static_cache_has_fixed_shapes_and_counts_on_the_device(arch):
+    """What CUDA-graph replay relies on: every one-token call of a static cache attends over all
+    max_len slots (the same shapes at every step), the layer caches write at the device's position,
+    and a call undone by set_counters leaves no trace: the next real token's logits and every count
+    are those of a cache that never saw the undone call (its slot is written again first)."""
+    model = tiny(*arch.split("-")[:1], **CART_FLAGS.get(arch[5:], {}))
+    seq = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        plain, static = model.new_cache(2, 9), model.new_cache(2, 9, static=True)
+        for cache in (plain, static):
+            model.forward_cached(seq[:, :5], cache)
+        assert static.static and not plain.static and int(static.position) == 5
+        shapes = []
+        for i in range(5, 9):
+            before = static.counters()
+            model.forward_cached(seq[:, (i + 3) % 9:(i + 3) % 9 + 1], static)  # a warm-up / capture call
+            static.set_counters(before)
+            mask, _ = static.step(1, model.rope)
+            shapes.append(mask.shape)
+            got, want = model.forward_cached(seq[:, i:i + 1], static), model.forward_cached(seq[:, i:i + 1], plain)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            assert static.length == plain.length == int(static.position) == i + 1
+            assert [layer.length for layer in static.layers] == [layer.length for layer in plain.layers]
+        assert set(shapes) == {(2, 1, 1, 9)}
+        assert static.nbytes() == plain.nbytes() > 0
+
+
+def test_count_replayed_advances_the_host_counts_a_replay_skips():
+    """A replayed CUDA graph runs the kernels (the device position advances) but no Python: emulated
+    here by putting the host counts back after a call; count_replayed then restores the counts a
+    plain call leaves."""
+    model = tiny()
+    seq = torch.randint(0, V, (1, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = model.new_cache(1, 6, static=True)
+        model.forward_cached(seq[:, :4], cache)
+        length, lengths, _ = cache.counters()
+        model.forward_cached(seq[:, 4:5], cache)
+        cache.set_counters((length, lengths, None))  # as after a replay: host counts untouched
+        assert int(cache.position) == 5 and cache.length == 4
+        cache.count_replayed(1)
+        assert cache.length == 5 and all(layer.length == 5 for layer in cache.layers)
+        torch.testing.assert_close(model.forward_cached(seq[:, 5:6], cache)[0, -1], model(seq)[0, -1],
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_cached_decoding_sees_earlier_tokens():
@@ -299,6 +348,8 @@ def test_uncached_fallback_for_a_family_without_a_cache():
     ({"eos_token_id": V}, r"eos_token_id: expected a token id"),
     ({"max_new_tokens": 0}, "max_new_tokens: must be an int >= 1"),
     ({"n_layers": 3}, r"unknown model argument\(s\) \['n_layers'\] for CART; valid: \['exit_threshold', 'n_loops'\]"),
+    ({"cuda_graph": True}, r"cuda_graph: needs cached decoding on a CUDA device .* got CART on cpu with no arguments"),
+    ({"cuda_graph": True, "use_cache": False}, r"cuda_graph: .* got CART on cpu"),
 ])
 def test_bad_input_is_one_clear_error(kwargs, message):
     kwargs = {"prompts": ragged_rows(), "max_new_tokens": 3} | kwargs
@@ -309,3 +360,10 @@ def test_bad_input_is_one_clear_error(kwargs, message):
 def test_dense_rejects_n_loops_in_generate():
     with pytest.raises(ValueError, match=r"unknown model argument\(s\) \['n_loops'\] for Dense; valid: \['pattern'\]"):
         generate(tiny("dense"), ragged_rows(), 3, n_loops=4)
+
+
+def test_dense_static_cache_is_for_causal_attention_only():
+    with pytest.raises(ValueError, match=r"new_cache: static=True is for causal attention; pattern 'D4-W2-P1'"):
+        tiny("dense").new_cache(1, 8, pattern="D4-W2-P1", static=True)
+    assert tiny("dense").has_static_cache() and not tiny("dense").has_static_cache(pattern="D4-W2-P1")
+    assert tiny().has_static_cache(n_loops=4) and not tiny().has_static_cache(exit_threshold=0.1)

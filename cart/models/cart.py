@@ -233,11 +233,11 @@ class CARTCache(DecodeCache):
     per cache: every loop's state of every earlier token is summarised by the anchor alone."""
 
     def __init__(self, cfg: CARTConfig, batch: int, max_len: int, n_loops: int, device, dtype,
-                 pad: torch.Tensor | None = None):
-        super().__init__(batch, max_len, device, pad)
+                 pad: torch.Tensor | None = None, static: bool = False):
+        super().__init__(batch, max_len, device, pad, static)
 
         def latents(n: int) -> list[LatentCache]:
-            return [LatentCache(batch, cfg.d_latent, max_len, self.device, dtype) for _ in range(n)]
+            return [LatentCache(batch, cfg.d_latent, max_len, self.device, dtype, self.position) for _ in range(n)]
 
         self.n_loops = n_loops
         self.exit_threshold: float | None = None  # adaptive exit (CART.new_cache sets it)
@@ -412,15 +412,19 @@ class CART(LanguageModel):
             self.lie.forward = torch.compiler.disable(self.lie.forward)
 
     # ---- cached decoding ----
+    def has_static_cache(self, exit_threshold: float | None = None, **runtime) -> bool:
+        return exit_threshold is None  # an adaptive exit reads the host each iteration
+
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,
-                  n_loops: int | None = None, exit_threshold: float | None = None) -> CARTCache:
+                  n_loops: int | None = None, exit_threshold: float | None = None, static: bool = False) -> CARTCache:
         """An empty cache for `batch` rows of up to `max_len` tokens, decoding with R = n_loops
-        (default: the trained R) and the adaptive exit `exit_threshold` for its whole life."""
+        (default: the trained R) and the adaptive exit `exit_threshold` for its whole life; static:
+        see DecodeCache (an adaptive exit reads the host each iteration, so it cannot be replayed)."""
         if self.config.noncausal_cross_attn:
             raise ValueError("CARTConfig.noncausal_cross_attn: a cross-attention that sees the future "
                              "cannot decode token by token")
         p = self.tok_emb.weight
-        cache = CARTCache(self.config, batch, max_len, self.loop_count(n_loops), p.device, p.dtype, pad)
+        cache = CARTCache(self.config, batch, max_len, self.loop_count(n_loops), p.device, p.dtype, pad, static)
         cache.exit_threshold = self.check_exit(exit_threshold)
         return cache
 

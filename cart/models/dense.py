@@ -28,12 +28,20 @@ class Dense(LanguageModel):
             x = layer(x, rope, pattern=p)
         return x
 
-    def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, pattern=None) -> DecodeCache:
-        """Every key (KVCache), or with a `pattern` only the keys it can still show (PatternKVCache)."""
+    def has_static_cache(self, pattern=None) -> bool:
+        return pattern is None
+
+    def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, pattern=None,
+                  static: bool = False) -> DecodeCache:
+        """Every key (KVCache), or with a `pattern` only the keys it can still show (PatternKVCache);
+        static: see DecodeCache (causal attention only)."""
         cfg, p = self.config, self.tok_emb.weight
-        cache = DecodeCache(batch, max_len, p.device, pad)
+        if static and pattern is not None:
+            raise ValueError(f"new_cache: static=True is for causal attention; pattern {pattern!r} keeps its own cache")
+        cache = DecodeCache(batch, max_len, p.device, pad, static)
         if pattern is None:
-            cache.layers = [KVCache(batch, cfg.n_heads, cfg.head_dim, max_len, p.device, p.dtype) for _ in self.layers]
+            cache.layers = [KVCache(batch, cfg.n_heads, cfg.head_dim, max_len, p.device, p.dtype, cache.position)
+                            for _ in self.layers]
         else:
             cache.layers = [PatternKVCache(pi, batch, cfg.n_heads, cfg.head_dim, max_len, cache.pad, p.device, p.dtype)
                             for pi in layer_patterns(pattern, cfg.n_layers)]

@@ -60,20 +60,31 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
 
 class KVCache:
     """Keys and values of one self-attention layer for every token seen so far, preallocated to
-    the decode's max length: `append` writes the new tokens' k, v and returns all of them."""
+    the decode's max length: `append` writes the new tokens' k, v and returns all of them.
 
-    def __init__(self, batch: int, heads: int, head_dim: int, max_len: int, device, dtype):
+    Static (`position`, the DecodeCache's device-side token count, given): the new tokens are written
+    at that position and `append` returns the whole buffer, whose slots not yet written the step's
+    mask hides: every call then has the same shapes and no host-side index (CUDA-graph replay)."""
+
+    def __init__(self, batch: int, heads: int, head_dim: int, max_len: int, device, dtype,
+                 position: torch.Tensor | None = None):
         self.k = torch.zeros(batch, heads, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.length = 0
+        self.position = position
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
         if end > self.k.shape[2]:
             raise ValueError(f"KVCache: {end} tokens exceed the cache's max_len={self.k.shape[2]}")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
         self.length = end
+        if self.position is not None:
+            slots = self.position + torch.arange(k.shape[2], device=k.device)
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            return self.k, self.v
+        self.k[:, :, end - k.shape[2]:end] = k
+        self.v[:, :, end - k.shape[2]:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
     def nbytes(self) -> int:
@@ -85,18 +96,23 @@ class LatentCache:
     """MLA's decode cache for one attention layer: the latent c = W_down x of every token seen so
     far (d_c values per token, where a KVCache holds 2d), preallocated to the decode's max length.
     Keys and values are up-projected from it when attended: trading that matmul for a cache
-    2d / d_c times smaller is MLA's point. `append` writes the new tokens' latents, returns all."""
+    2d / d_c times smaller is MLA's point. `append` writes the new tokens' latents, returns all
+    (static, with `position` given: the whole buffer, as KVCache)."""
 
-    def __init__(self, batch: int, d_latent: int, max_len: int, device, dtype):
+    def __init__(self, batch: int, d_latent: int, max_len: int, device, dtype,
+                 position: torch.Tensor | None = None):
         self.c = torch.zeros(batch, max_len, d_latent, device=device, dtype=dtype)
         self.length = 0
+        self.position = position
 
     def append(self, c: torch.Tensor) -> torch.Tensor:
         end = self.length + c.shape[1]
         if end > self.c.shape[1]:
             raise ValueError(f"LatentCache: {end} tokens exceed the cache's max_len={self.c.shape[1]}")
-        self.c[:, self.length:end] = c
         self.length = end
+        if self.position is not None:
+            return self.c.index_copy_(1, self.position + torch.arange(c.shape[1], device=c.device), c)
+        self.c[:, end - c.shape[1]:end] = c
         return self.c[:, :end]
 
     def nbytes(self) -> int:
@@ -111,45 +127,87 @@ class DecodeCache:
     each row's first real token), and the family's per-layer state (`layers`, e.g. KVCache).
 
     A family's `forward_cached(idx, cache)` takes the next t tokens of every row and calls
-    `cache.step(t)` for the attention mask and RoPE tables of those positions."""
+    `cache.step(t)` for the attention mask and RoPE tables of those positions.
 
-    def __init__(self, batch: int, max_len: int, device, pad: torch.Tensor | None = None):
+    static=True (CART and Dense): the token count also lives on the device (`position`), the layer
+    caches write there, and every call attends over all max_len slots (the mask hides those not
+    written yet). A call's shapes and kernels then depend on t alone and nothing is read back to the
+    host, so one-token calls can be captured once as a CUDA graph and replayed (cart.generation);
+    the masked slots add exact zeros, so the logits are those of the dynamic cache."""
+
+    def __init__(self, batch: int, max_len: int, device, pad: torch.Tensor | None = None, static: bool = False):
         self.batch, self.max_len, self.device = batch, max_len, torch.device(device)
         self.pad = (torch.zeros(batch, dtype=torch.long, device=self.device) if pad is None
                     else pad.to(self.device, torch.long))
         if self.pad.shape != (batch,) or bool((self.pad < 0).any()):
             raise ValueError(f"DecodeCache: pad must be {batch} non-negative counts, got {pad}")
         self.length = 0
+        self.position = torch.zeros((), dtype=torch.long, device=self.device) if static else None
         self.layers: list = []
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (max_len, hd) tables, built once
+
+    @property
+    def static(self) -> bool:
+        return self.position is not None
+
+    def _start(self) -> int | torch.Tensor:
+        """The first new token's index: the host's count, or static, the device's."""
+        return self.length if self.position is None else self.position
 
     def positions(self, t: int) -> torch.Tensor:
         """(B, t) position of each new token within its row (negative on left padding)."""
-        return torch.arange(self.length, self.length + t, device=self.device)[None, :] - self.pad[:, None]
+        return self._start() + torch.arange(t, device=self.device)[None, :] - self.pad[:, None]
 
     def step(self, t: int, rope: "RoPE") -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """For the next t tokens: the (B, 1, t, length + t) boolean mask of visible keys (causal,
-        never a pad key; a pad query sees itself so no row is empty) and RoPE tables (B, 1, t, hd)."""
+        """For the next t tokens: the (B, 1, t, L) boolean mask of visible keys over the L = length + t
+        tokens seen (static: L = max_len) (causal, never a pad key; a pad query sees itself so no row
+        is empty) and RoPE tables (B, 1, t, hd)."""
         if self.length + t > self.max_len:
             raise ValueError(f"decoding past max_len={self.max_len}: {self.length} tokens seen, {t} more given")
-        q = torch.arange(self.length, self.length + t, device=self.device)[:, None]
-        j = torch.arange(self.length + t, device=self.device)[None, :]
+        q = self._start() + torch.arange(t, device=self.device)[:, None]
+        j = torch.arange(self.max_len if self.static else self.length + t, device=self.device)[None, :]
         mask = (j <= q)[None] & (j[None] >= self.pad[:, None, None])
         mask = mask | (j == q)[None]
         return mask[:, None], self._rope_at(self.positions(t), rope)
 
     def key_rope(self, t: int, rope: "RoPE") -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE tables (B, 1, length + t, hd) of every key up to the next t tokens, for caches that
-        hold keys before rotation (MLA's latents are up-projected, then rotated, when attended)."""
-        keys = torch.arange(self.length + t, device=self.device)[None, :] - self.pad[:, None]
-        return self._rope_at(keys, rope)
+        """RoPE tables (B, 1, L, hd) of every key up to the next t tokens (static: of all max_len
+        slots), for caches that hold keys before rotation (MLA's latents are up-projected, then
+        rotated, when attended)."""
+        keys = torch.arange(self.max_len if self.static else self.length + t, device=self.device)
+        return self._rope_at(keys[None, :] - self.pad[:, None], rope)
 
     def _rope_at(self, positions: torch.Tensor, rope: "RoPE") -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rope is None:  # rows for every position a row can reach; row i is the same for any length
+            self._rope = rope.tables(self.max_len, self.device)
+        cos, sin = self._rope
         pos = positions.clamp(min=0)  # pad positions are never attended: any table row does
-        cos, sin = rope.tables(int(pos.max()) + 1, self.device)
         return cos[pos][:, None], sin[pos][:, None]
 
     def advance(self, t: int) -> None:
         self.length += t
+        if self.position is not None:
+            self.position += t
+
+    def counters(self) -> tuple[int, list[int], torch.Tensor | None]:
+        """The token counts (this cache's, each layer's, the device's), to put back with
+        `set_counters` after a call that must leave no trace (a CUDA graph's warm-up and capture)."""
+        return (self.length, [layer.length for layer in self.layers],
+                None if self.position is None else self.position.clone())
+
+    def set_counters(self, counters: tuple[int, list[int], torch.Tensor | None]) -> None:
+        self.length, lengths, position = counters
+        for layer, n in zip(self.layers, lengths, strict=True):
+            layer.length = n
+        if position is not None:
+            self.position.copy_(position)
+
+    def count_replayed(self, t: int) -> None:
+        """The host-side counts after a replayed call (a CUDA graph runs no Python): the device's
+        position advanced inside the graph."""
+        self.length += t
+        for layer in self.layers:
+            layer.length += t
 
     def nbytes(self) -> int:
         """Bytes the cache holds per sequence for the tokens seen so far (pads included)."""
@@ -261,8 +319,13 @@ class LanguageModel(nn.Module):
     def has_cached_decoding(cls) -> bool:
         return cls.forward_cached is not LanguageModel.forward_cached
 
+    def has_static_cache(self, **runtime) -> bool:
+        """Whether `new_cache(..., static=True, **runtime)` works (the CUDA-graph decoding of cart.generation)."""
+        return False
+
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None, **runtime) -> DecodeCache:
-        """An empty decode cache for `batch` rows of up to `max_len` tokens (pads included)."""
+        """An empty decode cache for `batch` rows of up to `max_len` tokens (pads included); families
+        with `has_static_cache` also take static=True (DecodeCache)."""
         raise NotImplementedError(f"{type(self).__name__} has no cached decoding")
 
     def forward_cached(self, idx: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
