@@ -7,10 +7,13 @@ family's cache against re-running the full forward, CART and Dense side by side,
 Each config decodes --new-tokens tokens after a --context-token prompt for --batch rows, the way
 cart.generation.generate does, three ways: `cached`, the prompt in one forward_cached call (prefill)
 and then one token per call; `graph` (CUDA only), the same on a static cache with each one-token
-call replayed from a CUDA graph (GraphedDecodeStep: what generate() does on a GPU); `uncached`, a full
-forward over the whole sequence per token. Every call is timed
+call replayed from a CUDA graph (GraphedDecodeStep: what generate() does on a GPU); `graph_compiled`,
+that step torch.compile'd before its capture; `uncached`, a full forward over the whole sequence per token. Every call is timed
 on its own and the median step gives tokens/s (rows / median step), robust to a busy machine;
-the total (prefill included) is printed too. Also the cache's size per token of context: from the
+the total (prefill included) is printed too. Every mode decodes once before it is timed: on a GPU
+the first pass over new shapes is slow (the uncached forward and the dynamic cache meet a new
+sequence length every step: 40-90 ms a step on an H200 where a seen shape takes 7 ms); its median
+step is kept as `first_pass_median_step_s`. Also the cache's size per token of context: from the
 config (`kv_cache_values_per_token`) and as allocated. Config names as pipeline.bench's, plus a -X
 suffix for CART's unfreeze_kv ablation (its anchor cached per loop).
 """
@@ -47,7 +50,7 @@ def timed(fn, device: torch.device):
     return out, time.perf_counter() - t0
 
 
-MODES = ("cached", "graph", "uncached")
+MODES = ("cached", "graph", "graph_compiled", "uncached")
 
 
 @torch.no_grad()
@@ -60,11 +63,13 @@ def decode(model, prompts: torch.Tensor, new_tokens: int, mode: str) -> tuple[fl
         logits, prefill = timed(lambda: model(seq), device)
         step = None
     else:
-        cache = model.new_cache(prompts.shape[0], prompts.shape[1] + new_tokens, static=mode == "graph")
+        graph = mode.startswith("graph")
+        cache = model.new_cache(prompts.shape[0], prompts.shape[1] + new_tokens, static=graph)
 
         def prefill_call():
             out = model.forward_cached(prompts, cache)
-            return out, GraphedDecodeStep(model, cache) if mode == "graph" else partial(model.forward_cached, cache=cache)
+            return out, (GraphedDecodeStep(model, cache, compile=mode == "graph_compiled") if graph
+                         else partial(model.forward_cached, cache=cache))
         (logits, step), prefill = timed(prefill_call, device)
     for _ in range(new_tokens - 1):
         tokens.append(logits[:, -1].argmax(dim=-1, keepdim=True))  # before a replay overwrites the logits
@@ -81,16 +86,17 @@ def bench_one(name: str, args, device: torch.device, dtype: torch.dtype) -> dict
     torch.manual_seed(0)
     model = build_model(cfg).to(device=device, dtype=dtype).eval()
     prompts = torch.randint(0, cfg.vocab_size, (args.batch, args.context), device=device)
-    modes = [m for m in MODES if m != "graph" or device.type == "cuda"]
-    for mode in modes:  # warm-up at the timed shapes: CUDA context, kernels, allocator
-        decode(model, prompts, 4, mode)
+    modes = [m for m in args.modes if not m.startswith("graph") or device.type == "cuda"]
+    first = {}
+    for mode in modes:  # warm-up: one whole decode per mode, so that the timed one sees no new shape
+        first[mode] = statistics.median(decode(model, prompts, args.new_tokens, mode)[1])
     row = {"config": name, "context": args.context, "new_tokens": args.new_tokens, "batch": args.batch,
            "dtype": str(dtype).removeprefix("torch."), "device": str(device),
            "cache_bytes_per_token": cfg.kv_cache_values_per_token() * torch.finfo(dtype).bits // 8}
     for mode in modes:
         prefill, steps, _ = decode(model, prompts, args.new_tokens, mode)
         step = statistics.median(steps)
-        row[mode] = {
+        row[mode] = {"first_pass_median_step_s": first[mode],
             "prefill_s": prefill, "median_step_s": step, "tokens_per_s": args.batch / step,
             "tokens_per_s_with_prefill": args.batch * args.new_tokens / (prefill + sum(steps) + step)}
     with torch.no_grad():
@@ -112,12 +118,15 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                     help="default: bfloat16 on GPU, float32 on CPU")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                    help="graph modes run on CUDA only; uncached, the reference of the ratios, always runs last")
     ap.add_argument("--out", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
+    args.modes = [m for m in args.modes if m != "uncached"] + ["uncached"]
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     rows = []
-    modes = [m for m in MODES if m != "graph" or device.type == "cuda"]
+    modes = [m for m in args.modes if not m.startswith("graph") or device.type == "cuda"]
     print(f"batch {args.batch}, {args.context}-token prompts, {args.new_tokens} new tokens, {dtype}, {device}; "
           f"tokens/s = rows / median step (with prefill: every token over the whole decode)")
     print(f"{'config':<18} {'cache B/token':>13} " + " ".join(f"{m + ' tok/s':>14}" for m in modes)

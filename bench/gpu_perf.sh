@@ -57,8 +57,10 @@ for part in "$@"; do
 for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
     t.test_cuda_graph_decoding_equals_the_eager_cache(f); print('passed', f)" 2>&1 | tee "$OUT/test_gpu.log"
       fi
-      timeout 200 python3 -m bench.decode --out "$OUT/decode_graph_b1.json" 2>&1 | tee "$OUT/decode_graph_b1.log"
-      timeout 200 python3 -m bench.decode --batch 32 --out "$OUT/decode_graph_b32.json" 2>&1 | tee "$OUT/decode_graph_b32.log" ;;
+      for b in 1 32; do
+        timeout 200 python3 -m bench.decode --batch "$b" --configs ${DECODE_CONFIGS:-cart-d1024-R6 dense-L12-d1024} \
+          --out "$OUT/decode_graph_b$b.json" 2>&1 | tee "$OUT/decode_graph_b$b.log"
+      done ;;
     parity)
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
         --levers base fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/parity.json" 2>&1 | tee "$OUT/parity.log" ;;

@@ -134,22 +134,25 @@ class GraphedDecodeStep:
     next call. The capture and its warm-up calls leave the cache's counts as they found them (the
     slot they write is written again by the real step before any query can see it)."""
 
-    def __init__(self, model: nn.Module, cache):
+    def __init__(self, model: nn.Module, cache, compile: bool = False):
+        """compile: torch.compile the step before capturing it (fewer, fused kernels; compiles once,
+        for the cache's length at capture: the replays never return to Python)."""
         if not getattr(cache, "static", False) or cache.device.type != "cuda":
             raise ValueError("GraphedDecodeStep: needs a static cache on a CUDA device (new_cache(..., static=True))")
         self.model, self.cache = model, cache
         self.idx = torch.zeros(cache.batch, 1, dtype=torch.long, device=cache.device)
+        step = torch.compile(model.forward_cached, dynamic=False) if compile else model.forward_cached
         before = cache.counters()
         side = torch.cuda.Stream(cache.device)  # warm-up off the default stream, as torch.cuda.graph asks
         side.wait_stream(torch.cuda.current_stream(cache.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                model.forward_cached(self.idx, cache)
+                step(self.idx, cache)
                 cache.set_counters(before)
         torch.cuda.current_stream(cache.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = model.forward_cached(self.idx, cache)
+            self.logits = step(self.idx, cache)
         cache.set_counters(before)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:

@@ -60,3 +60,11 @@ def test_cuda_graph_decoding_equals_the_eager_cache(flags):
         assert replay.length == plain.length == 10 and replay.nbytes() == plain.nbytes()
         with pytest.raises(ValueError, match="decoding past max_len=10"):
             step(seq[:, :1])
+        # compiled before capture: fused kernels, the same logits up to float rounding
+        compiled, plain = model.new_cache(2, 10, static=True), model.new_cache(2, 10, static=True)
+        for cache in (compiled, plain):
+            model.forward_cached(seq[:, :6], cache)
+        step = GraphedDecodeStep(model, compiled, compile=True)
+        for i in range(6, 10):
+            torch.testing.assert_close(step(seq[:, i:i + 1]), model.forward_cached(seq[:, i:i + 1], plain),
+                                       atol=1e-4, rtol=1e-4)
