@@ -39,7 +39,8 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
              attention_mask: torch.Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None, pad_token_id: int = 0,
              generator: torch.Generator | None = None, max_len: int | None = None, use_cache: bool | None = None,
-             cuda_graph: bool | None = None, **runtime) -> torch.Tensor | list[torch.Tensor]:
+             cuda_graph: bool | None = None, compile_step: bool = False,
+             **runtime) -> torch.Tensor | list[torch.Tensor]:
     """Continue each prompt by up to max_new_tokens tokens.
 
     prompts:        a list of 1-D LongTensors, or a (B, T) LongTensor (left-padded if
@@ -49,6 +50,9 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
     use_cache:      None = the family's cache if it has one; False = always the full forward.
     cuda_graph:     replay each one-token step from a CUDA graph (the same logits); None = where it
                     can (a CUDA model, a family with a static cache, no adaptive exit).
+    compile_step:   torch.compile that step before capturing it: fused kernels, about twice the
+                    tokens/s at batch 1 on an H200 (metrics/bench_gpu.json), logits equal up to float
+                    rounding; the compile (tens of seconds) is paid per prompt length.
     generator:      a torch.Generator on the model's device, for reproducible sampling.
     runtime:        the model's inference-time arguments (`model.config.runtime_kwargs()`).
     Returns the input's form: a list of 1-D tensors (prompt + new tokens, up to and including EOS),
@@ -83,6 +87,10 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
                          f"these arguments (CART without exit_threshold, Dense without pattern); got "
                          f"{type(model).__name__} on {idx.device} with {runtime or 'no arguments'}")
 
+    if compile_step and not cuda_graph:
+        raise ValueError("compile_step: compiles the CUDA-graph step; it needs cuda_graph (a CUDA model whose "
+                         "family has a static cache)")
+
     if stop is not None:
         stop = stop.to(idx.device)
     was_training = model.training
@@ -92,7 +100,7 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
         if use_cache:
             cache = model.new_cache(B, T + n_new, pad=pad, **runtime, **({"static": True} if cuda_graph else {}))
             logits = model.forward_cached(idx, cache)[:, -1]  # the prompt: one call, never replayed
-            step = (GraphedDecodeStep(model, cache) if cuda_graph and n_new > 1
+            step = (GraphedDecodeStep(model, cache, compile=compile_step) if cuda_graph and n_new > 1
                     else partial(model.forward_cached, cache=cache))
         else:
             logits = _last_logits_uncached(model, seqs, pad, runtime)

@@ -350,6 +350,7 @@ def test_uncached_fallback_for_a_family_without_a_cache():
     ({"n_layers": 3}, r"unknown model argument\(s\) \['n_layers'\] for CART; valid: \['exit_threshold', 'n_loops'\]"),
     ({"cuda_graph": True}, r"cuda_graph: needs cached decoding on a CUDA device .* got CART on cpu with no arguments"),
     ({"cuda_graph": True, "use_cache": False}, r"cuda_graph: .* got CART on cpu"),
+    ({"compile_step": True}, r"compile_step: compiles the CUDA-graph step; it needs cuda_graph"),
 ])
 def test_bad_input_is_one_clear_error(kwargs, message):
     kwargs = {"prompts": ragged_rows(), "max_new_tokens": 3} | kwargs

@@ -49,6 +49,8 @@ def test_cuda_graph_decoding_equals_the_eager_cache(flags):
     graphed = generate(model, prompts, max_new_tokens=12, temperature=0)  # cuda_graph None: on here
     eager = generate(model, prompts, max_new_tokens=12, temperature=0, cuda_graph=False)
     assert all(torch.equal(a, b) for a, b in zip(graphed, eager))
+    compiled = generate(model, prompts, max_new_tokens=12, temperature=0, compile_step=True)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
     with torch.no_grad():
         seq = torch.randint(0, 97, (2, 10), generator=g).cuda()
         replay, plain = model.new_cache(2, 10, static=True), model.new_cache(2, 10, static=True)
