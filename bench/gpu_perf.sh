@@ -14,6 +14,7 @@
 #   bash bench/gpu_perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
 #   bash bench/gpu_perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
 #   bash bench/gpu_perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s
+#   bash bench/gpu_perf.sh decode_profile   # bench.decode_profile: new shapes vs seen ones, where a decoding step goes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -61,6 +62,8 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
         timeout 200 python3 -m bench.decode --batch "$b" --configs ${DECODE_CONFIGS:-cart-d1024-R6 dense-L12-d1024} \
           --out "$OUT/decode_graph_b$b.json" 2>&1 | tee "$OUT/decode_graph_b$b.log"
       done ;;
+    decode_profile)
+      timeout 200 python3 -m bench.decode_profile 2>&1 | tee "$OUT/decode_profile.log" ;;
     parity)
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
         --levers base fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/parity.json" 2>&1 | tee "$OUT/parity.log" ;;
@@ -72,7 +75,7 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
       timeout 150 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
         --optimizer adamw --out "$OUT/small_fused_adamw.json" 2>&1 | tee -a "$OUT/small.log" ;;
     profile)
-      for c in cart-d1024-R6 cart-d256-R6 dense-L7; do
+      for c in ${PROFILE_CONFIGS:-cart-d1024-R6 cart-d256-R6 dense-L7}; do
         timeout 150 python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 10 --warmup 5 --profile \
           --out "$OUT/profile_$c.json" 2>&1 | tee "$OUT/profile_$c.log"
       done ;;
@@ -90,6 +93,6 @@ print(f'pack $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f
           | tee -a "$OUT/pack.log"
       done ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
-            "graph_decode, parity, small, profile, pack)" >&2; exit 2 ;;
+            "graph_decode, decode_profile, parity, small, profile, pack)" >&2; exit 2 ;;
   esac
 done
