@@ -86,6 +86,26 @@ def make_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None)
     return torch.compile(loss_fn, mode=mode) if compile else loss_fn
 
 
+def check_float8(device: torch.device) -> None:
+    """What train.fp8 needs, checked before any work: a CUDA device and torchao."""
+    if device.type != "cuda":
+        raise ValueError(f"train.fp8: float8 training needs a CUDA GPU with FP8 (H100, H200, L40, RTX 4090); this "
+                         f"run's device is {device}; set train.fp8: false")
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"train.fp8: needs torchao (pip install torchao): {e}") from None
+
+
+def to_float8(model: torch.nn.Module, device: torch.device) -> None:
+    """torchao's float8 training for every nn.Linear whose dims are multiples of 16 (the tied LM head
+    is F.linear on the embedding, so it stays in bf16)."""
+    check_float8(device)
+    from torchao.float8 import convert_to_float8_training
+    convert_to_float8_training(model, module_filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
+                               and m.in_features % 16 == 0 and m.out_features % 16 == 0)
+
+
 def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device, dtype: torch.dtype,
                ddp_model: torch.nn.Module | None = None, forward_kwargs: dict | None = None):
     """Forward/backward over the micro-batches of one optimizer step (gradient accumulation) and

@@ -32,7 +32,7 @@ from .models import build_model
 from .code_deps import ROOT, training_code
 from .curves import CurveWriter
 from .device import resolve_device, resolve_dtype
-from .step import lr_multiplier, make_loss_fn, make_optimizer, train_step
+from .step import check_float8, lr_multiplier, make_loss_fn, make_optimizer, to_float8, train_step
 from .tokenizer import tokenizer_info
 
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
@@ -69,6 +69,8 @@ class Trainer:
             raise ValueError(f"grad_accum={spec.run.grad_accum} must be divisible by the number of processes "
                              f"({self.dist.world}) so tokens per optimizer step stay the same")
         self.dtype = resolve_dtype(t.dtype, self.device)
+        if t.fp8:
+            check_float8(self.device)
         self.tok = tokenizer_info(paths.tokenizer_dir)
         meta = read_meta(paths.bins_dir)
         if meta["vocab_size"] != spec.model.vocab_size or self.tok["vocab_size"] != spec.model.vocab_size:
@@ -228,6 +230,8 @@ class Trainer:
         self.model = build_model(spec.model).to(self.device)
         if self.parent_weights is not None and state != "resume":  # a resumed run has its own checkpoint
             ckpt.load_weights(self.model, self.parent_weights)
+        if t.fp8:  # before the optimizer and compile: the float8 modules own the same parameters
+            to_float8(self.model, self.device)
         self.opt = make_optimizer(self.model, t, spec.model.d_model, self.device)
         floor = t.min_lr_ratio
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -256,7 +260,7 @@ class Trainer:
             self.model.compile_by_iteration()
         self.ddp = distributed.wrap(self.model, self.dist, self.device, t.ddp_bucket_cap_mb,
                                     t.ddp_gradient_as_bucket_view)
-        self.loss_fn = make_loss_fn(self.ddp, use_compile)
+        self.loss_fn = make_loss_fn(self.ddp, use_compile, None if t.compile_mode == "default" else t.compile_mode)
         self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

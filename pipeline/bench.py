@@ -48,7 +48,7 @@ from cart.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
 from cart.device import resolve_dtype
-from cart.step import make_loss_fn, make_optimizer, train_step
+from cart.step import make_loss_fn, make_optimizer, to_float8, train_step
 
 DEFAULT_CONFIGS = ([f"cart-d{d}-R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
                    + ["dense-L7", "dense-L12"])
@@ -95,7 +95,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     if lever == "fp8":
-        _to_float8(model)
+        to_float8(model, device)
     if compile and by_iteration:
         model.compile_by_iteration()
     # each step's R and forward kwargs, as the training loop makes them (Trainer._loop_kwargs)
@@ -170,12 +170,6 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
 #   fp8         torchao's float8 training of every nn.Linear with dims divisible by 16 (the tied LM
 #               head is F.linear on the embedding, so it stays bf16); MFU still against the bf16 peak
 LEVERS = ("base", "fused_loss", "fp8")
-
-
-def _to_float8(model: torch.nn.Module) -> None:
-    from torchao.float8 import convert_to_float8_training
-    convert_to_float8_training(model, module_filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear)
-                               and m.in_features % 16 == 0 and m.out_features % 16 == 0)
 
 
 def _fused_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
@@ -356,7 +350,8 @@ def main(argv=None) -> None:
             row = {"model": _label(cfg), "lever": lever, "oom": True,
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
             torch.cuda.empty_cache()
-        except (ImportError, RuntimeError) as e:  # a lever's library missing or failing: say so, bench the rest
+        except (ImportError, RuntimeError, ValueError) as e:  # a lever's library missing or failing, or a
+            # lever this device cannot run (fp8 off CUDA): say so, bench the rest
             if lever == "base":  # the training stage's own step failing is a failure, not a row
                 raise
             row = {"model": _label(cfg), "lever": lever, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",

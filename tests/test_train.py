@@ -286,3 +286,30 @@ def test_ddp_buckets_are_the_train_settings(tmp_path):
         assert plain.bucket_bytes_cap == 25 * 1024 * 1024 and not plain.gradient_as_bucket_view
     finally:
         dist.destroy_process_group()
+
+
+def test_fp8_off_cuda_is_refused_before_training(tiny_project):
+    p = tiny_params()
+    p["train"]["fp8"] = True
+    write_params(tiny_project, p)
+    spec = spec_for()
+    with pytest.raises(ValueError, match=r"^train\.fp8: float8 training needs a CUDA GPU with FP8 .* this run's "
+                                         r"device is cpu; set train\.fp8: false$"):
+        Trainer(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    assert not RunPaths.for_run(spec.group, spec.name).run_dir.exists()
+
+
+@pytest.mark.parametrize("mode,passed", [("default", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_mode_reaches_torch_compile(tiny_project, monkeypatch, mode, passed):
+    """train.compile_mode is the mode the training loss is compiled with ("default": torch's own)."""
+    import cart.train
+    seen = []
+    real = cart.train.make_loss_fn
+    monkeypatch.setattr(cart.train, "make_loss_fn", lambda model, compile, mode=None: seen.append(mode) or
+                        real(model, False))
+    p = tiny_params()
+    p["train"]["compile_mode"] = mode
+    write_params(tiny_project, p)
+    spec = spec_for()
+    train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    assert seen == [passed]
