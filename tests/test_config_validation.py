@@ -143,6 +143,12 @@ def _runtime_errors():
          "Dense: unknown argument(s) ['n_loops']; valid: ['pattern']"),
         (lambda: cart(idx, pattern="D4"),
          "CART: unknown argument(s) ['pattern']; valid: ['backprop_loops', 'exit_threshold', 'n_loops']"),
+        (lambda: cart(idx, backprop_loops=0), "backprop_loops: must be >= 1, got 0"),
+        (lambda: build_model(CARTConfig(**SMALL, n_prelude=1, n_loops=3, unfreeze_kv=True)).eval()(idx, exit_threshold=0.1),
+         "exit_threshold: this CART's core reads every token's loop state (unfreeze_kv or self_attn_core), "
+         "so tokens cannot stop looping one by one; leave it None"),
+        (lambda: cart(idx, exit_threshold=0.1),  # a built model is in train mode
+         "exit_threshold: adaptive exit is for inference; call model.eval() and leave backprop_loops None"),
         (lambda: cart.forward_cached(torch.randint(0, 61, (1, 5)), cart.new_cache(1, 4)),
          "decoding past max_len=4: 0 tokens seen, 5 more given"),
         (lambda: DecodeCache(2, 4, "cpu", torch.tensor([1, -1])),
@@ -158,7 +164,7 @@ def _runtime_errors():
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(14))
 def test_runtime_misuse_is_one_exact_message(case):
     call, message = _runtime_errors()[case]
     with pytest.raises((ValueError, NotImplementedError)) as e:
