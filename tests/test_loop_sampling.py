@@ -245,6 +245,23 @@ def _compiled_run(loss_fn, idx, rs, **kw) -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def test_compile_by_iteration_hides_only_the_loop_over_r_from_dynamo(one_thread):
+    """What compile_by_iteration sets up, checked without compiling (mutmut's trampolines, a frame
+    around every function, would hide `loop` from a real compile: the test below is deselected
+    under mutmut): `loop` and `recur` skipped by Dynamo but not what they call (the iteration is
+    traced), the loop-index table skipped with everything it calls; eager values unchanged."""
+    model, idx = tiny_cart(), torch.randint(0, 64, (2, 12))
+    before = {"loop": model.loop, "recur": model.recur, "lie": model.lie.forward}
+    with torch.no_grad():
+        reference = model(idx, n_loops=3)
+    model.compile_by_iteration()
+    for name, fn in (("loop", model.loop), ("recur", model.recur), ("lie", model.lie.forward)):
+        assert fn._torchdynamo_disable and fn._torchdynamo_orig_callable == before[name], name
+        assert fn._torchdynamo_disable_recursive == (name == "lie"), name
+    with torch.no_grad():
+        assert torch.equal(model(idx, n_loops=3), reference)
+
+
 @pytest.mark.parametrize("backprop_loops", [None, 2])
 def test_compile_by_iteration_compiles_no_graph_for_a_new_r(one_thread, backprop_loops):
     """Dynamo's default unrolls the loop (a new graph for every R, eager past 8); compiled one
