@@ -4,7 +4,7 @@ boundary (so an off-by-one in a check fails here, not in a run hours later)."""
 import pytest
 
 from cart.models import CARTConfig, DenseConfig, RATPlusConfig, build_model, config_from_dict
-from cart.models.base import check_int_arg
+from cart.models.base import ConfigBase, check_int_arg
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, ffn_multiple=16)
 
@@ -158,13 +158,15 @@ def _runtime_errors():
          "KVCache: 4 tokens exceed the cache's max_len=3"),
         (lambda: LatentCache(1, 4, 3, "cpu", torch.float32).append(torch.zeros(1, 4, 4)),
          "LatentCache: 4 tokens exceed the cache's max_len=3"),
+        (lambda: LanguageModel(ConfigBase(**SMALL))(idx, n_loops=2),  # a family without runtime arguments
+         "LanguageModel: unknown argument(s) ['n_loops']; valid: none"),
         (lambda: LanguageModel(DenseConfig(**SMALL, n_layers=1)).new_cache(1, 2), "LanguageModel has no cached decoding"),
         (lambda: LanguageModel(DenseConfig(**SMALL, n_layers=1)).forward_cached(idx, None),
          "LanguageModel has no cached decoding"),
     ]
 
 
-@pytest.mark.parametrize("case", range(14))
+@pytest.mark.parametrize("case", range(15))
 def test_runtime_misuse_is_one_exact_message(case):
     call, message = _runtime_errors()[case]
     with pytest.raises((ValueError, NotImplementedError)) as e:
