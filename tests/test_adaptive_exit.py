@@ -63,6 +63,33 @@ def test_threshold_zero_runs_every_loop_and_a_huge_one_stops_after_the_first(fie
         assert bool((model.last_loops_used == 1).all())
 
 
+def test_a_token_that_moved_by_exactly_the_threshold_keeps_looping():
+    """The exit is for a change *less* than the threshold: set it to one token's own first-step
+    change and that token runs a second iteration, while the tokens that moved less stop after one."""
+    model, idx = tiny(), torch.randint(0, 64, (2, 10))
+    states = core_inputs(model)
+    prelude_out = []
+    model.prelude[-1].register_forward_hook(lambda mod, args, out: prelude_out.append(out))
+    with torch.no_grad():
+        model.hidden(idx, n_loops=1)
+        h, h_next = prelude_out[-1].float(), states[-1].float()  # h_0 and h_1
+        change = (h_next - h).norm(dim=-1) / h.norm(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+        t = float(change.flatten().sort().values[change.numel() // 2])  # one token's change, exactly
+        model.hidden(idx, n_loops=4, exit_threshold=t)
+    used = model.last_loops_used
+    assert int((change == t).sum()) >= 1 and bool((change < t).any())
+    assert torch.equal(used == 1, change < t)
+
+
+def test_loops_used_are_integer_counts_set_by_an_exit():
+    model, idx = tiny(), torch.randint(0, 64, (2, 10))
+    assert model.last_loops_used is None  # no adaptive exit has run
+    with torch.no_grad():
+        model(idx, n_loops=3, exit_threshold=0.0)
+    assert model.last_loops_used.dtype == torch.int64
+    assert torch.equal(model.last_loops_used, torch.full((2, 10), 3))
+
+
 def test_looping_stops_once_every_token_has_exited():
     model, idx = tiny(), torch.randint(0, 64, (2, 10))
     calls = []

@@ -4,7 +4,7 @@ boundary (so an off-by-one in a check fails here, not in a run hours later)."""
 import pytest
 
 from cart.models import CARTConfig, DenseConfig, RATPlusConfig, build_model, config_from_dict
-from cart.models.base import check_int_arg
+from cart.models.base import ConfigBase, check_int_arg
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, ffn_multiple=16)
 
@@ -143,6 +143,12 @@ def _runtime_errors():
          "Dense: unknown argument(s) ['n_loops']; valid: ['pattern']"),
         (lambda: cart(idx, pattern="D4"),
          "CART: unknown argument(s) ['pattern']; valid: ['backprop_loops', 'exit_threshold', 'n_loops']"),
+        (lambda: cart(idx, backprop_loops=0), "backprop_loops: must be >= 1, got 0"),
+        (lambda: build_model(CARTConfig(**SMALL, n_prelude=1, n_loops=3, unfreeze_kv=True)).eval()(idx, exit_threshold=0.1),
+         "exit_threshold: this CART's core reads every token's loop state (unfreeze_kv or self_attn_core), "
+         "so tokens cannot stop looping one by one; leave it None"),
+        (lambda: cart(idx, exit_threshold=0.1),  # a built model is in train mode
+         "exit_threshold: adaptive exit is for inference; call model.eval() and leave backprop_loops None"),
         (lambda: cart.forward_cached(torch.randint(0, 61, (1, 5)), cart.new_cache(1, 4)),
          "decoding past max_len=4: 0 tokens seen, 5 more given"),
         (lambda: DecodeCache(2, 4, "cpu", torch.tensor([1, -1])),
@@ -152,13 +158,15 @@ def _runtime_errors():
          "KVCache: 4 tokens exceed the cache's max_len=3"),
         (lambda: LatentCache(1, 4, 3, "cpu", torch.float32).append(torch.zeros(1, 4, 4)),
          "LatentCache: 4 tokens exceed the cache's max_len=3"),
+        (lambda: LanguageModel(ConfigBase(**SMALL))(idx, n_loops=2),  # a family without runtime arguments
+         "LanguageModel: unknown argument(s) ['n_loops']; valid: none"),
         (lambda: LanguageModel(DenseConfig(**SMALL, n_layers=1)).new_cache(1, 2), "LanguageModel has no cached decoding"),
         (lambda: LanguageModel(DenseConfig(**SMALL, n_layers=1)).forward_cached(idx, None),
          "LanguageModel has no cached decoding"),
     ]
 
 
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(15))
 def test_runtime_misuse_is_one_exact_message(case):
     call, message = _runtime_errors()[case]
     with pytest.raises((ValueError, NotImplementedError)) as e:

@@ -218,6 +218,23 @@ def test_truncated_prelude_output_reaches_the_loss_through_the_anchor_alone(one_
     assert state_grad.abs().sum() > 0 and anchor_grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("R,k", [(4, 2), (3, 1)])
+def test_truncated_iterations_start_from_a_constant_window(one_thread, R, k):
+    """The first R - k iterations run without autograd, and every one of them, like iteration R - k
+    where backpropagation starts, reads a window of constants (h_0's copies detached from r = 0
+    on: one kind of input, one compiled graph); the later ones track gradients from their inputs."""
+    model, idx = tiny_cart(), torch.randint(0, 64, (2, 12))
+    runs = []
+
+    def iteration(history, *args, **kw):
+        runs.append((torch.is_grad_enabled(), any(h.requires_grad for h in history)))
+        return CART.iteration(model, history, *args, **kw)
+
+    model.iteration = iteration
+    _loss(model, idx, n_loops=R, backprop_loops=k).backward()
+    assert runs == [(False, False)] * (R - k) + [(True, False)] + [(True, True)] * (k - 1)
+
+
 # ---- torch.compile: one graph per iteration, not per R -------------------------------------------
 
 def _compiled_run(loss_fn, idx, rs, **kw) -> int:
@@ -226,6 +243,23 @@ def _compiled_run(loss_fn, idx, rs, **kw) -> int:
         loss_fn(idx, n_loops=R, **kw).backward()
     assert counters["frames"]["total"] == counters["frames"]["ok"], "Dynamo fell back to eager for a frame"
     return counters["stats"]["unique_graphs"]
+
+
+def test_compile_by_iteration_hides_only_the_loop_over_r_from_dynamo(one_thread):
+    """What compile_by_iteration sets up, checked without compiling (mutmut's trampolines, a frame
+    around every function, would hide `loop` from a real compile: the test below is deselected
+    under mutmut): `loop` and `recur` skipped by Dynamo but not what they call (the iteration is
+    traced), the loop-index table skipped with everything it calls; eager values unchanged."""
+    model, idx = tiny_cart(), torch.randint(0, 64, (2, 12))
+    before = {"loop": model.loop, "recur": model.recur, "lie": model.lie.forward}
+    with torch.no_grad():
+        reference = model(idx, n_loops=3)
+    model.compile_by_iteration()
+    for name, fn in (("loop", model.loop), ("recur", model.recur), ("lie", model.lie.forward)):
+        assert fn._torchdynamo_disable and fn._torchdynamo_orig_callable == before[name], name
+        assert fn._torchdynamo_disable_recursive == (name == "lie"), name
+    with torch.no_grad():
+        assert torch.equal(model(idx, n_loops=3), reference)
 
 
 @pytest.mark.parametrize("backprop_loops", [None, 2])
@@ -243,8 +277,11 @@ def test_compile_by_iteration_compiles_no_graph_for_a_new_r(one_thread, backprop
     # (R is never a size inside a compiled frame, so Dynamo's 0/1 size specialisation never applies)
     # Under truncation an R <= k backpropagates through every iteration, whose inputs then require
     # grad: graphs of their own, compiled once at R = k.
+    eager_core = []  # the core block run outside a compiled frame (recorded at run time, never traced)
+    model.core[0].register_forward_pre_hook(lambda *a: None if torch.compiler.is_compiling() else eager_core.append(1))
     first = _compiled_run(loss_fn, idx, [3, 4] + ([backprop_loops] if backprop_loops else []), **kw)
     assert _compiled_run(loss_fn, idx, range(1, 13), **kw) == first
+    assert not eager_core, "an iteration ran eagerly: only the loop over r is to run as plain Python"
     compiled = _grads(model, idx, torch.compile(model, backend="eager"), n_loops=5, **kw)
     assert all(torch.equal(eager[n], compiled[n]) for n in eager)
     torch._dynamo.reset()

@@ -270,6 +270,38 @@ def test_detach_memory_cuts_the_gradient_through_buffer_and_memory(detach):
     assert torch.equal(odd, torch.zeros_like(odd)) == detach
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_subset_pass_backpropagates_into_the_buffered_keys_and_values(detach):
+    """Each layer's buffer of pass 0's keys and values, fed to subset pass 0 (S = 2, the even
+    positions) from separate leaves: the pass's loss reaches the keys and the values of exactly
+    the entries it attends to without rewriting them (odd j with an even query t > j);
+    detach_memory cuts both."""
+    m = perturbed(interleaved_passes=2, detach_memory=detach)
+    x, y = tokens(), tokens(seed=9)
+    leaves = []
+
+    def buffer_leaves(module, inputs, output):  # pass 0 only: the first call of each layer
+        if len(leaves) == m.config.n_layers:
+            return output
+        out, (k, v) = output
+        leaves.append((k.detach().requires_grad_(), v.detach().requires_grad_()))
+        return out, leaves[-1]
+
+    handles = [layer.attn.register_forward_hook(buffer_leaves) for layer in m.layers]
+    _, (pos, h) = m.interleaved(x)[:2]
+    for handle in handles:
+        handle.remove()
+    F.cross_entropy(m.head(h).transpose(1, 2), y[:, pos]).backward()
+    T = x.shape[1]
+    attended = [j % 2 == 1 and j < T - 1 for j in range(T)]
+    for k, v in leaves:
+        for leaf in (k, v):
+            if detach:
+                assert leaf.grad is None
+            else:
+                assert (leaf.grad.abs().sum(dim=(0, 1, 3)) > 0).tolist() == attended
+
+
 def test_every_parameter_is_trained():
     for variant in ("shared", "layerwise"):
         m = perturbed(variant=variant).train()
