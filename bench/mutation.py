@@ -72,6 +72,19 @@ def module_results(path: str) -> dict[str, str]:
     return {name: STATUS.get(code, "other") for name, code in codes.items()}
 
 
+def function_hashes(path: str, source: str | None = None) -> dict[str, str]:
+    """mutmut's hash of each function of a target module (of `source`, default the file as it is):
+    what mutmut itself compares to keep a function's verdicts while its code is unchanged."""
+    from mutmut.mutation.file_mutation import mutate_file_contents
+    code = (ROOT / path).read_text() if source is None else source
+    return dict(mutate_file_contents(path, code).hash_by_function_name)
+
+
+def function_of(name: str) -> str:
+    """A mutant's function, as function_hashes names it: cart.models.cart.xǁCARTǁloop__mutmut_4 -> xǁCARTǁloop."""
+    return name.rpartition("__mutmut_")[0].rpartition(".")[2]
+
+
 def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, str] | None:
     """mutant name -> status of a module's mutants as the committed summary records them (a listed
     survivor's status, every other mutant killed), or None where that record cannot be exact for
@@ -95,10 +108,27 @@ def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, 
     return {n: status.get(n, "killed") for n in names}
 
 
+def committed_by_function(previous: dict, path: str, names) -> dict[str, str]:
+    """Where the module as a whole changed: mutant name -> committed status for the mutants of each
+    function whose code is unchanged since the committed summary (the same mutmut hash: the same
+    mutants, judged by the committed run; the tests have only grown since). Functions changed or
+    new are left out, to be judged here."""
+    module = previous["modules"].get(path)
+    before = previous.get("function_hashes", {}).get(path)
+    if module is None or before is None or module["not_checked"] or module["timeout"] or module["other"]:
+        return {}
+    now = function_hashes(path)
+    same = {f for f, h in now.items() if before.get(f) == h}
+    known = previous.get("survivor_status", {})
+    listed = {n: r for n, r in previous.get("survivors", {}).items() if n.startswith(module_of(path) + ".")}
+    return {n: known.get(n, "sigkill" if listed[n].startswith("sigkill") else "survived") if n in listed else "killed"
+            for n in names if function_of(n) in same}
+
+
 def summarize(runtimes: dict[str, float]) -> dict:
     previous = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {"modules": {}}
     reasons = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
-    modules, survivors, survivor_status = {}, {}, {}
+    modules, survivors, survivor_status, hashes = {}, {}, {}, {}
     for path in targets():
         results = module_results(path)
         if path in previous["modules"] and all(v == "not_checked" for v in results.values()):
@@ -109,14 +139,18 @@ def summarize(runtimes: dict[str, float]) -> dict:
             # their reasons refreshed from the equivalents listed since
             survivors |= {n: reasons.get(n, r) for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
             survivor_status |= {n: s for n, s in previous.get("survivor_status", {}).items() if n.startswith(prefix)}
+            if path in previous.get("function_hashes", {}):  # the code those verdicts were given for
+                hashes[path] = previous["function_hashes"][path]
             continue
+        hashes[path] = function_hashes(path)
         if any(v == "not_checked" for v in results.values()):
             # partly re-run here (mutants named, e.g. the survivors after new tests): the others keep
             # their committed verdicts where the committed record is exact for this code
             committed = committed_statuses(previous, path, results,
                                            rerun=[n for n, s in results.items() if s != "not_checked"])
-            if committed is not None:
-                results = {n: committed[n] if s == "not_checked" else s for n, s in results.items()}
+            if committed is None:  # the module changed: keep the verdicts of its unchanged functions
+                committed = committed_by_function(previous, path, [n for n, s in results.items() if s == "not_checked"])
+            results = {n: committed.get(n, s) if s == "not_checked" else s for n, s in results.items()}
         counts = {s: sum(v == s for v in results.values()) for s in COUNTED}
         judged = len(results) - counts["not_checked"]
         caught = counts["killed"] + counts["timeout"]
@@ -138,9 +172,10 @@ def summarize(runtimes: dict[str, float]) -> dict:
                     "counted as killed); survivors lists every survived, no-test and sigkill mutant with the "
                     "reason it is equivalent (bench/mutation_equivalents.toml) or 'unexplained', and "
                     "survivor_status its status; a module re-run here in part keeps the committed verdicts of "
-                    "the mutants not re-run",
+                    "the mutants not re-run (of its unchanged functions, by function_hashes, where its code changed)",
             "total": total, "modules": modules, "survivors": dict(sorted(survivors.items())),
-            "survivor_status": dict(sorted(survivor_status.items()))}
+            "survivor_status": dict(sorted(survivor_status.items())),
+            "function_hashes": hashes}
 
 
 def main(argv=None) -> None:

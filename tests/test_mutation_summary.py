@@ -12,6 +12,7 @@ mutation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mutation)
 
 A, B = "cart/models/a.py", "cart/models/b.py"
+SOURCE = "def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x * 2\n"
 NOT_CHECKED = None  # mutmut's exit code of a mutant not judged
 
 
@@ -28,6 +29,9 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setattr(mutation, "EQUIVALENTS", tmp_path / "equivalents.toml")
     monkeypatch.setattr(mutation, "targets", lambda: [A, B])
     (tmp_path / "equivalents.toml").write_text('"cart.models.a.f__mutmut_3" = "same values"\n')
+    for path in (A, B):  # the target modules' code (function_hashes reads it)
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(SOURCE)
 
     def local(path, codes):
         meta = tmp_path / "mutants" / f"{path}.meta"
@@ -107,3 +111,26 @@ def test_a_module_not_run_here_keeps_its_committed_entry(project, tmp_path):
     (tmp_path / "equivalents.toml").write_text(f'"{b[2]}" = "same values"\n')
     project(B, dict.fromkeys(b, NOT_CHECKED))
     assert mutation.summarize({})["survivors"] == {b[1]: "unexplained", b[2]: "same values"}
+
+
+def test_a_changed_module_keeps_the_verdicts_of_its_unchanged_functions(project, tmp_path):
+    """The module's code changed (other mutants, so the module's record is not exact), but only in g:
+    f's mutants not re-run keep their committed verdicts (f's mutmut hash is the one the committed
+    summary recorded); g's are judged here; without recorded hashes nothing is carried over."""
+    old = mutation.function_hashes(A)
+    (tmp_path / A).write_text(SOURCE.replace("x * 2", "x * 3 - 1"))
+    assert mutation.function_hashes(A)["x_f"] == old["x_f"] and mutation.function_hashes(A)["x_g"] != old["x_g"]
+    f, g = ([f"cart.models.a.x_{fn}__mutmut_{i}" for i in (1, 2, 3)] for fn in "fg")  # mutmut's names
+    committed = {A: module(killed=2, survived=1), B: module()}
+    commit(tmp_path, committed, {f[1]: "unexplained"}, {f[1]: "survived"})
+    summary = json.loads((tmp_path / "mutation.json").read_text()) | {"function_hashes": {A: old}}
+    (tmp_path / "mutation.json").write_text(json.dumps(summary))
+    project(A, dict.fromkeys(f, NOT_CHECKED) | {g[0]: 1, g[1]: 0, g[2]: NOT_CHECKED})
+    got = mutation.summarize({})
+    counts = got["modules"][A]
+    assert (counts["mutants"], counts["killed"], counts["survived"], counts["not_checked"]) == (6, 3, 2, 1)
+    assert got["survivor_status"] == {f[1]: "survived", g[1]: "survived"}
+    assert got["function_hashes"][A] == mutation.function_hashes(A)  # the code judged now
+    (tmp_path / "mutation.json").write_text(json.dumps(summary | {"function_hashes": {}}))
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["survived"], counts["not_checked"]) == (1, 1, 4)
