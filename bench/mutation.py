@@ -40,6 +40,8 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no_tests", 5: "no_tests"
 # sigkill: the worker died (mutmut's CPU-time kill, or the kernel's when memory ran out) before the
 # tests gave a verdict. Not counted as killed: listed with the survivors until a re-run judges it.
 COUNTED = ("killed", "timeout", "survived", "sigkill", "no_tests", "not_checked", "other")
+# no verdict from this checkout's run: a committed verdict for the same code stands in for it
+NO_VERDICT = ("not_checked", "sigkill")
 
 
 def targets() -> list[str]:
@@ -143,14 +145,14 @@ def summarize(runtimes: dict[str, float]) -> dict:
                 hashes[path] = previous["function_hashes"][path]
             continue
         hashes[path] = function_hashes(path)
-        if any(v == "not_checked" for v in results.values()):
+        if any(v in NO_VERDICT for v in results.values()):
             # partly re-run here (mutants named, e.g. the survivors after new tests): the others keep
             # their committed verdicts where the committed record is exact for this code
             committed = committed_statuses(previous, path, results,
-                                           rerun=[n for n, s in results.items() if s != "not_checked"])
+                                           rerun=[n for n, s in results.items() if s not in NO_VERDICT])
             if committed is None:  # the module changed: keep the verdicts of its unchanged functions
-                committed = committed_by_function(previous, path, [n for n, s in results.items() if s == "not_checked"])
-            results = {n: committed.get(n, s) if s == "not_checked" else s for n, s in results.items()}
+                committed = committed_by_function(previous, path, [n for n, s in results.items() if s in NO_VERDICT])
+            results = {n: committed.get(n, s) if s in NO_VERDICT else s for n, s in results.items()}
         counts = {s: sum(v == s for v in results.values()) for s in COUNTED}
         judged = len(results) - counts["not_checked"]
         caught = counts["killed"] + counts["timeout"]

@@ -109,6 +109,12 @@ def test_static_cache_has_fixed_shapes_and_counts_on_the_device(arch):
             assert [layer.length for layer in static.layers] == [layer.length for layer in plain.layers]
         assert set(shapes) == {(2, 1, 1, 9)}
         assert static.nbytes() == plain.nbytes() > 0
+        counts = plain.counters()  # a dynamic cache's counts: no device position
+        assert counts == (9, [9] * len(plain.layers), None)
+        plain.set_counters((4, [4] * len(plain.layers), None))
+        assert plain.length == 4 and {layer.length for layer in plain.layers} == {4}
+        with pytest.raises(ValueError, match="zip"):  # one count per layer, no fewer
+            plain.set_counters((4, [4], None))
 
 
 def test_count_replayed_advances_the_host_counts_a_replay_skips():
@@ -124,6 +130,7 @@ def test_count_replayed_advances_the_host_counts_a_replay_skips():
         model.forward_cached(seq[:, 4:5], cache)
         cache.set_counters((length, lengths, None))  # as after a replay: host counts untouched
         assert int(cache.position) == 5 and cache.length == 4
+        assert cache.positions(1).tolist() == [[5]]  # a static cache's next position is the device's
         cache.count_replayed(1)
         assert cache.length == 5 and all(layer.length == 5 for layer in cache.layers)
         torch.testing.assert_close(model.forward_cached(seq[:, 5:6], cache)[0, -1], model(seq)[0, -1],
@@ -368,3 +375,5 @@ def test_dense_static_cache_is_for_causal_attention_only():
         tiny("dense").new_cache(1, 8, pattern="D4-W2-P1", static=True)
     assert tiny("dense").has_static_cache() and not tiny("dense").has_static_cache(pattern="D4-W2-P1")
     assert tiny().has_static_cache(n_loops=4) and not tiny().has_static_cache(exit_threshold=0.1)
+    # a family without a static cache of its own (LRT, RAT+ inherit this) says so
+    assert not LanguageModel(DenseConfig(vocab_size=V, d_model=32, head_dim=8, n_layers=1)).has_static_cache()

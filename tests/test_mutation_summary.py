@@ -125,12 +125,14 @@ def test_a_changed_module_keeps_the_verdicts_of_its_unchanged_functions(project,
     commit(tmp_path, committed, {f[1]: "unexplained"}, {f[1]: "survived"})
     summary = json.loads((tmp_path / "mutation.json").read_text()) | {"function_hashes": {A: old}}
     (tmp_path / "mutation.json").write_text(json.dumps(summary))
-    project(A, dict.fromkeys(f, NOT_CHECKED) | {g[0]: 1, g[1]: 0, g[2]: NOT_CHECKED})
+    # f[2]'s worker was killed here (no verdict): the committed one stands in for it too
+    project(A, dict.fromkeys(f, NOT_CHECKED) | {f[2]: -9, g[0]: 1, g[1]: 0, g[2]: NOT_CHECKED})
     got = mutation.summarize({})
     counts = got["modules"][A]
     assert (counts["mutants"], counts["killed"], counts["survived"], counts["not_checked"]) == (6, 3, 2, 1)
+    assert counts["sigkill"] == 0
     assert got["survivor_status"] == {f[1]: "survived", g[1]: "survived"}
     assert got["function_hashes"][A] == mutation.function_hashes(A)  # the code judged now
     (tmp_path / "mutation.json").write_text(json.dumps(summary | {"function_hashes": {}}))
     counts = mutation.summarize({})["modules"][A]
-    assert (counts["killed"], counts["survived"], counts["not_checked"]) == (1, 1, 4)
+    assert (counts["killed"], counts["survived"], counts["sigkill"], counts["not_checked"]) == (1, 1, 1, 3)
