@@ -8,8 +8,9 @@ Each config decodes --new-tokens tokens after a --context-token prompt for --bat
 cart.generation.generate does, three ways: `cached`, the prompt in one forward_cached call (prefill)
 and then one token per call; `graph` (CUDA only), the same on a static cache with each one-token
 call replayed from a CUDA graph (GraphedDecodeStep: what generate() does on a GPU); `graph_compiled`,
-that step torch.compile'd before its capture; `uncached`, a full forward over the whole sequence per token. Every call is timed
-on its own and the median step gives tokens/s (rows / median step), robust to a busy machine;
+that step torch.compile'd before its capture; `uncached`, a full forward over the whole sequence per
+token. Every call is timed on its own and the median step gives tokens/s (rows / median step),
+robust to a busy machine;
 the total (prefill included) is printed too. Every mode decodes once before it is timed: on a GPU
 the first pass over new shapes is slow (the uncached forward and the dynamic cache meet a new
 sequence length every step: 40-90 ms a step on an H200 where a seen shape takes 7 ms); its median

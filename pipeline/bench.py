@@ -155,7 +155,8 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "stored_m": counts["stored"] / 1e6, "effective_m": counts["effective"] / 1e6,
         "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
-        "loss_last20": (torch.stack(losses[-20:]).mean() / grad_accum).item(), "data": "random" if tokens is None else "real",
+        "loss_last20": (torch.stack(losses[-20:]).mean() / grad_accum).item(),
+        "data": "random" if tokens is None else "real",
         "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration,
         "mean_r": sum(rs[warmup:]) / steps if looped else None, "train_tflops": flops_per_token * tok_s / 1e12,
         "graphs": counters["stats"]["unique_graphs"],
@@ -317,6 +318,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"--data {args.data}: cannot read it as {args.data_dtype} tokens ({e})")
         if int(tokens.max()) >= args.vocab:
             raise SystemExit(f"--data {args.data}: token id {int(tokens.max())} >= --vocab {args.vocab}")
+        if len(tokens) // (args.seq_len + 1) < args.micro_batch:
+            raise SystemExit(f"--data {args.data}: {len(tokens):,} tokens hold fewer than --micro-batch "
+                             f"{args.micro_batch} windows of {args.seq_len + 1}")
 
     device = torch.device(args.device)
     train = build(TrainSettings, section(load_params(), "train"), "train")

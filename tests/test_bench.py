@@ -106,6 +106,8 @@ def test_data_option_trains_on_the_file_and_compares_each_levers_loss(tmp_path, 
     assert rows[1]["loss_vs_base"] == rows[1]["loss_last20"] / rows[0]["loss_last20"] == 1.0
     with pytest.raises(SystemExit, match=r"--data .*tok.bin: token id 39 >= --vocab 32"):
         bench.main(args[:7] + ["32"] + args[8:] + ["--data", str(data)])
+    with pytest.raises(SystemExit, match=r"--data .*tok.bin: 3,000 tokens hold fewer than --micro-batch 200 windows"):
+        bench.main(args[:3] + ["200"] + args[4:] + ["--data", str(data)])
 
 
 def test_barrier_waits_for_every_process(tmp_path):
