@@ -48,6 +48,7 @@ for part in "$@"; do
       for model in ${DDP_MODELS:-cart dense}; do
         OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 280 bash bench/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
           "$n" 40 "$model" ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
+          ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true,zero_optimizer=true \
           2>&1 | tee "$OUT/ddp_$model.log"
       done ;;
     graph_decode)

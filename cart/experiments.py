@@ -67,6 +67,9 @@ class TrainSettings:
     # backward goes on, and whether .grad views the bucket instead of being copied into it
     ddp_bucket_cap_mb: int = 25
     ddp_gradient_as_bucket_view: bool = False
+    # shard the optimizer's state across the DDP ranks (torch's ZeroRedundancyOptimizer): each rank
+    # keeps and updates 1/nproc of it, then broadcasts its parameters; the same updates as unsharded
+    zero_optimizer: bool = False
     # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
     weight_decay_scope: Literal["matrices", "all"] = "matrices"
     # the R of each optimizer step (cart/loop_sampling.py); fixed: the model's n_loops, as the paper

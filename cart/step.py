@@ -20,11 +20,13 @@ def lr_multiplier(step: int, warmup: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, t: TrainSettings, d_model: int, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, t: TrainSettings, d_model: int, device: torch.device,
+                   world: int = 1) -> torch.optim.Optimizer:
     """AdamW. `weight_decay_scope` "matrices": decay on matrices only, since norms' gains, the LTI
     theta and the HyperConnection logits are per-channel scalars that decay would pull toward 0
     (the gate toward lambda = 0.5), which is a prior on the architecture, not regularisation.
-    "all": decay on every parameter, as the CART authors' AdamW8bit(model.parameters()) does."""
+    "all": decay on every parameter, as the CART authors' AdamW8bit(model.parameters()) does.
+    `zero_optimizer` with world > 1 processes: the same AdamW, its state sharded across them."""
     params = [p for p in model.parameters() if p.requires_grad]
     if t.weight_decay_scope == "all":
         groups = [{"params": params, "weight_decay": t.weight_decay}]
@@ -35,8 +37,13 @@ def make_optimizer(model: torch.nn.Module, t: TrainSettings, d_model: int, devic
     if t.optimizer == "adamw8bit":
         if device.type != "cuda":
             raise ValueError("train.optimizer: adamw8bit (bitsandbytes) needs a CUDA device; use adamw on CPU")
-        return adamw8bit_class()(groups, lr=lr, betas=betas)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device.type == "cuda")
+        cls, options = adamw8bit_class(), {"lr": lr, "betas": betas}
+    else:
+        cls, options = torch.optim.AdamW, {"lr": lr, "betas": betas, "fused": device.type == "cuda"}
+    if t.zero_optimizer and world > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        return ZeroRedundancyOptimizer(groups, optimizer_class=cls, **options)
+    return cls(groups, **options)
 
 
 def adamw8bit_class() -> type:

@@ -37,7 +37,7 @@ from .tokenizer import tokenizer_info
 
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
 # finished run finished and lets an interrupted one resume (on another GPU count, too).
-RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every")
+RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every", "zero_optimizer")
 # Inside a run folder: the completed runs a changed config replaced, one folder each (never deleted here).
 REPLACED = "replaced"
 
@@ -232,7 +232,9 @@ class Trainer:
             ckpt.load_weights(self.model, self.parent_weights)
         if t.fp8:  # before the optimizer and compile: the float8 modules own the same parameters
             to_float8(self.model, self.device)
-        self.opt = make_optimizer(self.model, t, spec.model.d_model, self.device)
+        self.opt = make_optimizer(self.model, t, spec.model.d_model, self.device, self.dist.world)
+        if hasattr(self.opt, "consolidate_state_dict") and self.dist.is_main:
+            print(f"{spec.run_id}: optimizer state sharded across {self.dist.world} ranks (ZeroRedundancyOptimizer)")
         floor = t.min_lr_ratio
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_multiplier(s, t.warmup_steps, r.steps, floor))
@@ -345,6 +347,8 @@ class Trainer:
                 self.interval_loss, interval_tokens = [0.0, 0], 0
             if eval_now and self.dist.is_main:
                 final_eval = self._evaluate(done)
+            if ckpt_now and hasattr(self.opt, "consolidate_state_dict"):  # sharded: every rank sends rank 0 its part
+                self.opt.consolidate_state_dict(to=0)
             if ckpt_now and self.dist.is_main:
                 # the logging interval's running loss travels with the checkpoint, so a resumed run
                 # logs the same mean loss for the interval it resumes in (under DDP, rank 0's share

@@ -236,25 +236,30 @@ def test_damaged_checkpoint_is_detected(tiny_project):
 
 def test_ddp_two_processes_match_one(tiny_data, tmp_path):
     """train.nproc: 2 re-launches under torchrun (gloo on CPU); accumulation is split across ranks,
-    so the run sees the same batches per step and ends at (numerically) the same weights."""
+    so the run sees the same batches per step and ends at (numerically) the same weights; with
+    train.zero_optimizer each rank keeps half the optimizer state, and the checkpoint all of it."""
     import shutil
     finals = {}
-    for nproc in (1, 2):
-        proj = tmp_path / f"nproc{nproc}"
+    for nproc, zero in ((1, False), (2, False), (2, True)):
+        proj = tmp_path / f"nproc{nproc}-zero{zero}"
         proj.mkdir()
         shutil.copytree(tiny_data / "data", proj / "data")
         p = tiny_params()
-        p["train"]["nproc"] = nproc
+        p["train"]["nproc"], p["train"]["zero_optimizer"] = nproc, zero
         write_params(proj, p)
         proc = _run_cli(proj)
         out = proc.stdout.read().decode()
         assert proc.wait(timeout=600) == 0, out
         assert out.count("complete | steps 12") == 1  # rank 0 alone reports
-        finals[nproc] = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
+        assert ("optimizer state sharded across 2 ranks" in out) == zero
+        finals[nproc, zero] = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
         summary = json.loads((proj / "runs/stage2/d32-R2-s42" / SUMMARY).read_text())
         assert summary["tokens"] == 12 * 2 * 2 * 32  # same tokens per step at any process count
-    for k in finals[1]:
-        assert torch.allclose(finals[1][k], finals[2][k], atol=1e-4), k
+        state = torch.load(proj / "runs/stage2/d32-R2-s42/trainer_state.pt", weights_only=False)
+        assert len(state["optimizer"]["state"]) == len(finals[nproc, zero])  # every parameter's moments
+    for k in finals[1, False]:
+        assert torch.allclose(finals[1, False][k], finals[2, False][k], atol=1e-4), k
+        assert torch.equal(finals[2, False][k], finals[2, True][k]), k  # sharding changes no update
 
 
 def test_mfu_is_per_gpu_under_ddp():
