@@ -87,6 +87,15 @@ def function_of(name: str) -> str:
     return name.rpartition("__mutmut_")[0].rpartition(".")[2]
 
 
+def listed_statuses(previous: dict, path: str) -> dict[str, str]:
+    """mutant name -> status of each survivor the committed summary lists for a module (summaries
+    before survivor_status: a reason says sigkill; the rest survived)."""
+    known = previous.get("survivor_status", {})
+    prefix = module_of(path) + "."
+    return {n: known.get(n, "sigkill" if r.startswith("sigkill") else "survived")
+            for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
+
+
 def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, str] | None:
     """mutant name -> status of a module's mutants as the committed summary records them (a listed
     survivor's status, every other mutant killed), or None where that record cannot be exact for
@@ -96,18 +105,16 @@ def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, 
     module = previous["modules"].get(path)
     if module is None or module["not_checked"] or module["timeout"] or module["other"]:
         return None
-    prefix = module_of(path) + "."
-    listed = {n: r for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
+    listed = listed_statuses(previous, path)
     names = set(names)
     if module["mutants"] != len(names) or not set(listed) <= names:
         return None
-    # summaries before survivor_status: a reason says sigkill; the rest survived, or had no tests when
-    # the module counted some (then the split of those two is unknown: not exact)
+    # summaries before survivor_status cannot tell survived from no_tests when the module counted
+    # some of the latter (the split of those two is unknown: not exact)
     known = previous.get("survivor_status", {})
     if module["no_tests"] and not all(n in known for n in set(listed) - set(rerun)):
         return None
-    status = {n: known.get(n, "sigkill" if r.startswith("sigkill") else "survived") for n, r in listed.items()}
-    return {n: status.get(n, "killed") for n in names}
+    return {n: listed.get(n, "killed") for n in names}
 
 
 def committed_by_function(previous: dict, path: str, names) -> dict[str, str]:
@@ -119,12 +126,9 @@ def committed_by_function(previous: dict, path: str, names) -> dict[str, str]:
     before = previous.get("function_hashes", {}).get(path)
     if module is None or before is None or module["not_checked"] or module["timeout"] or module["other"]:
         return {}
-    now = function_hashes(path)
-    same = {f for f, h in now.items() if before.get(f) == h}
-    known = previous.get("survivor_status", {})
-    listed = {n: r for n, r in previous.get("survivors", {}).items() if n.startswith(module_of(path) + ".")}
-    return {n: known.get(n, "sigkill" if listed[n].startswith("sigkill") else "survived") if n in listed else "killed"
-            for n in names if function_of(n) in same}
+    same = {f for f, h in function_hashes(path).items() if before.get(f) == h}
+    listed = listed_statuses(previous, path)
+    return {n: listed.get(n, "killed") for n in names if function_of(n) in same}
 
 
 def summarize(runtimes: dict[str, float]) -> dict:

@@ -253,8 +253,8 @@ class EvalSession:
             raise ValueError(f"{self.root / TOKENIZER}: no bytes_per_token for domain(s) {missing}; "
                              f"re-run the tokenizer stage")
         rows = []
+        exits = "exit_threshold" in runtime
         for d, batches in val.items():
-            exits = "exit_threshold" in runtime
             loops = [0, 0]  # adaptive exit: loop iterations summed over target tokens, target tokens
 
             def count_loops(model, y):

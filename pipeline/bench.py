@@ -36,6 +36,7 @@ sweep's throughput is the sum of their tokens/s (bench/gpu_perf.sh pack).
 import argparse
 import contextlib
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -226,7 +227,6 @@ def real_batches(tokens: np.ndarray, n_steps: int, grad_accum: int, micro_batch:
 
 def wait_for_all(folder: str, n: int, timeout_s: float = 900.0) -> None:
     """A barrier between processes: mark this one arrived in `folder`, return once n have."""
-    import os
     os.makedirs(folder, exist_ok=True)
     open(os.path.join(folder, f"{os.getpid()}.arrived"), "w").close()
     deadline = time.monotonic() + timeout_s
