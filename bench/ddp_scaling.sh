@@ -57,7 +57,7 @@ print(f"{sys.argv[4]}\t{sys.argv[1]}\t{sys.argv[2]}\t{m['tokens_per_s']:.0f}\t{m
 PY
 }
 row 1 default
-row "$N" default
+[ "$N" = 1 ] || row "$N" default  # one GPU: the levers against the 1-GPU row
 for s in "$@"; do row "$N" "$s"; done
 python3 - "$N" <<'PY'
 import csv, sys

@@ -15,6 +15,10 @@
 #   bash bench/gpu_perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
 #   bash bench/gpu_perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s
 #   bash bench/gpu_perf.sh decode_profile   # bench.decode_profile: new shapes vs seen ones, where a decoding step goes
+#   bash bench/gpu_perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
+#   bash bench/gpu_perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
+#   bash bench/gpu_perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
+# SWEEP_LEVERS (default base) picks the levers the sweep part runs every config with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -41,8 +45,23 @@ for part in "$@"; do
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 cart-d256-R6 --micro-batch 32 \
         --steps 20 --warmup 5 --levers base fused_loss fp8 --out "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
     sweep)
-      timeout 540 python3 -m pipeline.bench --micro-batch 32 --steps 10 --warmup 3 \
-        --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" ;;
+      timeout ${SWEEP_TIMEOUT:-540} python3 -m pipeline.bench --micro-batch 32 --steps 10 --warmup 3 \
+        --levers ${SWEEP_LEVERS:-base} --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" ;;
+    combos)
+      timeout 240 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
+        --levers base graphs fused_adamw graphs+fused_adamw fused_adamw+fused_loss graphs+fused_adamw+fused_loss \
+        --out "$OUT/combos_d256.json" 2>&1 | tee "$OUT/combos_d256.log"
+      timeout 300 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
+        --levers base graphs+fused_adamw graphs+fused_adamw+fused_loss \
+        --out "$OUT/combos_d1024.json" 2>&1 | tee "$OUT/combos_d1024.log" ;;
+    combo_parity)
+      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
+        --levers base ${PARITY_LEVERS:-graphs+fused_adamw} --data .gpu-data/wiki_5m.bin --out "$OUT/combo_parity.json" \
+        2>&1 | tee "$OUT/combo_parity.log" ;;
+    train_levers)
+      OUT="$(realpath "$OUT")" WORK=/tmp/train_levers timeout 540 bash bench/ddp_scaling.sh \
+        .gpu-data/llama2_tokenizer.model 1 40 cart ${TRAIN_SETTINGS:-compile_mode=reduce-overhead,optimizer=adamw} \
+        2>&1 | tee "$OUT/train_levers.log" ;;
     ddp)
       n=$(nvidia-smi -L | wc -l)
       for model in ${DDP_MODELS:-cart dense}; do
@@ -94,6 +113,6 @@ print(f'pack $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f
           | tee -a "$OUT/pack.log"
       done ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
-            "graph_decode, decode_profile, parity, small, profile, pack)" >&2; exit 2 ;;
+            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers)" >&2; exit 2 ;;
   esac
 done

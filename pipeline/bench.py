@@ -88,14 +88,19 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
               tokens: np.ndarray | None = None, barrier: tuple[str, int] | None = None) -> dict:
     """One config's row. `loop_sampling` draws each step's R (mean: cfg.n_loops) as training does
     (seed 0); `by_iteration` compiles the CART loop one iteration at a time (compile_by_iteration);
-    `lever` one of LEVERS (what it changes against the training stage's step); `tokens`: train on
+    `lever` base or LEVERS joined by '+' (what it changes against the training stage's step); `tokens`: train on
     consecutive windows of these (real) tokens, not one random batch (`real_batches`); `barrier`
     (dir, n): after the warm-up, wait until n processes have reached it (sweep packing)."""
     torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
     counters.clear()
+    levers = parse_lever(lever)
+    if "graphs" in levers:
+        compile_mode = "reduce-overhead"
+    if "fused_adamw" in levers:
+        train = dataclasses.replace(train, optimizer="adamw")
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    if lever == "fp8":
+    if "fp8" in levers:
         to_float8(model, device)
     if compile and by_iteration:
         model.compile_by_iteration()
@@ -112,7 +117,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         for block in [*getattr(model, "prelude", []), *getattr(model, "core", []), *getattr(model, "layers", [])] \
                 + ([model.coda] if hasattr(model, "coda") else []):
             block.compile(mode=compile_mode)
-    loss_fn = (_fused_loss_fn(model, compile and compile_scope == "model", compile_mode) if lever == "fused_loss"
+    loss_fn = (_fused_loss_fn(model, compile and compile_scope == "model", compile_mode) if "fused_loss" in levers
                else make_loss_fn(model, compile and compile_scope == "model", compile_mode))
     params = [p for p in model.parameters() if p.requires_grad]
     dtype = resolve_dtype(train.dtype, device)
@@ -150,7 +155,8 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     flops_per_token = (sum(train_flops_per_token(cfg.replace(n_loops=r), seq_len) for r in rs[warmup:]) / steps
                        if looped else train_flops_per_token(cfg, seq_len))
     return {
-        "model": _label(cfg), "lever": lever, "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
+        "model": _label(cfg), "lever": lever, "optimizer": train.optimizer, "compile_mode": (compile_mode or "default") if compile else "off",
+        "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
         "mfu_paper": mfu(cfg, tok_s, peak) if peak else None,
         "mfu_real": flops_per_token * tok_s / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
@@ -166,36 +172,60 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     }
 
 
-# Speed levers benched against the training stage's step ("base"), one row each (issue 22):
-#   fused_loss  Liger's fused linear + cross-entropy (liger-kernel): the LM head and the loss in chunks,
-#               never the full (tokens x vocab) logits; same loss up to float rounding
-#   fp8         torchao's float8 training of every nn.Linear with dims divisible by 16 (the tied LM
-#               head is F.linear on the embedding, so it stays bf16); MFU still against the bf16 peak
-LEVERS = ("base", "fused_loss", "fp8")
+# Speed levers benched against the training stage's step ("base"), one row each; several joined by "+"
+# make one row with all of them (graphs+fused_adamw), so combinations are measured, not multiplied (issue 22):
+LEVERS = {
+    "graphs": "torch.compile mode reduce-overhead: CUDA graphs over the compiled forward and backward "
+              "(train.compile_mode: reduce-overhead); same kernels, same numerics",
+    "fused_adamw": "torch's fused AdamW (multi-tensor, a few launches a step) instead of the benched optimizer "
+                   "(train.optimizer: adamw)",
+    "fused_loss": "Liger's fused linear + cross-entropy (liger-kernel): the LM head and the loss in chunks, never "
+                  "the full (tokens x vocab) logits; run eagerly after the compiled model (Dynamo cannot trace it)",
+    "fp8": "torchao's float8 training of every nn.Linear with dims divisible by 16 (the tied LM head is F.linear "
+           "on the embedding, so it stays bf16); MFU still against the bf16 peak (train.fp8)",
+}
+
+
+def parse_lever(spec: str) -> frozenset[str]:
+    """`base` (no lever) or LEVERS names joined by '+', each once: the set of levers of one row."""
+    if spec == "base":
+        return frozenset()
+    names = spec.split("+")
+    unknown = [n for n in names if n not in LEVERS]
+    if unknown or len(set(names)) != len(names):
+        raise ValueError(f"--levers {spec!r}: expected base, or names from {sorted(LEVERS)} joined by '+', "
+                         f"each once" + (f" ({unknown[0]!r} is not one)" if unknown else ""))
+    return frozenset(names)
 
 
 def _fused_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
-    """make_loss_fn's loss through Liger's fused linear cross-entropy instead of head + lm_loss."""
+    """make_loss_fn's loss through Liger's fused linear cross-entropy instead of head + lm_loss: the
+    model's final hidden states compiled, Liger's Triton kernels called on them eagerly (under
+    torch.compile Dynamo's fake tensors fail inside them: round 3)."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     from cart.models.base import IGNORE_INDEX
     fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
+    def hidden(x, **kwargs):
+        return model.norm_f(model.hidden(x, **kwargs))
+    hidden = torch.compile(hidden, mode=mode) if compile else hidden
+
     def loss_fn(x, y, **kwargs):
-        h = model.norm_f(model.hidden(x, **kwargs))
+        h = hidden(x, **kwargs)
         return fused(model.tok_emb.weight.to(h.dtype), h.flatten(0, 1), y.flatten())
-    return torch.compile(loss_fn, mode=mode) if compile else loss_fn
+    return loss_fn
 
 
 # The paper profile's Stage 2 sweep (configs/paper.yaml): d x R x 3 seeds, 30,500 steps of 32,768 tokens.
 SWEEP_RUNS_PER_CONFIG, SWEEP_TOKENS_PER_RUN = 3, 30_500 * 32_768
 
 
-def sweep_projection(rows: list[dict]) -> dict | None:
+def sweep_projection(rows: list[dict], lever: str = "base") -> dict | None:
     """GPU-hours of the paper profile's Stage 2 sweep from the measured tok/s of each of its CART
-    configs (d in 256..1024, R in 6, 8, 10; P 6 here, the paper's 4-6 differ by ~2 layers), None
-    unless every one of them was measured."""
+    configs (d in 256..1024, R in 6, 8, 10; P 6 here, the paper's 4-6 differ by ~2 layers) under one
+    lever, None unless every one of them was measured with it."""
     want = [f"CART d{d} P6 R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
-    rate = {r["model"]: r["tokens_per_s"] for r in rows if r.get("lever", "base") == "base" and "tokens_per_s" in r}
+    rate = {r["model"]: r["tokens_per_s"] for r in rows if r.get("lever", "base") == lever and "tokens_per_s" in r}
     if not all(m in rate for m in want):
         return None
     hours = {m: SWEEP_RUNS_PER_CONFIG * SWEEP_TOKENS_PER_RUN / rate[m] / 3600 for m in want}
@@ -294,9 +324,10 @@ def main(argv=None) -> None:
                          "unrolled model per R (the default torch.compile)")
     ap.add_argument("--backprop-loops", type=int, default=None,
                     help="truncated backpropagation through the last k loop iterations (train.backprop_loops)")
-    ap.add_argument("--levers", nargs="+", choices=LEVERS, default=["base"],
-                    help="bench every config once per lever: base (the training stage's step), fused_loss "
-                         "(liger-kernel), fp8 (torchao float8)")
+    ap.add_argument("--levers", nargs="+", default=["base"], metavar="LEVER",
+                    help="bench every config once per lever: base (the training stage's step) or any of "
+                         + ", ".join(LEVERS) + " joined by '+' (graphs+fused_adamw: one row with both); "
+                         "the module's LEVERS says what each changes")
     ap.add_argument("--data", default=None, help="a raw token file (the bins stage's format): train on its "
                     "consecutive windows instead of random tokens, and report each lever's loss against base")
     ap.add_argument("--data-dtype", choices=["uint16", "uint32"], default="uint16")
@@ -321,6 +352,17 @@ def main(argv=None) -> None:
         if len(tokens) // (args.seq_len + 1) < args.micro_batch:
             raise SystemExit(f"--data {args.data}: {len(tokens):,} tokens hold fewer than --micro-batch "
                              f"{args.micro_batch} windows of {args.seq_len + 1}")
+
+    for spec in args.levers:  # every row's levers checked before any work
+        try:
+            levers = parse_lever(spec)
+        except ValueError as e:
+            raise SystemExit(str(e))
+        if "graphs" in levers and args.compile_mode not in (None, "reduce-overhead"):
+            raise SystemExit(f"--levers {spec}: graphs is --compile-mode reduce-overhead; it cannot run under "
+                             f"--compile-mode {args.compile_mode}")
+        if "graphs" in levers and args.compile == "off":
+            raise SystemExit(f"--levers {spec}: graphs needs --compile on (CUDA graphs over the compiled step)")
 
     device = torch.device(args.device)
     train = build(TrainSettings, section(load_params(), "train"), "train")
@@ -372,10 +414,10 @@ def main(argv=None) -> None:
             r["speedup_vs_base"] = r["tokens_per_s"] / base["tokens_per_s"]
             r["loss_vs_base"] = r["loss_last20"] / base["loss_last20"]
     print("\n" + markdown_table(rows))
-    projection = sweep_projection(rows)
-    if projection:
-        print(f"\nprojected paper-profile Stage 2 sweep ({projection['runs']} runs x "
-              f"{projection['tokens_per_run'] / 1e9:.2f}B tokens) at these tok/s: {projection['gpu_hours']:.1f} GPU-hours")
+    projections = {lever: p for lever in args.levers if (p := sweep_projection(rows, lever))}
+    for lever, p in projections.items():
+        print(f"\nprojected paper-profile Stage 2 sweep ({p['runs']} runs x {p['tokens_per_run'] / 1e9:.2f}B tokens) "
+              f"at the tok/s of lever {lever}: {p['gpu_hours']:.1f} GPU-hours")
     loop_rows = []
     for cfg, schemes in sampled:
         fixed = next(r for r in rows if r["model"] == _label(cfg) and r["lever"] == "base")
@@ -400,7 +442,8 @@ def main(argv=None) -> None:
     atomic_write_json(args.out, {"device": name, "torch": torch.__version__, "optimizer": optimizer,
                                  "compile": args.compile, "peak_flops": peak, "rows": rows,
                                  "backprop_loops": args.backprop_loops, "loop_sampling_rows": loop_rows,
-                                 "levers": args.levers, "sweep_projection": projection})
+                                 "levers": args.levers, "sweep_projection": projections.get("base"),
+                                 "sweep_projection_by_lever": projections})
     best = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r.get("mfu_paper") or 0, default=None)
     if best:
         print(f"bench: {len(rows)} configs on {name}; best paper-MFU {best['model']} "

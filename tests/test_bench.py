@@ -87,7 +87,7 @@ def test_data_option_trains_on_the_file_and_compares_each_levers_loss(tmp_path, 
     data = tmp_path / "tok.bin"
     tokens = np.random.default_rng(0).integers(0, 40, 3000).astype(np.uint16)
     tokens.tofile(data)
-    monkeypatch.setattr(bench, "LEVERS", bench.LEVERS + ("again",))  # a lever that changes nothing
+    monkeypatch.setattr(bench, "LEVERS", bench.LEVERS | {"again": "changes nothing"})
     real_bench_one, real_step, seen = bench.bench_one, bench.train_step, []
     monkeypatch.setattr(bench, "bench_one", lambda *a, lever="base", **k: real_bench_one(*a, **k) | {"lever": lever})
 
@@ -121,3 +121,79 @@ def test_barrier_waits_for_every_process(tmp_path):
     bench.wait_for_all(folder, 2, timeout_s=60)
     other.join(60)
     assert other.exitcode == 0
+
+
+def test_levers_combine_with_plus_and_bad_ones_are_refused_before_any_work(monkeypatch):
+    assert bench.parse_lever("base") == frozenset()
+    assert bench.parse_lever("graphs+fused_adamw+fp8") == {"graphs", "fused_adamw", "fp8"}
+    for spec, why in [("graphs+turbo", "'turbo' is not one"), ("fp8+fp8", "each once"), ("", "expected base")]:
+        with pytest.raises(ValueError, match=why):
+            bench.parse_lever(spec)
+    monkeypatch.setattr(bench, "bench_one", lambda *a, **k: pytest.fail("benched before the levers were checked"))
+    args = ["--configs", "cart-d64-R2-P2", "--device", "cpu", "--levers", "base"]
+    with pytest.raises(SystemExit, match=r"--levers 'base\+graphs'.*'base' is not one"):
+        bench.main(args + ["base+graphs"])
+    with pytest.raises(SystemExit, match=r"--levers graphs: graphs is --compile-mode reduce-overhead.*max-autotune"):
+        bench.main(args + ["graphs", "--compile-mode", "max-autotune-no-cudagraphs"])
+    with pytest.raises(SystemExit, match=r"--levers fused_adamw\+graphs: graphs needs --compile on"):
+        bench.main(args + ["fused_adamw+graphs", "--compile", "off"])
+
+
+def test_each_lever_changes_what_it_names_in_the_benched_step(tmp_path, monkeypatch):
+    """graphs compiles the step in reduce-overhead mode, fused_adamw swaps the benched optimizer for
+    torch's AdamW, and a row with both does both; base does neither."""
+    seen = []
+    real_loss_fn, real_opt = bench.make_loss_fn, bench.make_optimizer
+
+    def loss_spy(model, compile, mode=None):
+        seen.append(("compile", compile, mode))
+        return real_loss_fn(model, False)  # no real compile on the CPU
+
+    def opt_spy(model, t, d_model, device, world=1):
+        seen.append(("optimizer", t.optimizer))
+        return torch.optim.AdamW(model.parameters(), lr=1e-3)  # adamw8bit needs CUDA
+    monkeypatch.setattr(bench, "make_loss_fn", loss_spy)
+    monkeypatch.setattr(bench, "make_optimizer", opt_spy)
+    out = tmp_path / "b.json"
+    bench.main(["--configs", "cart-d64-R2-P2", "--micro-batch", "1", "--seq-len", "16", "--vocab", "64",
+                "--steps", "1", "--warmup", "0", "--device", "cpu", "--optimizer", "adamw8bit",
+                "--levers", "base", "graphs", "fused_adamw", "graphs+fused_adamw", "--out", str(out)])
+    assert seen == [("optimizer", "adamw8bit"), ("compile", True, None),
+                    ("optimizer", "adamw8bit"), ("compile", True, "reduce-overhead"),
+                    ("optimizer", "adamw"), ("compile", True, None),
+                    ("optimizer", "adamw"), ("compile", True, "reduce-overhead")]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["optimizer"], r["compile_mode"]) for r in rows] == [
+        ("adamw8bit", "default"), ("adamw8bit", "reduce-overhead"), ("adamw", "default"), ("adamw", "reduce-overhead")]
+    assert all("speedup_vs_base" in r for r in rows[1:])
+
+
+def test_fused_loss_is_the_models_own_loss_through_the_final_hidden_states(monkeypatch):
+    """The fused-loss lever feeds Liger the model's final normed hidden states and its tied embedding,
+    with the ignore index: a stand-in with Liger's signature (head + cross-entropy, unfused, which
+    this CPU can run) gives exactly the model's training loss; the real kernel is checked on a GPU
+    (tests/test_gpu.py)."""
+    import sys
+    import types
+    from cart import CARTConfig, build_model
+    import torch.nn.functional as F
+
+    class Unfused(torch.nn.Module):
+        def __init__(self, ignore_index):
+            super().__init__()
+            self.ignore_index = ignore_index
+
+        def forward(self, weight, h, y):
+            return F.cross_entropy((h @ weight.T).float(), y, ignore_index=self.ignore_index)
+    module = types.ModuleType("liger_kernel.transformers")
+    module.LigerFusedLinearCrossEntropyLoss = Unfused
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", module)
+    torch.manual_seed(0)
+    model = build_model(CARTConfig(vocab_size=64, d_model=64, n_loops=2, n_prelude=2))
+    x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    from cart.models.base import IGNORE_INDEX
+    y[0, :3] = IGNORE_INDEX  # ignored targets stay ignored
+    fused = bench._fused_loss_fn(model, compile=False)
+    assert torch.allclose(fused(x, y), model(x, targets=y), rtol=1e-6, atol=0)
+    assert torch.allclose(fused(x, y, n_loops=1), model(x, targets=y, n_loops=1), rtol=1e-6, atol=0)

@@ -70,3 +70,26 @@ def test_cuda_graph_decoding_equals_the_eager_cache(flags):
         for i in range(6, 10):
             torch.testing.assert_close(step(seq[:, i:i + 1]), model.forward_cached(seq[:, i:i + 1], plain),
                                        atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_liger_fused_loss_equals_the_models_loss_and_gradients(compile):
+    """pipeline.bench's fused_loss lever (Liger's fused linear cross-entropy after the compiled hidden
+    states) gives the model's own training loss and gradients, in fp32 (bf16 would hide a wrong row)."""
+    pytest.importorskip("liger_kernel")
+    from cart import CARTConfig, build_model
+    from cart.models.base import IGNORE_INDEX
+    from pipeline.bench import _fused_loss_fn
+    torch.manual_seed(0)
+    model = build_model(CARTConfig(vocab_size=512, d_model=64, head_dim=16, n_prelude=1, n_loops=2)).cuda()
+    x, y = torch.randint(0, 512, (2, 64), device="cuda"), torch.randint(0, 512, (2, 64), device="cuda")
+    y[0, :5] = IGNORE_INDEX
+    ref = model(x, targets=y)
+    ref.backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got = _fused_loss_fn(model, compile)(x, y)
+    got.backward()
+    assert torch.allclose(got, ref, rtol=1e-5, atol=0)
+    for p, g in zip(model.parameters(), ref_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-3, atol=1e-5)
