@@ -114,11 +114,16 @@ def to_float8(model: torch.nn.Module, device: torch.device) -> None:
 
 
 def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device, dtype: torch.dtype,
-               ddp_model: torch.nn.Module | None = None, forward_kwargs: dict | None = None):
+               ddp_model: torch.nn.Module | None = None, forward_kwargs: dict | None = None,
+               graphed: bool = False):
     """Forward/backward over the micro-batches of one optimizer step (gradient accumulation) and
     clip. Returns (sum of micro-batch losses, pre-clip grad norm) as device tensors: no host sync,
     so the caller decides when to look. With DDP, gradients are all-reduced on the last
-    micro-batch only. `forward_kwargs` go to every forward (e.g. one sub-step's attention pattern)."""
+    micro-batch only. `forward_kwargs` go to every forward (e.g. one sub-step's attention pattern).
+    `graphed`: loss_fn replays CUDA graphs (compile mode reduce-overhead). The first backward's
+    gradients then become the parameters' .grad while still living in the graph's output memory,
+    which the next micro-batch's replay overwrites (pytorch/pytorch#169545: an error, or silently
+    wrong sums); they are copied out once, so later micro-batches accumulate into our own tensors."""
     loss_sum = torch.zeros((), device=device)
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -126,5 +131,9 @@ def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device,
             loss = loss_fn(x, y, **(forward_kwargs or {}))
         (loss / len(batches)).backward()
         loss_sum += loss.detach()
+        if graphed and i == 0 and len(batches) > 1:
+            for p in params:
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     return loss_sum, grad_norm

@@ -263,6 +263,7 @@ class Trainer:
         self.ddp = distributed.wrap(self.model, self.dist, self.device, t.ddp_bucket_cap_mb,
                                     t.ddp_gradient_as_bucket_view)
         self.loss_fn = make_loss_fn(self.ddp, use_compile, None if t.compile_mode == "default" else t.compile_mode)
+        self.graphed = use_compile and t.compile_mode == "reduce-overhead"
         self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -300,7 +301,7 @@ class Trainer:
             loop_kwargs = self._loop_kwargs(step)
             for kwargs in self.substeps:
                 loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device,
-                                                 self.dtype, self.ddp, kwargs | loop_kwargs)
+                                                 self.dtype, self.ddp, kwargs | loop_kwargs, self.graphed)
                 norm = _NormOnHost(grad_norm)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)

@@ -120,6 +120,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     loss_fn = (_fused_loss_fn(model, compile and compile_scope == "model", compile_mode) if "fused_loss" in levers
                else make_loss_fn(model, compile and compile_scope == "model", compile_mode))
     params = [p for p in model.parameters() if p.requires_grad]
+    graphed = compile and compile_mode == "reduce-overhead"
     dtype = resolve_dtype(train.dtype, device)
     if tokens is None:  # one batch of random tokens for every step
         g = torch.Generator(device=device).manual_seed(0)
@@ -141,14 +142,14 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
             t0 = time.perf_counter()
             graphs_before_timing = counters["stats"]["unique_graphs"]
         loss_sum, grad_norm = train_step(loss_fn, step_batches[i], params, train.grad_clip, device, dtype,
-                                         forward_kwargs=step_kwargs[i])
+                                         forward_kwargs=step_kwargs[i], graphed=graphed)
         losses.append(loss_sum)  # device tensors: read once, after timing
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(device)
     dt = time.perf_counter() - t0
     if profile:
-        _profile_steps(loss_fn, step_batches[-1], params, opt, train, device, dtype)
+        _profile_steps(loss_fn, step_batches[-1], params, opt, train, device, dtype, graphed)
     tok_s = steps * grad_accum * micro_batch * seq_len / dt
     counts = count_params(cfg)
     # the real FLOPs at each timed step's own R
@@ -273,12 +274,12 @@ def _sampling_label(s: LoopSampling) -> str:
                                      if getattr(s, k) is not None)
 
 
-def _profile_steps(loss_fn, batches, params, opt, train, device, dtype, steps: int = 3) -> None:
+def _profile_steps(loss_fn, batches, params, opt, train, device, dtype, graphed: bool, steps: int = 3) -> None:
     """Print the kernels that take the most GPU time over a few steps (the 'where does it go')."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            train_step(loss_fn, batches, params, train.grad_clip, device, dtype)
+            train_step(loss_fn, batches, params, train.grad_clip, device, dtype, graphed=graphed)
             opt.step()
             opt.zero_grad(set_to_none=True)
         _sync(device)

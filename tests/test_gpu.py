@@ -93,3 +93,30 @@ def test_liger_fused_loss_equals_the_models_loss_and_gradients(compile):
     assert torch.allclose(got, ref, rtol=1e-5, atol=0)
     for p, g in zip(model.parameters(), ref_grads):
         assert torch.allclose(p.grad, g, rtol=1e-3, atol=1e-5)
+
+
+def test_graphed_gradient_accumulation_equals_the_eager_step():
+    """train.compile_mode: reduce-overhead with gradient accumulation: train_step over 3 micro-batches
+    through the CUDA-graphed compiled loss, two steps (warm-up, recording and replays all met), gives the
+    eager loss's losses and gradients (fp32; without copying the first backward's gradients out, the
+    next replay overwrites them: pytorch/pytorch#169545)."""
+    from cart import CARTConfig, build_model
+    from cart.step import make_loss_fn, train_step
+    torch.manual_seed(0)
+    model = build_model(CARTConfig(vocab_size=256, d_model=64, head_dim=16, n_prelude=1, n_loops=2)).cuda()
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    steps = [[(torch.randint(0, 256, (2, 32), device="cuda", generator=g),
+               torch.randint(0, 256, (2, 32), device="cuda", generator=g)) for _ in range(3)] for _ in range(3)]
+    results = {}
+    for graphed in (False, True):
+        loss_fn = make_loss_fn(model, graphed, "reduce-overhead" if graphed else None)
+        results[graphed] = []
+        for batches in steps:
+            loss, _ = train_step(loss_fn, batches, params, 0.0, torch.device("cuda"), torch.float32, graphed=graphed)
+            results[graphed].append((loss.clone(), [p.grad.clone() for p in params]))
+            model.zero_grad(set_to_none=True)
+    for (loss_e, grads_e), (loss_g, grads_g) in zip(results[False], results[True]):
+        assert torch.allclose(loss_g, loss_e, rtol=1e-5, atol=0)
+        for a, b in zip(grads_g, grads_e):
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)

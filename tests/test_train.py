@@ -306,19 +306,54 @@ def test_fp8_off_cuda_is_refused_before_training(tiny_project):
 
 @pytest.mark.parametrize("mode,passed", [("default", None), ("reduce-overhead", "reduce-overhead")])
 def test_compile_mode_reaches_torch_compile(tiny_project, monkeypatch, mode, passed):
-    """train.compile_mode is the mode the training loss is compiled with ("default": torch's own)."""
+    """train.compile_mode is the mode the training loss is compiled with ("default": torch's own), and
+    under reduce-overhead (CUDA graphs) every step is told its loss replays graphs."""
     import cart.train
-    seen = []
-    real = cart.train.make_loss_fn
+    seen, graphed = [], set()
+    real, real_step = cart.train.make_loss_fn, cart.train.train_step
     monkeypatch.setattr(cart.train, "make_loss_fn", lambda model, compile, mode=None: seen.append(mode) or
                         real(model, False))
+    monkeypatch.setattr(cart.train, "train_step", lambda *a: graphed.add(a[-1]) or real_step(*a))
     p = tiny_params()
-    p["train"]["compile_mode"] = mode
+    p["train"].update(compile_mode=mode, compile="on")  # on: the spy above compiles nothing
     write_params(tiny_project, p)
     spec = spec_for()
     train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
     assert seen == [passed]
+    assert graphed == {mode == "reduce-overhead"}
 
+
+def test_graphed_step_accumulates_into_its_own_gradients():
+    """Under CUDA graphs the first micro-batch's backward leaves .grad in the graph's output memory,
+    which the next replay overwrites (pytorch/pytorch#169545): train_step(graphed=True) copies those
+    gradients out, so overwriting the first backward's tensors (what a replay does) leaves the step's
+    gradients whole, equal to the plain step's."""
+    from cart import CARTConfig, build_model
+    from cart.step import make_loss_fn, train_step
+    grads = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        model = build_model(CARTConfig(vocab_size=64, d_model=32, head_dim=16, n_prelude=1, n_loops=2))
+        params = [p for p in model.parameters() if p.requires_grad]
+        batches = [(torch.randint(0, 64, (2, 8)), torch.randint(0, 64, (2, 8))) for _ in range(3)]
+        first = {}
+
+        def keep_first(p):
+            first.setdefault(p, p.grad)
+        hooks = [p.register_post_accumulate_grad_hook(keep_first) for p in params]
+        train_step(make_loss_fn(model, False), batches, params, 0.0, torch.device("cpu"), torch.float32,
+                   graphed=graphed)
+        for h in hooks:
+            h.remove()
+        assert len(first) == len(params)
+        grads[graphed] = [p.grad.clone() for p in params]
+        shared = [p.grad.data_ptr() == first[p].data_ptr() for p in params]
+        assert all(shared) if not graphed else not any(shared)  # plain: summed into the first backward's
+        for t in first.values():
+            t.zero_()  # a replay overwriting the graph's outputs
+        wiped = [not torch.equal(p.grad, g) for p, g in zip(params, grads[graphed])]
+        assert all(wiped) if not graphed else not any(wiped)
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
 
 
 def _zero_rank(rank: int, world: int, folder: str) -> None:
