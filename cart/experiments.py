@@ -77,9 +77,10 @@ class TrainSettings:
     # gradients through the last k loop iterations only (CART.recur, Huginn's truncation); None: all
     backprop_loops: int | None = None
     # opt-in speed levers that pipeline.bench measures (metrics/bench_gpu.json, README "Performance"):
-    # torch.compile's mode (reduce-overhead: CUDA graphs over the compiled step, 1.34x at d256 on an H200)
-    # and torchao's float8 training of the linear layers (a CUDA GPU with FP8; loss parity held at d1024
-    # over 300 real-data steps, but 1.02x there and 0.74x at d256)
+    # torch.compile's mode (reduce-overhead: CUDA graphs over the compiled step, 1.28-1.34x at d256 and
+    # 1.02x at d1024 on an H200; the paper profile's Stage 2 and Dense groups use it) and torchao's float8
+    # training of the linear layers (a CUDA GPU with FP8; loss parity held at d1024 over 300 real-data
+    # steps, but 1.02x there and 0.74x at d256)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     fp8: bool = False
 
