@@ -8,6 +8,7 @@ import os
 import sys
 
 from cart.experiments import GROUPS, RunPaths, check_in_grid, resolve_run
+from cart.launch import LAUNCHER_PID_ENV, die_with_launcher
 from cart.params import load_params
 from cart.tokenizer import tokenizer_info
 from pipeline._cli import run
@@ -26,10 +27,14 @@ def main(argv=None) -> None:
     vocab = tokenizer_info(paths.tokenizer_dir)["vocab_size"]
     spec = resolve_run(params, args.group, args.name, vocab)
     if spec.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        # one process per GPU under torchrun; every process re-reads params and joins DDP
+        # one process per GPU under torchrun; every process re-reads params and joins DDP. exec keeps
+        # this pid, which the workers check their parent against (cart.distributed.die_with_launcher)
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={spec.train.nproc}", "-m", "pipeline.train",
                                   *(argv if argv is not None else sys.argv[1:])])
+    if "LOCAL_RANK" in os.environ:  # a worker under torchrun: it must not outlive its launcher
+        die_with_launcher()
     from cart.train import train_run  # torch is imported only once the run is known to be valid
     rank = int(os.environ.get("RANK", "0"))
     train_run(spec, paths, progress=not args.no_progress and rank == 0)

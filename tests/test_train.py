@@ -1,5 +1,6 @@
 """The training stage: outputs, no retraining, exact resume after SIGKILL/SIGTERM, config
 changes, NaN handling and up-front validation."""
+import contextlib
 import json
 import os
 import random
@@ -354,6 +355,74 @@ def test_graphed_step_accumulates_into_its_own_gradients():
         wiped = [not torch.equal(p.grad, g) for p, g in zip(params, grads[graphed])]
         assert all(wiped) if not graphed else not any(wiped)
     assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is `pid` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tie to the launcher is Linux's prctl")
+def test_a_killed_two_process_launcher_takes_its_workers_with_it(tiny_data, tmp_path):
+    """SIGKILL to a train.nproc: 2 run's launcher (torchrun's agent, which starts its workers in sessions
+    of their own and cannot forward a SIGKILL) ends its workers too, instead of leaving them training
+    into the run directory a resumed run would share."""
+    import shutil
+    shutil.copytree(tiny_data / "data", tmp_path / "data")
+    p = tiny_params()
+    p["stage2"]["run"].update(steps=100_000, eval_every=100_000)
+    p["train"].update(nproc=2, checkpoint_every=5, log_every=5)
+    write_params(tmp_path, p)
+    launcher = _run_cli(tmp_path)
+    deadline, workers = time.monotonic() + 120, []
+    try:
+        while time.monotonic() < deadline:  # until both workers train (a checkpoint is written)
+            workers = _children(launcher.pid)
+            if len(workers) == 2 and (tmp_path / "runs/stage2/d32-R2-s42/trainer_state.pt").is_file():
+                break
+            assert launcher.poll() is None, launcher.stdout.read().decode()
+            time.sleep(0.2)
+        assert len(workers) == 2, "the workers never started training"
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(w) for w in workers), "a worker outlived its launcher"
+    finally:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            launcher.kill()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the tie to the launcher is Linux's prctl")
+def test_a_worker_whose_launcher_is_already_gone_ends_itself():
+    """A worker that reaches die_with_launcher after its launcher died (its parent is no longer the pid
+    in CART_LAUNCHER_PID) kills itself; under its launcher it goes on."""
+    code = "from cart.launch import die_with_launcher; die_with_launcher(); print('went on')"
+    for launcher, rc in ((os.getpid(), 0), (1, -signal.SIGKILL)):  # the child's parent is this process
+        env = dict(os.environ, CART_LAUNCHER_PID=str(launcher),
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == rc and ("went on" in proc.stdout) == (rc == 0), proc.stderr
 
 
 def _zero_rank(rank: int, world: int, folder: str) -> None:
