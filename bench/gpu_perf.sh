@@ -18,7 +18,8 @@
 #   bash bench/gpu_perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
 #   bash bench/gpu_perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
 #   bash bench/gpu_perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
-# SWEEP_LEVERS (default base) picks the levers the sweep part runs every config with.
+# SWEEP_LEVERS / PACK_LEVERS (default base) pick the levers the sweep / pack parts run with; DDP_SETTINGS the
+# train settings of the ddp part's extra rows (default: bigger buckets, then those with a sharded optimizer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -66,8 +67,8 @@ for part in "$@"; do
       n=$(nvidia-smi -L | wc -l)
       for model in ${DDP_MODELS:-cart dense}; do
         OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 280 bash bench/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
-          "$n" 40 "$model" ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
-          ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true,zero_optimizer=true \
+          "$n" 40 "$model" ${DDP_SETTINGS:-ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
+          ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true,zero_optimizer=true} \
           2>&1 | tee "$OUT/ddp_$model.log"
       done ;;
     graph_decode)
@@ -104,7 +105,7 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
         rm -rf "/tmp/pack_$n"
         for i in $(seq "$n"); do
           timeout 240 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 60 --warmup 10 \
-            --barrier "/tmp/pack_$n,$n" --out "$OUT/pack_${n}_$i.json" > "$OUT/pack_${n}_$i.log" 2>&1 &
+            --levers ${PACK_LEVERS:-base} --barrier "/tmp/pack_$n,$n" --out "$OUT/pack_${n}_$i.json" > "$OUT/pack_${n}_$i.log" 2>&1 &
         done
         wait
         python3 -c "import glob, json, sys
