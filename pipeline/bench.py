@@ -156,8 +156,8 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     flops_per_token = (sum(train_flops_per_token(cfg.replace(n_loops=r), seq_len) for r in rs[warmup:]) / steps
                        if looped else train_flops_per_token(cfg, seq_len))
     return {
-        "model": _label(cfg), "lever": lever, "optimizer": train.optimizer, "compile_mode": (compile_mode or "default") if compile else "off",
-        "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
+        "model": _label(cfg), "lever": lever, "optimizer": train.optimizer,
+        "compile_mode": (compile_mode or "default") if compile else "off", "batch": f"{micro_batch}x{grad_accum}x{seq_len}", "tokens_per_s": tok_s,
         "mfu_paper": mfu(cfg, tok_s, peak) if peak else None,
         "mfu_real": flops_per_token * tok_s / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,

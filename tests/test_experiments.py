@@ -49,9 +49,10 @@ def test_paper_profile_expands_to_the_papers_runs(tmp_path):
     assert spec.run.tokens_per_step == 32_768 and spec.run.steps == 30_500
     assert resolve_run(merged, "stage1", "d256-P6-R6", 32_000).run.tokens_per_step == 16_384
     # CUDA graphs where they were measured (fixed R on one GPU): Stage 2 and its Dense control only
-    modes = {g: resolve_run(merged, g, n, 32_000).train.compile_mode
-             for g, n in [("stage2", "d256-R10-s137"), ("dense", "L7-s42"), ("stage1", "d256-P6-R6"), ("ablation", "P4-s42")]}
-    assert modes == {"stage2": "reduce-overhead", "dense": "reduce-overhead", "stage1": "default", "ablation": "default"}
+    runs = [("stage2", "d256-R10-s137"), ("dense", "L7-s42"), ("stage1", "d256-P6-R6"), ("ablation", "P4-s42")]
+    modes = {g: resolve_run(merged, g, n, 32_000).train.compile_mode for g, n in runs}
+    assert modes == {"stage2": "reduce-overhead", "dense": "reduce-overhead", "stage1": "default",
+                     "ablation": "default"}
 
 
 @pytest.mark.parametrize("overlays", [["local_data"], ["local_eval"], ["paper", "local_eval"]])
