@@ -384,6 +384,8 @@ def main(argv=None) -> None:
     print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
           f"| optimizer {optimizer} | compile {args.compile} ({args.compile_scope})")
     rows = []
+    header = {"device": name, "torch": torch.__version__, "optimizer": optimizer, "compile": args.compile,
+              "peak_flops": peak, "backprop_loops": args.backprop_loops, "levers": args.levers}
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -405,6 +407,7 @@ def main(argv=None) -> None:
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
         rows.append(row)
         print(_fmt_row(row), flush=True)
+        atomic_write_json(args.out, header | {"rows": rows, "complete": False})  # a stopped run keeps its rows
     for r in rows:  # each lever's row against Dense 7L and against the same config's base row, same lever run
         ref = next((b for b in rows if b["model"] == "Dense 7L d1024" and b["lever"] == r["lever"]
                     and b.get("mfu_paper")), None)
@@ -436,15 +439,14 @@ def main(argv=None) -> None:
                 row["cost_vs_fixed"] = 1 - row["train_tflops"] / fixed["train_tflops"]
             loop_rows.append(row)
             print(_fmt_loop_row(row), flush=True)
+            atomic_write_json(args.out, header | {"rows": rows, "loop_sampling_rows": loop_rows, "complete": False})
     if loop_rows:
         fixed_rows = [r for r in rows if "tokens_per_s" in r and r["lever"] == "base"
                       and any(r["model"] == _label(c) for c, _ in sampled)]
         print("\n" + loop_table(fixed_rows + loop_rows))
-    atomic_write_json(args.out, {"device": name, "torch": torch.__version__, "optimizer": optimizer,
-                                 "compile": args.compile, "peak_flops": peak, "rows": rows,
-                                 "backprop_loops": args.backprop_loops, "loop_sampling_rows": loop_rows,
-                                 "levers": args.levers, "sweep_projection": projections.get("base"),
-                                 "sweep_projection_by_lever": projections})
+    atomic_write_json(args.out, header | {"rows": rows, "loop_sampling_rows": loop_rows, "complete": True,
+                                          "sweep_projection": projections.get("base"),
+                                          "sweep_projection_by_lever": projections})
     best = max((r for r in rows if "tokens_per_s" in r), key=lambda r: r.get("mfu_paper") or 0, default=None)
     if best:
         print(f"bench: {len(rows)} configs on {name}; best paper-MFU {best['model']} "

@@ -197,3 +197,27 @@ def test_fused_loss_is_the_models_own_loss_through_the_final_hidden_states(monke
     fused = bench._fused_loss_fn(model, compile=False)
     assert torch.allclose(fused(x, y), model(x, targets=y), rtol=1e-6, atol=0)
     assert torch.allclose(fused(x, y, n_loops=1), model(x, targets=y, n_loops=1), rtol=1e-6, atol=0)
+
+
+def test_a_stopped_benchmark_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    """--out is rewritten (atomically) after every row, marked incomplete until the end: a benchmark
+    stopped by a time limit keeps what it measured."""
+    real, calls = bench.bench_one, []
+
+    def stopped_at_the_second(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a time limit's signal does mid-run
+        return real(*a, **k)
+    monkeypatch.setattr(bench, "bench_one", stopped_at_the_second)
+    out = tmp_path / "b.json"
+    args = ["--configs", "cart-d64-R2-P2", "dense-L2-d64", "--micro-batch", "1", "--seq-len", "16", "--vocab", "64",
+            "--steps", "1", "--warmup", "0", "--compile", "off", "--device", "cpu", "--out", str(out)]
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(args)
+    got = json.loads(out.read_text())
+    assert got["complete"] is False and [r["model"] for r in got["rows"]] == ["CART d64 P2 R2"]
+    assert got["rows"][0]["tokens_per_s"] > 0 and got["device"] == "cpu"
+    bench.main(args)  # not stopped: both rows, complete
+    got = json.loads(out.read_text())
+    assert got["complete"] is True and [r["model"] for r in got["rows"]] == ["CART d64 P2 R2", "Dense 2L d64"]
