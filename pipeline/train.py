@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     spec = resolve_run(params, args.group, args.name, vocab)
     if spec.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # one process per GPU under torchrun; every process re-reads params and joins DDP. exec keeps
-        # this pid, which the workers check their parent against (cart.distributed.die_with_launcher)
+        # this pid, which the workers check their parent against (cart.launch.die_with_launcher)
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={spec.train.nproc}", "-m", "pipeline.train",
