@@ -96,14 +96,23 @@ def listed_statuses(previous: dict, path: str) -> dict[str, str]:
             for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
 
 
+def _final_record(previous: dict, path: str) -> dict | None:
+    """A module's committed counts, or None where some of its verdicts were not final (mutants not
+    checked, timed out, or in a state this summary does not name)."""
+    module = previous["modules"].get(path)
+    if module is None or module["not_checked"] or module["timeout"] or module["other"]:
+        return None
+    return module
+
+
 def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, str] | None:
     """mutant name -> status of a module's mutants as the committed summary records them (a listed
     survivor's status, every other mutant killed), or None where that record cannot be exact for
     the mutants not `rerun` here: the module not judged in full there (not_checked, timeouts or
     'other' it does not name), or its mutants not the ones mutmut generates here (their number or
     names differ: the code changed)."""
-    module = previous["modules"].get(path)
-    if module is None or module["not_checked"] or module["timeout"] or module["other"]:
+    module = _final_record(previous, path)
+    if module is None:
         return None
     listed = listed_statuses(previous, path)
     names = set(names)
@@ -122,9 +131,8 @@ def committed_by_function(previous: dict, path: str, names) -> dict[str, str]:
     function whose code is unchanged since the committed summary (the same mutmut hash: the same
     mutants, judged by the committed run; the tests have only grown since). Functions changed or
     new are left out, to be judged here."""
-    module = previous["modules"].get(path)
     before = previous.get("function_hashes", {}).get(path)
-    if module is None or before is None or module["not_checked"] or module["timeout"] or module["other"]:
+    if _final_record(previous, path) is None or before is None:
         return {}
     same = {f for f, h in function_hashes(path).items() if before.get(f) == h}
     listed = listed_statuses(previous, path)

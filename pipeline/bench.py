@@ -85,11 +85,11 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
               warmup: int, compile: bool, device: torch.device, peak: float | None,
               compile_mode: str | None = None, profile: bool = False, compile_scope: str = "model",
               loop_sampling: LoopSampling = LoopSampling(), by_iteration: bool = False, lever: str = "base",
-              tokens: np.ndarray | None = None, barrier: tuple[str, int] | None = None) -> dict:
+              real: list | None = None, barrier: tuple[str, int] | None = None) -> dict:
     """One config's row. `loop_sampling` draws each step's R (mean: cfg.n_loops) as training does
     (seed 0); `by_iteration` compiles the CART loop one iteration at a time (compile_by_iteration);
-    `lever` base or LEVERS joined by '+' (what it changes against the training stage's step); `tokens`: train on
-    consecutive windows of these (real) tokens, not one random batch (`real_batches`); `barrier`
+    `lever` base or LEVERS joined by '+' (what it changes against the training stage's step); `real`: each
+    step's micro-batches of real tokens (`real_batches`, made once for every row), not one random batch; `barrier`
     (dir, n): after the warm-up, wait until n processes have reached it (sweep packing)."""
     torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
     counters.clear()
@@ -122,13 +122,13 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     params = [p for p in model.parameters() if p.requires_grad]
     graphed = compile and compile_mode == "reduce-overhead"
     dtype = resolve_dtype(train.dtype, device)
-    if tokens is None:  # one batch of random tokens for every step
+    if real is None:  # one batch of random tokens for every step
         g = torch.Generator(device=device).manual_seed(0)
         xs = [torch.randint(0, cfg.vocab_size, (micro_batch, seq_len), device=device, generator=g)
               for _ in range(grad_accum)]
         step_batches = [[(x, torch.roll(x, -1, dims=1)) for x in xs]] * (warmup + steps)
     else:
-        step_batches = real_batches(tokens, warmup + steps, grad_accum, micro_batch, seq_len, device)
+        step_batches = real
     losses = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -164,7 +164,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         "stored_m": counts["stored"] / 1e6, "effective_m": counts["effective"] / 1e6,
         "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
         "loss_last20": (torch.stack(losses[-20:]).mean() / grad_accum).item(),
-        "data": "random" if tokens is None else "real",
+        "data": "random" if real is None else "real",
         "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration,
         "mean_r": sum(rs[warmup:]) / steps if looped else None, "train_tflops": flops_per_token * tok_s / 1e12,
         "graphs": counters["stats"]["unique_graphs"],
@@ -381,6 +381,9 @@ def main(argv=None) -> None:
     for cfg, schemes in sampled:
         for scheme in schemes:
             scheme.check_model(cfg, args.backprop_loops, where="bench")
+    # the same windows for every row, on the device before any timing
+    real = (None if tokens is None else
+            real_batches(tokens, args.warmup + args.steps, args.grad_accum, args.micro_batch, args.seq_len, device))
     print(f"device {name} | peak {peak / 1e12 if peak else float('nan'):.0f} TFLOP/s bf16 | torch {torch.__version__} "
           f"| optimizer {optimizer} | compile {args.compile} ({args.compile_scope})")
     rows = []
@@ -394,7 +397,7 @@ def main(argv=None) -> None:
             with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
                 row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
                                 args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0,
-                                args.compile_scope, lever=lever, tokens=tokens, barrier=barrier)
+                                args.compile_scope, lever=lever, real=real, barrier=barrier)
         except torch.OutOfMemoryError:
             row = {"model": _label(cfg), "lever": lever, "oom": True,
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
