@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of issues 20-22 as self-contained device calls (never tests): each part writes
 # its JSON/TSV and log under $OUT (default ./out). Carry .gpu-site (bitsandbytes, liger-kernel,
-# torchao: see README "GPU") and .gpu-data (the Llama-2 tokenizer.model).
+# torchao, cut-cross-entropy: see README "GPU") and .gpu-data (the Llama-2 tokenizer.model and wiki_5m.bin,
+# the first 5M Llama-2 tokens of ../shared/data/wikipedia's articles, each ended by EOS, as uint16).
+# .gpu-site: bash ../shared/tools/gpu_site.sh .gpu-site, then the wheels of pyproject.toml's `bench` extra
+# (pip download --no-deps) unzipped into it (~28 MB; with .gpu-data's 11 MB under the 64 MiB a call carries).
+# .gpu-data: SHARED=../shared bash bench/gpu_perf.sh data, here (not on the GPU machine: ../shared stays here).
 #   bash bench/gpu_perf.sh decode     # bench.decode: cached vs uncached greedy decoding (issue 21)
 #   bash bench/gpu_perf.sh decode_batch   # the same at batch 1 in another order, and at batch 32
 #   bash bench/gpu_perf.sh decode_fresh   # one process per config and batch (1, 32)
@@ -18,10 +22,31 @@
 #   bash bench/gpu_perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
 #   bash bench/gpu_perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
 #   bash bench/gpu_perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
-# SWEEP_LEVERS / PACK_LEVERS (default base) pick the levers the sweep / pack parts run with; DDP_SETTINGS the
+#   bash bench/gpu_perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
+#   bash bench/gpu_perf.sh fp8_combos # fp8 with graphs+fused_adamw, CART d1024 R6 and Dense 7L
+#   bash bench/gpu_perf.sh autotune   # Inductor max-autotune GEMM templates, with and without CUDA graphs, d256 and d1024
+# SWEEP_LEVERS / PACK_LEVERS / PROFILE_LEVERS (default base) pick the levers the sweep / pack / profile parts run with; DDP_SETTINGS the
 # train settings of the ddp part's extra rows (default: bigger buckets, then those with a sharded optimizer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = data ]; then  # .gpu-data from the shared data folder; no GPU
+  SHARED=${SHARED:-../shared}; mkdir -p .gpu-data
+  cp "$SHARED/data/tokenizer/llama2_tokenizer.model" .gpu-data/
+  python3 - "$SHARED/data/wikipedia/enwiki_2015_articles.jsonl.xz" <<'PY'
+import json, lzma, sys
+import numpy as np
+import sentencepiece as spm
+sp, ids, n = spm.SentencePieceProcessor(model_file=".gpu-data/llama2_tokenizer.model"), [], 0
+with lzma.open(sys.argv[1], "rt") as f:
+    for line in f:  # the first articles, in file order, each ended by EOS, until 5M tokens
+        ids.append(np.array(sp.encode(json.loads(line)["text"]) + [sp.eos_id()], dtype=np.uint16))
+        n += len(ids[-1])
+        if n >= 5_000_000:
+            break
+np.concatenate(ids)[:5_000_000].tofile(".gpu-data/wiki_5m.bin")
+PY
+  ls -l .gpu-data; exit 0
+fi
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONPATH="$PWD/.gpu-site:$PWD:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
@@ -63,6 +88,23 @@ for part in "$@"; do
       OUT="$(realpath "$OUT")" WORK=/tmp/train_levers timeout 540 bash bench/ddp_scaling.sh \
         .gpu-data/llama2_tokenizer.model 1 40 cart ${TRAIN_SETTINGS:-compile_mode=reduce-overhead,optimizer=adamw} \
         2>&1 | tee "$OUT/train_levers.log" ;;
+    heads)  # real tokens: cce's gradient filter skips work by the softmax, so random tokens would flatter it
+      for c in "cart-d256-R6 300 base graphs+fused_adamw graphs+fused_adamw+cce graphs+fused_adamw+cce_exact" \
+               "cart-d1024-R6 300 base graphs+fused_adamw graphs+fused_adamw+cce" \
+               "dense-L7 60 graphs+fused_adamw graphs+fused_adamw+cce"; do
+        set -- $c
+        timeout 330 python3 -m pipeline.bench --configs "$1" --micro-batch 32 --steps "$2" --warmup 8 \
+          --levers "${@:3}" --data .gpu-data/wiki_5m.bin --out "$OUT/heads_$1.json" 2>&1 | tee "$OUT/heads_$1.log" || true
+      done ;;
+    fp8_combos)  # fp8 on top of the kept levers (round 3 measured it alone: +2.5% CART d1024, +4.6% Dense 7L)
+      timeout 330 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
+        --levers graphs+fused_adamw graphs+fused_adamw+fp8 --out "$OUT/fp8_combos.json" 2>&1 | tee "$OUT/fp8_combos.log" ;;
+    autotune)
+      for c in ${AUTOTUNE_CONFIGS:-cart-d256-R6 cart-d1024-R6}; do
+        timeout ${AUTOTUNE_TIMEOUT:-270} python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 30 --warmup 8 \
+          --levers graphs+fused_adamw fused_adamw+autotune graphs+fused_adamw+autotune \
+          --out "$OUT/autotune_$c.json" 2>&1 | tee "$OUT/autotune_$c.log" || true
+      done ;;
     ddp)
       n=$(nvidia-smi -L | wc -l)
       for model in ${DDP_MODELS:-cart dense}; do
@@ -98,6 +140,7 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
     profile)
       for c in ${PROFILE_CONFIGS:-cart-d1024-R6 cart-d256-R6 dense-L7}; do
         timeout 150 python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 10 --warmup 5 --profile \
+          --levers ${PROFILE_LEVERS:-base} \
           --out "$OUT/profile_$c.json" 2>&1 | tee "$OUT/profile_$c.log"
       done ;;
     pack)
@@ -114,6 +157,6 @@ print(f'pack $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f
           | tee -a "$OUT/pack.log"
       done ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
-            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers)" >&2; exit 2 ;;
+            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers, heads, fp8_combos, autotune)" >&2; exit 2 ;;
   esac
 done

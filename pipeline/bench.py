@@ -94,8 +94,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     torch._dynamo.reset()  # a fresh compile per config: past 8 graphs Dynamo would fall back to eager
     counters.clear()
     levers = parse_lever(lever)
-    if "graphs" in levers:
-        compile_mode = "reduce-overhead"
+    compile_mode = lever_compile_mode(levers, compile_mode)
     if "fused_adamw" in levers:
         train = dataclasses.replace(train, optimizer="adamw")
     torch.manual_seed(0)
@@ -117,10 +116,9 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         for block in [*getattr(model, "prelude", []), *getattr(model, "core", []), *getattr(model, "layers", [])] \
                 + ([model.coda] if hasattr(model, "coda") else []):
             block.compile(mode=compile_mode)
-    loss_fn = (_fused_loss_fn(model, compile and compile_scope == "model", compile_mode) if "fused_loss" in levers
-               else make_loss_fn(model, compile and compile_scope == "model", compile_mode))
+    loss_fn = make_bench_loss_fn(model, levers, compile and compile_scope == "model", compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
-    graphed = compile and compile_mode == "reduce-overhead"
+    graphed = compile and compile_mode in CUDA_GRAPH_MODES
     dtype = resolve_dtype(train.dtype, device)
     if real is None:  # one batch of random tokens for every step
         g = torch.Generator(device=device).manual_seed(0)
@@ -178,13 +176,25 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
 LEVERS = {
     "graphs": "torch.compile mode reduce-overhead: CUDA graphs over the compiled forward and backward "
               "(train.compile_mode: reduce-overhead); same kernels, same numerics",
+    "autotune": "torch.compile mode max-autotune-no-cudagraphs (with graphs: max-autotune): Inductor times Triton "
+                "GEMM templates, whose epilogues can take in the elementwise ops after them, against cuBLAS for "
+                "each matmul shape; same math, minutes of compile",
     "fused_adamw": "torch's fused AdamW (multi-tensor, a few launches a step) instead of the benched optimizer "
                    "(train.optimizer: adamw)",
     "fused_loss": "Liger's fused linear + cross-entropy (liger-kernel): the LM head and the loss in chunks, never "
                   "the full (tokens x vocab) logits; run eagerly after the compiled model (Dynamo cannot trace it)",
+    "cce": "Apple's Cut Cross-Entropy (cut-cross-entropy): the LM head's matmul and the loss in blockwise Triton "
+           "kernels that never write the logits; the backward skips blocks whose softmax is below the library's "
+           "default filter (bf16 eps / 32), so its speed depends on the data and its numerics need --data parity",
+    "cce_exact": "cce without the gradient filter (filter_eps=None): every logit's gradient, speed independent of "
+                 "the tokens",
     "fp8": "torchao's float8 training of every nn.Linear with dims divisible by 16 (the tied LM head is F.linear "
            "on the embedding, so it stays bf16); MFU still against the bf16 peak (train.fp8)",
 }
+# levers that replace the model's LM head + cross-entropy: at most one a row
+HEAD_LOSS_LEVERS = ("fused_loss", "cce", "cce_exact")
+# compile modes whose compiled step replays CUDA graphs (train_step(graphed=True))
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def parse_lever(spec: str) -> frozenset[str]:
@@ -196,25 +206,65 @@ def parse_lever(spec: str) -> frozenset[str]:
     if unknown or len(set(names)) != len(names):
         raise ValueError(f"--levers {spec!r}: expected base, or names from {sorted(LEVERS)} joined by '+', "
                          f"each once" + (f" ({unknown[0]!r} is not one)" if unknown else ""))
+    head_losses = [n for n in names if n in HEAD_LOSS_LEVERS]
+    if len(head_losses) > 1:
+        raise ValueError(f"--levers {spec!r}: {' and '.join(head_losses)} both replace the LM head and loss; "
+                         f"a row takes one of {list(HEAD_LOSS_LEVERS)}")
     return frozenset(names)
 
 
-def _fused_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
-    """make_loss_fn's loss through Liger's fused linear cross-entropy instead of head + lm_loss: the
-    model's final hidden states compiled, Liger's Triton kernels called on them eagerly (under
-    torch.compile Dynamo's fake tensors fail inside them: round 3)."""
-    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-    from cart.models.base import IGNORE_INDEX
-    fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
+def lever_compile_mode(levers: frozenset[str], compile_mode: str | None) -> str | None:
+    """The torch.compile mode a row's levers set (graphs: CUDA graphs, autotune: GEMM autotuning, both:
+    max-autotune), else the --compile-mode given."""
+    if "graphs" in levers:
+        return "max-autotune" if "autotune" in levers else "reduce-overhead"
+    return "max-autotune-no-cudagraphs" if "autotune" in levers else compile_mode
 
+
+def _head_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None, head_loss):
+    """make_loss_fn's loss with the LM head and cross-entropy replaced by a kernel library's fused
+    `head_loss(h, weight, targets)`: the model's final normed hidden states compiled, the library's
+    Triton kernels called on them eagerly (under torch.compile Dynamo's fake tensors fail inside
+    Liger's: round 3). h and the tied embedding go in at the autocast dtype, the precision the model's
+    own F.linear head runs in."""
     def hidden(x, **kwargs):
         return model.norm_f(model.hidden(x, **kwargs))
     hidden = torch.compile(hidden, mode=mode) if compile else hidden
 
     def loss_fn(x, y, **kwargs):
         h = hidden(x, **kwargs)
-        return fused(model.tok_emb.weight.to(h.dtype), h.flatten(0, 1), y.flatten())
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        return head_loss(h.flatten(0, 1).to(dtype), model.tok_emb.weight.to(dtype), y.flatten())
     return loss_fn
+
+
+def _fused_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
+    """The fused_loss lever: Liger's fused linear cross-entropy."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    from cart.models.base import IGNORE_INDEX
+    fused = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    return _head_loss_fn(model, compile, mode, lambda h, weight, y: fused(weight, h, y))
+
+
+def _cce_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None, exact: bool = False):
+    """The cce (cce_exact: no gradient filter) lever: Cut Cross-Entropy's linear_cross_entropy."""
+    from cut_cross_entropy import linear_cross_entropy
+    from cart.models.base import IGNORE_INDEX
+    filter_eps = None if exact else "high"  # "high": the library's default
+
+    def head_loss(h, weight, y):
+        return linear_cross_entropy(h, weight, y, ignore_index=IGNORE_INDEX, filter_eps=filter_eps, impl="cce")
+    return _head_loss_fn(model, compile, mode, head_loss)
+
+
+def make_bench_loss_fn(model: torch.nn.Module, levers: frozenset[str], compile: bool, mode: str | None):
+    """The row's loss: the training stage's (make_loss_fn), or its head and loss from a head-loss lever."""
+    if "fused_loss" in levers:
+        return _fused_loss_fn(model, compile, mode)
+    if "cce" in levers or "cce_exact" in levers:
+        return _cce_loss_fn(model, compile, mode, exact="cce_exact" in levers)
+    return make_loss_fn(model, compile, mode)
 
 
 # The paper profile's Stage 2 sweep (configs/paper.yaml): d x R x 3 seeds, 30,500 steps of 32,768 tokens.
@@ -359,11 +409,13 @@ def main(argv=None) -> None:
             levers = parse_lever(spec)
         except ValueError as e:
             raise SystemExit(str(e))
-        if "graphs" in levers and args.compile_mode not in (None, "reduce-overhead"):
-            raise SystemExit(f"--levers {spec}: graphs is --compile-mode reduce-overhead; it cannot run under "
+        moded = [n for n in ("graphs", "autotune") if n in levers]  # the levers that set the compile mode
+        implied = lever_compile_mode(levers, None)
+        if moded and args.compile_mode not in (None, implied):
+            raise SystemExit(f"--levers {spec}: {'+'.join(moded)} is --compile-mode {implied}; it cannot run under "
                              f"--compile-mode {args.compile_mode}")
-        if "graphs" in levers and args.compile == "off":
-            raise SystemExit(f"--levers {spec}: graphs needs --compile on (CUDA graphs over the compiled step)")
+        if moded and args.compile == "off":
+            raise SystemExit(f"--levers {spec}: {'+'.join(moded)} needs --compile on (it is a torch.compile mode)")
 
     device = torch.device(args.device)
     train = build(TrainSettings, section(load_params(), "train"), "train")

@@ -137,13 +137,24 @@ def test_levers_combine_with_plus_and_bad_ones_are_refused_before_any_work(monke
         bench.main(args + ["graphs", "--compile-mode", "max-autotune-no-cudagraphs"])
     with pytest.raises(SystemExit, match=r"--levers fused_adamw\+graphs: graphs needs --compile on"):
         bench.main(args + ["fused_adamw+graphs", "--compile", "off"])
+    with pytest.raises(SystemExit, match=r"--levers autotune\+graphs: graphs\+autotune is --compile-mode "
+                                         r"max-autotune; it cannot run under --compile-mode reduce-overhead"):
+        bench.main(args + ["autotune+graphs", "--compile-mode", "reduce-overhead"])
+    with pytest.raises(SystemExit, match=r"--levers autotune: autotune needs --compile on"):
+        bench.main(args + ["autotune", "--compile", "off"])
+    with pytest.raises(SystemExit, match=r"--levers 'cce\+fused_loss'.*both replace the LM head"):
+        bench.main(args + ["cce+fused_loss"])
+    # the mode a lever sets may also be given as --compile-mode
+    assert bench.lever_compile_mode(frozenset({"autotune"}), "max-autotune-no-cudagraphs") == \
+        "max-autotune-no-cudagraphs"
 
 
 def test_each_lever_changes_what_it_names_in_the_benched_step(tmp_path, monkeypatch):
-    """graphs compiles the step in reduce-overhead mode, fused_adamw swaps the benched optimizer for
-    torch's AdamW, and a row with both does both; base does neither."""
+    """graphs compiles the step in reduce-overhead mode (and replays it as CUDA graphs), autotune in
+    max-autotune-no-cudagraphs, both together in max-autotune (graphed too), fused_adamw swaps the benched
+    optimizer for torch's AdamW, and a row with several does each; base does none."""
     seen = []
-    real_loss_fn, real_opt = bench.make_loss_fn, bench.make_optimizer
+    real_loss_fn, real_step = bench.make_loss_fn, bench.train_step
 
     def loss_spy(model, compile, mode=None):
         seen.append(("compile", compile, mode))
@@ -152,20 +163,82 @@ def test_each_lever_changes_what_it_names_in_the_benched_step(tmp_path, monkeypa
     def opt_spy(model, t, d_model, device, world=1):
         seen.append(("optimizer", t.optimizer))
         return torch.optim.AdamW(model.parameters(), lr=1e-3)  # adamw8bit needs CUDA
+
+    def step_spy(*a, graphed=False, **k):
+        seen.append(("graphed", graphed))
+        return real_step(*a, **k)
     monkeypatch.setattr(bench, "make_loss_fn", loss_spy)
     monkeypatch.setattr(bench, "make_optimizer", opt_spy)
+    monkeypatch.setattr(bench, "train_step", step_spy)
     out = tmp_path / "b.json"
     bench.main(["--configs", "cart-d64-R2-P2", "--micro-batch", "1", "--seq-len", "16", "--vocab", "64",
                 "--steps", "1", "--warmup", "0", "--device", "cpu", "--optimizer", "adamw8bit",
-                "--levers", "base", "graphs", "fused_adamw", "graphs+fused_adamw", "--out", str(out)])
-    assert seen == [("optimizer", "adamw8bit"), ("compile", True, None),
-                    ("optimizer", "adamw8bit"), ("compile", True, "reduce-overhead"),
-                    ("optimizer", "adamw"), ("compile", True, None),
-                    ("optimizer", "adamw"), ("compile", True, "reduce-overhead")]
+                "--levers", "base", "graphs", "fused_adamw", "graphs+fused_adamw", "autotune", "autotune+graphs",
+                "--out", str(out)])
+    assert seen == [("optimizer", "adamw8bit"), ("compile", True, None), ("graphed", False),
+                    ("optimizer", "adamw8bit"), ("compile", True, "reduce-overhead"), ("graphed", True),
+                    ("optimizer", "adamw"), ("compile", True, None), ("graphed", False),
+                    ("optimizer", "adamw"), ("compile", True, "reduce-overhead"), ("graphed", True),
+                    ("optimizer", "adamw8bit"), ("compile", True, "max-autotune-no-cudagraphs"), ("graphed", False),
+                    ("optimizer", "adamw8bit"), ("compile", True, "max-autotune"), ("graphed", True)]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["optimizer"], r["compile_mode"]) for r in rows] == [
-        ("adamw8bit", "default"), ("adamw8bit", "reduce-overhead"), ("adamw", "default"), ("adamw", "reduce-overhead")]
+        ("adamw8bit", "default"), ("adamw8bit", "reduce-overhead"), ("adamw", "default"), ("adamw", "reduce-overhead"),
+        ("adamw8bit", "max-autotune-no-cudagraphs"), ("adamw8bit", "max-autotune")]
     assert all("speedup_vs_base" in r for r in rows[1:])
+
+
+def _fake_cce(monkeypatch, calls):
+    """A stand-in for cut_cross_entropy with its linear_cross_entropy signature: head + cross-entropy,
+    unfused, which this CPU can run; it records what the lever passes."""
+    import sys
+    import types
+    import torch.nn.functional as F
+
+    def linear_cross_entropy(e, c, targets, ignore_index=-100, softcap=None, reduction="mean", shift=False,
+                             filter_eps="high", impl="cce"):
+        calls.append({"e": e.dtype, "c": c.dtype, "filter_eps": filter_eps, "impl": impl, "shape": tuple(e.shape)})
+        return F.cross_entropy((e @ c.T).float(), targets, ignore_index=ignore_index)
+    module = types.ModuleType("cut_cross_entropy")
+    module.linear_cross_entropy = linear_cross_entropy
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", module)
+
+
+def test_cce_levers_are_the_models_own_loss_with_or_without_the_gradient_filter(monkeypatch):
+    """cce and cce_exact feed Cut Cross-Entropy the model's final normed hidden states (tokens x d), its
+    tied embedding and the ignore index, through the library's Triton implementation: a stand-in gives
+    exactly the model's training loss; cce keeps the library's default gradient filter, cce_exact turns
+    it off; under autocast both inputs go in at the autocast dtype. The real kernels run on a GPU
+    (tests/test_gpu.py)."""
+    from cart import CARTConfig, build_model
+    from cart.models.base import IGNORE_INDEX
+    calls = []
+    _fake_cce(monkeypatch, calls)
+    torch.manual_seed(0)
+    model = build_model(CARTConfig(vocab_size=64, d_model=64, n_loops=2, n_prelude=2))
+    x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    y[0, :3] = IGNORE_INDEX  # ignored targets stay ignored
+    for levers, filter_eps in [({"cce"}, "high"), ({"cce_exact"}, None)]:
+        loss_fn = bench.make_bench_loss_fn(model, frozenset(levers), compile=False, mode=None)
+        assert torch.allclose(loss_fn(x, y), model(x, targets=y), rtol=1e-6, atol=0)
+        assert torch.allclose(loss_fn(x, y, n_loops=1), model(x, targets=y, n_loops=1), rtol=1e-6, atol=0)
+        assert calls[-1] == {"e": torch.float32, "c": torch.float32, "filter_eps": filter_eps, "impl": "cce",
+                             "shape": (32, 64)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_fn(x, y)
+    assert (calls[-1]["e"], calls[-1]["c"]) == (torch.bfloat16, torch.bfloat16)
+
+
+def test_one_head_loss_lever_a_row(monkeypatch):
+    """fused_loss, cce and cce_exact each replace the LM head and loss: two in one row are refused, and a
+    row without one trains through the training stage's loss."""
+    for spec in ("fused_loss+cce", "cce+cce_exact", "graphs+cce_exact+fused_loss"):
+        with pytest.raises(ValueError, match="both replace the LM head and loss"):
+            bench.parse_lever(spec)
+    assert bench.parse_lever("graphs+autotune+cce") == {"graphs", "autotune", "cce"}
+    monkeypatch.setattr(bench, "make_loss_fn", lambda model, compile, mode=None: ("training loss", compile, mode))
+    assert bench.make_bench_loss_fn(None, frozenset({"graphs", "fp8"}), True, "reduce-overhead") == (
+        "training loss", True, "reduce-overhead")
 
 
 def test_fused_loss_is_the_models_own_loss_through_the_final_hidden_states(monkeypatch):
