@@ -243,3 +243,28 @@ def test_lm_loss_skips_ignored_targets_and_honours_the_reduction():
     kept = per_token.view(2, 5)[:, :4]
     assert torch.allclose(lm_loss(logits, targets), kept.mean())
     assert torch.allclose(lm_loss(logits, targets, reduction="sum"), kept.sum())
+
+
+def test_rope_tables_are_computed_once_and_serve_every_length():
+    """RoPE's cos/sin tables for the first table_len positions are buffers computed once (so a compiled
+    forward reads them instead of evaluating cos and sin for every element): tables() returns views of
+    them for T <= table_len and computes longer ones, both the rotary angles cos/sin(t * theta^(-2i/d))
+    with each frequency twice (rotate-half); the tables are not saved in checkpoints."""
+    from cart.models.layers import RoPE
+    rope = RoPE(head_dim=8, theta=10_000.0, table_len=16)
+    cpu = torch.device("cpu")
+    for T in (1, 16):
+        cos, sin = rope.tables(T, cpu)
+        assert cos.shape == sin.shape == (T, 8)
+        assert cos.data_ptr() == rope.cos_table.data_ptr() and sin.data_ptr() == rope.sin_table.data_ptr()
+    cos, sin = rope.tables(40, cpu)
+    assert cos.shape == (40, 8) and cos.data_ptr() != rope.cos_table.data_ptr()
+    assert torch.equal(cos[:16], rope.cos_table) and torch.equal(sin[:16], rope.sin_table)
+    for t in (5, 15, 39):
+        for i in range(4):
+            angle = t * 10_000.0 ** (-2 * i / 8)
+            for j in (i, i + 4):
+                assert math.isclose(cos[t, j], math.cos(angle), rel_tol=1e-5, abs_tol=1e-6)
+                assert math.isclose(sin[t, j], math.sin(angle), rel_tol=1e-5, abs_tol=1e-6)
+    model = build_model(CARTConfig(**SMALL))
+    assert not [k for k in model.state_dict() if "table" in k or "inv_freq" in k]

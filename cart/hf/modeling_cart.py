@@ -43,13 +43,11 @@ class CartLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.post_init()
 
     def _init_weights(self, module):
-        """Weights come from the checkpoint; only RoPE's frequency table (a buffer, not saved) is
-        rebuilt here, for loaders that create the model on the meta device first."""
-        if hasattr(module, "inv_freq"):
-            dim = module.inv_freq.numel() * 2
-            theta = self.config.cart_model.get("rope_theta", 10_000.0)
-            inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-            module.inv_freq = inv_freq.to(module.inv_freq.device) if module.inv_freq.device.type != "meta" else inv_freq
+        """Weights come from the checkpoint; only RoPE's frequency and cos/sin tables (buffers, not
+        saved) are rebuilt here, for loaders that create the model on the meta device first."""
+        if hasattr(module, "build_tables"):
+            device = module.inv_freq.device
+            module.build_tables(None if device.type == "meta" else device)
 
     def get_input_embeddings(self):
         return self.cart.tok_emb

@@ -28,18 +28,36 @@ class RMSNorm(nn.Module):
 
 
 class RoPE(nn.Module):
-    """Rotary position embedding (rotate-half form). Tables are rebuilt when T grows."""
+    """Rotary position embedding (rotate-half form). The cos/sin tables of the first `table_len`
+    positions are computed once, as buffers: built inside a compiled forward, Inductor fuses them into
+    every kernel that applies them and evaluates cos and sin per element (batch x heads x T x head_dim)
+    instead of reading a (T, head_dim) table (tables as buffers: +2% tokens/s for CART and Dense on an
+    H200). Longer sequences compute theirs on the fly."""
 
-    def __init__(self, head_dim: int, theta: float):
+    def __init__(self, head_dim: int, theta: float, table_len: int = 4096):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta, self.table_len = head_dim, theta, table_len
+        for name in ("inv_freq", "cos_table", "sin_table"):
+            self.register_buffer(name, None, persistent=False)
+        self.build_tables()
 
-    def tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def build_tables(self, device=None) -> None:
+        """(Re)build the buffers (never saved): at construction, and for a loader that created the model
+        on the meta device (the Hugging Face export's)."""
+        self.inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+                                              / self.head_dim))
+        self.cos_table, self.sin_table = self.compute(self.table_len, device)
+
+    def compute(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.arange(seq_len, device=device, dtype=torch.float32)
         freqs = torch.outer(t, self.inv_freq.to(device))
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, head_dim)
         return emb.cos(), emb.sin()
+
+    def tables(self, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if seq_len <= self.cos_table.shape[0]:
+            return self.cos_table[:seq_len].to(device), self.sin_table[:seq_len].to(device)
+        return self.compute(seq_len, device)
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
