@@ -252,6 +252,8 @@ def test_rope_tables_are_computed_once_and_serve_every_length():
     with each frequency twice (rotate-half); the tables are not saved in checkpoints."""
     from cart.models.layers import RoPE
     rope = RoPE(head_dim=8, theta=10_000.0, table_len=16)
+    # buffers: they move with the model (.to(device)) and are rebuilt by build_tables, never saved
+    assert {name for name, _ in rope.named_buffers()} == {"inv_freq", "cos_table", "sin_table"}
     cpu = torch.device("cpu")
     for T in (1, 16):
         cos, sin = rope.tables(T, cpu)
@@ -268,3 +270,11 @@ def test_rope_tables_are_computed_once_and_serve_every_length():
                 assert math.isclose(sin[t, j], math.sin(angle), rel_tol=1e-5, abs_tol=1e-6)
     model = build_model(CARTConfig(**SMALL))
     assert not [k for k in model.state_dict() if "table" in k or "inv_freq" in k]
+    # a bf16 model's tables are bf16 buffers; past them the fp32 on-the-fly tables must not promote the
+    # rotated bf16 queries and keys to fp32
+    rope = rope.to(torch.bfloat16)
+    x = torch.randn(1, 2, 40, 8, dtype=torch.bfloat16)
+    for T in (16, 40):
+        cos, sin = rope.tables(T, cpu)
+        assert cos.dtype == (torch.bfloat16 if T == 16 else torch.float32)
+        assert RoPE.apply(x[:, :, :T], cos, sin).dtype == torch.bfloat16
