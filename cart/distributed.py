@@ -58,12 +58,14 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
 
 def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device, bucket_cap_mb: int = 25,
          gradient_as_bucket_view: bool = False) -> torch.nn.Module:
-    """DDP around `model` when the run has several processes (train.ddp_* pick the buckets)."""
+    """DDP around `model` when the run has several processes (train.ddp_* pick the buckets). Buffers are
+    not re-broadcast before every forward (DDP's default): every buffer of these models is a constant
+    built from the config (RoPE's tables, the loop-index sinusoid), the same on every rank."""
     if not info.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, bucket_cap_mb=bucket_cap_mb,
-               gradient_as_bucket_view=gradient_as_bucket_view)
+               gradient_as_bucket_view=gradient_as_bucket_view, broadcast_buffers=False)
 
 
 def no_sync(model: torch.nn.Module, last_micro_batch: bool):

@@ -279,7 +279,8 @@ def test_mfu_is_per_gpu_under_ddp():
 
 
 def test_ddp_buckets_are_the_train_settings(tmp_path):
-    """train.ddp_bucket_cap_mb / ddp_gradient_as_bucket_view reach DDP (one gloo process standing in)."""
+    """train.ddp_bucket_cap_mb / ddp_gradient_as_bucket_view reach DDP (one gloo process standing in);
+    the models' constant buffers are not re-broadcast before every forward."""
     import torch.distributed as dist
 
     from cart import distributed
@@ -290,6 +291,7 @@ def test_ddp_buckets_are_the_train_settings(tmp_path):
         assert ddp.bucket_bytes_cap == 50 * 1024 * 1024 and ddp.gradient_as_bucket_view
         plain = distributed.wrap(model, distributed.DistInfo(0, 2, 0), torch.device("cpu"))
         assert plain.bucket_bytes_cap == 25 * 1024 * 1024 and not plain.gradient_as_bucket_view
+        assert not ddp.broadcast_buffers and not plain.broadcast_buffers
     finally:
         dist.destroy_process_group()
 
