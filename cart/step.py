@@ -83,6 +83,10 @@ def adamw8bit_class() -> type:
     return AdamW8bit
 
 
+# torch.compile modes whose compiled loss replays CUDA graphs: train_step needs graphed=True under them
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 def make_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None = None):
     """(x, y, **forward kwargs) -> mean training loss, through the model's forward (so DDP's hooks
     run and a family's own training loss is used). Compiled together with the loss, so the LM
@@ -120,7 +124,7 @@ def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device,
     clip. Returns (sum of micro-batch losses, pre-clip grad norm) as device tensors: no host sync,
     so the caller decides when to look. With DDP, gradients are all-reduced on the last
     micro-batch only. `forward_kwargs` go to every forward (e.g. one sub-step's attention pattern).
-    `graphed`: loss_fn replays CUDA graphs (compile mode reduce-overhead). The first backward's
+    `graphed`: loss_fn replays CUDA graphs (a compile mode in CUDA_GRAPH_MODES). The first backward's
     gradients then become the parameters' .grad while still living in the graph's output memory,
     which the next micro-batch's replay overwrites (pytorch/pytorch#169545: an error, or silently
     wrong sums); they are copied out once, so later micro-batches accumulate into our own tensors."""

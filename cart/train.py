@@ -32,7 +32,7 @@ from .models import build_model
 from .code_deps import ROOT, training_code
 from .curves import CurveWriter
 from .device import resolve_device, resolve_dtype
-from .step import check_float8, lr_multiplier, make_loss_fn, make_optimizer, to_float8, train_step
+from .step import CUDA_GRAPH_MODES, check_float8, lr_multiplier, make_loss_fn, make_optimizer, to_float8, train_step
 from .tokenizer import tokenizer_info
 
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
@@ -263,7 +263,7 @@ class Trainer:
         self.ddp = distributed.wrap(self.model, self.dist, self.device, t.ddp_bucket_cap_mb,
                                     t.ddp_gradient_as_bucket_view)
         self.loss_fn = make_loss_fn(self.ddp, use_compile, None if t.compile_mode == "default" else t.compile_mode)
-        self.graphed = use_compile and t.compile_mode == "reduce-overhead"
+        self.graphed = use_compile and t.compile_mode in CUDA_GRAPH_MODES
         self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:

@@ -49,7 +49,7 @@ from cart.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
 from cart.device import resolve_dtype
-from cart.step import make_loss_fn, make_optimizer, to_float8, train_step
+from cart.step import CUDA_GRAPH_MODES, make_loss_fn, make_optimizer, to_float8, train_step
 
 DEFAULT_CONFIGS = ([f"cart-d{d}-R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
                    + ["dense-L7", "dense-L12"])
@@ -193,8 +193,6 @@ LEVERS = {
 }
 # levers that replace the model's LM head + cross-entropy: at most one a row
 HEAD_LOSS_LEVERS = ("fused_loss", "cce", "cce_exact")
-# compile modes whose compiled step replays CUDA graphs (train_step(graphed=True))
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def parse_lever(spec: str) -> frozenset[str]:
