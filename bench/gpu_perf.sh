@@ -25,6 +25,8 @@
 #   bash bench/gpu_perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
 #   bash bench/gpu_perf.sh fp8_combos # fp8 with graphs+fused_adamw, CART d1024 R6 and Dense 7L
 #   bash bench/gpu_perf.sh autotune   # Inductor max-autotune GEMM templates, with and without CUDA graphs, d256 and d1024
+#   bash bench/gpu_perf.sh ce         # bench.ce_kernels: cross-entropy formulations alone, forward + backward, top kernels
+#   bash bench/gpu_perf.sh real300    # graphs+fused_adamw, 300 steps on real tokens: d256, d1024, Dense 7L (speed and loss)
 # SWEEP_LEVERS / PACK_LEVERS / PROFILE_LEVERS (default base) pick the levers the sweep / pack / profile parts run with; DDP_SETTINGS the
 # train settings of the ddp part's extra rows (default: bigger buckets, then those with a sharded optimizer).
 set -euo pipefail
@@ -125,6 +127,12 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
         timeout 200 python3 -m bench.decode --batch "$b" --configs ${DECODE_CONFIGS:-cart-d1024-R6 dense-L12-d1024} \
           --out "$OUT/decode_graph_b$b.json" 2>&1 | tee "$OUT/decode_graph_b$b.log"
       done ;;
+    ce)
+      timeout 240 python3 -m bench.ce_kernels --out "$OUT/ce_kernels.json" 2>&1 | tee "$OUT/ce_kernels.log" ;;
+    real300)  # one process; REAL300_TAG names the files (A/B of a code change: run it once per version)
+      timeout 280 python3 -m pipeline.bench --configs cart-d256-R6 cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 \
+        --warmup 8 --levers graphs+fused_adamw --data .gpu-data/wiki_5m.bin \
+        --out "$OUT/real300${REAL300_TAG:+_$REAL300_TAG}.json" 2>&1 | tee "$OUT/real300${REAL300_TAG:+_$REAL300_TAG}.log" ;;
     decode_profile)
       timeout 200 python3 -m bench.decode_profile 2>&1 | tee "$OUT/decode_profile.log" ;;
     parity)
@@ -157,6 +165,7 @@ print(f'pack $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f
           | tee -a "$OUT/pack.log"
       done ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
-            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers, heads, fp8_combos, autotune)" >&2; exit 2 ;;
+            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers, heads, fp8_combos, autotune," \
+            "ce, real300)" >&2; exit 2 ;;
   esac
 done

@@ -140,3 +140,21 @@ def test_graphed_gradient_accumulation_equals_the_eager_step():
         assert torch.allclose(loss_g, loss_e, rtol=1e-5, atol=0)
         for a, b in zip(grads_g, grads_e):
             assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_compiled_lm_loss_equals_f_cross_entropy_on_bf16_logits():
+    """Inductor's kernels for lm_loss's written-out backward (one pass: softmax - one-hot, in fp32,
+    written as bf16) give F.cross_entropy's loss and gradient on the LM head's bf16 logits, 32K vocab."""
+    from cart.models.layers import IGNORE_INDEX, lm_loss
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = (3 * torch.randn(4, 256, 32000, device="cuda", generator=g)).to(torch.bfloat16)
+    targets = torch.randint(0, 32000, (4, 256), device="cuda", generator=g)
+    targets[:, ::7] = IGNORE_INDEX
+    ours, ref = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    loss = torch.compile(lm_loss, fullgraph=True)(ours, targets)
+    expected = F.cross_entropy(ref.float().view(-1, 32000), targets.view(-1), ignore_index=IGNORE_INDEX)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    assert ours.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.grad.float(), ref.grad.float(), rtol=0, atol=1e-3 * ref.grad.abs().max().item())
