@@ -130,9 +130,10 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
     ce)
       timeout 240 python3 -m bench.ce_kernels --out "$OUT/ce_kernels.json" 2>&1 | tee "$OUT/ce_kernels.log" ;;
     real300)  # one process; REAL300_TAG names the files (A/B of a code change: run it once per version)
+      name="real300${REAL300_TAG:+_$REAL300_TAG}"
       timeout 280 python3 -m pipeline.bench --configs cart-d256-R6 cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 \
         --warmup 8 --levers graphs+fused_adamw --data .gpu-data/wiki_5m.bin \
-        --out "$OUT/real300${REAL300_TAG:+_$REAL300_TAG}.json" 2>&1 | tee "$OUT/real300${REAL300_TAG:+_$REAL300_TAG}.log" ;;
+        --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" ;;
     decode_profile)
       timeout 200 python3 -m bench.decode_profile 2>&1 | tee "$OUT/decode_profile.log" ;;
     parity)
