@@ -32,10 +32,15 @@ every lever, and each row gets `loss_last20` (the mean loss of the last 20 steps
 Sweep packing (several small runs on one GPU at once): start N processes with `--barrier DIR,N`;
 each waits after its warm-up until all N have compiled, so their timed steps overlap, and the
 sweep's throughput is the sum of their tokens/s (bench/gpu_perf.sh pack).
+
+A sweep measured over several calls (the 12 configs take longer than one 10-minute device call):
+`--project a.json b.json` reads the rows of earlier --out files and prints the projection of each
+lever they cover; it benches nothing.
 """
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import time
 
@@ -282,6 +287,35 @@ def sweep_projection(rows: list[dict], lever: str = "base") -> dict | None:
             "gpu_hours": sum(hours.values()), "gpu_hours_per_config": hours}
 
 
+def project_from(paths: list[str]) -> dict[str, dict]:
+    """The sweep projection of every lever that the rows of the bench outputs at `paths` cover in full
+    (the same config in two files: the later file's row). Unreadable files and a lever left with a
+    config unmeasured are errors naming them."""
+    rows: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                found = json.load(f)["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--project {path}: not a pipeline.bench output with rows ({type(e).__name__}: {e})")
+        rows |= {(r["model"], r.get("lever", "base")): r for r in found if "tokens_per_s" in r}
+    want = [f"CART d{d} P6 R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
+    levers = sorted({lever for _, lever in rows})
+    projections = {lever: p for lever in levers if (p := sweep_projection(list(rows.values()), lever))}
+    if not projections:
+        missing = {lever: [m for m in want if (m, lever) not in rows] for lever in levers}
+        raise SystemExit(f"--project {' '.join(paths)}: no lever has all 12 sweep configs measured; missing "
+                         + "; ".join(f"{lever}: {', '.join(m)}" for lever, m in missing.items()) if missing else
+                         f"--project {' '.join(paths)}: no measured rows")
+    return projections
+
+
+def print_projections(projections: dict[str, dict]) -> None:
+    for lever, p in projections.items():
+        print(f"\nprojected paper-profile Stage 2 sweep ({p['runs']} runs x {p['tokens_per_run'] / 1e9:.2f}B tokens) "
+              f"at the tok/s of lever {lever}: {p['gpu_hours']:.1f} GPU-hours")
+
+
 def real_batches(tokens: np.ndarray, n_steps: int, grad_accum: int, micro_batch: int, seq_len: int,
                  device: torch.device) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
     """Each step's micro-batches: consecutive (seq_len + 1)-token windows of `tokens` (inputs, and
@@ -383,7 +417,12 @@ def main(argv=None) -> None:
     ap.add_argument("--barrier", default=None, metavar="DIR,N",
                     help="sweep packing: wait after the warm-up until N processes given the same DIR have compiled")
     ap.add_argument("--out", default="metrics/bench.json")
+    ap.add_argument("--project", nargs="+", default=None, metavar="RESULTS",
+                    help="bench nothing: print the sweep projection from the rows of earlier --out files")
     args = ap.parse_args(argv)
+    if args.project:
+        print_projections(project_from(args.project))
+        return
     barrier = None
     if args.barrier:
         folder, _, n = args.barrier.rpartition(",")
@@ -472,9 +511,7 @@ def main(argv=None) -> None:
             r["loss_vs_base"] = r["loss_last20"] / base["loss_last20"]
     print("\n" + markdown_table(rows))
     projections = {lever: p for lever in args.levers if (p := sweep_projection(rows, lever))}
-    for lever, p in projections.items():
-        print(f"\nprojected paper-profile Stage 2 sweep ({p['runs']} runs x {p['tokens_per_run'] / 1e9:.2f}B tokens) "
-              f"at the tok/s of lever {lever}: {p['gpu_hours']:.1f} GPU-hours")
+    print_projections(projections)
     loop_rows = []
     for cfg, schemes in sampled:
         fixed = next(r for r in rows if r["model"] == _label(cfg) and r["lever"] == "base")

@@ -30,6 +30,38 @@ def test_sweep_projection_needs_every_config_measured_at_the_base_lever():
     assert bench.sweep_projection(rows[:-1] + _rows(lambda d, r: 1e5, lever="fp8")[-1:]) is None
 
 
+def _write_rows(path, rows):
+    path.write_text(json.dumps({"rows": rows, "complete": True}))
+    return str(path)
+
+
+def test_project_joins_a_sweep_measured_over_several_calls(tmp_path, monkeypatch, capsys):
+    rate = lambda d, r: 1e6 * 256 / d / r  # noqa: E731
+    rows = _rows(rate, lever="graphs")
+    stale = dict(rows[0], tokens_per_s=1.0)  # re-measured in the second call: the later row counts
+    first = _write_rows(tmp_path / "a.json", [stale] + rows[1:7])
+    oom = {"model": rows[3]["model"], "lever": "graphs", "oom": True}  # a failed row does not hide a measured one
+    second = _write_rows(tmp_path / "b.json", rows[:1] + [oom] + rows[7:])
+    monkeypatch.setattr(bench, "bench_one", lambda *a, **k: pytest.fail("--project benches nothing"))
+    got = bench.project_from([first, second])
+    assert list(got) == ["graphs"]
+    assert got["graphs"]["gpu_hours"] == pytest.approx(bench.sweep_projection(rows, "graphs")["gpu_hours"], rel=1e-12)
+    bench.main(["--project", first, second])
+    assert f"lever graphs: {got['graphs']['gpu_hours']:.1f} GPU-hours" in capsys.readouterr().out
+
+
+def test_project_names_what_it_cannot_use(tmp_path):
+    rows = _rows(lambda d, r: 1e5, lever="graphs")
+    partial = _write_rows(tmp_path / "a.json", rows[:-1])
+    with pytest.raises(SystemExit, match="graphs: CART d1024 P6 R10$"):
+        bench.project_from([partial])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match=r"--project .*bad\.json: not a pipeline\.bench output"):
+        bench.project_from([partial, str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="no measured rows"):
+        bench.project_from([_write_rows(tmp_path / "empty.json", [])])
+
+
 def test_a_lever_whose_library_is_missing_is_one_row_saying_so(tmp_path, monkeypatch, capsys):
     import builtins
     real_import = builtins.__import__
