@@ -17,17 +17,20 @@
 #   bash bench/gpu_perf.sh parity     # fp8 against bf16: 300 steps on real tokens (.gpu-data/wiki_5m.bin), loss of the last 20
 #   bash bench/gpu_perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
 #   bash bench/gpu_perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
-#   bash bench/gpu_perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s
+#   bash bench/gpu_perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s (PACK_MPS=1: under MPS)
 #   bash bench/gpu_perf.sh decode_profile   # bench.decode_profile: new shapes vs seen ones, where a decoding step goes
 #   bash bench/gpu_perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
 #   bash bench/gpu_perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
 #   bash bench/gpu_perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
 #   bash bench/gpu_perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
 #   bash bench/gpu_perf.sh fp8_combos # fp8 with graphs+fused_adamw, CART d1024 R6 and Dense 7L
+#   bash bench/gpu_perf.sh fp8_parity # the same on real tokens, 300 steps (loss parity)
 #   bash bench/gpu_perf.sh autotune   # Inductor max-autotune GEMM templates, with and without CUDA graphs, d256 and d1024
 #   bash bench/gpu_perf.sh ce         # bench.ce_kernels: cross-entropy formulations alone, forward + backward, top kernels
 #   bash bench/gpu_perf.sh real300    # graphs+fused_adamw, 300 steps on real tokens: d256, d1024, Dense 7L (speed and loss)
-# SWEEP_LEVERS / PACK_LEVERS / PROFILE_LEVERS (default base) pick the levers the sweep / pack / profile parts run with; DDP_SETTINGS the
+# SWEEP_LEVERS / PACK_LEVERS / PROFILE_LEVERS (default base) pick the levers the sweep / pack / profile parts run with (SWEEP_CONFIGS: a
+# subset of the sweep's configs, for a second call when one call's 10 minutes end before the last config; then `python -m
+# pipeline.bench --project first.json second.json` prints the projection of both); DDP_SETTINGS the
 # train settings of the ddp part's extra rows (default: bigger buckets, then those with a sharded optimizer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +76,7 @@ for part in "$@"; do
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 cart-d256-R6 --micro-batch 32 \
         --steps 20 --warmup 5 --levers base fused_loss fp8 --out "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
     sweep)
-      timeout ${SWEEP_TIMEOUT:-540} python3 -m pipeline.bench --micro-batch 32 --steps 10 --warmup 3 \
+      timeout ${SWEEP_TIMEOUT:-540} python3 -m pipeline.bench ${SWEEP_CONFIGS:+--configs $SWEEP_CONFIGS} --micro-batch 32 --steps 10 --warmup 3 \
         --levers ${SWEEP_LEVERS:-base} --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" ;;
     combos)
       timeout 240 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
@@ -101,6 +104,10 @@ for part in "$@"; do
     fp8_combos)  # fp8 on top of the kept levers (round 3 measured it alone: +2.5% CART d1024, +4.6% Dense 7L)
       timeout 330 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
         --levers graphs+fused_adamw graphs+fused_adamw+fp8 --out "$OUT/fp8_combos.json" 2>&1 | tee "$OUT/fp8_combos.log" ;;
+    fp8_parity)  # the same pair on real tokens, 300 steps: speed and the loss of the last 20 steps at once
+      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 --warmup 8 \
+        --levers graphs+fused_adamw graphs+fused_adamw+fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/fp8_parity.json" \
+        2>&1 | tee "$OUT/fp8_parity.log" ;;
     autotune)
       for c in ${AUTOTUNE_CONFIGS:-cart-d256-R6 cart-d1024-R6}; do
         timeout ${AUTOTUNE_TIMEOUT:-270} python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 30 --warmup 8 \
@@ -152,21 +159,36 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
           --levers ${PROFILE_LEVERS:-base} \
           --out "$OUT/profile_$c.json" 2>&1 | tee "$OUT/profile_$c.log"
       done ;;
-    pack)
-      for n in 1 2 4; do
+    pack)  # PACK_MPS=1: under CUDA MPS (a user-space daemon started here and quit when the part ends; no GPU setting changes),
+      # so the processes' kernels can run side by side instead of taking turns; files then end in _mps. PACK_NS (1 2 4),
+      # PACK_CONFIG (cart-d256-R6) and PACK_STEPS (60) pick the run counts, the config and the timed steps
+      tag=
+      if [ "${PACK_MPS:-0}" = 1 ]; then
+        tag=_mps
+        export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+        mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        nvidia-cuda-mps-control -d
+        trap 'echo quit | nvidia-cuda-mps-control; cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps_log"' EXIT
+      fi
+      for n in ${PACK_NS:-1 2 4}; do
         rm -rf "/tmp/pack_$n"
         for i in $(seq "$n"); do
-          timeout 240 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 60 --warmup 10 \
-            --levers ${PACK_LEVERS:-base} --barrier "/tmp/pack_$n,$n" --out "$OUT/pack_${n}_$i.json" > "$OUT/pack_${n}_$i.log" 2>&1 &
+          timeout 240 python3 -m pipeline.bench --configs ${PACK_CONFIG:-cart-d256-R6} --micro-batch 32 --steps ${PACK_STEPS:-60} \
+            --warmup 10 --levers ${PACK_LEVERS:-base} --barrier "/tmp/pack_$n,$n" --out "$OUT/pack${tag}_${n}_$i.json" \
+            > "$OUT/pack${tag}_${n}_$i.log" 2>&1 &
         done
         wait
         python3 -c "import glob, json, sys
-rows = [json.load(open(f))['rows'][0] for f in sorted(glob.glob('$OUT/pack_${n}_*.json'))]
-print(f'pack $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f\" = {sum(r['tokens_per_s'] for r in rows):,.0f} tok/s, paper-MFU {sum(r['mfu_paper'] for r in rows):.1%}\")" \
-          | tee -a "$OUT/pack.log"
-      done ;;
+rows = [json.load(open(f))['rows'][0] for f in sorted(glob.glob('$OUT/pack${tag}_${n}_*.json'))]
+print(f'pack${tag} $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in rows) + f\" = {sum(r['tokens_per_s'] for r in rows):,.0f} tok/s, paper-MFU {sum(r['mfu_paper'] for r in rows):.1%}\")" \
+          | tee -a "$OUT/pack${tag}.log"
+      done
+      if [ -n "$tag" ]; then  # the parts after this one run without MPS
+        echo quit | nvidia-cuda-mps-control; sleep 2; cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps_log"; trap - EXIT
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      fi ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
-            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers, heads, fp8_combos, autotune," \
-            "ce, real300)" >&2; exit 2 ;;
+            "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers, heads, fp8_combos, fp8_parity," \
+            "autotune, ce, real300)" >&2; exit 2 ;;
   esac
 done
