@@ -365,7 +365,7 @@ def _profile_steps(loss_fn, batches, params, opt, train, device, dtype, graphed:
             opt.step()
             opt.zero_grad(set_to_none=True)
         _sync(device)
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=150))
 
 
 def _label(cfg) -> str:
