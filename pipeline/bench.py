@@ -272,18 +272,18 @@ def make_bench_loss_fn(model: torch.nn.Module, levers: frozenset[str], compile: 
 
 # The paper profile's Stage 2 sweep (configs/paper.yaml): d x R x 3 seeds, 30,500 steps of 32,768 tokens.
 SWEEP_RUNS_PER_CONFIG, SWEEP_TOKENS_PER_RUN = 3, 30_500 * 32_768
+SWEEP_MODELS = [f"CART d{d} P6 R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]  # as _label names them
 
 
 def sweep_projection(rows: list[dict], lever: str = "base") -> dict | None:
     """GPU-hours of the paper profile's Stage 2 sweep from the measured tok/s of each of its CART
     configs (d in 256..1024, R in 6, 8, 10; P 6 here, the paper's 4-6 differ by ~2 layers) under one
     lever, None unless every one of them was measured with it."""
-    want = [f"CART d{d} P6 R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
     rate = {r["model"]: r["tokens_per_s"] for r in rows if r.get("lever", "base") == lever and "tokens_per_s" in r}
-    if not all(m in rate for m in want):
+    if not all(m in rate for m in SWEEP_MODELS):
         return None
-    hours = {m: SWEEP_RUNS_PER_CONFIG * SWEEP_TOKENS_PER_RUN / rate[m] / 3600 for m in want}
-    return {"runs": SWEEP_RUNS_PER_CONFIG * len(want), "tokens_per_run": SWEEP_TOKENS_PER_RUN,
+    hours = {m: SWEEP_RUNS_PER_CONFIG * SWEEP_TOKENS_PER_RUN / rate[m] / 3600 for m in SWEEP_MODELS}
+    return {"runs": SWEEP_RUNS_PER_CONFIG * len(SWEEP_MODELS), "tokens_per_run": SWEEP_TOKENS_PER_RUN,
             "gpu_hours": sum(hours.values()), "gpu_hours_per_config": hours}
 
 
@@ -299,14 +299,14 @@ def project_from(paths: list[str]) -> dict[str, dict]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--project {path}: not a pipeline.bench output with rows ({type(e).__name__}: {e})")
         rows |= {(r["model"], r.get("lever", "base")): r for r in found if "tokens_per_s" in r}
-    want = [f"CART d{d} P6 R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
+    if not rows:
+        raise SystemExit(f"--project {' '.join(paths)}: no measured rows")
     levers = sorted({lever for _, lever in rows})
     projections = {lever: p for lever in levers if (p := sweep_projection(list(rows.values()), lever))}
     if not projections:
-        missing = {lever: [m for m in want if (m, lever) not in rows] for lever in levers}
-        raise SystemExit(f"--project {' '.join(paths)}: no lever has all 12 sweep configs measured; missing "
-                         + "; ".join(f"{lever}: {', '.join(m)}" for lever, m in missing.items()) if missing else
-                         f"--project {' '.join(paths)}: no measured rows")
+        missing = {lever: [m for m in SWEEP_MODELS if (m, lever) not in rows] for lever in levers}
+        raise SystemExit(f"--project {' '.join(paths)}: no lever has all {len(SWEEP_MODELS)} sweep configs measured; "
+                         "missing " + "; ".join(f"{lever}: {', '.join(m)}" for lever, m in missing.items()))
     return projections
 
 
