@@ -25,6 +25,7 @@
 #   bash bench/gpu_perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
 #   bash bench/gpu_perf.sh fp8_combos # fp8 with graphs+fused_adamw, CART d1024 R6 and Dense 7L
 #   bash bench/gpu_perf.sh fp8_parity # the same on real tokens, 300 steps (loss parity)
+#   bash bench/gpu_perf.sh inductor_calls   # bench.inductor_calls: extern kernels and aten fallbacks of the compiled step
 #   bash bench/gpu_perf.sh autotune   # Inductor max-autotune GEMM templates, with and without CUDA graphs, d256 and d1024
 #   bash bench/gpu_perf.sh ce         # bench.ce_kernels: cross-entropy formulations alone, forward + backward, top kernels
 #   bash bench/gpu_perf.sh real300    # graphs+fused_adamw, 300 steps on real tokens: d256, d1024, Dense 7L (speed and loss)
@@ -104,6 +105,10 @@ for part in "$@"; do
     fp8_combos)  # fp8 on top of the kept levers (round 3 measured it alone: +2.5% CART d1024, +4.6% Dense 7L)
       timeout 330 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
         --levers graphs+fused_adamw graphs+fused_adamw+fp8 --out "$OUT/fp8_combos.json" 2>&1 | tee "$OUT/fp8_combos.log" ;;
+    inductor_calls)  # what the compiled training step calls besides Inductor's own kernels (extern kernels, aten fallbacks)
+      for c in ${PROFILE_CONFIGS:-cart-d256-R6}; do
+        timeout 240 python3 -m bench.inductor_calls --config "$c" 2>&1 | tee "$OUT/inductor_calls_$c.log" | tail -25
+      done ;;
     fp8_parity)  # the same pair on real tokens, 300 steps: speed and the loss of the last 20 steps at once
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 --warmup 8 \
         --levers graphs+fused_adamw graphs+fused_adamw+fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/fp8_parity.json" \
@@ -189,6 +194,7 @@ print(f'pack${tag} $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in row
       fi ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
             "graph_decode, decode_profile, parity, small, profile, pack, combos, combo_parity, train_levers, heads, fp8_combos, fp8_parity," \
+            "inductor_calls," \
             "autotune, ce, real300)" >&2; exit 2 ;;
   esac
 done

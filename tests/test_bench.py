@@ -102,6 +102,23 @@ def test_decode_benchmark_modes_decode_the_same_tokens(one_thread):
     assert rows[0]["cached_over_uncached"] == rows[0]["cached"]["tokens_per_s"] / rows[0]["uncached"]["tokens_per_s"]
 
 
+def test_inductor_calls_counts_extern_kernels_and_aten_fallbacks_not_comments():
+    """bench.inductor_calls reads Inductor's output code: calls count, the comments naming the source ops
+    of Inductor's own kernels and the ops named in assertion strings do not."""
+    from bench.inductor_calls import calls_in
+    source = """
+class Runner:
+    def call(self, args):
+        # Topologically Sorted Source Nodes: [mul_185, sum_21], Original ATen: [aten.mul, aten.sum]
+        #   %sum_21 : Tensor = call_function[target=torch.ops.aten.sum.default](args = (%mul_185,))
+        extern_kernels.mm(buf3, primals_6, out=buf4)
+        extern_kernels.mm(buf4, primals_7, out=buf5)
+        buf6 = torch.ops.aten.sum.default(buf5, dtype=torch.float32); buf7 = aten.mean.dim(buf5, [0])
+        assert_size_stride(buf6, (), (), 'torch.ops.aten.sum.default')
+"""
+    assert calls_in(source) == {"extern_kernels.mm": 2, "aten.sum.default": 1, "aten.mean.dim": 1}
+
+
 def test_real_batches_are_consecutive_windows_wrapping_around():
     tokens = np.arange(50, dtype=np.uint16)  # 5 windows of 9 + 1 tokens (5 left over)
     steps = bench.real_batches(tokens, n_steps=3, grad_accum=2, micro_batch=2, seq_len=9, device=torch.device("cpu"))
