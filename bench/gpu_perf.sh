@@ -172,8 +172,9 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
         tag=_mps
         export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
         mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+        mps_quit() { echo quit | nvidia-cuda-mps-control; sleep 2; cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps_log"; }
         nvidia-cuda-mps-control -d
-        trap 'echo quit | nvidia-cuda-mps-control; cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps_log"' EXIT
+        trap mps_quit EXIT
       fi
       for n in ${PACK_NS:-1 2 4}; do
         rm -rf "/tmp/pack_$n"
@@ -189,7 +190,7 @@ print(f'pack${tag} $n: ' + ' + '.join(f\"{r['tokens_per_s']:,.0f}\" for r in row
           | tee -a "$OUT/pack${tag}.log"
       done
       if [ -n "$tag" ]; then  # the parts after this one run without MPS
-        echo quit | nvidia-cuda-mps-control; sleep 2; cp -r "$CUDA_MPS_LOG_DIRECTORY" "$OUT/mps_log"; trap - EXIT
+        mps_quit; trap - EXIT
         unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
       fi ;;
     *) echo "gpu_perf: unknown part $part (decode, decode_batch, decode_fresh, sampled, levers, sweep, ddp," \
