@@ -166,13 +166,15 @@ class LoopIndexEmbedding(nn.Module):
             self.proj = nn.Linear(cfg.lie_dim, cfg.d_model, bias=False)
 
     def forward(self, n_loops: int, device) -> torch.Tensor:
-        """(n_loops, d): one row per iteration."""
+        """(n_loops, d): one row per iteration. The projected table is projected whole and then cut,
+        so row r is the same bits for every R (a matmul over R rows would round by R's blocking), and
+        a token that exits after k loops holds exactly the state R = k gives it."""
         if not self.projected:
             return loop_index_table(n_loops, self.d_model, device)
         if n_loops > len(self.table):
             raise ValueError(f"n_loops={n_loops}: the projected loop-index embedding has {len(self.table)} rows "
                              f"(lie_rows), one per iteration; run at most {len(self.table)} loops")
-        return self.proj(self.table[:n_loops])
+        return self.proj(self.table)[:n_loops]
 
 
 class LTIGate(nn.Module):
