@@ -24,7 +24,8 @@ Where a domain has no separate validation source, each document goes to validati
 val/(train+val), decided by a hash of (corpus.seed, document index): deterministic and disjoint; or,
 with `holdout: tail` (local files), validation is the LAST documents of the source (e.g. the last
 Wikipedia articles) and training the ones before them. Exact duplicate texts are dropped, so train
-and val never share a document. A domain with `role: eval` is held out entirely: all of its text
+and val never share a document; with `unique_by: <field>` (local JSON), so is every document whose
+field repeats an earlier one's (two Wikipedia dumps hold other revisions of the same titles). A domain with `role: eval` is held out entirely: all of its text
 goes to validation (an out-of-domain perplexity set), none to training.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ BUILTIN_DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")
 # keys each source may set (besides `source`); anything else set is an error naming the key
 _SOURCE_KEYS = {
     "builtin": set(),
-    "local": {"train_files", "val_files", "format", "sample_by", "text_field", "holdout"},
+    "local": {"train_files", "val_files", "format", "sample_by", "text_field", "holdout", "unique_by"},
     "hf": {"name", "config", "split", "val_split", "text_field"},
 }
 
@@ -93,12 +94,13 @@ class DomainSource:
     split: str | None = None                       # hf: training split
     val_split: str | None = None                   # hf: validation split (absent: carved by hash)
     holdout: Literal["hash", "tail"] | None = None # local without val_files: how val is carved (absent: hash)
+    unique_by: str | None = None                   # local json/parquet: drop a document whose field repeats
     role: Literal["train", "eval"] = "train"       # eval: validation text only (out-of-domain PPL)
 
     def __post_init__(self):
         allowed = _SOURCE_KEYS[self.source]
         for key in ("train_files", "val_files", "format", "sample_by", "text_field", "name", "config",
-                    "split", "val_split", "holdout"):
+                    "split", "val_split", "holdout", "unique_by"):
             if getattr(self, key) is not None and key not in allowed:
                 users = [s for s, keys in _SOURCE_KEYS.items() if key in keys]
                 raise ValueError(f"{key}: only used by source {' / '.join(users)}, not {self.source!r}; "
@@ -110,6 +112,8 @@ class DomainSource:
                 raise ValueError("holdout: carves validation out of train_files; not used with val_files")
             if self.sample_by is not None and self.format not in (None, "text"):
                 raise ValueError(f"sample_by: only used by format 'text', not {self.format!r}")
+            if self.unique_by is not None and self.format == "text":
+                raise ValueError("unique_by: names a field of JSON or parquet rows; format 'text' has none")
         for key in ("train_files", "val_files"):
             v = getattr(self, key)
             if isinstance(v, list) and not v:
@@ -223,21 +227,31 @@ def approx_tokens(text: str) -> float:
 
 
 def stream_documents(path_or_name: str, config: str | None = None, split: str = "train",
-                     text_field: str = "text", data_files=None, **builder_kwargs) -> Iterator[str]:
+                     text_field: str = "text", data_files=None, unique_by: str | None = None,
+                     **builder_kwargs) -> Iterator[str]:
     """Texts of one split through `datasets.load_dataset(..., streaming=True)`.
 
     The one loader behind both `local` (path_or_name = "text" | "json" | "parquet", data_files =
     local files) and `hf` (a hub dataset name and config): the same code path, so the hub loader is
-    tested by pointing it at local files."""
+    tested by pointing it at local files. `unique_by`: a row whose value of that field was seen in an
+    earlier row is skipped."""
     import datasets  # slow import, only where used
     kwargs = dict(builder_kwargs)
     if data_files is not None:
         kwargs["data_files"] = data_files
     ds = datasets.load_dataset(path_or_name, config, split=split, streaming=True, **kwargs)
+    seen_keys: set = set()
     for i, row in enumerate(ds):
         if text_field not in row:
             raise ValueError(f"{path_or_name}: rows have no field {text_field!r} (fields: {sorted(row)}); "
                              f"set text_field")
+        if unique_by is not None:
+            if unique_by not in row:
+                raise ValueError(f"{path_or_name}: row {i} has no field {unique_by!r} (fields: {sorted(row)}); "
+                                 f"fix unique_by")
+            if row[unique_by] in seen_keys:
+                continue
+            seen_keys.add(row[unique_by])
         text = row[text_field]
         if text is None:
             continue
@@ -312,6 +326,11 @@ def plan_domain(domain: str, spec: DomainSource, seed: int) -> _Plan:
         fmt = _local_format(spec, train_files + (val_files or []), where)
         field = "text" if fmt == "text" else (spec.text_field or "text")
         kwargs = {"sample_by": spec.sample_by} if spec.sample_by else {}
+        if spec.unique_by is not None:
+            if fmt == "text":
+                raise ValueError(f"{where}.unique_by: names a field of JSON or parquet rows; {train_files} "
+                                 f"are plain text")
+            kwargs["unique_by"] = spec.unique_by
         _offline_datasets_env()
 
         def reader(files):

@@ -570,3 +570,31 @@ def test_real_samples_with_llama2_tokenizer(tmp_path):
     assert sp.decode(val[:first_end].tolist()) == docs_of(tmp_path / "corpus", "fineweb_edu", "val")[0]
     x, y = BatchReader(tmp_path / "bins", 1024, 2).next_batch()
     assert x.max() < 32_000 and y.min() >= -1
+
+
+def test_unique_by_drops_documents_whose_field_repeats_an_earlier_one(tmp_path):
+    """Two dumps of one wiki: the second file's revision of a title already read is dropped, with
+    every other document kept in file order; a field the rows lack is named."""
+    first = [{"title": "Anarchism", "text": "anarchism, 2019 revision"}, {"title": "Apollo", "text": "apollo"}]
+    second = [{"title": "Anarchism", "text": "anarchism, 2015 revision"}, {"title": "Zebra", "text": "zebra"}]
+    for name, rows in (("a.jsonl", first), ("b.jsonl", second)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"source": "local", "train_files": [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")],
+            "val_files": [str(tmp_path / "a.jsonl")], "unique_by": "title"}
+    m = build_corpus(cparams(train_tokens=10**9, val_tokens=10**9, domains={"wiki": spec}), tmp_path / "c",
+                     progress=False)
+    # val (a.jsonl) is read first and its texts are dropped from train as exact duplicates
+    assert docs_of(tmp_path / "c", "wiki", "train") == ["zebra"]
+    assert m["domains"]["wiki"]["details"]["unique_by"] == "title"
+    without = {k: v for k, v in spec.items() if k != "unique_by"}
+    build_corpus(cparams(train_tokens=10**9, val_tokens=10**9, domains={"wiki": without}), tmp_path / "d",
+                 progress=False)
+    assert docs_of(tmp_path / "d", "wiki", "train") == ["anarchism, 2015 revision", "zebra"]
+    with pytest.raises(ValueError, match="has no field 'name'"):
+        build_corpus(cparams(train_tokens=10**9, val_tokens=10**9, domains={"wiki": dict(spec, unique_by="name")}),
+                     tmp_path / "e", progress=False)
+    (tmp_path / "t.txt").write_text("one\ntwo\n")
+    with pytest.raises(ValueError, match="unique_by: names a field"):
+        build_corpus(cparams(train_tokens=10**9, val_tokens=10**9, domains={"t": {
+            "source": "local", "train_files": str(tmp_path / "t.txt"), "unique_by": "title"}}), tmp_path / "f",
+            progress=False)
