@@ -106,14 +106,20 @@ class BatchReader:
     """Training batches from train.bin, read sequentially (consumed once, in file order).
 
     Each row is a window of seq_len tokens starting at a multiple of seq_len; its targets are the
-    next tokens. `chunk_tokens % seq_len == 0`, so a window never spans two chunks, i.e. never two
-    domains; the one target that would come from the next chunk (the last target of a window ending
-    at a chunk boundary) is IGNORE_INDEX (-1). When the file runs out the reader wraps around,
+    next tokens. `chunk_tokens % seq_len == 0`, so a window's inputs never span two chunks, i.e. never
+    two domains. The last target of a window ending at a chunk boundary comes from the next chunk
+    (often another domain): `cross_chunk_target` "ignore" makes it IGNORE_INDEX (-1), "keep" trains on
+    it, as the CART authors' FixedOrderDataset does (1 target in chunk_tokens). The last window of the
+    file has no next token: IGNORE_INDEX either way. When the file runs out the reader wraps around,
     counts an epoch and warns. state_dict()/load_state_dict() resume at the exact token."""
 
-    def __init__(self, bins_dir: str | os.PathLike, seq_len: int, micro_batch: int, verify_hash: bool = True):
+    def __init__(self, bins_dir: str | os.PathLike, seq_len: int, micro_batch: int, verify_hash: bool = True,
+                 cross_chunk_target: Literal["ignore", "keep"] = "ignore"):
         if seq_len < 1 or micro_batch < 1:
             raise ValueError(f"BatchReader: seq_len ({seq_len}) and micro_batch ({micro_batch}) must be >= 1")
+        if cross_chunk_target not in ("ignore", "keep"):
+            raise ValueError(f"cross_chunk_target: 'ignore' or 'keep', got {cross_chunk_target!r}")
+        self.keep_cross_chunk = cross_chunk_target == "keep"
         self.meta = read_meta(bins_dir)
         self.chunk_tokens = int(self.meta["chunk_tokens"])
         if self.chunk_tokens % seq_len:
@@ -134,7 +140,7 @@ class BatchReader:
         end = start + self.seq_len
         x = np.asarray(self.data[start:end], dtype=np.int64)
         y = np.empty_like(x)
-        if end % self.chunk_tokens == 0:  # the next token belongs to another chunk (or is past the end)
+        if end >= self.n_tokens or (end % self.chunk_tokens == 0 and not self.keep_cross_chunk):
             y[:-1] = x[1:]
             y[-1] = IGNORE_INDEX
         else:
@@ -170,9 +176,14 @@ class BatchReader:
 
 
 def val_batches(bins_dir: str | os.PathLike, domain: str, seq_len: int, n_seqs: int,
-                batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first n_seqs non-overlapping windows of seq_len + 1 tokens of val_<domain>.bin, as
-    (x, y) = (window[:-1], window[1:]) int64 batches of up to batch_size rows. Deterministic."""
+                batch_size: int, windows: Literal["disjoint", "overlapping"] = "disjoint",
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first n_seqs windows of seq_len + 1 tokens of val_<domain>.bin, as (x, y) = (window[:-1],
+    window[1:]) int64 batches of up to batch_size rows. Deterministic. `windows` "disjoint": no token
+    in two windows (stride seq_len + 1); "overlapping": stride seq_len, so every token but the first is
+    a target once (the CART authors' eval_perplexity)."""
+    if windows not in ("disjoint", "overlapping"):
+        raise ValueError(f"windows: 'disjoint' or 'overlapping', got {windows!r}")
     if seq_len < 1 or n_seqs < 1 or batch_size < 1:
         raise ValueError(f"val_batches: seq_len ({seq_len}), n_seqs ({n_seqs}) and batch_size ({batch_size}) "
                          f"must be >= 1")
@@ -180,13 +191,15 @@ def val_batches(bins_dir: str | os.PathLike, domain: str, seq_len: int, n_seqs: 
     if domain not in meta["domains"]:
         raise ValueError(f"unknown domain {domain!r}; the bins have {meta['domains']}")
     data = open_bin(bins_dir, f"val_{domain}", verify_hash=True, meta=meta)
-    need = n_seqs * (seq_len + 1)
+    stride = seq_len + 1 if windows == "disjoint" else seq_len
+    need = (n_seqs - 1) * stride + seq_len + 1
     if len(data) < need:
-        raise ValueError(f"val_{domain}.bin has {len(data):,} tokens; {n_seqs} windows of seq_len + 1 = "
+        raise ValueError(f"val_{domain}.bin has {len(data):,} tokens; {n_seqs} {windows} windows of seq_len + 1 = "
                          f"{seq_len + 1} tokens need {need:,}: raise corpus.val_tokens or lower "
                          f"train.eval_seqs / seq_len")
-    windows = torch.from_numpy(np.asarray(data[:need], dtype=np.int64).reshape(n_seqs, seq_len + 1))
-    return [(windows[i:i + batch_size, :-1].clone(), windows[i:i + batch_size, 1:].clone())
+    tokens = torch.from_numpy(np.asarray(data[:need], dtype=np.int64))
+    rows = tokens.unfold(0, seq_len + 1, stride)
+    return [(rows[i:i + batch_size, :-1].clone(), rows[i:i + batch_size, 1:].clone())
             for i in range(0, n_seqs, batch_size)]
 
 

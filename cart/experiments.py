@@ -83,6 +83,11 @@ class TrainSettings:
     # steps, but 1.02x there and 0.74x at d256)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     fp8: bool = False
+    # how windows are cut from the bins (cart/data.py): the last target of a training window that ends
+    # on a chunk boundary ignored (no target from another domain) or kept (the CART authors'), and
+    # validation windows disjoint or overlapping by one token (stride seq_len, the authors')
+    cross_chunk_target: Literal["ignore", "keep"] = "ignore"
+    val_windows: Literal["disjoint", "overlapping"] = "disjoint"
 
     def __post_init__(self):
         checks = {

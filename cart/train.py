@@ -238,8 +238,8 @@ class Trainer:
         floor = t.min_lr_ratio
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_multiplier(s, t.warmup_steps, r.steps, floor))
-        self.reader = BatchReader(paths.bins_dir, r.seq_len, r.micro_batch)
-        self.val = {d: val_batches(paths.bins_dir, d, r.seq_len, t.eval_seqs, r.micro_batch)
+        self.reader = BatchReader(paths.bins_dir, r.seq_len, r.micro_batch, cross_chunk_target=t.cross_chunk_target)
+        self.val = {d: val_batches(paths.bins_dir, d, r.seq_len, t.eval_seqs, r.micro_batch, t.val_windows)
                     for d in domains(paths.bins_dir)}
         # only now, with the model, data and settings all accepted, may an earlier run's files go
         if state in ("fresh", "stale") and self.dist.is_main:

@@ -451,6 +451,29 @@ def test_batch_reader_windows_never_mix_domains(built):
     assert len({int(cmap[k, 0]) for k in range(len(cmap))}) == 3
 
 
+def test_batch_reader_keeps_the_cross_chunk_target_as_the_authors_dataset(built):
+    """cross_chunk_target "keep": every window's targets are the next T tokens of the file, the last
+    one from the next chunk too (the CART authors' FixedOrderDataset), except at the file's end."""
+    T, B = 64, 4
+    train = np.asarray(open_bin(built["bins"], "train.bin"), dtype=np.int64)
+    r = BatchReader(built["bins"], T, B, cross_chunk_target="keep")
+    n_batches = len(train) // (T * B)
+    for b in range(n_batches):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x, y = r.next_batch()
+        for i in range(B):
+            start = (b * B + i) * T
+            end = start + T
+            np.testing.assert_array_equal(x[i].numpy(), train[start:end])
+            if end < len(train):
+                np.testing.assert_array_equal(y[i].numpy(), train[start + 1:end + 1])
+            else:
+                assert y[i, -1].item() == -1
+    with pytest.raises(ValueError, match="cross_chunk_target: 'ignore' or 'keep'"):
+        BatchReader(built["bins"], T, B, cross_chunk_target="drop")
+
+
 def test_batch_reader_resumes_at_the_exact_token_and_wraps(built):
     a = BatchReader(built["bins"], 128, 3)
     for _ in range(5):
@@ -492,6 +515,12 @@ def test_val_batches(built):
     np.testing.assert_array_equal(y, windows[:, 1:])
     again = val_batches(built["bins"], "wikipedia", T, n, bs)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, again))
+    # overlapping: stride T, window i's last target is window i + 1's first input (the authors')
+    over = val_batches(built["bins"], "wikipedia", T, n, bs, windows="overlapping")
+    xo = torch.cat([b[0] for b in over]).numpy()
+    yo = torch.cat([b[1] for b in over]).numpy()
+    np.testing.assert_array_equal(xo, val[:n * T].reshape(n, T))
+    np.testing.assert_array_equal(yo, val[1:n * T + 1].reshape(n, T))
     have = built["meta"]["files"]["val_tinystories.bin"]["tokens"]
     with pytest.raises(ValueError, match=f"val_tinystories.bin has {have:,} tokens"):
         val_batches(built["bins"], "tinystories", 1024, 1000, 8)

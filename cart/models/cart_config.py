@@ -70,6 +70,11 @@ PAPER_TEXT_VS_CODE: tuple[Difference, ...] = (
                "fixed unshuffled cycle in source order: 3 TinyStories, 3 Wikipedia, 4 FineWeb-Edu chunks (30/30/40)",
                "bins.stream, bins.mixture"),
     Difference("document format", "text + EOS", "BOS + text + EOS", "bins.document_format"),
+    Difference("a training window's last target at a chunk boundary", "(not stated) ignored: no target from "
+               "the next chunk's domain", "trained on (FixedOrderDataset: 1 target in 1,024)",
+               "train.cross_chunk_target"),
+    Difference("validation windows", "(not stated) disjoint windows of seq_len + 1 tokens",
+               "stride seq_len: consecutive windows share one token (eval_perplexity)", "train.val_windows"),
     Difference("benchmark context prefix", "none", "BOS (lm-eval's HF adapter with the Llama-2 tokenizer)",
                "benchmarks.prefix_context"),
     Difference("P=4 spot check", "1 seed", "3 seeds", "ablation (P4)"),
