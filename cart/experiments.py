@@ -157,6 +157,8 @@ class RunFields:
     init_from: str | None = None
     # where each overridden training setting is written (its full params key), for error messages
     train_from: dict = dataclasses.field(default_factory=dict)
+    run: dict = dataclasses.field(default_factory=dict)  # RunSettings fields overridden for the run
+    run_from: str = ""  # the params key of those overrides
 
 
 # ---- groups --------------------------------------------------------------------------------------
@@ -285,9 +287,10 @@ def _seeds(params: dict, key: str) -> list[int]:
     return seeds
 
 
-def _variant_entry(p: dict, key: str) -> tuple[dict, dict]:
-    """A variant's (model fields, train overrides): a mapping of config fields, with an optional
-    `train:` mapping of training settings."""
+def _variant_entry(p: dict, key: str, run_overrides: bool = False) -> tuple[dict, dict, dict]:
+    """A variant's (model fields, train overrides, run overrides): a mapping of config fields, with an
+    optional `train:` mapping of training settings and, where the group allows it, a `run:` mapping of
+    run settings (e.g. a longer run than the group's)."""
     entry = section(p, key) or {}
     if not isinstance(entry, dict):
         raise ValueError(f"{key}: expected a mapping of config fields, got {entry!r}")
@@ -295,7 +298,10 @@ def _variant_entry(p: dict, key: str) -> tuple[dict, dict]:
     train = entry.pop("train", None) or {}
     if not isinstance(train, dict):
         raise ValueError(f"{key}.train: expected a mapping of training settings, got {train!r}")
-    return entry, train
+    run = entry.pop("run", None) or {} if run_overrides else {}
+    if not isinstance(run, dict):
+        raise ValueError(f"{key}.run: expected a mapping of run settings, got {run!r}")
+    return entry, train, run
 
 
 def _train_overrides(*sources: tuple[str, dict]) -> tuple[dict, dict]:
@@ -326,7 +332,7 @@ def _ablation_fields(p: dict, f: dict, variants: str = "ablation.variants") -> R
     """An ablation run: ablation.base, then its entry of `variants`; seed from its name (a
     multi-seed variant's run) or ablation.seed."""
     name = f["variant"]
-    fields, train = _variant_entry(p, f"{variants}.{name}")
+    fields, train, _ = _variant_entry(p, f"{variants}.{name}")
     merged, origin = _train_overrides(("ablation.train", section(p, "ablation.train")),
                                       (f"{variants}.{name}.train", train))
     seed = f["seed"] if "seed" in f else section(p, "ablation.seed")
@@ -346,15 +352,19 @@ _ABLATION_MULTI_SEED = Group(
 
 
 def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: str | None = None,
-                   train_only: tuple[str, ...] | None = None) -> Group:
+                   train_only: tuple[str, ...] | None = None, shared_train: str | None = None,
+                   run_overrides: bool = False) -> Group:
     """Runs `<variant>-s<seed>` of one family, same run settings as Stage 2 unless `run_key` says:
     every run sets `<name>.base` (e.g. d_model, n_layers), then its entry of `<name>.variants`
-    (model fields, and optional `train:` overrides), on top of the group's `<name>.train` overrides;
-    seeds from `<name>.seeds`. With `parent`, each run starts from the final weights of run
+    (model fields, and optional `train:` overrides), on top of the group's `<name>.train` overrides
+    (and before them those of `shared_train`, another group's, e.g. Stage 1's recipe); seeds from
+    `<name>.seeds`. With `parent`, each run starts from the final weights of run
     `<parent>/<name.init_from>-s<seed>` (e.g. RAT+ resolution adaptation from a pretrained run).
     With `train_only`, the variants differ in training alone: an entry holds nothing but `train:`,
-    which must set each of the named settings (every run trains the model of `<name>.base`)."""
-    keys = (*_model_keys(arch), "train", run_key, f"{name}.base", f"{name}.train", f"{name}.variants.{{variant}}")
+    which must set each of the named settings (every run trains the model of `<name>.base`).
+    With `run_overrides`, an entry may hold a `run:` mapping of run settings over `run_key`'s."""
+    keys = (*_model_keys(arch), "train", run_key, *((shared_train,) if shared_train else ()), f"{name}.base",
+            f"{name}.train", f"{name}.variants.{{variant}}")
     keys += (f"{name}.init_from",) if parent else ()
 
     def expand(p: dict) -> list[dict]:
@@ -363,7 +373,7 @@ def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: st
 
     def fields(p: dict, f: dict) -> RunFields:
         key = f"{name}.variants.{f['variant']}"
-        model, train = _variant_entry(p, key)
+        model, train, run = _variant_entry(p, key, run_overrides)
         if train_only is not None:
             if model:
                 raise ValueError(f"{key}.{sorted(model)[0]}: {name} variants differ in training alone (a `train:` "
@@ -371,12 +381,14 @@ def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: st
             for k in train_only:
                 if k not in train:
                     raise ValueError(f"{key}.train.{k}: every {name} variant sets it (the setting its runs compare)")
-        merged, origin = _train_overrides((f"{name}.train", section(p, f"{name}.train")), (f"{key}.train", train))
+        shared = ((shared_train, section(p, shared_train)),) if shared_train else ()
+        merged, origin = _train_overrides(*shared, (f"{name}.train", section(p, f"{name}.train")),
+                                          (f"{key}.train", train))
         base = section(p, f"{name}.base")
         if not isinstance(base, dict):
             raise ValueError(f"{name}.base: expected a mapping of model fields, got {base!r}")
         init = f"{parent}/{section(p, f'{name}.init_from')}-s{f['seed']}" if parent else None
-        return RunFields(dict(base) | model, f["seed"], f["variant"], merged, init, origin)
+        return RunFields(dict(base) | model, f["seed"], f["variant"], merged, init, origin, run, f"{key}.run")
 
     return Group(name, arch, "{variant}-s{seed}", keys, run_key, (f"{name}.variants", f"{name}.seeds"),
                  expand, fields)
@@ -384,9 +396,17 @@ def _variant_group(name: str, arch: str, run_key: str = "stage2.run", parent: st
 
 GROUPS: dict[str, Group] = {g.name: g for g in (
     Group("stage1", "cart", "d{d_model}-P{n_prelude}-R{n_loops}",
-          (*_model_keys("cart"), "train", "stage1.run", "stage1.seed"), "stage1.run", ("stage1.grid",),
-          lambda p: _grid(p, "stage1.grid", ("d_model", "n_prelude", "n_loops")),
-          lambda p, f: RunFields(f, section(p, "stage1.seed"))),
+          (*_model_keys("cart"), "train", "stage1.run", "stage1.seed", "stage1.train"), "stage1.run",
+          ("stage1.grid",), lambda p: _grid(p, "stage1.grid", ("d_model", "n_prelude", "n_loops")),
+          lambda p, f: _grid_fields(p, f, section(p, "stage1.seed"), "stage1.train")),
+    # Stage 1's controls at its run settings, seed and recipe (not in the paper): Dense per width ...
+    Group("stage1_dense", "dense", "d{d_model}-L{n_layers}",
+          (*_model_keys("dense"), "train", "stage1.run", "stage1.seed", "stage1.train"), "stage1.run",
+          ("stage1_dense.grid",), lambda p: _grid(p, "stage1_dense.grid", ("d_model", "n_layers")),
+          lambda p, f: _grid_fields(p, f, section(p, "stage1.seed"), "stage1.train")),
+    # ... and CART variants (the other reading, the leak, other seeds), a variant's run may be longer
+    _variant_group("stage1_variants", "cart", run_key="stage1.run", shared_train="stage1.train",
+                   run_overrides=True),
     Group("stage2", "cart", "d{d_model}-R{n_loops}-s{seed}",
           (*_model_keys("cart"), "train", "stage2.run", "stage2.n_prelude", "stage2.train"), "stage2.run",
           ("stage2.grid",), lambda p: _grid(p, "stage2.grid", ("d_model", "n_loops", "seed")),
@@ -449,7 +469,7 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
     form = g.form_of(name)
     rf = form.fields(p, fields)
     train = _train_settings(section(p, "train"), rf, f"{group} run {name}")
-    run = build(RunSettings, section(p, g.run_key), g.run_key)
+    run = _run_settings(p, g.run_key, rf)
     if train.warmup_steps >= run.steps:
         raise ValueError(f"{rf.train_from.get('warmup_steps', 'train.warmup_steps')}={train.warmup_steps} must be "
                          f"< {g.run_key}.steps={run.steps}")
@@ -463,6 +483,19 @@ def resolve_run(params: dict, group: str, name: str, vocab_size: int) -> RunSpec
     train.loop_sampling.check_model(model, train.backprop_loops, origin.rsplit(".", 1)[0] if origin else "train")
     return RunSpec(group=group, name=name, seed=rf.seed, model=model, run=run, train=train, variant=rf.variant,
                    init_from=rf.init_from)
+
+
+def _run_settings(p: dict, run_key: str, rf: RunFields) -> RunSettings:
+    """The group's run settings with the run's own overrides (a variant's `run:`) on top; a bad
+    override is named at the key it is written."""
+    base = section(p, run_key)
+    if not isinstance(base, dict):
+        raise ValueError(f"{run_key}: expected a mapping of run settings, got {base!r}")
+    unknown = sorted(set(rf.run) - {f.name for f in dataclasses.fields(RunSettings)})
+    if unknown:
+        raise ValueError(f"{rf.run_from}.{unknown[0]}: unknown run setting; valid: "
+                         f"{[f.name for f in dataclasses.fields(RunSettings)]}")
+    return build(RunSettings, dict(base) | rf.run, rf.run_from if rf.run else run_key)
 
 
 def _train_settings(shared: dict, rf: RunFields, run: str) -> TrainSettings:
@@ -491,7 +524,7 @@ def describe_run(params: dict, group: str, name: str) -> dict:
     g = group_of(group)
     p = view(params, g.plan_keys)
     rf = g.form_of(name).fields(p, g.parse(name))
-    run = build(RunSettings, section(p, g.run_key), g.run_key)
+    run = _run_settings(p, g.run_key, rf)
     return {"group": group, "name": name, "arch": g.arch, **rf.model, "seed": rf.seed, "variant": rf.variant,
             "init_from": rf.init_from, "planned_steps": run.steps, "seq_len": run.seq_len,
             "tokens_per_step": run.tokens_per_step}
@@ -510,7 +543,8 @@ def grid_keys(groups) -> tuple[str, ...]:
 def summary_groups(group: str) -> tuple[str, ...]:
     """The run groups a group's summary reads: Dense and the ablations are compared with Stage 2."""
     return {"dense": ("dense", "stage2"), "ablation": ("ablation", "stage2"),
-            "ratplus_adapt": ("ratplus_adapt", "ratplus")}.get(group, (group,))
+            "ratplus_adapt": ("ratplus_adapt", "ratplus"), "stage1_dense": ("stage1_dense", "stage1"),
+            "stage1_variants": ("stage1_variants", "stage1")}.get(group, (group,))
 
 
 def run_names(params: dict, groups=None) -> dict[str, list[str]]:

@@ -39,8 +39,9 @@ def test_paper_profile_expands_to_the_papers_runs(tmp_path):
     p.write_text((ROOT / "params.yaml").read_text())
     merged = apply_profile("paper", p)
     counts = {g: len(n) for g, n in validate_profile(merged).items()}
-    assert counts == {"stage1": 64, "stage2": 36, "dense": 6, "ablation": 10, "sweep_cart": 3, "sweep_dense": 3,
-                      "lrt": 2, "ratplus": 2, "ratplus_adapt": 2, "sampled_r": 3}
+    assert counts == {"stage1": 64, "stage1_dense": 4, "stage1_variants": 10, "stage2": 36, "dense": 6,
+                      "ablation": 10, "sweep_cart": 3, "sweep_dense": 3, "lrt": 2, "ratplus": 2, "ratplus_adapt": 2,
+                      "sampled_r": 3}
     # 7 single-seed ablations and the P=4, R=10 spot check at the paper's 3 seeds (Table 9)
     spot = [resolve_run(merged, "ablation", f"P4-s{s}", 32_000) for s in (42, 137, 271)]
     assert [(r.seed, r.variant, r.model.n_prelude, r.model.n_loops, r.model.d_model) for r in spot] == \
@@ -48,11 +49,38 @@ def test_paper_profile_expands_to_the_papers_runs(tmp_path):
     spec = resolve_run(merged, "stage2", "d1024-R6-s42", 32_000)
     assert spec.run.tokens_per_step == 32_768 and spec.run.steps == 30_500
     assert resolve_run(merged, "stage1", "d256-P6-R6", 32_000).run.tokens_per_step == 16_384
-    # CUDA graphs where they were measured (fixed R on one GPU): Stage 2 and its Dense control only
-    runs = [("stage2", "d256-R10-s137"), ("dense", "L7-s42"), ("stage1", "d256-P6-R6"), ("ablation", "P4-s42")]
+    # CUDA graphs where they were measured (fixed R on one GPU): Stage 1, Stage 2 and their controls
+    runs = [("stage2", "d256-R10-s137"), ("dense", "L7-s42"), ("stage1", "d256-P6-R6"), ("ablation", "P4-s42"),
+            ("stage1_dense", "d1024-L7"), ("stage1_variants", "text-R2-s137")]
     modes = {g: resolve_run(merged, g, n, 32_000).train.compile_mode for g, n in runs}
-    assert modes == {"stage2": "reduce-overhead", "dense": "reduce-overhead", "stage1": "default",
-                     "ablation": "default"}
+    assert modes == {"stage2": "reduce-overhead", "dense": "reduce-overhead", "stage1": "reduce-overhead",
+                     "ablation": "default", "stage1_dense": "reduce-overhead", "stage1_variants": "reduce-overhead"}
+
+
+def test_stage1_controls_share_stage1s_run_settings_seed_and_recipe(tmp_path):
+    """Dense per width and the CART variants train at Stage 1's settings; a variant's `run:` mapping
+    (the leak's longer run) overrides the run settings of that variant alone."""
+    p = tmp_path / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    merged = apply_profile("paper", p)
+    stage1 = resolve_run(merged, "stage1", "d256-P6-R6", 32_000)
+    dense = resolve_run(merged, "stage1_dense", "d512-L7", 32_000)
+    assert (dense.run, dense.train, dense.seed) == (stage1.run, stage1.train, stage1.seed)
+    assert isinstance(dense.model, DenseConfig) and (dense.model.d_model, dense.model.n_layers) == (512, 7)
+    text = resolve_run(merged, "stage1_variants", "text-R2-s137", 32_000)
+    assert (text.run, text.train, text.seed) == (stage1.run, stage1.train, 137)
+    assert (text.model.variant, text.model.n_loops, text.model.d_model, text.model.n_prelude) == \
+        ("paper_text", 2, 256, 6)
+    leak = resolve_run(merged, "stage1_variants", "leak-s42", 32_000)
+    assert leak.model.noncausal_cross_attn and leak.model.variant == "paper_code"
+    assert (leak.run.steps, leak.run.eval_every) == (6000, 100)
+    assert (leak.run.seq_len, leak.run.micro_batch) == (stage1.run.seq_len, stage1.run.micro_batch)
+    merged["stage1_variants"]["variants"]["leak"]["run"] = {"stepz": 10}
+    with pytest.raises(ValueError, match=r"stage1_variants.variants.leak.run.stepz: unknown run setting"):
+        resolve_run(merged, "stage1_variants", "leak-s42", 32_000)
+    merged["stage1_variants"]["variants"]["leak"]["run"] = {"steps": 0}
+    with pytest.raises(ValueError, match=r"stage1_variants.variants.leak.run: steps: must be >= 1"):
+        resolve_run(merged, "stage1_variants", "leak-s42", 32_000)
 
 
 @pytest.mark.parametrize("overlays", [["local_data"], ["local_eval"], ["paper", "local_eval"]])
