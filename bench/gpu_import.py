@@ -2,11 +2,13 @@
 outputs (apart from the default profile's DVC outputs):
 
     python -m bench.gpu_import out/job1.tgz out/job2.tgz ...     # later archives win
+    python -m bench.gpu_import --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
 
 The archives are unpacked into one workspace, where the group summaries, the results store and the
 report are rebuilt from every job's runs and evaluation rows (CPU work: the GPU jobs need not keep
 a machine warm for them), then filed:
 
+    gpu/params.yaml        the params the runs were resolved with (the profiles applied to params.yaml)
     gpu/report/            REPORT.md, tables, figures
     gpu/results.db         the results store
     gpu/metrics/           every run's and group's metrics JSON (as metrics/ in the default profile)
@@ -32,7 +34,7 @@ from cart.experiments import GROUPS
 REPO = Path(__file__).resolve().parents[1]
 
 
-def import_archives(archives: list[Path], dest: Path = Path("gpu")) -> None:
+def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tuple[str, ...] = ("gpu",)) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         for a in archives:  # later archives overwrite earlier ones
@@ -46,15 +48,18 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu")) -> None:
 
         def stage(*args: str) -> None:
             subprocess.run([sys.executable, "-m", *args], cwd=ws, env=env, check=True)
-        stage("pipeline.profile", "gpu")
+        for profile in profiles:
+            stage("pipeline.profile", profile)
+        from cart.params import load_params
+        report_dir = load_params(ws / "params.yaml")["report"]["out_dir"]
         for group in GROUPS:
             stage("pipeline.summarize", group)
         stage("pipeline.results")
         stage("pipeline.report")
 
         dest.mkdir(exist_ok=True)
-        for src, name in (("gpu/report", "report"), ("results/results.db", "results.db"), ("metrics", "metrics"),
-                          ("eval", "eval"), ("plots", "plots"), ("logs", "logs")):
+        for src, name in ((report_dir, "report"), ("results/results.db", "results.db"), ("metrics", "metrics"),
+                          ("eval", "eval"), ("plots", "plots"), ("logs", "logs"), ("params.yaml", "params.yaml")):
             target = dest / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -84,8 +89,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("archives", nargs="+", type=Path)
     ap.add_argument("--dest", type=Path, default=Path("gpu"))
+    ap.add_argument("--profiles", nargs="+", default=["gpu"], help="applied to params.yaml in order (default: gpu)")
     args = ap.parse_args(argv)
-    import_archives([a.resolve() for a in args.archives], args.dest)
+    import_archives([a.resolve() for a in args.archives], args.dest, tuple(args.profiles))
     print(f"imported {len(args.archives)} archive(s) into {args.dest}/")
     return 0
 

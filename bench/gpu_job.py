@@ -8,15 +8,17 @@ the DAG's order, with the training runs of the listed groups packed N at a time 
 
 Steps, run in the order given: `data` (corpus, tokenizer, bins: skipped when data/bins/meta.json
 exists, e.g. on a machine still warm from the last job), `train:<groups or group/run>` (every run of
-each group's grid, or the one run named, N concurrent processes), `summarize:<groups>`,
-`eval:<stages>` (benchmarks, variable_r, or a study of pipeline/evaluate.py; N at once, each logged
-to logs/eval-<stage>.log), `results`, `report`. A failing command stops the job (exit 1), after
-the runs already started have finished. Each step prints its wall time; bench/gpu_profile.sh packs
+each group's grid, or the one run named, or the runs a shell pattern matches, e.g.
+`train:stage1/d256-*`; N concurrent processes), `summarize:<groups>`, `eval:<stages>` (benchmarks,
+variable_r, or a study of pipeline/evaluate.py; N at once, each logged to logs/eval-<stage>.log),
+`results`, `report`. A failing command stops the job (exit 1), after the runs already started have
+finished. Each step prints its wall time; bench/gpu_profile.sh packs
 what came out. On a DVC machine use `dvc repro` instead: this is the same work without DVC's records.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import subprocess
 import sys
 import time
@@ -55,7 +57,9 @@ def commands(step: str, params: dict) -> list[list[str]]:
         if bad:
             raise SystemExit(f"train: unknown group(s) {bad}; valid: {list(GROUPS)}")
         runs = run_names(params, groups)
-        wanted = [(g, r) for n in names for g, _, one in [n.partition("/")] for r in ([one] if one else runs[g])]
+        wanted = [(g, r) for n in names for g, _, one in [n.partition("/")]
+                  for r in (fnmatch.filter(runs[g], one) or [one] if one else runs[g])]
+        wanted = list(dict.fromkeys(wanted))  # a run selected twice runs once
         unknown = [f"{g}/{r}" for g, r in wanted if r not in runs[g]]
         if unknown:
             raise SystemExit(f"train: {unknown} are not in the params grid; valid: "

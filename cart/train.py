@@ -40,6 +40,9 @@ from .tokenizer import tokenizer_info
 RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every", "zero_optimizer")
 # Inside a run folder: the completed runs a changed config replaced, one folder each (never deleted here).
 REPLACED = "replaced"
+# The first optimizer steps of a process, timed apart: compilation and CUDA-graph capture happen in
+# them (a graph is recorded on a compiled function's second or third call)
+WARMUP_STEPS = 3
 
 
 class NonFiniteError(RuntimeError):
@@ -94,6 +97,11 @@ class Trainer:
         self._signal = None
         self.steady_rates: list[float] = []  # logged tokens/s after the first (warm-up) interval
         self.peak_mem = {"train": None, "eval": None}  # GiB, this process's part of the run (CUDA only)
+        # where this process's wall time went (seconds): setting up (model, data, optimizer), the first
+        # WARMUP_STEPS optimizer steps (compilation and CUDA-graph capture happen there), the other
+        # steps, evaluations and checkpoint writes; a sweep's cost is read from these
+        self.timing = {"setup_s": 0.0, "warmup_steps_s": 0.0, "steps_s": 0.0, "eval_s": 0.0, "checkpoint_s": 0.0}
+        self._t_created = time.perf_counter()
 
     def _parent_weights(self) -> Path | None:
         """The final weights of the run this one starts from (spec.init_from), which must be complete."""
@@ -155,6 +163,11 @@ class Trainer:
 
     # ---- checkpoints ----
     def _save_checkpoint(self, step: int) -> None:
+        t0 = time.perf_counter()
+        self._write_checkpoint(step)
+        self.timing["checkpoint_s"] += time.perf_counter() - t0
+
+    def _write_checkpoint(self, step: int) -> None:
         name = f"weights-{step:07d}.safetensors"
         digest = ckpt.save_weights(self.model, self.paths.run_dir / name)
         ckpt.save_state({
@@ -188,6 +201,7 @@ class Trainer:
 
     # ---- evaluation ----
     def _evaluate(self, step: int) -> dict:
+        t0 = time.perf_counter()
         self._note_peak_memory("train")  # training's peak so far, then the evaluation's own
         out = {}
         for dom, batches in self.val.items():
@@ -198,6 +212,7 @@ class Trainer:
         eval_peak = self._note_peak_memory("eval")
         if eval_peak is not None:
             self.curves.log_train(step, {"eval_peak_mem_gib": eval_peak})
+        self.timing["eval_s"] += time.perf_counter() - t0
         return out
 
     def _note_peak_memory(self, phase: str) -> float | None:
@@ -266,6 +281,7 @@ class Trainer:
         self.graphed = use_compile and t.compile_mode in CUDA_GRAPH_MODES
         self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.timing["setup_s"] = time.perf_counter() - self._t_created
         try:
             final_eval, last_loss = self._loop(start)
         except NonFiniteError as e:
@@ -318,7 +334,9 @@ class Trainer:
             self.interval_loss[1] += len(batches)
             self.tokens += r.tokens_per_step
             interval_tokens += r.tokens_per_step
-            self.train_time += time.perf_counter() - t0
+            step_s = time.perf_counter() - t0
+            self.train_time += step_s
+            self.timing["warmup_steps_s" if step - start < WARMUP_STEPS else "steps_s"] += step_s
             if "n_loops" in loop_kwargs and self.dist.is_main:  # every step's R, not only the logged steps'
                 self.curves.log_train(done, {"n_loops": loop_kwargs["n_loops"]})
 
@@ -420,6 +438,7 @@ class Trainer:
             "flops_per_seq": forward_flops(spec.model, spec.run.seq_len),
             "spectral_radius": self._rho(), "final_train_loss": last_loss, "final_eval": final_eval,
             "peak_mem_gib": self.peak_mem["train"], "eval_peak_mem_gib": self.peak_mem["eval"],
+            "timing": {k: round(v, 3) for k, v in self.timing.items()} | {"warmup_steps": WARMUP_STEPS},
         }
         summary = finite_or_null(summary)  # a diverged run's NaN rho is no JSON number: null, beside its failure
         atomic_write_json(paths.run_dir / ckpt.SUMMARY, summary)

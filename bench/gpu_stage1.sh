@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The paper's Stage 1 screen at its own budget (configs/paper.yaml, then configs/paper_offline.yaml: the
+# offline corpora) on a GPU machine with no network and no DVC, several runs at once under CUDA MPS.
+# docs/gpu.md has the whole sequence; in short:
+#
+#   here:   bash bench/gpu_stage1.sh pack          # .gpu-site (packages) and .gpu-stage1/data.tar.xz (the bins)
+#   device: bash bench/gpu_stage1.sh start '4:stage1/d256-*' '2:stage1/d512-P2-R2,stage1/d512-P6-R8' ...
+#           (carry .gpu-site and .gpu-stage1)
+#           bash bench/gpu_stage1.sh collect 540   # again, on the still-warm machine, until it says finished
+#   here:   python -m bench.gpu_import --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
+#           python -m bench.sweep_stage1 gpu/stage1 --out metrics/sweep_stage1.json
+#
+# `start` takes batches, run one after another: N:<runs>, N runs at once, <runs> comma-separated
+# selections as bench/gpu_job.py takes them (group, group/name, shell patterns of names); a batch is one
+# job step, so its wall time is what those runs cost together. STAGE1_MPS=0 runs them without MPS;
+# STAGE1_OVERLAY=gpu_stage1_dry adds an overlay after the two profiles (a CPU dry run:
+# configs/gpu_stage1_dry.yaml). The workspace .gpu-ws-stage1/ stays on a warm machine between calls, so
+# a later `start` resumes its runs.
+set -uo pipefail
+CMD=${1:?usage: bash bench/gpu_stage1.sh pack | start <runs...> | collect <seconds>}
+shift
+REPO=$PWD
+WS=$REPO/.gpu-ws-stage1
+OUT=${OUT:-$REPO/out}
+BG=/tmp/cart-stage1-bg   # the background job's files, kept while the machine is warm
+PROFILES=(paper paper_offline)
+DATA=.gpu-stage1/data.tar.xz
+
+params() {  # params.yaml of the campaign in the current folder (validating it needs lm-eval, which the
+  # GPU machine lacks: `pack` writes it here and the GPU machine copies it)
+  cp "$REPO/params.yaml" params.yaml
+  for p in "${PROFILES[@]}" ${STAGE1_OVERLAY:-}; do python3 -m pipeline.profile "$p" > /dev/null || return 1; done
+}
+
+pack_runs() {  # pack_runs <dest.tgz>: every run's config, summary, curves, log (no weights)
+  (cd "$WS" && tar czf "$1" --exclude='*.safetensors' --exclude='trainer_state.pt' \
+    $(ls -d runs plots metrics logs data/bins/meta.json data/corpus/manifest.json data/tokenizer/tokenizer.json \
+      params.yaml 2>/dev/null))
+}
+
+case "$CMD" in
+pack)  # here, on the CPU: the packages and the data the GPU machine gets
+  [ -d .gpu-data ] || { echo "link the shared data first: ln -s ../shared/data .gpu-data" >&2; exit 1; }
+  bash bench/gpu_carry.sh train || exit 1
+  BUILD=$REPO/.gpu-stage1-build
+  mkdir -p "$BUILD" .gpu-stage1 && cd "$BUILD" && ln -sfn "$REPO/.gpu-data" .gpu-data && params || exit 1
+  export PYTHONPATH=$REPO
+  for s in corpus tokenizer bins; do python3 -m pipeline.$s --no-progress || exit 1; done
+  python3 - <<'PY' || exit 1
+import json
+meta = json.load(open("data/bins/meta.json"))
+need = 3000 * 16_384  # Stage 1: 3,000 steps of 32 x 512 tokens, each token seen once
+have = meta["files"]["train.bin"]["tokens"]
+print(f"train.bin: {have:,} tokens ({have / need:.3f} x Stage 1's {need:,}); chunks {meta['chunks']}")
+if have < need:
+    raise SystemExit("fewer distinct tokens than Stage 1 reads: raise corpus.train_tokens or change the mixture")
+PY
+  cp params.yaml "$REPO/.gpu-stage1/params.yaml"
+  tar cf - data/bins data/tokenizer data/corpus/manifest.json | xz -9e -T2 > "$REPO/$DATA.tmp" && mv "$REPO/$DATA.tmp" "$REPO/$DATA"
+  ls -l "$REPO/$DATA" && du -sh "$REPO/.gpu-site"
+  ;;
+start)  # on the GPU machine: the runs in the background (their own process session outlives the call)
+  [ $# -ge 1 ] || { echo "start: name the batches (e.g. '4:stage1/d256-*')" >&2; exit 2; }
+  for b in "$@"; do [[ $b =~ ^[0-9]+:.+ ]] || { echo "start: batch '$b' is not N:<runs>" >&2; exit 2; }; done
+  rm -rf "$BG" && mkdir -p "$BG"
+  setsid nohup bash "$0" run "$@" > "$BG/console.log" 2>&1 < /dev/null &
+  echo "started in the background (pid $!): collect with 'bash bench/gpu_stage1.sh collect <seconds>'"
+  ;;
+run)  # what `start` runs
+  export PYTHONPATH=$REPO:$REPO/.gpu-site PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  mkdir -p "$WS" && cd "$WS" || exit 1
+  if [ ! -f data/bins/meta.json ]; then
+    t0=$SECONDS; tar xJf "$REPO/$DATA" || exit 1; echo "data unpacked in $((SECONDS - t0)) s"
+  fi
+  if [ -n "${STAGE1_OVERLAY:-}" ]; then params || exit 1; else cp "$REPO/.gpu-stage1/params.yaml" params.yaml; fi
+  if [ "${STAGE1_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
+  fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+  python3 -c "import torch; print('torch', torch.__version__)"
+  mkdir -p logs
+  status=0
+  for batch in "$@"; do
+    n=${batch%%:*} sel=${batch#*:}
+    echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel" | tee -a "$WS/logs/job.log"
+    python3 -m bench.gpu_job "train:$sel" --parallel "$n" 2>&1 | tee -a "$WS/logs/job.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  done
+  echo $status > "$BG/finished"
+  ;;
+collect)  # on the still-warm machine: wait up to <seconds>, then bring back what is done
+  end=$((SECONDS + ${1:?collect <seconds>}))
+  while [ ! -f "$BG/finished" ] && [ $SECONDS -lt $end ]; do sleep 5; done
+  mkdir -p "$OUT"
+  pack_runs "$OUT/stage1-$(date +%H%M%S).tgz"
+  cp "$BG/console.log" "$OUT/console.log" 2>/dev/null
+  if [ -f "$BG/finished" ]; then echo "finished: exit $(cat "$BG/finished")"; else echo "still running: collect again"; fi
+  grep -E "exit [0-9]+ +[0-9.]+s|command\(s\) in|FAILED" "$WS/logs/job.log" 2>/dev/null | tail -n 40
+  ;;
+*) echo "unknown command $CMD: pack | start <runs...> | collect <seconds>" >&2; exit 2 ;;
+esac
