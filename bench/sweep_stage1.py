@@ -7,9 +7,11 @@ Per run, where its process's wall time went (its summary's `timing`, and the pro
 bench/gpu_job.py logged): setting up, compiling (the first optimizer steps less that many steady
 steps: compilation and CUDA-graph capture happen there), the other steps, evaluation and checkpoints.
 Per width, the wall time of the job step that trained the whole width when one did ("measured"), else
-a projection of the width's 16 configs from the configs measured there (at least 2): each config's
-process time fitted as a + b x its training FLOPs per token (steps are compute-bound at these widths),
-summed over the width's grid. The 64-config total adds the measured and projected widths.
+a projection from a job step that trained some of its configs (at least 2) and nothing else: that
+step's wall time x the width's summed forward FLOPs per token over the step's (steps are compute-bound
+at these widths, so GPU time grows with FLOPs; compile and start-up are scaled with them, which
+overstates a width run with more configs at once, where they overlap other runs' steps). The 64-config
+total adds the measured and projected widths.
 """
 from __future__ import annotations
 
@@ -19,8 +21,6 @@ import re
 import statistics
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from cart.experiments import resolve_run, run_names
 from cart.io import atomic_write_json
@@ -67,8 +67,15 @@ def run_costs(root: Path, processes: dict) -> dict:
     return out
 
 
+def step_runs(step: dict, ids: list[str]) -> list[str]:
+    """The run ids of `ids` that a job step's selection names (exactly, not by pattern)."""
+    named = set(step["selection"].split(","))
+    return [i for i in ids if i in named]
+
+
 def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> dict:
-    """One width's minutes: the job step that trained its whole Stage 1 grid, else the fit."""
+    """One width's minutes: the job step that trained its whole Stage 1 grid, else the projection
+    from a step that trained only some of its configs."""
     names = [n for n in run_names(params, ["stage1"])["stage1"] if n.startswith(f"d{d}-")]
     ids = [f"stage1/{n}" for n in names]
     measured = [i for i in ids if i in costs and "process_s" in costs[i]]
@@ -77,17 +84,16 @@ def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> di
         step = whole[-1]
         return {"mode": "measured", "configs": len(ids), "configs_measured": len(measured),
                 "minutes": round(step["wall_s"] / 60, 2), "parallel": step["parallel"], "mps": bool(step["mps"])}
-    if len(measured) < 2:
+    parts = [s for s in steps if len(step_runs(s, ids)) >= 2 and len(step_runs(s, ids)) == s["commands"]]
+    if not parts:
         return {"mode": "missing", "configs": len(ids), "configs_measured": len(measured), "minutes": None}
+    step = parts[-1]
+    ran = step_runs(step, ids)
     flops = {i: forward_flops(resolve_run(params, "stage1", i.split("/")[1], 32_000).model, 512) / 512 for i in ids}
-    x = np.array([flops[i] for i in measured], dtype=float)
-    y = np.array([costs[i]["process_s"] for i in measured])
-    b, a = np.polyfit(x, y, 1) if len(set(x)) > 1 else (0.0, float(y.mean()))
-    predicted = {i: costs[i]["process_s"] if i in measured else float(a + b * flops[i]) for i in ids}
+    scale = sum(flops.values()) / sum(flops[i] for i in ran)
     return {"mode": "projected", "configs": len(ids), "configs_measured": len(measured),
-            "minutes": round(sum(predicted.values()) / 60, 2), "parallel": 1,
-            "fit": {"process_s": "a + b * forward FLOPs per token", "a": round(float(a), 2), "b": float(b),
-                    "from": measured}}
+            "minutes": round(step["wall_s"] * scale / 60, 2), "parallel": step["parallel"], "mps": bool(step["mps"]),
+            "from_step": {"runs": ran, "wall_s": step["wall_s"], "flops_scale": round(scale, 3)}}
 
 
 def summarize(root: Path, params: dict) -> dict:

@@ -1,0 +1,84 @@
+"""The Stage 1 campaign's tooling: the GPU runner's run selection (bench/gpu_job.py), the cost summary
+(bench/sweep_stage1.py) and the findings (bench/stage1_findings.py), whose committed outputs must be
+what the committed results store renders to, so no number in them can go stale."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import gpu_job, stage1_findings, sweep_stage1
+from cart.experiments import resolve_run
+from cart.models import forward_flops
+from cart.params import load_params
+from pipeline.profile import main as profile_main
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMPAIGN = ROOT / "gpu" / "stage1"
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """The campaign's params: the paper profile, then its offline corpora."""
+    p = tmp_path_factory.mktemp("paper") / "params.yaml"
+    p.write_text((ROOT / "params.yaml").read_text())
+    for name in ("paper", "paper_offline"):
+        profile_main([name, "--params", str(p)])
+    return load_params(p)
+
+
+def test_gpu_job_selects_runs_by_shell_pattern_once_each(paper):
+    cmds = gpu_job.commands("train:stage1/d256-*,stage1/d256-P6-R8,stage1_variants/leak-*", paper)
+    runs = [(c[3], c[4]) for c in cmds]
+    assert runs[:16] == [("stage1", f"d256-P{p}-R{r}") for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    assert runs[16:] == [("stage1_variants", "leak-s42"), ("stage1_variants", "leak-s137")]  # d256-P6-R8 once
+    with pytest.raises(SystemExit, match=r"\['stage1/d128-\*'\] are not in the params grid"):
+        gpu_job.commands("train:stage1/d128-*", paper)
+
+
+def test_the_job_log_is_read_into_runs_and_steps():
+    log = """stage1 job: parallel 4 mps 1 selection stage1/d256-*
+  pipeline.train stage1 d256-P2-R2 --no-progress               exit 0   101.0s
+  pipeline.train stage1 d256-P2-R4 --no-progress               exit 1    12.5s
+train:stage1/d256-*: 2 command(s) in 150.2s
+stage1 job: parallel 2 mps 0 selection stage1/d512-P2-R2
+  pipeline.train stage1 d512-P2-R2 --no-progress               exit 0    79.8s
+train:stage1/d512-P2-R2: 1 command(s) in 80.0s
+"""
+    runs, steps = sweep_stage1.parse_job_log(log)
+    assert runs == {"stage1/d256-P2-R2": {"process_s": 101.0, "exit": 0, "parallel": 4, "mps": 1},
+                    "stage1/d256-P2-R4": {"process_s": 12.5, "exit": 1, "parallel": 4, "mps": 1},
+                    "stage1/d512-P2-R2": {"process_s": 79.8, "exit": 0, "parallel": 2, "mps": 0}}
+    assert steps == [{"selection": "stage1/d256-*", "commands": 2, "wall_s": 150.2, "parallel": 4, "mps": 1},
+                     {"selection": "stage1/d512-P2-R2", "commands": 1, "wall_s": 80.0, "parallel": 2, "mps": 0}]
+
+
+def test_a_width_is_measured_whole_or_projected_by_flops(paper):
+    ids = [f"stage1/d512-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    whole = {i: {"process_s": 60.0} for i in ids}
+    steps = [{"selection": "stage1/d512-*", "commands": 16, "wall_s": 600.0, "parallel": 4, "mps": 1}]
+    assert sweep_stage1.width_projection(paper, whole, steps, 512)["minutes"] == 10.0
+    two = {ids[0]: {"process_s": 50.0}, ids[-1]: {"process_s": 90.0}}
+    steps = [{"selection": f"{ids[0]},{ids[-1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1}]
+    out = sweep_stage1.width_projection(paper, two, steps, 512)
+    flops = {i: forward_flops(resolve_run(paper, "stage1", i.split("/")[1], 32_000).model, 512) for i in ids}
+    expected = 120.0 * sum(flops.values()) / (flops[ids[0]] + flops[ids[-1]]) / 60
+    assert out["mode"] == "projected" and math.isclose(out["minutes"], expected, abs_tol=0.005)
+    # a step that also trained runs of another width says nothing about this one's cost
+    mixed = [dict(steps[0], selection=f"{ids[0]},{ids[-1]},stage1/d256-P2-R2", commands=3)]
+    assert sweep_stage1.width_projection(paper, two, mixed, 512)["mode"] == "missing"
+
+
+def test_committed_sweep_metrics_are_what_the_campaign_renders():
+    committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
+    fresh = json.loads(json.dumps(sweep_stage1.summarize(CAMPAIGN, sweep_stage1.load_params(CAMPAIGN / "params.yaml"))))
+    assert fresh == committed, "re-run: python -m bench.sweep_stage1 gpu/stage1"
+    assert committed["configs_measured"] >= 16 and committed["widths"]["256"]["mode"] == "measured"
+
+
+def test_committed_findings_are_what_the_store_renders():
+    assert (CAMPAIGN / "FINDINGS.md").read_text() == stage1_findings.render(CAMPAIGN), \
+        "re-run: python -m bench.stage1_findings gpu/stage1"
+    text = (CAMPAIGN / "FINDINGS.md").read_text()
+    for paper_ppl in ("184.9", "136.4", "115.0", "97.7"):  # the paper's best per width, beside ours
+        assert paper_ppl in text
