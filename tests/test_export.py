@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from cart.checkpoint import load_run_model, save_weights, write_run_config  # no
 from cart.generation import generate  # noqa: E402
 from cart.harness import CARTLM, quiet_lm_eval  # noqa: E402
 from cart.hf.export import export_run  # noqa: E402
-from cart.models import DenseConfig, build_model  # noqa: E402
+from cart.models import ARCHS, CARTConfig, DenseConfig, LRTConfig, RATPlusConfig, build_model  # noqa: E402
 from cart.tokenizer import train_sentencepiece  # noqa: E402
 from test_harness import make_run, make_tokenizer  # noqa: E402
 
@@ -131,6 +132,80 @@ def test_dense_run_exports_too(dense_run, tok_dir, tmp_path):
     ids = torch.tensor([encode(tok_dir, TEXTS[1])])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, native(dense_run)(ids))
+
+
+# every family and variant, each with the module layout its flags build (buffers included)
+SMALL = dict(vocab_size=512, d_model=64, head_dim=32)
+EXPORT_CASES = {
+    "cart_paper_text": CARTConfig(**SMALL, n_prelude=1, n_loops=2),
+    "cart_paper_code": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", hc_init_logit=1.0,
+                                  norm_eps=1e-6),
+    "cart_paper_code_unshared": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", unshare_core=True),
+    "cart_paper_code_no_lie": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", disable_lie=True),
+    "cart_unfreeze_kv": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", unfreeze_kv=True),
+    "cart_self_attn_core": CARTConfig(**SMALL, n_prelude=1, n_loops=2, unshare_core=True, self_attn_core=True),
+    "cart_no_hc_no_lti": CARTConfig(**SMALL, n_prelude=1, n_loops=2, disable_hyperconnection=True, disable_lti=True),
+    "dense": DenseConfig(**SMALL, n_layers=2),
+    "lrt_shared": LRTConfig(**SMALL, n_layers=2),
+    "lrt_layerwise": LRTConfig(**SMALL, n_layers=2, variant="layerwise"),
+    "ratplus": RATPlusConfig(**SMALL, n_layers=2),
+    "ratplus_no_recurrence": RATPlusConfig(**SMALL, n_layers=2, apply_recurrence=False, joint_train=False),
+}
+
+
+def save_run(run: Path, model, tok_dir: Path) -> Path:
+    """A run folder as the training stage writes one (config.json + model.safetensors)."""
+    run.mkdir(parents=True)
+    save_weights(model, run / "model.safetensors")
+    info = json.loads((tok_dir / "tokenizer.json").read_text())
+    write_run_config(run, {"model": model.config.to_dict(), "run": {"seq_len": SEQ_LEN},
+                           "tokenizer": {"vocab_size": 512, "sha256": info["sha256"]}})
+    return run
+
+
+def test_export_cases_cover_every_family():
+    assert {cfg.arch for cfg in EXPORT_CASES.values()} == set(ARCHS)
+
+
+@pytest.mark.parametrize("case", list(EXPORT_CASES))
+def test_every_family_exports_with_its_buffers_rebuilt(case, tok_dir, tmp_path):
+    """transformers allocates the buffers a checkpoint does not hold (RoPE's tables, the projected
+    loop-index table) without values: loaded through the Auto classes, every buffer equals the run's
+    model's and so do the logits (the same code on the same weights and shapes: bit-equal)."""
+    torch.manual_seed(0)
+    model = build_model(EXPORT_CASES[case]).eval()
+    run = save_run(tmp_path / "runs" / "g" / case, model, tok_dir)
+    out = export_run(run, tmp_path / "hf", tok_dir)
+    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    want = dict(model.named_buffers())
+    got = dict(loaded.cart.named_buffers())
+    assert got.keys() == want.keys()
+    for name, buffer in want.items():
+        assert torch.equal(got[name], buffer), name
+    ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids))
+
+
+def test_two_exports_of_one_name_load_their_own_family(cart_run, dense_run, tok_dir, tmp_path):
+    """transformers keys the model class it registers by config class: folders of one name holding
+    different families must not share one (a Dense folder loaded after a CART one stays Dense)."""
+    folders = {arch: export_run(run, tmp_path / arch / "hf", tok_dir) for arch, run in
+               (("cart", cart_run), ("dense", dense_run))}
+    for arch, folder in folders.items():
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+        assert model.cart.config.arch == arch
+
+
+def test_exported_config_of_another_family_is_refused(cart_hf, tmp_path):
+    folder = tmp_path / "relabelled"
+    shutil.copytree(cart_hf, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["cart_model"]["arch"] = "dense"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="cart_model.arch: this folder holds the 'cart' family, the config asks "
+                                         "for 'dense'"):
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
 
 def test_left_padded_batch_and_labels(loaded, cart_run, tok_dir):

@@ -2,10 +2,18 @@
 
 `cart_model` is the project's own model config as a dict (with its `arch`), exactly what a run's
 config.json records under "model"; `n_loops` is CART's loop count R for every forward pass that
-does not pass one (None: the trained R). Imports nothing from the `cart` package: this file is
-copied into exported model folders.
+does not pass one (None: the trained R). Imports only transformers and its sibling families.py
+(in an exported folder, the generated one naming the folder's family): this file is copied into
+exported model folders.
 """
 from transformers import PretrainedConfig
+
+# transformers registers the model class it loads from a folder under this config class, and reuses
+# that registration for any later folder whose config class is the same module: the module is named
+# by the folder's name and a hash of this file and its relative imports. Importing the family makes
+# that hash cover the family's source, so two exports of one name (a CART and a Dense folder both
+# called "hf") never share a model class in one process.
+from .families import ARCH
 
 
 class CartLMConfig(PretrainedConfig):
@@ -14,6 +22,9 @@ class CartLMConfig(PretrainedConfig):
     def __init__(self, cart_model: dict | None = None, n_loops: int | None = None,
                  max_position_embeddings: int = 1024, **kwargs):
         self.cart_model = dict(cart_model or {})
+        arch = self.cart_model.get("arch")
+        if ARCH is not None and arch is not None and arch != ARCH:
+            raise ValueError(f"cart_model.arch: this folder holds the {ARCH!r} family, the config asks for {arch!r}")
         self.n_loops = n_loops
         # the context the model was trained at: lm-eval and generation read it as the window
         self.max_position_embeddings = max_position_embeddings

@@ -43,11 +43,12 @@ class CartLMForCausalLM(PreTrainedModel, GenerationMixin):
         self.post_init()
 
     def _init_weights(self, module):
-        """Weights come from the checkpoint; only RoPE's frequency and cos/sin tables (buffers, not
-        saved) are rebuilt here, for loaders that create the model on the meta device first."""
+        """Weights come from the checkpoint. The buffers it does not hold (non-persistent: RoPE's
+        tables, the loop-index sinusoid) are constants of the config; transformers allocates them
+        without values, so every module holding such buffers rebuilds them (`build_tables`)."""
         if hasattr(module, "build_tables"):
-            device = module.inv_freq.device
-            module.build_tables(None if device.type == "meta" else device)
+            device = next((b.device for b in module.buffers(recurse=False)), None)
+            module.build_tables(None if device is None or device.type == "meta" else device)
 
     def get_input_embeddings(self):
         return self.cart.tok_emb
