@@ -163,20 +163,42 @@ def save_run(run: Path, model, tok_dir: Path) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def family_export(tok_dir, tmp_path_factory):
+    """case -> (the run's model, its exported folder), each case exported once per module. Matrices
+    drawn wider than the training init (as test_harness.make_model does), so that a runtime argument
+    visibly moves greedy tokens, not only logits."""
+    done = {}
+
+    def get(case: str):
+        if case not in done:
+            torch.manual_seed(0)
+            model = build_model(EXPORT_CASES[case]).eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.dim() >= 2:
+                        p.normal_(0.0, 0.2)
+            root = tmp_path_factory.mktemp(case)
+            done[case] = model, export_run(save_run(root / "runs" / "g" / case, model, tok_dir), root / "hf", tok_dir)
+        return done[case]
+    return get
+
+
+def load_hf(folder: Path, **kwargs):
+    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **kwargs).eval()
+
+
 def test_export_cases_cover_every_family():
     assert {cfg.arch for cfg in EXPORT_CASES.values()} == set(ARCHS)
 
 
 @pytest.mark.parametrize("case", list(EXPORT_CASES))
-def test_every_family_exports_with_its_buffers_rebuilt(case, tok_dir, tmp_path):
+def test_every_family_exports_with_its_buffers_rebuilt(case, family_export, tok_dir):
     """transformers allocates the buffers a checkpoint does not hold (RoPE's tables, the projected
     loop-index table) without values: loaded through the Auto classes, every buffer equals the run's
     model's and so do the logits (the same code on the same weights and shapes: bit-equal)."""
-    torch.manual_seed(0)
-    model = build_model(EXPORT_CASES[case]).eval()
-    run = save_run(tmp_path / "runs" / "g" / case, model, tok_dir)
-    out = export_run(run, tmp_path / "hf", tok_dir)
-    loaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    model, folder = family_export(case)
+    loaded = load_hf(folder)
     want = dict(model.named_buffers())
     got = dict(loaded.cart.named_buffers())
     assert got.keys() == want.keys()
@@ -185,6 +207,59 @@ def test_every_family_exports_with_its_buffers_rebuilt(case, tok_dir, tmp_path):
     ids = torch.tensor([encode(tok_dir, TEXTS[1])])
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids))
+
+
+# ---- the families' inference-time arguments through transformers -------------------------------
+
+RUNTIME_CASES = [("cart_paper_code", "exit_threshold", 10.0),  # every token stops after one loop
+                 ("dense", "pattern", "D2"), ("ratplus", "pattern", "D2"), ("lrt_shared", "lrt_mode", "zero")]
+
+
+def test_runtime_args_are_every_familys():
+    from cart.hf.configuration_cart import RUNTIME_ARGS
+    assert set(RUNTIME_ARGS) == set().union(*(cfg.runtime_kwargs() for cfg in EXPORT_CASES.values()))
+
+
+@pytest.mark.parametrize("case,name,value", RUNTIME_CASES)
+def test_forward_honours_each_runtime_arg(case, name, value, family_export, tok_dir):
+    """Passed to forward or set in the config (from_pretrained(..., name=value), as lm-eval's
+    `--model hf --model_args` does), the argument reaches the model: the logits are the native
+    model's under it, and differ from the default's."""
+    model, folder = family_export(case)
+    ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+    with torch.no_grad():
+        want = model(ids, **{name: value})
+        assert not torch.equal(want, model(ids))
+        assert torch.equal(load_hf(folder)(ids, **{name: value}).logits, want)
+        assert torch.equal(load_hf(folder, **{name: value})(ids).logits, want)
+
+
+def test_generate_honours_the_pattern(family_export, tok_dir):
+    """generate() hands the argument to every step and to the decode cache it builds."""
+    model, folder = family_export("ratplus")
+    prompt = torch.tensor(encode(tok_dir, TEXTS[1]))
+    hf = load_hf(folder)
+    assert not torch.equal(generate(model, [prompt], 6, temperature=0)[0],
+                           generate(model, [prompt], 6, temperature=0, pattern="D2")[0])
+    for pattern in (None, "D2"):
+        runtime = {} if pattern is None else {"pattern": pattern}
+        want = generate(model, [prompt], 6, temperature=0, **runtime)[0]
+        for use_cache in (True, False):
+            got = hf.generate(prompt[None], max_new_tokens=6, do_sample=False, use_cache=use_cache,
+                              eos_token_id=None, **runtime)[0]
+            assert torch.equal(got, want), (pattern, use_cache)
+
+
+@pytest.mark.parametrize("case,name,value", [("cart_paper_text", "pattern", "D2"), ("dense", "exit_threshold", 0.1),
+                                             ("lrt_shared", "n_loops", 2), ("ratplus", "lrt_mode", "zero")])
+def test_runtime_arg_of_another_family_is_refused(case, name, value, family_export):
+    _, folder = family_export(case)
+    arch = EXPORT_CASES[case].arch
+    message = f"{name}: the {arch!r} family does not take it"
+    with pytest.raises(ValueError, match=message):
+        load_hf(folder)(torch.tensor([[5, 6, 7]]), **{name: value})
+    with pytest.raises(ValueError, match=message):
+        load_hf(folder, **{name: value})
 
 
 def test_two_exports_of_one_name_load_their_own_family(cart_run, dense_run, tok_dir, tmp_path):
