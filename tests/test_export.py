@@ -454,6 +454,9 @@ def test_model_cart_args_are_checked():
         CARTLM.create_from_arg_string("pretrained=x")
     with pytest.raises(ValueError, match=r"need checkpoint=<run dir>"):
         CARTLM.create_from_arg_string("n_loops=3")
+    with pytest.raises(ValueError, match=r"^--model cart: model_args dtype: 'float8' is not one of "
+                                         r"\['auto', 'float32', 'bfloat16'\]$"):
+        CARTLM.create_from_arg_string("checkpoint=nowhere,dtype=float8")
 
 
 # ---- bad input -------------------------------------------------------------------------------
