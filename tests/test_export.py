@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
 pytest.importorskip("transformers")
@@ -25,14 +26,15 @@ from cart import benchmarks as B  # noqa: E402
 from conftest import smoke_benchmark_text  # noqa: E402
 from cart.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
 from cart.generation import generate  # noqa: E402
-from cart.harness import CARTLM, quiet_lm_eval  # noqa: E402
+from cart.harness import CARTLM, evaluate_benchmarks, quiet_lm_eval  # noqa: E402
 from cart.hf.export import export_run  # noqa: E402
 from cart.models import ARCHS, CARTConfig, DenseConfig, LRTConfig, RATPlusConfig, build_model  # noqa: E402
 from cart.tokenizer import train_sentencepiece  # noqa: E402
-from test_harness import make_run, make_tokenizer  # noqa: E402
+from test_harness import make_run, make_tokenizer, write_release_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2 = ROOT.parent / "shared" / "data" / "tokenizer" / "llama2_tokenizer.model"
+REAL_BENCH = ROOT.parent / "shared" / "data" / "benchmarks"
 SEQ_LEN = 48
 TEXTS = ["Once upon a time", "The quick brown fox jumps over the lazy dog", "A"]
 
@@ -442,6 +444,76 @@ def test_lm_eval_command_line_runs_model_cart(cart_run, tok_dir, tmp_path):
     want = lm_eval.simple_evaluate(model=lm, tasks=["cart_hellaswag"], limit=4, log_samples=True, bootstrap_iters=0,
                                    task_manager=B.task_manager("builtin"))
     assert got == pytest.approx(item_logliks(want, "cart_hellaswag"), abs=1e-4)
+
+
+def cli_samples(out: Path, task: str) -> list[float]:
+    rows = [json.loads(line) for line in open(glob.glob(str(out / "**" / f"samples_{task}_*.jsonl"),
+                                                        recursive=True)[0])]
+    return [float(r[0][0]) for row in sorted(rows, key=lambda r: r["doc_id"]) for r in row["resps"]]
+
+
+@pytest.fixture(scope="module")
+def long_run(tok_dir, cart_run) -> Path:
+    """A run whose context holds a real HellaSwag item in the small tokenizer's pieces."""
+    return make_run(cart_run.parent / "long", tok_dir, n_loops=2, seq_len=512)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_BENCH.is_dir(), reason="the real benchmark files are not here")
+def test_readme_lm_eval_commands_run_on_the_real_benchmark_files(long_run, tok_dir, tmp_path):
+    """The README's commands on the real files (HellaSwag and PIQA have no train file there): the
+    short `--model cart` one run where params.yaml's benchmarks section names the files (its
+    relative local_dir taken from params.yaml's folder), and `--model hf` on an export with the
+    files in --metadata. Both score each item as the pipeline's evaluation does in process."""
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["benchmarks"].update(source="local", local_dir=os.path.relpath(REAL_BENCH, project))
+    (project / "params.yaml").write_text(yaml.safe_dump({"benchmarks": params["benchmarks"]}))
+    hf = export_run(long_run, tmp_path / "hf", tok_dir)
+    tasks = ["hellaswag", "piqa"]
+    common = ["--tasks", ",".join(f"cart_{t}" for t in tasks), "--include_path", str(B.TASK_DIR), "--limit", "3",
+              "--log_samples", "--device", "cpu"]
+    commands = {"cart": ["--model", "cart", "--model_args", f"checkpoint={long_run},tokenizer={tok_dir}"],
+                "hf": ["--model", "hf", "--model_args", f"pretrained={hf},trust_remote_code=True", "--metadata",
+                       json.dumps({"source": "local", "local_dir": str(REAL_BENCH)})]}
+    lm = CARTLM.from_run(long_run, tok_dir, progress=False)
+    _, want = evaluate_benchmarks(lm, tasks, source="local", local_dir=REAL_BENCH, limit=3, bootstrap_iters=0,
+                                  log_samples=True)
+    for model, args in commands.items():
+        out = tmp_path / f"out_{model}"
+        proc = subprocess.run([sys.executable, "-m", "cart.lm_eval_cli", *args, *common, "--output_path", str(out)],
+                              capture_output=True, text=True, cwd=project, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for task in tasks:
+            got = cli_samples(out, f"cart_{task}")
+            assert len(got) == 3 * (4 if task == "hellaswag" else 2)
+            assert got == pytest.approx(item_logliks(want, f"cart_{task}"), abs=1e-4)
+
+
+def test_lm_eval_cli_metadata_comes_from_params_or_fails_up_front(tmp_path, monkeypatch, capsys):
+    """No --metadata source: params.yaml's benchmarks section, or one error saying what to pass;
+    a missing file (a few-shot split's too) is named before any model is loaded."""
+    from cart.lm_eval_cli import benchmark_metadata, main
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["benchmarks"]
+    monkeypatch.chdir(tmp_path)
+    assert benchmark_metadata(["hellaswag"], None, 0) is None  # lm-eval's own tasks: nothing to add
+    with pytest.raises(FileNotFoundError, match=r"cart_hellaswag: no --metadata source and no params.yaml here"):
+        benchmark_metadata(["cart_hellaswag"], {"checkpoint": "x"}, 0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"benchmarks": {**params, "source": "hub"}}))
+    with pytest.raises(ValueError, match=r"benchmarks.source 'hub' is lm-eval's own tasks \(--tasks piqa\)"):
+        benchmark_metadata(["cart_piqa"], None, 0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"benchmarks": {**params, "source": "local",
+                                                                         "local_dir": "bench"}}))
+    write_release_files(tmp_path / "bench", fewshot=False)
+    got = benchmark_metadata(["cart_piqa"], {"checkpoint": "x"}, 0)
+    assert got == {"checkpoint": "x", "source": "local", "local_dir": str(tmp_path / "bench")}
+    assert "cart_piqa read" in capsys.readouterr().err
+    assert benchmark_metadata(["cart_piqa"], {"source": "builtin"}, 5) == {"source": "builtin"}
+    monkeypatch.setattr(sys, "argv", sys.argv)  # main() sets it, as lm-eval's parser reads it
+    with pytest.raises(SystemExit, match=r"^lm_eval_cli: error: piqa: 2-shot evaluation draws its examples from "
+                                         r"the train split .*piqa/train.jsonl is missing"):
+        main(["--model", "cart", "--model_args", "checkpoint=nowhere", "--tasks", "cart_piqa", "--num_fewshot", "2"])
 
 
 def test_model_cart_is_registered_with_lm_eval():
