@@ -74,8 +74,8 @@ def params_source(params_file: Path, tasks: list[str]) -> dict:
     from .params import build, load_params, section
 
     if not params_file.is_file():
-        raise FileNotFoundError(f"{harness_name(tasks[0], 'local')}: no --metadata source and no {params_file} here to take it from; "
-                                f"pass --metadata '{{\"source\": \"local\", \"local_dir\": \"<benchmark files>\"}}' "
+        raise FileNotFoundError(f"{harness_name(tasks[0], 'local')}: no --metadata source and no {params_file} "
+                                f"here to take it from; pass --metadata '{{\"source\": \"local\", \"local_dir\": \"<benchmark files>\"}}' "
                                 f"(or {{\"source\": \"builtin\"}}, the generated smoke set)")
     settings = build(BenchmarkSettings, section(load_params(params_file), "benchmarks"), "benchmarks")
     if settings.source == "hub":

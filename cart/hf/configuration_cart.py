@@ -4,9 +4,10 @@
 config.json records under "model". RUNTIME_ARGS are the inference-time arguments of the families'
 forward (CART's loop count `n_loops` and adaptive `exit_threshold`, the attention `pattern` of RAT+
 and Dense, LRT's `lrt_mode`): each is a config field too, the default of every call that does not
-pass one (None: the model's own default); a family refuses the ones it does not take. Imports only transformers and its sibling families.py
-(in an exported folder, the generated one naming the folder's family): this file is copied into
-exported model folders.
+pass one (None: the model's own default); a family refuses the ones it does not take.
+
+Imports only transformers and its sibling families.py (in an exported folder, the generated one
+naming the folder's family): this file is copied into exported model folders.
 """
 from transformers import PretrainedConfig
 
