@@ -75,7 +75,8 @@ def params_source(params_file: Path, tasks: list[str]) -> dict:
 
     if not params_file.is_file():
         raise FileNotFoundError(f"{harness_name(tasks[0], 'local')}: no --metadata source and no {params_file} "
-                                f"here to take it from; pass --metadata '{{\"source\": \"local\", \"local_dir\": \"<benchmark files>\"}}' "
+                                f"here to take it from; pass --metadata "
+                                f"'{{\"source\": \"local\", \"local_dir\": \"<benchmark files>\"}}' "
                                 f"(or {{\"source\": \"builtin\"}}, the generated smoke set)")
     settings = build(BenchmarkSettings, section(load_params(params_file), "benchmarks"), "benchmarks")
     if settings.source == "hub":

@@ -537,7 +537,7 @@ def test_malicious_authors_checkpoint_is_refused_without_running_it(tmp_path, mo
     for marker in (ran, refused):
         torch.save({"step": 1, "config": RunsCode(marker), "model_state_dict": to_authors(model)},
                    tmp_path / f"{marker.name}.pt")
-    torch.load(tmp_path / f"{ran.name}.pt", weights_only=False)  # what the old advice did: the code runs
+    torch.load(tmp_path / f"{ran.name}.pt", weights_only=False)  # a plain unpickling runs the code
     assert ran.read_text() == "ran"
     with pytest.raises(ValueError, match=r"ran_by_our_loader\.pt was refused and nothing in it was run: it asks "
                                          r"for exec"):
