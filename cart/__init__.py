@@ -7,12 +7,13 @@ cart.params) does not import torch; `from cart import build_model` does when it 
 import importlib
 
 _EXPORTS = {
-    "ARCHS": "cart.models", "CARTConfig": "cart.models", "DenseConfig": "cart.models",
-    "ModelConfig": "cart.models", "build_model": "cart.models", "config_from_dict": "cart.models",
-    "count_params": "cart.models", "forward_flops": "cart.models",
+    "ARCHS": "cart.models", "CARTConfig": "cart.models", "DenseConfig": "cart.models", "LRTConfig": "cart.models",
+    "RATPlusConfig": "cart.models", "ModelConfig": "cart.models", "build_model": "cart.models",
+    "config_from_dict": "cart.models", "count_params": "cart.models", "forward_flops": "cart.models",
     "mfu": "cart.accounting", "peak_flops_for": "cart.accounting", "train_flops_per_token": "cart.accounting",
     "CART": "cart.models.cart", "CoreBlock": "cart.models.cart", "HyperConnection": "cart.models.cart",
-    "LTIGate": "cart.models.cart", "Dense": "cart.models.dense", "generate": "cart.generation",
+    "LTIGate": "cart.models.cart", "Dense": "cart.models.dense", "LRT": "cart.models.lrt",
+    "RATPlus": "cart.models.ratplus", "generate": "cart.generation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -48,6 +48,21 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]} (was it trained with another config?)")
+    check_weights(model, path)
+
+
+def check_weights(model: nn.Module, path: Path) -> None:
+    """The loaded weights are finite, and were floating point in the file: load_state_dict would
+    cast an integer tensor silently (the file's dtypes are read from its header alone)."""
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            dtype = f.get_slice(name).get_dtype()
+            if not dtype.startswith(("F", "BF")):
+                raise ValueError(f"checkpoint {path}: tensor {name} is {dtype} in the file, not a floating-point "
+                                 f"weight")
+    for name, tensor in _unwrap(model).state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
 
 
 def save_state(state: dict, path: str | Path) -> None:

@@ -16,10 +16,15 @@ def resolve_device(setting: str, where: str = "device") -> torch.device:
     return torch.device(setting)
 
 
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(setting: str, device: torch.device, where: str = "dtype") -> torch.dtype:
     if setting == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+    if setting not in DTYPES:
+        raise ValueError(f"{where}: {setting!r} is not one of {['auto', *DTYPES]}")
+    return DTYPES[setting]
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype):

@@ -233,7 +233,7 @@ class CARTLM(TemplateLM):
             logging.getLogger(__name__).warning("--device %s: no CUDA device here, running on cpu", device)
             device = "cpu"
         device = resolve_device("auto") if device == "auto" else torch.device(device)
-        dtype = resolve_dtype(str(args.pop("dtype", "auto")), device)
+        dtype = resolve_dtype(str(args.pop("dtype", "auto")), device, "--model cart: model_args dtype")
         return cls.from_run(args.pop("checkpoint"), args.pop("tokenizer", "data/tokenizer"), device=device,
                             dtype=dtype, batch_size=int(batch_size), **args)
 

@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 
 pytest.importorskip("transformers")
@@ -24,14 +26,15 @@ from cart import benchmarks as B  # noqa: E402
 from conftest import smoke_benchmark_text  # noqa: E402
 from cart.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
 from cart.generation import generate  # noqa: E402
-from cart.harness import CARTLM, quiet_lm_eval  # noqa: E402
+from cart.harness import CARTLM, evaluate_benchmarks, quiet_lm_eval  # noqa: E402
 from cart.hf.export import export_run  # noqa: E402
-from cart.models import DenseConfig, build_model  # noqa: E402
+from cart.models import ARCHS, CARTConfig, DenseConfig, LRTConfig, RATPlusConfig, build_model  # noqa: E402
 from cart.tokenizer import train_sentencepiece  # noqa: E402
-from test_harness import make_run, make_tokenizer  # noqa: E402
+from test_harness import make_run, make_tokenizer, write_release_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA2 = ROOT.parent / "shared" / "data" / "tokenizer" / "llama2_tokenizer.model"
+REAL_BENCH = ROOT.parent / "shared" / "data" / "benchmarks"
 SEQ_LEN = 48
 TEXTS = ["Once upon a time", "The quick brown fox jumps over the lazy dog", "A"]
 
@@ -131,6 +134,155 @@ def test_dense_run_exports_too(dense_run, tok_dir, tmp_path):
     ids = torch.tensor([encode(tok_dir, TEXTS[1])])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, native(dense_run)(ids))
+
+
+# every family and variant, each with the module layout its flags build (buffers included)
+SMALL = dict(vocab_size=512, d_model=64, head_dim=32)
+EXPORT_CASES = {
+    "cart_paper_text": CARTConfig(**SMALL, n_prelude=1, n_loops=2),
+    "cart_paper_code": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", hc_init_logit=1.0,
+                                  norm_eps=1e-6),
+    "cart_paper_code_unshared": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", unshare_core=True),
+    "cart_paper_code_no_lie": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", disable_lie=True),
+    "cart_unfreeze_kv": CARTConfig(**SMALL, n_prelude=1, n_loops=2, variant="paper_code", unfreeze_kv=True),
+    "cart_self_attn_core": CARTConfig(**SMALL, n_prelude=1, n_loops=2, unshare_core=True, self_attn_core=True),
+    "cart_no_hc_no_lti": CARTConfig(**SMALL, n_prelude=1, n_loops=2, disable_hyperconnection=True, disable_lti=True),
+    "dense": DenseConfig(**SMALL, n_layers=2),
+    "lrt_shared": LRTConfig(**SMALL, n_layers=2),
+    "lrt_layerwise": LRTConfig(**SMALL, n_layers=2, variant="layerwise"),
+    "ratplus": RATPlusConfig(**SMALL, n_layers=2),
+    "ratplus_no_recurrence": RATPlusConfig(**SMALL, n_layers=2, apply_recurrence=False, joint_train=False),
+}
+
+
+def save_run(run: Path, model, tok_dir: Path) -> Path:
+    """A run folder as the training stage writes one (config.json + model.safetensors)."""
+    run.mkdir(parents=True)
+    save_weights(model, run / "model.safetensors")
+    info = json.loads((tok_dir / "tokenizer.json").read_text())
+    write_run_config(run, {"model": model.config.to_dict(), "run": {"seq_len": SEQ_LEN},
+                           "tokenizer": {"vocab_size": 512, "sha256": info["sha256"]}})
+    return run
+
+
+@pytest.fixture(scope="module")
+def family_export(tok_dir, tmp_path_factory):
+    """case -> (the run's model, its exported folder), each case exported once per module. Matrices
+    drawn wider than the training init (as test_harness.make_model does), so that a runtime argument
+    visibly moves greedy tokens, not only logits."""
+    done = {}
+
+    def get(case: str):
+        if case not in done:
+            torch.manual_seed(0)
+            model = build_model(EXPORT_CASES[case]).eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.dim() >= 2:
+                        p.normal_(0.0, 0.2)
+            root = tmp_path_factory.mktemp(case)
+            done[case] = model, export_run(save_run(root / "runs" / "g" / case, model, tok_dir), root / "hf", tok_dir)
+        return done[case]
+    return get
+
+
+def load_hf(folder: Path, **kwargs):
+    return AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **kwargs).eval()
+
+
+def test_export_cases_cover_every_family():
+    assert {cfg.arch for cfg in EXPORT_CASES.values()} == set(ARCHS)
+
+
+@pytest.mark.parametrize("case", list(EXPORT_CASES))
+def test_every_family_exports_with_its_buffers_rebuilt(case, family_export, tok_dir):
+    """transformers allocates the buffers a checkpoint does not hold (RoPE's tables, the projected
+    loop-index table) without values: loaded through the Auto classes, every buffer equals the run's
+    model's and so do the logits (the same code on the same weights and shapes: bit-equal)."""
+    model, folder = family_export(case)
+    loaded = load_hf(folder)
+    want = dict(model.named_buffers())
+    got = dict(loaded.cart.named_buffers())
+    assert got.keys() == want.keys()
+    for name, buffer in want.items():
+        assert torch.equal(got[name], buffer), name
+    ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids))
+
+
+# ---- the families' inference-time arguments through transformers -------------------------------
+
+RUNTIME_CASES = [("cart_paper_code", "exit_threshold", 10.0),  # every token stops after one loop
+                 ("dense", "pattern", "D2"), ("ratplus", "pattern", "D2"), ("lrt_shared", "lrt_mode", "zero")]
+
+
+def test_runtime_args_are_every_familys():
+    from cart.hf.configuration_cart import RUNTIME_ARGS
+    assert set(RUNTIME_ARGS) == set().union(*(cfg.runtime_kwargs() for cfg in EXPORT_CASES.values()))
+
+
+@pytest.mark.parametrize("case,name,value", RUNTIME_CASES)
+def test_forward_honours_each_runtime_arg(case, name, value, family_export, tok_dir):
+    """Passed to forward or set in the config (from_pretrained(..., name=value), as lm-eval's
+    `--model hf --model_args` does), the argument reaches the model: the logits are the native
+    model's under it, and differ from the default's."""
+    model, folder = family_export(case)
+    ids = torch.tensor([encode(tok_dir, TEXTS[1])])
+    with torch.no_grad():
+        want = model(ids, **{name: value})
+        assert not torch.equal(want, model(ids))
+        assert torch.equal(load_hf(folder)(ids, **{name: value}).logits, want)
+        assert torch.equal(load_hf(folder, **{name: value})(ids).logits, want)
+
+
+def test_generate_honours_the_pattern(family_export, tok_dir):
+    """generate() hands the argument to every step and to the decode cache it builds."""
+    model, folder = family_export("ratplus")
+    prompt = torch.tensor(encode(tok_dir, TEXTS[1]))
+    hf = load_hf(folder)
+    assert not torch.equal(generate(model, [prompt], 6, temperature=0)[0],
+                           generate(model, [prompt], 6, temperature=0, pattern="D2")[0])
+    for pattern in (None, "D2"):
+        runtime = {} if pattern is None else {"pattern": pattern}
+        want = generate(model, [prompt], 6, temperature=0, **runtime)[0]
+        for use_cache in (True, False):
+            got = hf.generate(prompt[None], max_new_tokens=6, do_sample=False, use_cache=use_cache,
+                              eos_token_id=None, **runtime)[0]
+            assert torch.equal(got, want), (pattern, use_cache)
+
+
+@pytest.mark.parametrize("case,name,value", [("cart_paper_text", "pattern", "D2"), ("dense", "exit_threshold", 0.1),
+                                             ("lrt_shared", "n_loops", 2), ("ratplus", "lrt_mode", "zero")])
+def test_runtime_arg_of_another_family_is_refused(case, name, value, family_export):
+    _, folder = family_export(case)
+    arch = EXPORT_CASES[case].arch
+    message = f"{name}: the {arch!r} family does not take it"
+    with pytest.raises(ValueError, match=message):
+        load_hf(folder)(torch.tensor([[5, 6, 7]]), **{name: value})
+    with pytest.raises(ValueError, match=message):
+        load_hf(folder, **{name: value})
+
+
+def test_two_exports_of_one_name_load_their_own_family(cart_run, dense_run, tok_dir, tmp_path):
+    """transformers keys the model class it registers by config class: folders of one name holding
+    different families must not share one (a Dense folder loaded after a CART one stays Dense)."""
+    folders = {arch: export_run(run, tmp_path / arch / "hf", tok_dir) for arch, run in
+               (("cart", cart_run), ("dense", dense_run))}
+    for arch, folder in folders.items():
+        model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+        assert model.cart.config.arch == arch
+
+
+def test_exported_config_of_another_family_is_refused(cart_hf, tmp_path):
+    folder = tmp_path / "relabelled"
+    shutil.copytree(cart_hf, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["cart_model"]["arch"] = "dense"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="cart_model.arch: this folder holds the 'cart' family, the config asks "
+                                         "for 'dense'"):
+        AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
 
 
 def test_left_padded_batch_and_labels(loaded, cart_run, tok_dir):
@@ -294,6 +446,76 @@ def test_lm_eval_command_line_runs_model_cart(cart_run, tok_dir, tmp_path):
     assert got == pytest.approx(item_logliks(want, "cart_hellaswag"), abs=1e-4)
 
 
+def cli_samples(out: Path, task: str) -> list[float]:
+    rows = [json.loads(line) for line in open(glob.glob(str(out / "**" / f"samples_{task}_*.jsonl"),
+                                                        recursive=True)[0])]
+    return [float(r[0][0]) for row in sorted(rows, key=lambda r: r["doc_id"]) for r in row["resps"]]
+
+
+@pytest.fixture(scope="module")
+def long_run(tok_dir, cart_run) -> Path:
+    """A run whose context holds a real HellaSwag item in the small tokenizer's pieces."""
+    return make_run(cart_run.parent / "long", tok_dir, n_loops=2, seq_len=512)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_BENCH.is_dir(), reason="the real benchmark files are not here")
+def test_readme_lm_eval_commands_run_on_the_real_benchmark_files(long_run, tok_dir, tmp_path):
+    """The README's commands on the real files (HellaSwag and PIQA have no train file there): the
+    short `--model cart` one run where params.yaml's benchmarks section names the files (its
+    relative local_dir taken from params.yaml's folder), and `--model hf` on an export with the
+    files in --metadata. Both score each item as the pipeline's evaluation does in process."""
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["benchmarks"].update(source="local", local_dir=os.path.relpath(REAL_BENCH, project))
+    (project / "params.yaml").write_text(yaml.safe_dump({"benchmarks": params["benchmarks"]}))
+    hf = export_run(long_run, tmp_path / "hf", tok_dir)
+    tasks = ["hellaswag", "piqa"]
+    common = ["--tasks", ",".join(f"cart_{t}" for t in tasks), "--include_path", str(B.TASK_DIR), "--limit", "3",
+              "--log_samples", "--device", "cpu"]
+    commands = {"cart": ["--model", "cart", "--model_args", f"checkpoint={long_run},tokenizer={tok_dir}"],
+                "hf": ["--model", "hf", "--model_args", f"pretrained={hf},trust_remote_code=True", "--metadata",
+                       json.dumps({"source": "local", "local_dir": str(REAL_BENCH)})]}
+    lm = CARTLM.from_run(long_run, tok_dir, progress=False)
+    _, want = evaluate_benchmarks(lm, tasks, source="local", local_dir=REAL_BENCH, limit=3, bootstrap_iters=0,
+                                  log_samples=True)
+    for model, args in commands.items():
+        out = tmp_path / f"out_{model}"
+        proc = subprocess.run([sys.executable, "-m", "cart.lm_eval_cli", *args, *common, "--output_path", str(out)],
+                              capture_output=True, text=True, cwd=project, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for task in tasks:
+            got = cli_samples(out, f"cart_{task}")
+            assert len(got) == 3 * (4 if task == "hellaswag" else 2)
+            assert got == pytest.approx(item_logliks(want, f"cart_{task}"), abs=1e-4)
+
+
+def test_lm_eval_cli_metadata_comes_from_params_or_fails_up_front(tmp_path, monkeypatch, capsys):
+    """No --metadata source: params.yaml's benchmarks section, or one error saying what to pass;
+    a missing file (a few-shot split's too) is named before any model is loaded."""
+    from cart.lm_eval_cli import benchmark_metadata, main
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["benchmarks"]
+    monkeypatch.chdir(tmp_path)
+    assert benchmark_metadata(["hellaswag"], None, 0) is None  # lm-eval's own tasks: nothing to add
+    with pytest.raises(FileNotFoundError, match=r"cart_hellaswag: no --metadata source and no params.yaml here"):
+        benchmark_metadata(["cart_hellaswag"], {"checkpoint": "x"}, 0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"benchmarks": {**params, "source": "hub"}}))
+    with pytest.raises(ValueError, match=r"benchmarks.source 'hub' is lm-eval's own tasks \(--tasks piqa\)"):
+        benchmark_metadata(["cart_piqa"], None, 0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"benchmarks": {**params, "source": "local",
+                                                                         "local_dir": "bench"}}))
+    write_release_files(tmp_path / "bench", fewshot=False)
+    got = benchmark_metadata(["cart_piqa"], {"checkpoint": "x"}, 0)
+    assert got == {"checkpoint": "x", "source": "local", "local_dir": str(tmp_path / "bench")}
+    assert "cart_piqa read" in capsys.readouterr().err
+    assert benchmark_metadata(["cart_piqa"], {"source": "builtin"}, 5) == {"source": "builtin"}
+    monkeypatch.setattr(sys, "argv", sys.argv)  # main() sets it, as lm-eval's parser reads it
+    with pytest.raises(SystemExit, match=r"^lm_eval_cli: error: piqa: 2-shot evaluation draws its examples from "
+                                         r"the train split .*piqa/train.jsonl is missing"):
+        main(["--model", "cart", "--model_args", "checkpoint=nowhere", "--tasks", "cart_piqa", "--num_fewshot", "2"])
+
+
 def test_model_cart_is_registered_with_lm_eval():
     from lm_eval.api.registry import get_model
     assert get_model("cart") is CARTLM
@@ -304,6 +526,9 @@ def test_model_cart_args_are_checked():
         CARTLM.create_from_arg_string("pretrained=x")
     with pytest.raises(ValueError, match=r"need checkpoint=<run dir>"):
         CARTLM.create_from_arg_string("n_loops=3")
+    with pytest.raises(ValueError, match=r"^--model cart: model_args dtype: 'float8' is not one of "
+                                         r"\['auto', 'float32', 'bfloat16'\]$"):
+        CARTLM.create_from_arg_string("checkpoint=nowhere,dtype=float8")
 
 
 # ---- bad input -------------------------------------------------------------------------------

@@ -27,6 +27,21 @@ def tiny(**flags) -> torch.nn.Module:
     return build_model(CARTConfig(**(SMALL | flags))).eval()
 
 
+def test_package_exports_every_familys_config_and_model():
+    """`from cart import LRTConfig, RATPlusConfig, ...`: each family's config and model class, as the
+    registry names them."""
+    import importlib
+
+    import cart
+    from cart.models import ARCHS, config_class
+    for arch in ARCHS:
+        cfg = config_class(arch)
+        module, model_name = cfg.model_class.split(":")
+        assert getattr(cart, cfg.__name__) is cfg and cfg.__name__ in cart.__all__
+        assert getattr(cart, model_name) is getattr(importlib.import_module(module), model_name)
+        assert model_name in cart.__all__
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=16))
 def test_lti_spectral_radius_below_one_for_any_theta(thetas):

@@ -6,7 +6,13 @@ documents, the BOS prefix in evaluation, their checkpoint layout, and the paper 
 The reference forward below is written from the authors' files (model/cart.py, layers.py,
 attention.py and the hyper/lti/lie modules as their spec gives them), on a state dict in THEIR
 parameter names, independently of cart/models."""
+import copy
+import dataclasses
 import math
+import pickle
+import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +23,7 @@ import torch.nn.functional as F
 from cart import CARTConfig, build_model
 from cart.experiments import TrainSettings
 from cart.models import config_from_dict
-from cart.models.cart_authors import from_authors_state_dict
+from cart.models.cart_authors import from_authors_state_dict, load_authors_checkpoint
 from cart.models.cart_config import PAPER_TEXT_VS_CODE, VARIANT_CHOICES
 from cart.params import build, load_params
 from cart.step import lr_multiplier, make_optimizer
@@ -401,6 +407,161 @@ def test_authors_state_dict_errors_name_the_keys():
         from_authors_state_dict(sd, cfg.replace(unshare_core=True))
     with pytest.raises(ValueError, match=r"variant='paper_code'"):
         from_authors_state_dict(sd, CARTConfig(**SMALL))
+
+
+def test_authors_state_dict_input_is_checked_key_by_key():
+    model = tiny("paper_code")
+    cfg, sd = model.config, to_authors(model)
+    with pytest.raises(ValueError, match=r"^from_authors_state_dict: expected a state dict \(names -> tensors\), got "
+                                         r"str; pass a state dict, or use load_authors_checkpoint\(path, config\)"):
+        from_authors_state_dict("checkpoints/c1/step_100.pt", cfg)
+    with pytest.raises(ValueError, match=r"^from_authors_state_dict: embedding\.weight is a ndarray, not a torch"):
+        from_authors_state_dict(sd | {"embedding.weight": sd["embedding.weight"].numpy()}, cfg)
+    with pytest.raises(ValueError, match=r"^from_authors_state_dict: final_norm\.weight is a list, not a torch"):
+        from_authors_state_dict(sd | {"final_norm.weight": sd["final_norm.weight"].tolist()}, cfg)
+    with pytest.raises(ValueError, match=r"^from_authors_state_dict: embedding\.weight is torch\.int64, not a "
+                                         r"floating-point weight"):
+        from_authors_state_dict(sd | {"embedding.weight": sd["embedding.weight"].long()}, cfg)
+    for bad in (float("nan"), float("inf")):
+        weight = sd["core.ffn.up.weight"].clone()
+        weight[3, 1] = bad
+        with pytest.raises(ValueError, match=r"^from_authors_state_dict: core\.ffn\.up\.weight holds NaN or "
+                                             r"infinite values"):
+            from_authors_state_dict(sd | {"core.ffn.up.weight": weight}, cfg)
+
+
+@pytest.mark.parametrize("flags,key,shape", [({"disable_hyperconnection": True}, "hyper.weights", (4,)),
+                                              ({"disable_lie": True}, "lie.proj.weight", (32, 16)),
+                                              ({"disable_lie": True}, "lie.pe", (8, 32))])
+def test_authors_weights_the_config_drops_are_shape_checked_too(flags, key, shape):
+    model = tiny("paper_code", **flags)
+    with pytest.raises(ValueError, match=rf"^from_authors_state_dict: {re.escape(key)} has shape "
+                                         rf"{re.escape(str(shape))}; .* needs"):
+        from_authors_state_dict(to_authors(model) | {key: torch.zeros(shape)}, model.config)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_authors_half_precision_state_dict_loads(dtype):
+    """Saved from a bf16/fp16 model, their lie.pe is our sinusoid rounded to that dtype."""
+    model = scrambled(tiny("paper_code"))
+    sd = {k: v.to(dtype) for k, v in to_authors(model).items()}
+    loaded = from_authors_state_dict(sd, model.config)
+    for key, value in loaded.state_dict().items():
+        want = model.state_dict()[key]
+        assert torch.equal(value, want if key == "lie.table" else want.to(dtype).float()), key
+
+
+# their checkpoint as train/train_one.py saves it: the config is their dataclass, module model.config
+@dataclasses.dataclass
+class TheirConfig:
+    d_model: int = 32
+    n_loops: int = 3
+    n_prelude: int = 2
+    n_coda: int = 1
+    vocab_size: int = 61
+    max_seq_len: int = 1024
+    d_head: int = 8
+    mla_compression_ratio: int = 4
+    n_hyper: int = 3
+    lti_init_value: float = 0.9
+    lie_dim: int = 32
+    rms_norm_eps: float = 1e-6
+    tie_embeddings: bool = True
+    rope_base: float = 10_000.0
+    dropout: float = 0.0
+    unfreeze_kv: bool = False
+    unshare_core: bool = False
+    self_attn_core: bool = False
+    disable_hyper: bool = False
+    disable_lti: bool = False
+
+
+TheirConfig.__module__, TheirConfig.__qualname__ = "model.config", "CARTConfig"  # how pickle names it
+
+
+class RunsCode:
+    """A pickled object whose unpickling writes `marker` (what a malicious checkpoint does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def save_as_authors(path: Path, model, monkeypatch, config=None) -> Path:
+    """torch.save of their payload, with TheirConfig importable as model.config.CARTConfig while
+    pickling only (the loader must not need their code)."""
+    package, module = types.ModuleType("model"), types.ModuleType("model.config")
+    module.CARTConfig = TheirConfig
+    package.config = module
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "model", package)
+        m.setitem(sys.modules, "model.config", module)
+        trained = copy.deepcopy(model)  # an optimizer state of plain tensors and numbers, as theirs
+        optimizer = torch.optim.AdamW(trained.parameters(), lr=1e-3)
+        sum(p.sum() for p in trained.parameters()).backward()
+        optimizer.step()
+        torch.save({"step": 100, "config": TheirConfig() if config is None else config,
+                    "model_state_dict": to_authors(model), "optimizer_state_dict": optimizer.state_dict()}, path)
+    return path
+
+
+def test_authors_pt_checkpoint_loads_without_their_code(tmp_path, monkeypatch):
+    model = scrambled(tiny("paper_code"))
+    path = save_as_authors(tmp_path / "step_100.pt", model, monkeypatch)
+    assert "model.config" not in sys.modules
+    with pytest.raises(pickle.UnpicklingError, match="model.config.CARTConfig"):
+        torch.load(path, weights_only=True)  # why the loader allows a stand-in for their config
+    loaded = load_authors_checkpoint(path, model.config)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"step_100\.pt was trained with unfreeze_kv=False, the config has "
+                                         r"unfreeze_kv=True"):
+        load_authors_checkpoint(path, model.config.replace(unfreeze_kv=True))
+    other = save_as_authors(tmp_path / "d64.pt", model, monkeypatch, TheirConfig(n_loops=6))
+    with pytest.raises(ValueError, match=r"d64\.pt was trained with n_loops=6, the config has n_loops=3"):
+        load_authors_checkpoint(other, model.config)
+
+
+def test_authors_safetensors_checkpoint_loads(tmp_path):
+    from safetensors.torch import save_file
+    model = scrambled(tiny("paper_code", disable_hyperconnection=True))
+    save_file(to_authors(model), tmp_path / "model.safetensors")
+    loaded = load_authors_checkpoint(tmp_path / "model.safetensors", model.config)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_malicious_authors_checkpoint_is_refused_without_running_it(tmp_path, monkeypatch):
+    model = tiny("paper_code")
+    ran, refused = tmp_path / "ran_by_plain_torch_load", tmp_path / "ran_by_our_loader"
+    for marker in (ran, refused):
+        torch.save({"step": 1, "config": RunsCode(marker), "model_state_dict": to_authors(model)},
+                   tmp_path / f"{marker.name}.pt")
+    torch.load(tmp_path / f"{ran.name}.pt", weights_only=False)  # a plain unpickling runs the code
+    assert ran.read_text() == "ran"
+    with pytest.raises(ValueError, match=r"ran_by_our_loader\.pt was refused and nothing in it was run: it asks "
+                                         r"for exec"):
+        load_authors_checkpoint(tmp_path / f"{refused.name}.pt", model.config)
+    assert not refused.exists()
+
+
+def test_authors_checkpoint_bad_files(tmp_path):
+    cfg = tiny("paper_code").config
+    with pytest.raises(FileNotFoundError, match=r"load_authors_checkpoint: no file .*nowhere\.pt"):
+        load_authors_checkpoint(tmp_path / "nowhere.pt", cfg)
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(ValueError, match=r"garbage\.pt is not a readable torch checkpoint"):
+        load_authors_checkpoint(tmp_path / "garbage.pt", cfg)
+    torch.save({"x": torch.ones(2)}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"cut\.pt is not a readable torch checkpoint \(truncated"):
+        load_authors_checkpoint(tmp_path / "cut.pt", cfg)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match=r"bad\.safetensors is not a readable safetensors file"):
+        load_authors_checkpoint(tmp_path / "bad.safetensors", cfg)
+    torch.save(torch.ones(3), tmp_path / "tensor.pt")
+    with pytest.raises(ValueError, match=r"tensor\.pt holds a Tensor, not their checkpoint"):
+        load_authors_checkpoint(tmp_path / "tensor.pt", cfg)
 
 
 # ---- recipe: weight decay scope, flat learning rate --------------------------------------------

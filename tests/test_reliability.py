@@ -1,6 +1,7 @@
 """Atomic writes under SIGKILL, damaged checkpoints, disk-space refusal."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -85,6 +86,29 @@ def test_round_trip_is_exact(tmp_path):
             p.zero_()
     load_weights(other, tmp_path / "w.safetensors")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda t: t.long(), r"tensor tok_emb\.weight is I64 in the file, not a floating-point weight"),
+    (lambda t: t.index_fill(0, torch.tensor([3]), float("nan")), r"tensor tok_emb\.weight holds NaN or infinite"),
+    (lambda t: t.index_fill(0, torch.tensor([3]), float("-inf")), r"tensor tok_emb\.weight holds NaN or infinite")],
+    ids=["int64", "nan", "-inf"])
+def test_run_with_non_float_or_non_finite_weights_is_refused(tmp_path, change, message):
+    """load_state_dict would cast an int64 tensor to float silently, and NaN weights would give NaN
+    evaluations and exports: both refused on load, naming the tensor and the file."""
+    from safetensors.torch import save_file
+
+    from cart.checkpoint import load_run_model, write_run_config
+    model = _tiny()
+    run = tmp_path / "runs" / "g" / "r"
+    run.mkdir(parents=True)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    save_file(weights | {"tok_emb.weight": change(weights["tok_emb.weight"])}, run / "model.safetensors")
+    write_run_config(run, {"model": model.config.to_dict()})
+    with pytest.raises(ValueError, match=rf"^checkpoint {re.escape(str(run / 'model.safetensors'))}: {message}"):
+        load_run_model(run)
+    save_file(weights, run / "model.safetensors")
+    assert torch.equal(load_run_model(run)[0].tok_emb.weight, weights["tok_emb.weight"])
 
 
 def test_disk_space_is_checked_before_writing(tmp_path, monkeypatch):

@@ -75,8 +75,8 @@ def check_local_files(local_dir: str | Path, tasks, num_fewshot: int = 0,
             raise BenchmarkFileError(
                 f"{task}: {num_fewshot}-shot evaluation draws its examples from the {fs} split (as lm-eval "
                 f"does), but {Path(local_dir) / task / names[0]} is missing; expected {FORMATS[task]}. "
-                f"Provide it, evaluate 0-shot, or set benchmarks.fewshot_fallback: eval_split to draw "
-                f"the examples from the evaluated {EVAL_SPLIT[task]} split (never the item itself)")
+                f"Provide it, evaluate 0-shot, or (in the pipeline) set benchmarks.fewshot_fallback: eval_split "
+                f"to draw the examples from the evaluated {EVAL_SPLIT[task]} split (never the item itself)")
         found[task] = files
     return found
 

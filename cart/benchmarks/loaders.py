@@ -74,10 +74,15 @@ def load(task: str, source: str | None = None, local_dir: str | None = None, **_
     elif source == "local":
         if not local_dir:
             raise ValueError(f"{task}: source 'local' needs benchmarks.local_dir (a folder of benchmark files)")
-        splits = read_local(task, Path(local_dir))
+        found = read_local(task, Path(local_dir))
+        # lm-eval reads the training split a task YAML declares even at 0 shots (it builds the few-shot
+        # sampler with the task), so a split without a file is an empty one; few-shot examples from it are
+        # refused before that (check_local_files: the pipeline's task_specs, cart.lm_eval_cli)
+        splits = {split: found.get(split, []) for split in LOCAL_FILES[task]}
     else:
         raise ValueError(f"{task}: the cart task YAMLs need metadata source 'builtin' or 'local', got {source!r} "
-                         f"(build the TaskManager with cart.benchmarks.task_manager)")
+                         f"(--metadata '{{\"source\": \"local\", \"local_dir\": ...}}' on lm-eval's command "
+                         f"line; in Python, the TaskManager of cart.benchmarks.task_manager)")
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
 
 

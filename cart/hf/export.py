@@ -38,12 +38,12 @@ beside this one from the `cart` package ({config_module}.py, {model_module}.py a
 from .{config_module} import {config_class}
 from .{model_module} import {model_class}
 
+ARCH = "{arch}"
+
 
 def config_from_dict(d: dict) -> {config_class}:
     d = dict(d)
-    arch = d.pop("arch", "{arch}")
-    if arch != "{arch}":
-        raise ValueError(f"this folder holds the {arch!r} family, the config asks for {{arch!r}}")
+    d.pop("arch", None)  # checked against ARCH by CartLMConfig
     return {config_class}(**d)
 
 

@@ -3,4 +3,6 @@ registry of cart.models. An exported folder holds a generated families.py instea
 family whose source files were copied beside it (cart/hf/export.py), so it needs no `cart` install."""
 from ..models import build_model, config_from_dict
 
-__all__ = ["build_model", "config_from_dict"]
+ARCH = None  # the family an exported folder holds; here every family of the registry
+
+__all__ = ["ARCH", "build_model", "config_from_dict"]

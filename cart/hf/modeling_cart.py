@@ -6,7 +6,9 @@ no per-loop state) instead of transformers' Cache classes, which hold per-layer 
 carry CART's anchor. It lives in a slot that `generate` passes to every forward call (`cart_cache`),
 sized to the generation's max_length; greedy search and sampling use it, every other search
 (beam search, assisted decoding) needs `use_cache=False`. Without a cache each step re-runs the
-full forward, which is exact too. `n_loops` (CART) comes from the config unless a call passes one.
+full forward, which is exact too. The family's inference-time arguments (RUNTIME_ARGS: `n_loops`,
+`exit_threshold`, `pattern`, `lrt_mode`) come from a call, else from the config; one the family does
+not take is refused (ValueError naming it), never dropped.
 
 Copied, with configuration_cart.py and the family's source, into exported folders: it imports
 only transformers, torch and its siblings.
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
-from .configuration_cart import CartLMConfig
+from .configuration_cart import RUNTIME_ARGS, CartLMConfig
 from .families import build_model, config_from_dict
 
 
@@ -40,14 +42,16 @@ class CartLMForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: CartLMConfig):
         super().__init__(config)
         self.cart = build_model(config_from_dict(config.cart_model))
+        self.runtime()  # a config default the family does not take fails here, at load
         self.post_init()
 
     def _init_weights(self, module):
-        """Weights come from the checkpoint; only RoPE's frequency and cos/sin tables (buffers, not
-        saved) are rebuilt here, for loaders that create the model on the meta device first."""
+        """Weights come from the checkpoint. The buffers it does not hold (non-persistent: RoPE's
+        tables, the loop-index sinusoid) are constants of the config; transformers allocates them
+        without values, so every module holding such buffers rebuilds them (`build_tables`)."""
         if hasattr(module, "build_tables"):
-            device = module.inv_freq.device
-            module.build_tables(None if device.type == "meta" else device)
+            device = next((b.device for b in module.buffers(recurse=False)), None)
+            module.build_tables(None if device is None or device.type == "meta" else device)
 
     def get_input_embeddings(self):
         return self.cart.tok_emb
@@ -55,18 +59,27 @@ class CartLMForCausalLM(PreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value):
         self.cart.tok_emb = value
 
-    def runtime(self, n_loops: int | None = None) -> dict:
-        """The family's inference-time arguments for one call: n_loops from the call, else the config."""
-        n_loops = self.config.n_loops if n_loops is None else n_loops
-        return {} if n_loops is None else {"n_loops": n_loops}
+    def runtime(self, **call) -> dict:
+        """The family's inference-time arguments for one call: each of RUNTIME_ARGS from the call,
+        else from the config; None leaves the model's default."""
+        args = {name: call.get(name) if call.get(name) is not None else getattr(self.config, name, None)
+                for name in RUNTIME_ARGS}
+        args = {name: value for name, value in args.items() if value is not None}
+        accepted = self.cart.config.runtime_kwargs()
+        for name in args:
+            if name not in accepted:
+                raise ValueError(f"{name}: the {self.cart.config.arch!r} family does not take it (it takes "
+                                 f"{sorted(accepted) or 'no inference-time argument'})")
+        return args
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, n_loops: int | None = None,
+                exit_threshold: float | None = None, pattern: str | None = None, lrt_mode: str | None = None,
                 cart_cache: CartCacheSlot | None = None, return_dict: bool | None = None, **kwargs) -> CausalLMOutput:
         """Logits (B, T, V). A left-padded batch (attention_mask zeros before the tokens) is
         decoded as each row alone; right padding needs nothing (the model is causal). With labels,
         the mean cross-entropy of position t predicting labels[t + 1] (-100 = ignored), as in transformers."""
-        runtime = self.runtime(n_loops)
+        runtime = self.runtime(n_loops=n_loops, exit_threshold=exit_threshold, pattern=pattern, lrt_mode=lrt_mode)
         if cart_cache is not None:  # generate(): the prompt, then one token per row per call
             if cart_cache.cache is None:
                 pad = left_padding(attention_mask, input_ids)
@@ -98,12 +111,11 @@ class CartLMForCausalLM(PreTrainedModel, GenerationMixin):
                              f"or crop rows); pass use_cache=False")
         model_kwargs["cart_cache"] = CartCacheSlot(max_cache_length + 1)
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cart_cache=None, n_loops=None,
-                                      **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, cart_cache=None, **kwargs):
         if cart_cache is not None and cart_cache.cache is not None:
             input_ids = input_ids[:, cart_cache.cache.length:]  # only the tokens the cache has not seen
         return {"input_ids": input_ids, "attention_mask": attention_mask, "cart_cache": cart_cache,
-                "n_loops": n_loops}
+                **{name: kwargs.get(name) for name in RUNTIME_ARGS}}
 
 
 def left_padding(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:

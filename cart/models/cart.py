@@ -160,10 +160,17 @@ class LoopIndexEmbedding(nn.Module):
     def __init__(self, cfg: CARTConfig):
         super().__init__()
         self.projected = cfg.lie == "projected"
-        self.d_model = cfg.d_model
+        self.d_model, self.rows, self.dim = cfg.d_model, cfg.lie_rows, cfg.lie_dim
         if self.projected:
-            self.register_buffer("table", loop_index_table(cfg.lie_rows, cfg.lie_dim), persistent=False)
+            self.register_buffer("table", None, persistent=False)
+            self.build_tables()
             self.proj = nn.Linear(cfg.lie_dim, cfg.d_model, bias=False)
+
+    def build_tables(self, device=None) -> None:
+        """(Re)build the projected form's sinusoid table (a buffer, never saved): at construction, and
+        for a loader that allocates buffers without their values (the Hugging Face export's)."""
+        if self.projected:
+            self.table = loop_index_table(self.rows, self.dim, device)
 
     def forward(self, n_loops: int, device) -> torch.Tensor:
         """(n_loops, d): one row per iteration. The projected table is projected whole and then cut,

@@ -1,7 +1,16 @@
 """Load a checkpoint of the authors' CART (github.com/ccapps42/CART) into our `paper_code` model.
 
-    sd = torch.load("checkpoints/<config_id>/step_30500.pt", weights_only=False)["model_state_dict"]
-    model = from_authors_state_dict(sd, CARTConfig(d_model=1024, n_prelude=6, n_loops=6, variant="paper_code"))
+    model = load_authors_checkpoint("checkpoints/<config_id>/step_30500.pt",
+                                    CARTConfig(d_model=1024, n_prelude=6, n_loops=6, variant="paper_code"))
+
+Their train/train_one.py saves {"step", "config": model.config, "model_state_dict",
+"optimizer_state_dict"}, where the config is their CARTConfig dataclass (module model.config), so a
+plain `torch.load(..., weights_only=True)` refuses the file, and `weights_only=False` would run
+whatever the file's pickle asks for. `load_authors_checkpoint` reads it with weights_only=True and one
+more class allowed under that name, a stand-in that only holds attributes (AuthorsConfig): nothing in
+the file can run code, and a file that asks for anything else is refused. Their config is then checked
+against ours (the fields both have: sizes and ablation flags). A .safetensors file (their state dict,
+tensors only) loads too. `from_authors_state_dict` takes a state dict already in memory.
 
 Their parameter names (model/cart.py, layers.py, attention.py, hyper.py, lti.py, lie.py) and ours:
 
@@ -19,9 +28,14 @@ Their parameter names (model/cart.py, layers.py, attention.py, hyper.py, lti.py,
     final_norm.weight                     norm_f.weight
 
 Their model builds hyper and lie even when disable_hyper / disable_lie bypass them; ours does not,
-so those unused weights are dropped when the config disables them.
+so those unused weights are dropped (their shapes still checked) when the config disables them.
 """
 from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -74,9 +88,90 @@ def _plan(cfg: CARTConfig) -> tuple[dict[str, str], list[tuple[tuple[str, str], 
     return direct, fused, dropped
 
 
-def from_authors_state_dict(state_dict: dict[str, torch.Tensor], config: CARTConfig) -> CART:
+class AuthorsConfig:
+    """What the unpickler builds for their config object (model.config.CARTConfig): the attributes
+    it was saved with, and nothing else (no methods of theirs run)."""
+
+    def __repr__(self) -> str:
+        return f"AuthorsConfig({vars(self)})"
+
+
+AUTHORS_CONFIG_GLOBAL = "model.config.CARTConfig"
+
+# their config field -> ours, for the fields that decide the model's function or shapes
+_CONFIG_FIELDS = {"vocab_size": "vocab_size", "d_model": "d_model", "n_prelude": "n_prelude", "n_loops": "n_loops",
+                  "d_head": "head_dim", "mla_compression_ratio": "kv_latent_ratio", "n_hyper": "hc_window",
+                  "lie_dim": "lie_dim", "rms_norm_eps": "norm_eps", "rope_base": "rope_theta",
+                  "unfreeze_kv": "unfreeze_kv", "unshare_core": "unshare_core", "self_attn_core": "self_attn_core",
+                  "disable_hyper": "disable_hyperconnection", "disable_lti": "disable_lti",
+                  "disable_lie": "disable_lie"}
+
+
+def load_authors_checkpoint(path: str | Path, config: CARTConfig) -> CART:
+    """Our CART (variant paper_code) with the weights of one of the authors' checkpoints: their .pt
+    (read without running any of its code) or a .safetensors file of their state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_authors_checkpoint: no file {path}")
+    if path.suffix == ".safetensors":
+        return from_authors_state_dict(_read_safetensors(path), config)
+    payload = _read_pt(path)
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"load_authors_checkpoint: {path} holds a {type(payload).__name__}, not their checkpoint "
+                         f"(a dict with model_state_dict) or a state dict")
+    if "config" in payload:
+        _check_authors_config(payload["config"], config, path)
+    return from_authors_state_dict(payload.get("model_state_dict", payload), config)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"load_authors_checkpoint: {path} is not a readable safetensors file: {e}") from None
+
+
+def _read_pt(path: Path):
+    """torch.load with weights_only=True, their config class allowed as the attribute-only stand-in."""
+    try:
+        with torch.serialization.safe_globals([(AuthorsConfig, AUTHORS_CONFIG_GLOBAL)]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        asked = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if asked is None:
+            raise ValueError(f"load_authors_checkpoint: {path} is not a readable torch checkpoint (its pickle is "
+                             f"damaged, or another format)") from None
+        raise ValueError(f"load_authors_checkpoint: {path} was refused and nothing in it was run: it asks for "
+                         f"{asked.group(1)}, and only tensors, plain values and their config "
+                         f"({AUTHORS_CONFIG_GLOBAL}) are read") from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"load_authors_checkpoint: {path} is not a readable torch checkpoint (truncated, or "
+                         f"another format): {str(e).splitlines()[0].split('. ')[0]}") from None
+
+
+def _check_authors_config(theirs, config: CARTConfig, path: Path) -> None:
+    """Their config (the stand-in, or a plain dict) agrees with ours on every field both have."""
+    fields = vars(theirs) if isinstance(theirs, AuthorsConfig) else theirs
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"load_authors_checkpoint: {path}: 'config' is a {type(theirs).__name__}, not their "
+                         f"{AUTHORS_CONFIG_GLOBAL}")
+    for their_field, our_field in _CONFIG_FIELDS.items():
+        if their_field in fields and fields[their_field] != getattr(config, our_field):
+            raise ValueError(f"load_authors_checkpoint: {path} was trained with {their_field}="
+                             f"{fields[their_field]!r}, the config has {our_field}={getattr(config, our_field)!r}")
+
+
+def from_authors_state_dict(state_dict: Mapping[str, torch.Tensor], config: CARTConfig) -> CART:
     """Our CART (variant paper_code) with the weights of the authors' state dict; ValueError naming
-    every missing or unexpected key, or the first tensor whose shape does not fit the config."""
+    every missing or unexpected key, or the first tensor that is not a finite floating-point tensor of
+    the shape the config needs (the weights they drop included)."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"from_authors_state_dict: expected a state dict (names -> tensors), got "
+                         f"{type(state_dict).__name__}; pass a state dict, or use load_authors_checkpoint(path, "
+                         f"config) for a checkpoint file")
     if not isinstance(config, CARTConfig) or config.variant != "paper_code":
         raise ValueError(f"from_authors_state_dict: config must be a CARTConfig with variant='paper_code' (the "
                          f"authors' model), got {getattr(config, 'variant', type(config).__name__)!r}")
@@ -88,6 +183,8 @@ def from_authors_state_dict(state_dict: dict[str, torch.Tensor], config: CARTCon
     if missing or unexpected:
         raise ValueError(f"from_authors_state_dict: the state dict does not fit {_describe(config)}: "
                          f"missing {missing}, unexpected {unexpected}")
+    for key in sorted(state_dict):
+        _check_weight(key, state_dict[key])
 
     model = CART(config)
     ours = model.state_dict()
@@ -95,19 +192,41 @@ def from_authors_state_dict(state_dict: dict[str, torch.Tensor], config: CARTCon
     for pair, o in fused:
         rows, cols = ours[o].shape
         shapes |= {t: torch.Size((rows // 2, cols)) for t in pair}
+    shapes |= _dropped_shapes(config, dropped)
     if not config.disable_lie:
         shapes["lie.pe"] = model.lie.table.shape
     for key, shape in shapes.items():
         if state_dict[key].shape != shape:
             raise ValueError(f"from_authors_state_dict: {key} has shape {tuple(state_dict[key].shape)}; "
                              f"{_describe(config)} needs {tuple(shape)}")
-    if not config.disable_lie and not torch.allclose(state_dict["lie.pe"].float(), model.lie.table, atol=1e-6):
-        raise ValueError(f"from_authors_state_dict: lie.pe is not the loop-index sinusoid table of "
-                         f"lie_rows={config.lie_rows}, lie_dim={config.lie_dim}")
+    if not config.disable_lie:
+        pe = state_dict["lie.pe"]
+        # their table, computed in fp32 like ours and saved in the checkpoint's dtype: equal to within
+        # one rounding step of that dtype at magnitude 1 (the sinusoid's range)
+        if not torch.allclose(pe.float(), model.lie.table, rtol=0.0, atol=max(1e-6, torch.finfo(pe.dtype).eps)):
+            raise ValueError(f"from_authors_state_dict: lie.pe is not the loop-index sinusoid table of "
+                             f"lie_rows={config.lie_rows}, lie_dim={config.lie_dim}")
     loaded = {o: state_dict[t] for t, o in direct.items()}
     loaded |= {o: torch.cat([state_dict[k], state_dict[v]], dim=0) for (k, v), o in fused}
     model.load_state_dict({k: v.to(ours[k].dtype) for k, v in loaded.items()}, strict=True)
     return model
+
+
+def _check_weight(key: str, value) -> None:
+    """A weight is a finite floating-point torch.Tensor (an int tensor would be cast silently)."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"from_authors_state_dict: {key} is a {type(value).__name__}, not a torch.Tensor")
+    if not value.is_floating_point():
+        raise ValueError(f"from_authors_state_dict: {key} is {value.dtype}, not a floating-point weight")
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"from_authors_state_dict: {key} holds NaN or infinite values")
+
+
+def _dropped_shapes(cfg: CARTConfig, dropped: list[str]) -> dict[str, torch.Size]:
+    """The shapes their model gives the weights our config does not build."""
+    shapes = {"hyper.weights": torch.Size((cfg.hc_window,)), "lie.proj.weight": torch.Size((cfg.d_model, cfg.lie_dim)),
+              "lie.pe": torch.Size((cfg.lie_rows, cfg.lie_dim))}
+    return {key: shapes[key] for key in dropped}
 
 
 def _describe(cfg: CARTConfig) -> str:
