@@ -27,8 +27,9 @@ from .accounting import count_params, forward_flops, mfu, peak_flops_for
 from .data import BatchReader, domains, read_meta, val_batches
 from .evaluate import bits_per_byte, eval_loss, perplexity
 from .experiments import RunPaths, RunSpec
-from .io import atomic_write_json, read_json, require_free_space, sha256_file
+from .io import atomic_write_json, remove_stale_temps, require_free_space, sha256_file
 from .models import build_model
+from .run_summary import read_summary
 from .code_deps import ROOT, training_code
 from .curves import CurveWriter
 from .device import resolve_device, resolve_dtype
@@ -101,7 +102,7 @@ class Trainer:
             return None
         parent = self.paths.run_dir.parents[1] / self.spec.init_from
         summary = parent / ckpt.SUMMARY
-        if not summary.is_file() or read_json(summary, "run summary").get("status") != "complete":
+        if not summary.is_file() or read_summary(summary)["status"] != "complete":
             raise ValueError(f"{self.spec.run_id} starts from {self.spec.init_from}, which has no complete run "
                              f"in {parent}; train it first (dvc repro runs it before this stage)")
         return parent / ckpt.WEIGHTS
@@ -114,7 +115,7 @@ class Trainer:
         if ckpt.read_run_config(p.run_dir) != self.run_config:
             return "stale"
         summary = p.run_dir / ckpt.SUMMARY
-        if summary.is_file() and read_json(summary, "run summary").get("status") == "complete":
+        if summary.is_file() and read_summary(summary)["status"] == "complete":
             return "complete"
         return "resume" if (p.run_dir / ckpt.STATE).is_file() else "fresh"
 
@@ -142,7 +143,7 @@ class Trainer:
         run_dir = self.paths.run_dir
         summary = run_dir / ckpt.SUMMARY
         if not (summary.is_file() and (run_dir / ckpt.WEIGHTS).is_file()
-                and read_json(summary, "run summary").get("status") == "complete"):
+                and read_summary(summary)["status"] == "complete"):
             return
         dest = run_dir / REPLACED / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         while dest.exists():  # two replacements within one second
@@ -163,6 +164,9 @@ class Trainer:
             "reader": self.reader.state_dict(), "rng": torch.get_rng_state(),
             "train_time_s": self.train_time, "tokens": self.tokens, "grad_norm_ema": self.grad_ema,
             "interval_loss": list(self.interval_loss),
+            # the final checkpoint is a finished run but for its summary: a run resumed from it
+            # writes the summary from these, as the uninterrupted run would have
+            "last_loss": self.last_loss, "last_eval": self.last_eval,
         }, self.paths.run_dir / ckpt.STATE)
         for old in self.paths.run_dir.glob("weights-*.safetensors"):
             if old.name != name:
@@ -181,9 +185,14 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         self.train_time, self.tokens, self.grad_ema = state["train_time_s"], state["tokens"], state["grad_norm_ema"]
         self.interval_loss = list(state["interval_loss"])
+        self.last_loss, self.last_eval = state.get("last_loss"), state.get("last_eval")
+        if state["step"] >= self.spec.run.steps and (self.last_loss is None or self.last_eval is None):
+            raise ValueError(f"{self.paths.run_dir / ckpt.STATE}: the checkpoint of the final step holds no final "
+                             f"loss and evaluation to finish the run with; delete {self.paths.run_dir} to retrain it")
         for orphan in self.paths.run_dir.glob("weights-*.safetensors"):  # written after the state was
             if orphan.name != state["weights"]:
                 orphan.unlink()
+        remove_stale_temps(self.paths.run_dir)  # a killed run's half-written checkpoint files
         return state["step"]
 
     # ---- evaluation ----
@@ -217,7 +226,7 @@ class Trainer:
         spec, paths, t, r = self.spec, self.paths, self.spec.train, self.spec.run
         state = self._existing_state()
         if state == "complete":
-            summary = read_json(paths.run_dir / ckpt.SUMMARY, "run summary")
+            summary = read_summary(paths.run_dir / ckpt.SUMMARY)
             print(f"{spec.run_id}: already complete ({summary['steps']} steps), not retraining")
             if not paths.metrics_file.is_file():  # DVC removes non-persistent outputs before a re-run
                 atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
@@ -250,6 +259,7 @@ class Trainer:
         self.dist.barrier()
         self.train_time, self.tokens, self.grad_ema = 0.0, 0, None
         self.interval_loss = [0.0, 0]  # (sum, count) of micro-batch losses since the last log
+        self.last_loss, self.last_eval = None, None  # the last logged training loss and evaluation
         start = 0
         if state == "resume":
             start = self._load_checkpoint()
@@ -267,7 +277,7 @@ class Trainer:
         self.substeps = spec.model.train_substeps()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            final_eval, last_loss = self._loop(start)
+            self._loop(start)
         except NonFiniteError as e:
             if self.dist.is_main:
                 self._finish("failed", str(e), None, None)
@@ -275,12 +285,12 @@ class Trainer:
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        summary = self._finish("complete", None, final_eval, last_loss) if self.dist.is_main else {}
+        summary = self._finish("complete", None, self.last_eval, self.last_loss) if self.dist.is_main else {}
         self.dist.barrier()
         distributed.teardown(self.dist)
         return summary
 
-    def _loop(self, start: int):
+    def _loop(self, start: int) -> None:
         spec, t, r = self.spec, self.spec.train, self.spec.run
         self.model.train()
         bar = tqdm(total=r.steps, initial=start, desc=spec.run_id, disable=not self.progress,
@@ -288,7 +298,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_acc, interval_tokens = torch.full((), self.interval_loss[0], device=self.device), 0
         interval_t0 = time.perf_counter()
-        final_eval, last_loss, logged_once, pending, gn = None, None, False, None, None
+        logged_once, pending, gn = False, None, None
         for step in range(start, r.steps):
             t0 = time.perf_counter()
             batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
@@ -331,7 +341,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - interval_t0
-                last_loss = self.dist.mean(loss_acc / self.interval_loss[1]).item()
+                last_loss = self.last_loss = self.dist.mean(loss_acc / self.interval_loss[1]).item()
                 if not math.isfinite(last_loss):
                     raise NonFiniteError(f"{spec.run_id}: non-finite loss at step {done}; last good checkpoint kept")
                 tok_s = interval_tokens / elapsed
@@ -347,7 +357,7 @@ class Trainer:
                 loss_acc.zero_()
                 self.interval_loss, interval_tokens = [0.0, 0], 0
             if eval_now and self.dist.is_main:
-                final_eval = self._evaluate(done)
+                self.last_eval = self._evaluate(done)
             if ckpt_now and hasattr(self.opt, "consolidate_state_dict"):  # sharded: every rank sends rank 0 its part
                 self.opt.consolidate_state_dict(to=0)
             if ckpt_now and self.dist.is_main:
@@ -365,7 +375,6 @@ class Trainer:
                 bar.close()
                 raise Interrupted(self._signal)
         bar.close()
-        return final_eval, last_loss
 
     def _loop_kwargs(self, step: int) -> dict:
         """The recurrent model's forward arguments for optimizer step `step` (0-based): its sampled
