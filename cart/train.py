@@ -201,6 +201,9 @@ class Trainer:
         out = {}
         for dom, batches in self.val.items():
             loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"{self.spec.run_id}: non-finite validation loss on {dom} at step {step}; "
+                                     f"last good checkpoint kept")
             bpt = self.tok["bytes_per_token"][dom]
             out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
             self.curves.log_eval(step, dom, out[dom])

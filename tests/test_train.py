@@ -215,6 +215,26 @@ def test_nonfinite_step_between_checkpoints_is_named_exactly(tiny_project, monke
     assert torch.load(paths.run_dir / "trainer_state.pt", weights_only=True)["step"] == 2
 
 
+def test_a_nonfinite_validation_loss_fails_the_run_naming_domain_and_step(tiny_project, monkeypatch):
+    """Recorded as training records a non-finite step (a failed summary, an error naming where), never
+    a complete run whose evaluation is null."""
+    import cart.train as T
+    real, calls = T.eval_loss, []
+
+    def nan_on_second_domain(*args, **kwargs):
+        loss, n = real(*args, **kwargs)
+        calls.append(1)
+        return (float("nan") if len(calls) == 2 else loss), n
+    monkeypatch.setattr(T, "eval_loss", nan_on_second_domain)
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    with pytest.raises(NonFiniteError, match=r"^stage2/d32-R2-s42: non-finite validation loss on wikipedia at "
+                                             r"step 6; last good checkpoint kept$"):
+        Trainer(spec, paths, progress=False).run()
+    summary = json.loads((paths.run_dir / SUMMARY).read_text())
+    assert summary["status"] == "failed" and "validation loss on wikipedia" in summary["failure"]
+
+
 def test_vocab_mismatch_is_rejected_before_training(tiny_project):
     spec = resolve_run(load_params(), "stage2", "d32-R2-s42", vocab_size=999)
     with pytest.raises(ValueError, match="vocab mismatch"):
