@@ -192,7 +192,8 @@ class Trainer:
         for orphan in self.paths.run_dir.glob("weights-*.safetensors"):  # written after the state was
             if orphan.name != state["weights"]:
                 orphan.unlink()
-        remove_stale_temps(self.paths.run_dir)  # a killed run's half-written checkpoint files
+        if self.dist.is_main:  # the one writer of the run folder
+            remove_stale_temps(self.paths.run_dir)  # a killed run's half-written checkpoint files
         return state["step"]
 
     # ---- evaluation ----
