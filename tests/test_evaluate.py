@@ -69,7 +69,8 @@ def test_bits_per_byte_is_the_total_bits_over_the_total_bytes(loss, tokens, n_by
 
 def test_a_runs_final_evaluation_is_the_cross_entropy_of_its_saved_weights(tiny_project):
     """Trained here, then the summary's final loss per domain recomputed by hand from model.safetensors
-    on the validation batches the run evaluates (data.val_batches at its seq_len, eval_seqs, micro_batch)."""
+    on the validation batches the run evaluates (data.val_batches at its seq_len, eval_seqs, micro_batch,
+    val_windows)."""
     from cart.data import domains, val_batches
     from cart.experiments import RunPaths
     from cart.tokenizer import tokenizer_info
@@ -86,7 +87,8 @@ def test_a_runs_final_evaluation_is_the_cross_entropy_of_its_saved_weights(tiny_
     r = spec.run
     assert list(summary["final_eval"]) == domains(paths.bins_dir)
     for dom, got in summary["final_eval"].items():
-        batches = val_batches(paths.bins_dir, dom, r.seq_len, spec.train.eval_seqs, r.micro_batch)
+        batches = val_batches(paths.bins_dir, dom, r.seq_len, spec.train.eval_seqs, r.micro_batch,
+                              spec.train.val_windows)
         loss, _ = nats_by_hand(model, batches)
         assert got["loss"] == pytest.approx(loss, rel=FP32_SUM_REL), dom
         assert got["ppl"] == math.exp(got["loss"])
