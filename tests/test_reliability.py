@@ -220,18 +220,23 @@ def test_a_run_name_outside_the_grid_is_refused_before_anything_runs(tmp_path, m
 
 # ---- full disks, stale temporary files, strict JSON ----------------------------------------------
 
+def _python_write(tmp):
+    raise OSError(28, "No space left on device")
+
+
+def _torch_save(tmp):
+    raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")  # no errno to go by
+
+
 def _sqlite_write(tmp):
     import sqlite3
     raise sqlite3.OperationalError("database or disk is full")
 
 
-@pytest.mark.parametrize("writer,free", [
-    (lambda tmp: (_ for _ in ()).throw(OSError(28, "No space left on device")), 10 << 30),  # Python's own write
-    (lambda tmp: (_ for _ in ()).throw(RuntimeError("PytorchStreamWriter failed writing file data/0: file write "
-                                                    "failed")), 4096),  # torch.save's words for it
-    (_sqlite_write, 0),
-])
+@pytest.mark.parametrize("writer,free", [(_python_write, 10 << 30), (_torch_save, 4096), (_sqlite_write, 0)])
 def test_a_write_that_fills_the_disk_says_so_naming_the_file(tmp_path, monkeypatch, writer, free):
+    """What each writer raises when the disk fills: an errno, or (torch.save, SQLite) words alone, when
+    the filesystem then has (almost) no free space."""
     from cart.io import atomic_path
     target = tmp_path / "results.db"
     target.write_bytes(b"old")
