@@ -241,7 +241,9 @@ def test_vocab_mismatch_is_rejected_before_training(tiny_project):
         Trainer(spec, RunPaths.for_run("stage2", "d32-R2-s42"), progress=False)
 
 
-WALL_CLOCK = {"wall_s", "tokens_per_s", "mfu"}  # differ between any two runs
+def _timeless(record: dict) -> dict:
+    """A summary or metrics record without its wall-clock rates, which differ between any two runs."""
+    return {k: v for k, v in record.items() if k not in ("wall_s", "tokens_per_s", "mfu")}
 
 
 def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(tiny_project, monkeypatch):
@@ -279,10 +281,9 @@ def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(t
     stale.write_bytes(b"partial")
 
     summary = train_run(spec, paths, progress=False)
-    drop = lambda d: {k: v for k, v in d.items() if k not in WALL_CLOCK}  # noqa: E731
-    assert drop(summary) == drop(ref_summary)  # final_eval and final_train_loss bit-equal: the same ops
-    assert drop(json.loads((paths.run_dir / SUMMARY).read_text())) == drop(ref_summary)
-    assert drop(json.loads(paths.metrics_file.read_text())) == drop(ref_metrics)
+    assert _timeless(summary) == _timeless(ref_summary)  # final_eval and final_train_loss bit-equal: the same ops
+    assert _timeless(json.loads((paths.run_dir / SUMMARY).read_text())) == _timeless(ref_summary)
+    assert _timeless(json.loads(paths.metrics_file.read_text())) == _timeless(ref_metrics)
     assert {"ppl_wikipedia", "loss_wikipedia", "bpb_wikipedia"} <= set(ref_metrics)
     resumed = weights(paths.run_dir / "model.safetensors")
     assert resumed.keys() == ref_weights.keys() and all(torch.equal(resumed[k], ref_weights[k]) for k in resumed)
@@ -304,11 +305,11 @@ def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(t
      "a complete run has no final_train_loss"),
 ])
 def test_a_summary_that_is_not_a_run_summary_is_one_error_naming_it(tiny_project, content, problem):
+    from cart.checkpoint import write_run_config
     spec = spec_for()
     paths = RunPaths.for_run(spec.group, spec.name)
     paths.run_dir.mkdir(parents=True)
     trainer = Trainer(spec, paths, progress=False)
-    from cart.checkpoint import write_run_config
     write_run_config(paths.run_dir, trainer.run_config)
     (paths.run_dir / SUMMARY).write_text(json.dumps(content))
     with pytest.raises(ValueError, match=rf"summary\.json: not a run summary \({problem}"):
