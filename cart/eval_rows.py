@@ -12,6 +12,7 @@ one home for their columns and their file format.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from .io import atomic_path
@@ -30,6 +31,10 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
                 missing = [c for c in EVAL_COLUMNS if c not in r]
                 if missing:
                     raise ValueError(f"row {r} lacks {missing}")
+                for c in ("value", "stderr"):
+                    if isinstance(r[c], float) and not math.isfinite(r[c]):
+                        raise ValueError(f"{path}: {r['run_id']} {r['task']} {r['metric']}: {c} is {r[c]}, not a "
+                                         f"number; nothing written")
                 w.writerow([_cell(r[c]) for c in EVAL_COLUMNS])
 
 

@@ -12,6 +12,11 @@ from .models.base import IGNORE_INDEX
 from .models.layers import lm_loss
 
 
+class NonFiniteEvaluation(ValueError):
+    """An evaluation that came out NaN or infinite: the model's logits are not finite (its weights,
+    or its forward at the evaluated setting). Recorded as a failure, never as a number."""
+
+
 @torch.no_grad()
 def eval_loss(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

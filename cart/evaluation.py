@@ -9,6 +9,7 @@ the run's inference-time setting (a CART loop count, a RAT+ attention pattern, a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,13 @@ class Setting:
         return self.label or (f"R{self.n_loops}" if self.n_loops is not None else "default")
 
 
+def evaluated(common: dict) -> str:
+    """The run and setting of an evaluation row, for messages: `stage2/d64-R2-s42 (R=4)`."""
+    setting = ", ".join(s for s in (common.get("setting") or "",
+                                    "" if common.get("n_loops") is None else f"R={common['n_loops']}") if s)
+    return f"{common['run_id']}" + (f" ({setting})" if setting else "")
+
+
 def exit_label(threshold: float) -> str:
     """The `setting` of an adaptive-exit row (eval/sampled_r.tsv), e.g. exit<0.05."""
     return f"exit<{threshold:g}"
@@ -245,7 +253,7 @@ class EvalSession:
 
     def ppl_rows(self, lm, val: dict, common: dict, sources: dict, **runtime) -> list[dict]:
         """Validation PPL and BPB per domain of `lm`'s model at `runtime` (e.g. pattern="D8")."""
-        from .evaluate import bits_per_byte, eval_loss, perplexity
+        from .evaluate import NonFiniteEvaluation, bits_per_byte, eval_loss, perplexity
         from .models.base import IGNORE_INDEX
         bpt = lm.tok.bytes_per_token
         missing = [d for d in val if d not in bpt]
@@ -263,6 +271,10 @@ class EvalSession:
                 loops[1] += int(scored.sum())
             loss, _ = eval_loss(lm.model, batches, device=self.device, dtype=self.dtype,
                                 on_batch=count_loops if exits else None, **runtime)
+            if not math.isfinite(loss):
+                raise NonFiniteEvaluation(f"{evaluated(common)}: the validation loss on {d} is {loss}: the model's "
+                                          f"logits are not finite (its weights, or its forward at this setting); "
+                                          f"nothing written")
             got = [("ppl", perplexity(loss)), ("bpb", bits_per_byte(loss, float(bpt[d])))]
             if exits:
                 got.append(("mean_loops", loops[0] / loops[1]))
@@ -273,9 +285,17 @@ class EvalSession:
     def benchmark_rows(self, lm, shots: int, common: dict, limit: int | None = None) -> list[dict]:
         """The `benchmarks` tasks at `shots` shots (lm.runtime / lm.n_loops set the model's setting);
         `limit` items per task, or benchmarks.limit."""
+        from .evaluate import NonFiniteEvaluation
         from .harness import evaluate_benchmarks
         b = self.bench
-        got, _ = evaluate_benchmarks(lm, b.tasks, source=b.source, local_dir=self.local_dir, num_fewshot=shots,
-                                     limit=b.limit if limit is None else limit, bootstrap_iters=b.bootstrap_iters,
-                                     fewshot_fallback=b.fewshot_fallback, task_manager=self.task_manager)
+        try:
+            got, _ = evaluate_benchmarks(lm, b.tasks, source=b.source, local_dir=self.local_dir, num_fewshot=shots,
+                                         limit=b.limit if limit is None else limit, bootstrap_iters=b.bootstrap_iters,
+                                         fewshot_fallback=b.fewshot_fallback, task_manager=self.task_manager)
+        except NonFiniteEvaluation as e:
+            raise NonFiniteEvaluation(f"{evaluated(common)}: benchmarks at {shots} shots: {e}") from None
+        bad = [g for g in got if not math.isfinite(g["value"])]
+        if bad:
+            raise NonFiniteEvaluation(f"{evaluated(common)}: {bad[0]['task']} {bad[0]['metric']} at {shots} shots is "
+                                      f"{bad[0]['value']}; nothing written")
         return [{**common, "num_fewshot": shots, **g, "source": b.source} for g in got]

@@ -19,9 +19,13 @@ Sampling: temperature 0 is greedy; otherwise logits / temperature, then top-k, t
 (nucleus), then one draw from `generator` (seed it for reproducible samples). A row that emits
 `eos_token_id` is finished: it gets `pad_token_id` from then on, and decoding stops when every row
 has finished or after max_new_tokens.
+
+Refused with a ValueError: a cache that cannot fit the device's memory (before it is allocated),
+and non-finite logits (NaN weights would otherwise decode as token 0 over and over).
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import partial
 
@@ -78,6 +82,8 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
         use_cache = has_cached_decoding(model)
     elif use_cache and not has_cached_decoding(model):
         raise ValueError(f"use_cache: {type(model).__name__} has no cached decoding; pass use_cache=None or False")
+    if use_cache:
+        _check_cache_fits(model, B, T + n_new, runtime)
     graph_ok = (use_cache and idx.device.type == "cuda"
                 and getattr(model, "has_static_cache", lambda **_: False)(**runtime))
     if cuda_graph is None:
@@ -104,10 +110,15 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
                     else partial(model.forward_cached, cache=cache))
         else:
             logits = _last_logits_uncached(model, seqs, pad, runtime)
+        _refuse_nonfinite(~torch.isfinite(logits).all(dim=-1), "the prompt", runtime)  # NaN weights stop here
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        nonfinite = torch.zeros(B, dtype=torch.bool, device=idx.device)  # read once at the end: no sync per token
         new = []
         for i in range(n_new):
-            nxt = sample(logits.float(), temperature, top_k, top_p, generator)
+            bad = ~torch.isfinite(logits).all(dim=-1)
+            nonfinite |= bad
+            logits = logits.float().masked_fill(bad[:, None], 0.0)  # so sampling never sees a NaN (a device assert)
+            nxt = sample(logits, temperature, top_k, top_p, generator)
             nxt = torch.where(finished, torch.full_like(nxt, pad_token_id), nxt)
             new.append(nxt)
             if stop is not None:
@@ -123,6 +134,7 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
                 logits = _last_logits_uncached(model, seqs, pad, runtime)
     finally:
         model.train(was_training)
+    _refuse_nonfinite(nonfinite, "a new token", runtime)
     out = torch.stack(new, dim=1)
     if not was_list:
         return torch.cat([prompts, out], dim=1)
@@ -134,6 +146,46 @@ def generate(model: nn.Module, prompts: torch.Tensor | Sequence[torch.Tensor], m
             gen = gen if len(ends) == 0 else gen[:int(ends[0]) + 1]
         rows.append(torch.cat([idx[b, int(pad[b]):], gen]))
     return rows
+
+
+def _refuse_nonfinite(rows: torch.Tensor, where: str, runtime: dict) -> None:
+    """ValueError when any of `rows` (a (B,) bool tensor on the device) is set: logits that are not finite."""
+    if bool(rows.any()):
+        raise ValueError(f"generate: the model's logits for {where} are not finite (NaN or inf) in row(s) "
+                         f"{rows.nonzero()[:, 0].tolist()}: its weights, or its forward under "
+                         f"{runtime or 'its default arguments'}, are not finite; no tokens returned")
+
+
+def _check_cache_fits(model: nn.Module, batch: int, max_len: int, runtime: dict) -> None:
+    """Refuse, before anything is allocated, a decode cache that cannot fit the device's memory. The
+    bytes counted are a floor of what the cache allocates: the RoPE tables (cos, sin in float32) of
+    every position, which every family's DecodeCache builds, plus the values per token the family
+    reports for these arguments (none where it reports nothing, e.g. under an attention pattern)."""
+    param = next(model.parameters())
+    total = _device_memory(param.device)
+    if total is None:
+        return
+    try:
+        per_token = model.config.kv_cache_values_per_token(**runtime)
+    except (NotImplementedError, TypeError):
+        per_token = 0
+    need = 2 * max_len * model.config.head_dim * 4 + batch * max_len * per_token * param.element_size()
+    if need > total:
+        raise ValueError(f"max_new_tokens: decoding {batch} row(s) of up to {max_len:,} tokens needs at least "
+                         f"{need / 2**30:,.1f} GiB for the decode cache, more than the {param.device.type} memory "
+                         f"({total / 2**30:,.1f} GiB); ask for fewer tokens")
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Total memory of `device` in bytes (physical RAM for the CPU); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system
+            return None
+    return None
 
 
 class GraphedDecodeStep:

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .device import autocast, resolve_device, resolve_dtype
+from .evaluate import NonFiniteEvaluation
 from .io import sha256_file
 from .models.base import check_int_arg
 
@@ -284,7 +285,14 @@ class CARTLM(TemplateLM):
     def _model_call(self, inps: torch.Tensor) -> torch.Tensor:
         kwargs = dict(self.runtime) | ({} if self.n_loops is None else {"n_loops": self.n_loops})
         with autocast(self._device, self.dtype):
-            return self.model(inps, **kwargs).float()
+            logits = self.model(inps, **kwargs).float()
+        # NaN logits still give an argmax, so an accuracy would come out a plausible number
+        if not bool(torch.isfinite(logits).all()):
+            r = self._r_label()
+            setting = ", ".join([*(f"{k}={v}" for k, v in self.runtime.items()), *([f"R={r}"] if r else [])])
+            raise NonFiniteEvaluation(f"the model's logits are not finite{f' ({setting})' if setting else ''}: its "
+                                      f"weights, or its forward at this setting, are not finite")
+        return logits
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: [((context, continuation), context_tokens, continuation_tokens)] ->

@@ -34,8 +34,9 @@ from .curves import EVAL_METRICS, TRAIN_METRICS, read_curves
 from .eval_rows import EVAL_COLUMNS
 from .experiments import GROUPS as RUN_GROUPS
 from .experiments import group_of
-from .io import atomic_path
+from .io import atomic_path, remove_stale_temps
 from .models import config_from_dict, count_params, forward_flops
+from .run_summary import summary_problem
 
 SCHEMA_VERSION = 1
 GROUPS = tuple(RUN_GROUPS)
@@ -235,15 +236,22 @@ def collect_run(root: Path, group: str, name: str, expected: dict | None, in_gri
     if expected:
         row |= {k: v for k, v in expected.items() if k in row and v is not None}
 
-    cfg = _read_json(run_dir / "config.json", issues, run_id)
-    summary = _read_json(run_dir / "summary.json", issues, run_id)
-    model = _model_config(cfg, issues, run_id, run_dir / "config.json")
+    cfg_path, summary_path = run_dir / "config.json", run_dir / "summary.json"
+    cfg = _read_json(cfg_path, issues, run_id)
+    summary = _read_json(summary_path, issues, run_id)
+    model = _model_config(cfg, issues, run_id, cfg_path)
     if cfg:
         row["config_json"] = json.dumps(cfg, sort_keys=True)
         if isinstance(cfg.get("seed"), int):
             row["seed"] = cfg["seed"]
-        row["variant"] = cfg.get("variant", row["variant"])
-        run = cfg.get("run") or {}
+        variant, run = cfg.get("variant", row["variant"]), cfg.get("run") or {}
+        if variant is not None and not isinstance(variant, str):
+            issues.append((run_id, str(cfg_path), f"variant {variant!r} is not text; ignored"))
+        else:
+            row["variant"] = variant
+        if not isinstance(run, dict):
+            issues.append((run_id, str(cfg_path), f"run {run!r} is not an object of run settings; ignored"))
+            run = {}
         if all(isinstance(run.get(k), int) for k in ("seq_len", "micro_batch", "grad_accum")):
             row["seq_len"] = run["seq_len"]
             row["tokens_per_step"] = run["seq_len"] * run["micro_batch"] * run["grad_accum"]
@@ -263,13 +271,15 @@ def collect_run(root: Path, group: str, name: str, expected: dict | None, in_gri
         row["planned_tokens"] = row["planned_steps"] * row["tokens_per_step"]
 
     if summary is not None:
-        status = summary.get("status")
-        row["status"] = status if status in ("complete", "failed") else "incomplete"
+        status, problem = summary.get("status"), summary_problem(summary)
+        row["status"], row["failure"] = status, summary.get("failure")
         row["summary_json"] = json.dumps(summary, sort_keys=True)
-        row["failure"] = summary.get("failure")
-        if status not in ("complete", "failed"):
-            row["failure"] = f"summary.json has unknown status {status!r}"
-        damage = weights_damage(run_dir / "model.safetensors") if status == "complete" else None
+        if problem:  # the training stage refuses it too: nothing about this run can be trusted or ranked
+            row["status"] = "failed"
+            row["failure"] = (f"summary.json is not a run summary ({problem}); delete it and re-run the run's "
+                              "stage to finish or retrain it")
+            issues.append((run_id, str(summary_path), f"not a run summary: {problem}"))
+        damage = weights_damage(run_dir / "model.safetensors") if row["status"] == "complete" else None
         if damage:  # the evaluation stages would load these weights: a failed run, not a silent one
             row["status"] = "failed"
             row["failure"] = (f"{damage}; restore it (`dvc checkout runs/{group}/{name}`) or delete the run "
@@ -399,6 +409,7 @@ def build_store(db_path: str | Path, root: str | Path = ".", plan: RunPlan | Non
                 groups: Iterable[str] = GROUPS, eval_dir: str | Path | None = "eval") -> dict:
     """Build the store into a temporary file beside db_path in one transaction, then rename it
     over db_path: a reader sees the old store or the new one, never half of one."""
+    remove_stale_temps(Path(db_path).parent, Path(db_path).name)  # a killed build's half-written store
     with atomic_path(db_path) as tmp:
         tmp.unlink()  # sqlite wants to create the file itself
         con = sqlite3.connect(tmp)

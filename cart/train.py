@@ -27,8 +27,9 @@ from .accounting import count_params, forward_flops, mfu, peak_flops_for
 from .data import BatchReader, domains, read_meta, val_batches
 from .evaluate import bits_per_byte, eval_loss, perplexity
 from .experiments import RunPaths, RunSpec
-from .io import atomic_write_json, read_json, require_free_space, sha256_file
+from .io import atomic_write_json, remove_stale_temps, require_free_space, sha256_file
 from .models import build_model
+from .run_summary import read_summary
 from .code_deps import ROOT, training_code
 from .curves import CurveWriter
 from .device import resolve_device, resolve_dtype
@@ -109,7 +110,7 @@ class Trainer:
             return None
         parent = self.paths.run_dir.parents[1] / self.spec.init_from
         summary = parent / ckpt.SUMMARY
-        if not summary.is_file() or read_json(summary, "run summary").get("status") != "complete":
+        if not summary.is_file() or read_summary(summary)["status"] != "complete":
             raise ValueError(f"{self.spec.run_id} starts from {self.spec.init_from}, which has no complete run "
                              f"in {parent}; train it first (dvc repro runs it before this stage)")
         return parent / ckpt.WEIGHTS
@@ -122,7 +123,7 @@ class Trainer:
         if ckpt.read_run_config(p.run_dir) != self.run_config:
             return "stale"
         summary = p.run_dir / ckpt.SUMMARY
-        if summary.is_file() and read_json(summary, "run summary").get("status") == "complete":
+        if summary.is_file() and read_summary(summary)["status"] == "complete":
             return "complete"
         return "resume" if (p.run_dir / ckpt.STATE).is_file() else "fresh"
 
@@ -150,7 +151,7 @@ class Trainer:
         run_dir = self.paths.run_dir
         summary = run_dir / ckpt.SUMMARY
         if not (summary.is_file() and (run_dir / ckpt.WEIGHTS).is_file()
-                and read_json(summary, "run summary").get("status") == "complete"):
+                and read_summary(summary)["status"] == "complete"):
             return
         dest = run_dir / REPLACED / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         while dest.exists():  # two replacements within one second
@@ -176,6 +177,9 @@ class Trainer:
             "reader": self.reader.state_dict(), "rng": torch.get_rng_state(),
             "train_time_s": self.train_time, "tokens": self.tokens, "grad_norm_ema": self.grad_ema,
             "interval_loss": list(self.interval_loss),
+            # the final checkpoint is a finished run but for its summary: a run resumed from it
+            # writes the summary from these, as the uninterrupted run would have
+            "last_loss": self.last_loss, "last_eval": self.last_eval,
         }, self.paths.run_dir / ckpt.STATE)
         for old in self.paths.run_dir.glob("weights-*.safetensors"):
             if old.name != name:
@@ -194,9 +198,15 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         self.train_time, self.tokens, self.grad_ema = state["train_time_s"], state["tokens"], state["grad_norm_ema"]
         self.interval_loss = list(state["interval_loss"])
+        self.last_loss, self.last_eval = state.get("last_loss"), state.get("last_eval")
+        if state["step"] >= self.spec.run.steps and (self.last_loss is None or self.last_eval is None):
+            raise ValueError(f"{self.paths.run_dir / ckpt.STATE}: the checkpoint of the final step holds no final "
+                             f"loss and evaluation to finish the run with; delete {self.paths.run_dir} to retrain it")
         for orphan in self.paths.run_dir.glob("weights-*.safetensors"):  # written after the state was
             if orphan.name != state["weights"]:
                 orphan.unlink()
+        if self.dist.is_main:  # the one writer of the run folder
+            remove_stale_temps(self.paths.run_dir)  # a killed run's half-written checkpoint files
         return state["step"]
 
     # ---- evaluation ----
@@ -206,6 +216,9 @@ class Trainer:
         out = {}
         for dom, batches in self.val.items():
             loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
+            if not math.isfinite(loss):
+                raise NonFiniteError(f"{self.spec.run_id}: non-finite validation loss on {dom} at step {step}; "
+                                     f"last good checkpoint kept")
             bpt = self.tok["bytes_per_token"][dom]
             out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
             self.curves.log_eval(step, dom, out[dom])
@@ -232,7 +245,7 @@ class Trainer:
         spec, paths, t, r = self.spec, self.paths, self.spec.train, self.spec.run
         state = self._existing_state()
         if state == "complete":
-            summary = read_json(paths.run_dir / ckpt.SUMMARY, "run summary")
+            summary = read_summary(paths.run_dir / ckpt.SUMMARY)
             print(f"{spec.run_id}: already complete ({summary['steps']} steps), not retraining")
             if not paths.metrics_file.is_file():  # DVC removes non-persistent outputs before a re-run
                 atomic_write_json(paths.metrics_file, metrics_from_summary(summary))
@@ -265,6 +278,7 @@ class Trainer:
         self.dist.barrier()
         self.train_time, self.tokens, self.grad_ema = 0.0, 0, None
         self.interval_loss = [0.0, 0]  # (sum, count) of micro-batch losses since the last log
+        self.last_loss, self.last_eval = None, None  # the last logged training loss and evaluation
         start = 0
         if state == "resume":
             start = self._load_checkpoint()
@@ -283,7 +297,7 @@ class Trainer:
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         self.timing["setup_s"] = time.perf_counter() - self._t_created
         try:
-            final_eval, last_loss = self._loop(start)
+            self._loop(start)
         except NonFiniteError as e:
             if self.dist.is_main:
                 self._finish("failed", str(e), None, None)
@@ -291,12 +305,12 @@ class Trainer:
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        summary = self._finish("complete", None, final_eval, last_loss) if self.dist.is_main else {}
+        summary = self._finish("complete", None, self.last_eval, self.last_loss) if self.dist.is_main else {}
         self.dist.barrier()
         distributed.teardown(self.dist)
         return summary
 
-    def _loop(self, start: int):
+    def _loop(self, start: int) -> None:
         spec, t, r = self.spec, self.spec.train, self.spec.run
         self.model.train()
         bar = tqdm(total=r.steps, initial=start, desc=spec.run_id, disable=not self.progress,
@@ -304,7 +318,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_acc, interval_tokens = torch.full((), self.interval_loss[0], device=self.device), 0
         interval_t0 = time.perf_counter()
-        final_eval, last_loss, logged_once, pending, gn = None, None, False, None, None
+        logged_once, pending, gn = False, None, None
         for step in range(start, r.steps):
             t0 = time.perf_counter()
             batches = [self.reader.next_batch() for _ in range(r.grad_accum)][self.dist.rank::self.dist.world]
@@ -349,7 +363,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 elapsed = time.perf_counter() - interval_t0
-                last_loss = self.dist.mean(loss_acc / self.interval_loss[1]).item()
+                last_loss = self.last_loss = self.dist.mean(loss_acc / self.interval_loss[1]).item()
                 if not math.isfinite(last_loss):
                     raise NonFiniteError(f"{spec.run_id}: non-finite loss at step {done}; last good checkpoint kept")
                 tok_s = interval_tokens / elapsed
@@ -365,7 +379,7 @@ class Trainer:
                 loss_acc.zero_()
                 self.interval_loss, interval_tokens = [0.0, 0], 0
             if eval_now and self.dist.is_main:
-                final_eval = self._evaluate(done)
+                self.last_eval = self._evaluate(done)
             if ckpt_now and hasattr(self.opt, "consolidate_state_dict"):  # sharded: every rank sends rank 0 its part
                 self.opt.consolidate_state_dict(to=0)
             if ckpt_now and self.dist.is_main:
@@ -383,7 +397,6 @@ class Trainer:
                 bar.close()
                 raise Interrupted(self._signal)
         bar.close()
-        return final_eval, last_loss
 
     def _loop_kwargs(self, step: int) -> dict:
         """The recurrent model's forward arguments for optimizer step `step` (0-based): its sampled

@@ -563,3 +563,35 @@ def test_export_cli_reports_bad_input_in_one_line(tmp_path):
 def test_dense_export_rejects_n_loops(dense_run, tok_dir, tmp_path):
     with pytest.raises(ValueError, match="n_loops: the 'dense' family has no loop count"):
         export_run(dense_run, tmp_path / "out", tok_dir, n_loops=4)
+
+
+def _run_with_weights(cart_run: Path, tmp_path: Path, change) -> Path:
+    """A copy of cart_run whose weights `change` rewrote."""
+    import shutil
+
+    import safetensors.torch
+    run = tmp_path / "runs" / "g" / "changed"
+    shutil.copytree(cart_run, run)
+    w = safetensors.torch.load_file(str(run / "model.safetensors"))
+    safetensors.torch.save_file({k: change(k, v) for k, v in w.items()}, str(run / "model.safetensors"))
+    return run
+
+
+def test_export_of_nan_weights_blames_the_run_naming_the_tensor(cart_run, tok_dir, tmp_path):
+    def one_nan(name, t):
+        return t.flatten().index_fill(0, torch.tensor([3]), float("nan")).view_as(t) if name == "norm_f.weight" else t
+    run = _run_with_weights(cart_run, tmp_path, one_nan)
+    with pytest.raises(ValueError, match=r"model\.safetensors: the run's weights hold NaN or inf values \(tensor "
+                                         r"'norm_f\.weight'\): the run diverged or the file is damaged; nothing was "
+                                         r"exported$"):
+        export_run(run, tmp_path / "out", tok_dir)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_a_run_whose_forward_overflows_blames_the_run(cart_run, tok_dir, tmp_path):
+    """Finite weights (3e38) whose attention scores overflow to inf - inf: the run's own logits are NaN."""
+    run = _run_with_weights(cart_run, tmp_path, lambda name, t: t.fill_(3e38) if name.endswith("attn_norm.weight") else t)
+    with pytest.raises(ValueError, match=r"changed: the run's own model gives non-finite logits \(its forward under "
+                                         r"its default arguments overflows\); nothing was exported$"):
+        export_run(run, tmp_path / "out", tok_dir)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [tmp_path / "runs"]

@@ -377,3 +377,64 @@ def test_dense_static_cache_is_for_causal_attention_only():
     assert tiny().has_static_cache(n_loops=4) and not tiny().has_static_cache(exit_threshold=0.1)
     # a family without a static cache of its own (LRT, RAT+ inherit this) says so
     assert not LanguageModel(DenseConfig(vocab_size=V, d_model=32, head_dim=8, n_layers=1)).has_static_cache()
+
+
+def _family(arch: str) -> LanguageModel:
+    from cart.models import config_from_dict
+    if arch in ("cart", "dense"):
+        return tiny(arch)
+    return build_model(config_from_dict({"arch": arch, "vocab_size": V, "d_model": 32, "head_dim": 8,
+                                         "ffn_multiple": 16, "n_layers": 2})).eval()
+
+
+@pytest.mark.parametrize("arch,runtime", [("cart", {}), ("cart", {"exit_threshold": 0.1}), ("dense", {}),
+                                          ("dense", {"pattern": "D4"}), ("lrt", {}), ("ratplus", {})])
+def test_a_cache_beyond_the_devices_memory_is_refused_before_it_is_allocated(arch, runtime):
+    """10^12 new tokens: the allocator would be asked for terabytes (and fail, or on an overcommitting
+    host start paging); refused up front, whatever the family and its setting."""
+    with pytest.raises(ValueError, match=r"^max_new_tokens: decoding 2 row\(s\) of up to 1,000,000,000,005 tokens "
+                                         r"needs at least [\d,.]+ GiB for the decode cache, more than the cpu memory"):
+        generate(_family(arch), ragged_rows((5, 3)), 10**12, temperature=0, **runtime)
+
+
+def test_the_cache_bound_counts_what_the_family_reports():
+    """Dense reports 2 d values per layer and token: at 10^10 tokens the bound is its fp32 K/V (4.7 TiB) and
+    the RoPE tables (596 GiB) together."""
+    model = tiny("dense")
+    per_token = model.config.kv_cache_values_per_token() * 4 + 2 * model.config.head_dim * 4
+    with pytest.raises(ValueError, match=rf"needs at least {per_token * 10**10 / 2**30:,.1f} GiB"):
+        generate(model, [torch.tensor([1])], max_new_tokens=10**10 - 1, temperature=0)
+
+
+def _nan_weights(model: LanguageModel) -> LanguageModel:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    return model
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("use_cache", [None, False])
+def test_nan_weights_are_refused_not_decoded_as_token_zero(temperature, use_cache):
+    with pytest.raises(ValueError, match=r"^generate: the model's logits for the prompt are not finite \(NaN or inf\) "
+                                         r"in row\(s\) \[0, 1, 2\]: its weights, or its forward under its default "
+                                         r"arguments, are not finite; no tokens returned$"):
+        generate(_nan_weights(tiny()), ragged_rows(), 4, temperature=temperature, use_cache=use_cache)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logits_that_turn_nan_while_decoding_are_refused(temperature):
+    """Row 1's third step comes out NaN: greedy would pick token 0, sampling would fail inside multinomial
+    (a device assert on a GPU); both end in one ValueError naming the row, after the loop (no sync per token)."""
+    model = tiny()
+    real, calls = model.forward_cached, []
+
+    def nan_in_row_1_at_step_3(idx, cache):
+        logits = real(idx, cache)
+        calls.append(1)
+        return logits.index_fill(0, torch.tensor([1]), float("nan")) if len(calls) == 3 else logits
+    model.forward_cached = nan_in_row_1_at_step_3
+    with pytest.raises(ValueError, match=r"^generate: the model's logits for a new token are not finite \(NaN or inf\) "
+                                         r"in row\(s\) \[1\]:"):
+        generate(model, ragged_rows(), 5, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 5  # the prompt and 4 steps: every new token was decoded, then refused

@@ -4,6 +4,7 @@ stand-in validation reader."""
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -214,3 +215,64 @@ def test_lrt_study_stage(tmp_path, monkeypatch):
     assert ("dense/L2-s42", "", 1) in got
     ppl = {(r["run_id"], r["setting"]): r["value"] for r in rows if r["task"] == "ppl:wikipedia" and r["metric"] == "ppl"}
     assert ppl[("lrt/shared-s42", "merged")] != ppl[("lrt/shared-s42", "sequential")]  # the mode reaches the model
+
+
+def overflowing(run_dir: Path) -> None:
+    """Rewrite a run's weights so its forward overflows to NaN logits while every weight stays finite
+    (attention scores of inf - inf): a model that diverged at inference, not a damaged file."""
+    import safetensors.torch
+    path = run_dir / "model.safetensors"
+    w = safetensors.torch.load_file(str(path))
+    safetensors.torch.save_file({k: torch.full_like(v, 3e38) if k.endswith("attn_norm.weight") else v
+                                 for k, v in w.items()}, str(path))
+
+
+@pytest.mark.parametrize("stage,message", [
+    ("variable_r", r"stage2/d64-R2-s42 \(R=1\): the validation loss on tinystories is nan: the model's logits are "
+                   r"not finite"),
+    ("benchmarks", r"stage2/d64-R2-s42 \(R=2\): benchmarks at 0 shots: the model's logits are not finite"),
+])
+def test_a_nan_evaluation_fails_the_stage_naming_the_run_and_what_was_measured(tmp_path, monkeypatch, capsys,
+                                                                                stage, message):
+    """PPL and benchmarks alike (pipeline/evaluate.py shares both paths): a non-zero exit with one line, and no
+    metrics or rows written, never a NaN (or an accuracy read off NaN logits) recorded as a result."""
+    import importlib
+
+    from pipeline._cli import run
+    root = fake_repo(tmp_path, num_fewshot=(0,), n_loops=(1, 2))
+    fake_val_data(monkeypatch)
+    overflowing(root / "runs/stage2/d64-R2-s42")
+    main = importlib.import_module(f"pipeline.{stage}").main
+    with pytest.raises(SystemExit) as e:
+        run(lambda: main(["--no-progress"], root=root), stage)
+    assert e.value.code == 1
+    err = capsys.readouterr().err  # lm-eval's progress bars, then the stage's one line
+    assert "Traceback" not in err and re.match(rf"^{stage}: error: {message}", err.strip().splitlines()[-1]), err
+    assert not (root / "eval").exists() and sorted(p.name for p in (root / "metrics").iterdir()) == ["stage2.json"]
+
+
+def test_a_benchmark_metric_that_is_not_finite_is_refused_naming_it(tmp_path, monkeypatch):
+    import cart.harness
+    from cart.evaluate import NonFiniteEvaluation
+    from cart.evaluation import EvalSession
+    root = fake_repo(tmp_path)
+    session = EvalSession(load_params(root / "params.yaml"), root, 0, progress=False)
+    lm = session.load("stage2/d64-R2-s42")
+    monkeypatch.setattr(cart.harness, "evaluate_benchmarks", lambda *a, **k: ([
+        {"task": "piqa", "metric": "acc", "value": 0.5, "stderr": 0.1},
+        {"task": "lambada_openai", "metric": "perplexity", "value": math.inf, "stderr": None}], {}))
+    common = {"experiment": "variable_r", "run_id": "stage2/d64-R2-s42", "setting": "", "n_loops": 4}
+    with pytest.raises(NonFiniteEvaluation, match=r"^stage2/d64-R2-s42 \(R=4\): lambada_openai perplexity at 0 "
+                                                  r"shots is inf; nothing written$"):
+        session.benchmark_rows(lm, 0, common)
+
+
+def test_eval_rows_refuse_a_value_that_is_not_a_number(tmp_path):
+    from cart.eval_rows import write_rows
+    row = {"experiment": "variable_r", "run_id": "stage2/d64-R2-s42", "setting": "", "n_loops": 2,
+           "num_fewshot": None, "task": "ppl:wikipedia", "metric": "ppl", "value": math.nan, "stderr": None,
+           "source": "bins"}
+    with pytest.raises(ValueError, match=r"variable_r\.tsv: stage2/d64-R2-s42 ppl:wikipedia ppl: value is nan, not "
+                                         r"a number; nothing written$"):
+        write_rows(tmp_path / "variable_r.tsv", [row])
+    assert list(tmp_path.iterdir()) == []

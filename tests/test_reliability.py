@@ -240,3 +240,87 @@ def test_a_run_name_outside_the_grid_is_refused_before_anything_runs(tmp_path, m
     with pytest.raises(ValueError, match=r"stage2/d96-R3-s7 is not in params.yaml's stage2 grid; valid: \["):
         train.main(["stage2", "d96-R3-s7"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no run folder, no data read
+
+
+# ---- full disks, stale temporary files, strict JSON ----------------------------------------------
+
+def _python_write(tmp):
+    raise OSError(28, "No space left on device")
+
+
+def _torch_save(tmp):
+    raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")  # no errno to go by
+
+
+def _sqlite_write(tmp):
+    import sqlite3
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+@pytest.mark.parametrize("writer,free", [(_python_write, 10 << 30), (_torch_save, 4096), (_sqlite_write, 0)])
+def test_a_write_that_fills_the_disk_says_so_naming_the_file(tmp_path, monkeypatch, writer, free):
+    """What each writer raises when the disk fills: an errno, or (torch.save, SQLite) words alone, when
+    the filesystem then has (almost) no free space."""
+    from cart.io import atomic_path
+    target = tmp_path / "results.db"
+    target.write_bytes(b"old")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda _: usage(10 << 30, (10 << 30) - free, free))
+    with pytest.raises(OSError, match=rf"^\[Errno 28\] the disk is full: writing {target} failed \(") as e:
+        with atomic_path(target) as tmp:
+            writer(tmp)
+    assert e.value.errno == 28
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["results.db"]
+
+
+def test_a_failed_write_on_a_disk_with_room_keeps_its_own_error(tmp_path):
+    from cart.io import atomic_path
+    with pytest.raises(RuntimeError, match="^boom$"):
+        with atomic_path(tmp_path / "x.bin"):
+            raise RuntimeError("boom")
+
+
+def test_a_stage_on_a_full_disk_is_one_line_saying_so(tmp_path, monkeypatch, capsys):
+    """The stages' one way out (pipeline/_cli.py) prints it, no traceback."""
+    from pipeline._cli import run
+    from cart.io import atomic_write_json
+    real_write = Path.write_bytes
+
+    def full(self, data):
+        real_write(self, data[:1])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(SystemExit) as e:
+        run(lambda: atomic_write_json(tmp_path / "m.json", {"a": 1}), "summarize")
+    assert e.value.code == 1
+    assert capsys.readouterr().err.startswith(f"summarize: error: [Errno 28] the disk is full: writing "
+                                              f"{tmp_path / 'm.json'} failed")
+
+
+def test_json_is_written_strictly_naming_the_key_of_a_nan(tmp_path):
+    from cart.io import atomic_write_json
+    target = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match=rf"^{target}: results\.R2\.ppl:wiki\.1 is nan, which is not JSON; "
+                                         r"nothing written$"):
+        atomic_write_json(target, {"results": {"R2": {"ppl:wiki": [1.0, float("nan")]}}})
+    with pytest.raises(ValueError, match=r": loss is inf, which is not JSON"):
+        atomic_write_json(target, {"loss": float("inf")})
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_json(target, {"loss": 1.5, "ppl": None})
+    assert _strict_json(target) == {"loss": 1.5, "ppl": None}
+
+
+def test_stale_temporary_files_of_our_naming_are_removed_and_nothing_else(tmp_path):
+    from cart.io import atomic_path, remove_stale_temps
+    (tmp_path / "results.db").write_bytes(b"db")
+    left = [".results.db.k1l2m3.tmp", ".results.db.k1l2m3.tmp-journal", ".model.safetensors.a8b9.tmp"]
+    kept = ["results.db", ".results.db", "results.db.tmp", ".other.txt", "notes.tmp"]
+    for name in left + kept[1:]:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(p.name for p in remove_stale_temps(tmp_path, "results.db")) == sorted(left[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + left[2:])
+    assert [p.name for p in remove_stale_temps(tmp_path)] == left[2:]
+    with atomic_path(tmp_path / "results.db") as tmp:  # the temporary name atomic_path really uses matches
+        tmp.write_bytes(b"new")
+        assert [p.name for p in remove_stale_temps(tmp_path, "results.db")] == [tmp.name]
+        tmp.write_bytes(b"new")

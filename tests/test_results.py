@@ -461,6 +461,62 @@ def test_empty_project_builds_an_empty_store(tmp_path):
     con.close()
 
 
+
+def _edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("file,change,message", [
+    ("stage2/d128-R4-s42/summary.json", lambda d: d.update(failure={"x": 1}),
+     "not a run summary: a failed run's failure {'x': 1} is not text"),
+    ("stage2/d64-R2-s42/summary.json", lambda d: d.update(final_eval=None, final_train_loss=None),
+     "not a run summary: a complete run has no final_train_loss"),
+    ("stage2/d64-R2-s42/summary.json", lambda d: d.update(final_eval={"wikipedia": None}),
+     "not a run summary: final_eval['wikipedia'] None lacks finite numbers"),
+    ("stage2/d64-R2-s42/summary.json", lambda d: d.update(status=["complete"]),
+     "not a run summary: status ['complete'] is not one of"),
+    ("ablation/X/config.json", lambda d: d.update(variant=["X"]), "variant ['X'] is not text; ignored"),
+    ("stage2/d64-R2-s42/config.json", lambda d: d.update(run=[1, 2]),
+     "run [1, 2] is not an object of run settings; ignored"),
+], ids=["failure-dict", "complete-without-eval", "eval-domain-null", "status-list", "variant-list", "run-list"])
+def test_wrong_schema_run_files_are_one_issue_naming_the_file(tmp_path, file, change, message):
+    """A summary the training loop would not write fails its run (neither counted complete nor ranked,
+    as the training stage refuses it too); a config field of the wrong type is ignored. Each is one
+    issue naming the file, and the store and every summary build."""
+    params = make_project(tmp_path, eval_source=None)
+    path = tmp_path / "runs" / file
+    _edit_json(path, change)
+    con = R.memory_store(tmp_path, R.plan_from_params(load_params(params)))
+    issues = R.load_issues(con)
+    assert [(p, m[:len(message)]) for p, m in zip(issues["path"], issues["message"])] == [(str(path), message)]
+    run_id = "/".join(file.split("/")[:2])
+    run = R.load_runs(con).set_index("run_id").loc[run_id]
+    if file.endswith("summary.json"):
+        assert run["status"] == "failed" and run["failure"].startswith("summary.json is not a run summary (")
+        assert run_id in R.summarize_group(con, "stage2")["runs"]["failed"]
+    else:
+        assert run["status"] == "complete"
+    for group in R.GROUPS:
+        R.summarize_group(con, group)
+    con.close()
+
+
+def test_a_killed_build_leaves_no_temporary_store_behind_the_next(tmp_path):
+    """SIGKILL mid-build leaves the temporary store (and SQLite's journal of it) beside results.db;
+    the next build removes them."""
+    make_project(tmp_path, eval_source=None)
+    db = tmp_path / "results" / "results.db"
+    db.parent.mkdir()
+    left = [db.parent / ".results.db.x1y2z3.tmp", db.parent / ".results.db.x1y2z3.tmp-journal"]
+    for f in left:
+        f.write_bytes(b"half a store")
+    (db.parent / "notes.txt").write_text("mine")
+    R.build_store(db, tmp_path)
+    assert sorted(p.name for p in db.parent.iterdir()) == ["notes.txt", "results.db"]
+
+
 # ---- statistics --------------------------------------------------------------------------------------
 def test_power_law_fit_recovers_known_exponent():
     d = np.array([256, 512, 768, 1024], dtype=float)

@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -214,10 +215,105 @@ def test_nonfinite_step_between_checkpoints_is_named_exactly(tiny_project, monke
     assert torch.load(paths.run_dir / "trainer_state.pt", weights_only=True)["step"] == 2
 
 
+def test_a_nonfinite_validation_loss_fails_the_run_naming_domain_and_step(tiny_project, monkeypatch):
+    """Recorded as training records a non-finite step (a failed summary, an error naming where), never
+    a complete run whose evaluation is null."""
+    import cart.train as T
+    real, calls = T.eval_loss, []
+
+    def nan_on_second_domain(*args, **kwargs):
+        loss, n = real(*args, **kwargs)
+        calls.append(1)
+        return (float("nan") if len(calls) == 2 else loss), n
+    monkeypatch.setattr(T, "eval_loss", nan_on_second_domain)
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    with pytest.raises(NonFiniteError, match=r"^stage2/d32-R2-s42: non-finite validation loss on wikipedia at "
+                                             r"step 6; last good checkpoint kept$"):
+        Trainer(spec, paths, progress=False).run()
+    summary = json.loads((paths.run_dir / SUMMARY).read_text())
+    assert summary["status"] == "failed" and "validation loss on wikipedia" in summary["failure"]
+
+
 def test_vocab_mismatch_is_rejected_before_training(tiny_project):
     spec = resolve_run(load_params(), "stage2", "d32-R2-s42", vocab_size=999)
     with pytest.raises(ValueError, match="vocab mismatch"):
         Trainer(spec, RunPaths.for_run("stage2", "d32-R2-s42"), progress=False)
+
+
+def _timeless(record: dict) -> dict:
+    """A summary or metrics record without its wall-clock rates, which differ between any two runs."""
+    return {k: v for k, v in record.items() if k not in ("wall_s", "tokens_per_s", "mfu")}
+
+
+def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(tiny_project, monkeypatch):
+    """The disk fills (or the process dies) while the final weights are written, after the final
+    checkpoint and before summary.json: the re-run trains no step, yet writes the summary and metrics
+    the uninterrupted run wrote (the final evaluation and loss travel with the final checkpoint), and
+    removes the dead write's temporary file."""
+    import errno
+
+    import cart.checkpoint as ckpt_mod
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    ref_summary = train_run(spec, paths, progress=False)
+    ref_metrics = json.loads(paths.metrics_file.read_text())
+    ref_weights = weights(paths.run_dir / "model.safetensors")
+    for folder in (paths.run_dir, paths.plots_dir):
+        shutil.rmtree(folder)
+    paths.metrics_file.unlink()
+
+    real_save = ckpt_mod.safetensors.torch.save_model
+
+    def full_disk_on_final_weights(model, filename, *args, **kwargs):
+        if Path(filename).name.startswith(".model.safetensors."):  # the final copy, after the final checkpoint
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(model, filename, *args, **kwargs)
+    monkeypatch.setattr(ckpt_mod.safetensors.torch, "save_model", full_disk_on_final_weights)
+    with pytest.raises(OSError, match=r"the disk is full: writing .*model\.safetensors failed"):
+        train_run(spec, paths, progress=False)
+    monkeypatch.setattr(ckpt_mod.safetensors.torch, "save_model", real_save)
+    assert not (paths.run_dir / SUMMARY).exists()
+    state = torch.load(paths.run_dir / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 12
+    stale = paths.run_dir / ".model.safetensors.killed.tmp"  # what a SIGKILL mid-write leaves
+    stale.write_bytes(b"partial")
+
+    summary = train_run(spec, paths, progress=False)
+    assert _timeless(summary) == _timeless(ref_summary)  # final_eval and final_train_loss bit-equal: the same ops
+    assert _timeless(json.loads((paths.run_dir / SUMMARY).read_text())) == _timeless(ref_summary)
+    assert _timeless(json.loads(paths.metrics_file.read_text())) == _timeless(ref_metrics)
+    assert {"ppl_wikipedia", "loss_wikipedia", "bpb_wikipedia"} <= set(ref_metrics)
+    resumed = weights(paths.run_dir / "model.safetensors")
+    assert resumed.keys() == ref_weights.keys() and all(torch.equal(resumed[k], ref_weights[k]) for k in resumed)
+    assert not stale.exists()
+
+    (paths.run_dir / SUMMARY).unlink()  # a final checkpoint that does not carry its evaluation is refused
+    del state["last_eval"]
+    torch.save(state, paths.run_dir / "trainer_state.pt")
+    with pytest.raises(ValueError, match=r"trainer_state\.pt: the checkpoint of the final step holds no final "
+                                         r"loss and evaluation"):
+        train_run(spec, paths, progress=False)
+
+
+@pytest.mark.parametrize("content,problem", [
+    ([1, 2], "a JSON list, not an object"),
+    ({"status": "complete"}, "params None is not"),
+    ({"status": "complete", "steps": 12, "final_train_loss": None, "final_eval": None, "tokens_per_s": 1.0,
+      "mfu": None, "spectral_radius": 0.5, "params": {"stored": 1, "effective": 1}},
+     "a complete run has no final_train_loss"),
+])
+def test_a_summary_that_is_not_a_run_summary_is_one_error_naming_it(tiny_project, content, problem):
+    from cart.checkpoint import write_run_config
+    spec = spec_for()
+    paths = RunPaths.for_run(spec.group, spec.name)
+    paths.run_dir.mkdir(parents=True)
+    trainer = Trainer(spec, paths, progress=False)
+    write_run_config(paths.run_dir, trainer.run_config)
+    (paths.run_dir / SUMMARY).write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=rf"summary\.json: not a run summary \({problem}"):
+        train_run(spec, paths, progress=False)
 
 
 def test_damaged_checkpoint_is_detected(tiny_project):
