@@ -208,6 +208,10 @@ def write_family_runs(root: Path) -> None:
     for v, (ls, step_r, rho) in SAMPLED.items():
         write_run(root, "sampled_r", f"{v}-s42", small("cart", n_prelude=2, n_loops=4), 42, sampled_ppl(v, 4),
                   variant=v, train={"loop_sampling": ls}, step_r=step_r, rho_final=rho)
+    # Stage 1's controls of the default params: Dense at Stage 1's settings and the leak variant
+    write_run(root, "stage1_dense", "d64-L3", small("dense", n_layers=3), 42, 61.0)
+    write_run(root, "stage1_variants", "leak-s42", small("cart", n_prelude=2, n_loops=4, noncausal_cross_attn=True),
+              42, 3.0, variant="leak")
 
 
 def write_study_eval(root: Path, source: str) -> None:
@@ -320,7 +324,8 @@ def test_store_has_every_run_with_its_status(project):
     root, _, db, counts = project
     runs = runs_by_id(db)
     n_expected = len(S1_D) * len(S1_P) * len(S1_R) + len(S2_D) * len(S2_R) * len(SEEDS) + len(DENSE_L) * len(SEEDS) \
-        + len(ABL_VARIANTS) + 2 * len(LRS) + 2 + 2 + 2 + 3  # lr sweeps, LRT, RAT+ and its adaptations, sampled R
+        + len(ABL_VARIANTS) + 2 * len(LRS) + 2 + 2 + 2 + 3 + 2  # lr sweeps, LRT, RAT+ and its adaptations,
+    # sampled R, Stage 1's two controls
     assert len(runs) == n_expected + 1  # + the stale directory
     assert counts["failed"] == 1 and counts["missing"] == 2 and counts["incomplete"] == 1
     f = runs[FAILED]

@@ -48,7 +48,7 @@ LAYOUT = (
      ["table01_params", "table02_tokens", "table03_flops", "table04_throughput"]),
     ("Stage 1 screen (Section 5)",
      ["table05_stage1_best", "fig:loss_stage1.png", "table06_r_benefit_stage1", "table07_r_benefit_stage2",
-      "fig:r_benefit.png"]),
+      "fig:r_benefit.png", "fig:loss_stage1_dense.png", "fig:loss_stage1_variants.png"]),
     ("Spectral radius (Section 6)", ["fig:spectral_radius.png", "table08_spectral_radius"]),
     ("Stage 2 results and Dense baselines (Sections 7.1-7.2)",
      ["table09_stage2_ppl", "fig:loss_stage2.png", "fig:loss_dense.png", "table10_dense_vs_cart"]),
