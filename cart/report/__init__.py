@@ -47,7 +47,7 @@ LAYOUT = (
     ("Model size, token budget, compute (Sections 3.5, 4.4-4.6)",
      ["table01_params", "table02_tokens", "table03_flops", "table04_throughput"]),
     ("Stage 1 screen (Section 5)",
-     ["table05_stage1_best", "fig:loss_stage1.png", "table06_r_benefit_stage1", "table07_r_benefit_stage2",
+     ["table05_stage1_best", "fig:stage1_curves.png", "fig:loss_stage1.png", "table06_r_benefit_stage1", "table07_r_benefit_stage2",
       "fig:r_benefit.png", "fig:loss_stage1_dense.png", "fig:loss_stage1_variants.png"]),
     ("Spectral radius (Section 6)", ["fig:spectral_radius.png", "table08_spectral_radius"]),
     ("Stage 2 results and Dense baselines (Sections 7.1-7.2)",

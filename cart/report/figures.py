@@ -86,6 +86,36 @@ def fig_loss(con: sqlite3.Connection, group: str, path: Path, dpi: int) -> str |
     return f"Training and validation ({R.RANK_DOMAIN}) loss per run, {group}"
 
 
+def fig_stage1_curves(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
+    """The paper's Figure 3: validation PPL on the ranking domain vs step, one panel per width, one line
+    per Stage 1 config (colour = P, line style = R)."""
+    runs = R.load_runs(con, "stage1")
+    runs = runs[runs["status"] != "missing"].dropna(subset=["d_model", "n_prelude", "n_loops"])
+    evals = R.load_eval_log(con, runs["run_id"])
+    evals = evals[(evals["domain"] == R.RANK_DOMAIN)].dropna(subset=["ppl"])
+    if evals.empty:
+        return None
+    ds = sorted(int(d) for d in runs["d_model"].unique())
+    ps = sorted(int(p) for p in runs["n_prelude"].unique())
+    rs = sorted(int(r) for r in runs["n_loops"].unique())
+    colors, styles = dict(zip(ps, _colors(len(ps)))), ["-", "--", ":", "-."]
+    with plt.rc_context(RC):
+        fig, axes = plt.subplots(1, len(ds), figsize=(3.6 * len(ds), 3.6), squeeze=False)
+        for ax, d in zip(axes[0], ds):
+            for _, r in runs[runs["d_model"] == d].sort_values(["n_prelude", "n_loops"]).iterrows():
+                e = evals[evals["run_id"] == r["run_id"]].sort_values("step")
+                if len(e):
+                    p, nl = int(r["n_prelude"]), int(r["n_loops"])
+                    ax.plot(e["step"], e["ppl"], color=colors[p], ls=styles[rs.index(nl) % len(styles)], lw=1,
+                            label=f"P{p} R{nl}")
+            ax.set(title=f"Stage 1, d = {d}", xlabel="optimizer step", ylabel=f"validation PPL ({R.RANK_DOMAIN})",
+                   yscale="log")
+            ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        _save(fig, path, dpi)
+    return f"Stage 1 validation PPL ({R.RANK_DOMAIN}) vs step per width (colour = P, line style = R)"
+
+
 def fig_r_benefit(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     """Gain from the smallest to the largest R vs d, Stage 1 and Stage 2, ours solid, paper dashed."""
     frames = []
@@ -231,7 +261,8 @@ def render_figures(con: sqlite3.Connection, fig_dir: Path, dpi: int) -> list[tup
     for group in R.GROUPS:
         name = f"loss_{group}.png"
         out.append((name, fig_loss(con, group, fig_dir / name, dpi), f"train/eval curves of {group} runs"))
-    for name, fn, need in (("r_benefit.png", fig_r_benefit, "complete Stage 1 or Stage 2 runs at 2+ values of R"),
+    for name, fn, need in (("stage1_curves.png", fig_stage1_curves, "Stage 1 runs with validation logs"),
+                           ("r_benefit.png", fig_r_benefit, "complete Stage 1 or Stage 2 runs at 2+ values of R"),
                            ("spectral_radius.png", fig_spectral, "CART train logs with a spectral radius"),
                            ("ppl_vs_d.png", fig_ppl_vs_d, "complete Stage 1 or Stage 2 runs"),
                            ("variable_r.png", fig_variable_r, "eval/variable_r.tsv rows")):
