@@ -12,35 +12,48 @@ each group's grid, or the one run named, or the runs a shell pattern matches, e.
 `train:stage1/d256-*`; N concurrent processes), `summarize:<groups>`, `eval:<stages>` (benchmarks,
 variable_r, or a study of pipeline/evaluate.py; N at once, each logged to logs/eval-<stage>.log),
 `results`, `report`. A failing command stops the job (exit 1), after the runs already started have
-finished. Each step prints its wall time; bench/gpu_profile.sh packs
-what came out. On a DVC machine use `dvc repro` instead: this is the same work without DVC's records.
+finished. Each step prints its wall time; bench/gpu_profile.sh packs what came out. The N at once
+are submitit jobs on this machine (cart/jobs.py, the engine of `python -m pipeline.sweep`), each
+seeing the GPUs this job sees; SIGTERM (the `timeout` that bench/gpu_profile.sh runs this under)
+reaches every run, which saves a checkpoint, and the job waits up to STOP_WAIT_S for them before it
+exits. On a DVC machine use `dvc repro` or `python -m pipeline.sweep` instead: this is the same work
+without DVC's records.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cart.evaluation import STUDIES
-from cart.experiments import GROUPS, run_names
+from cart.experiments import GROUPS, RunPaths, run_names
+from cart.jobs import ExecutorOptions, Task, gpu_slots, make_executor, run_tasks
 from cart.params import load_params
+from cart.stages import train_command
 
 PY = [sys.executable, "-m"]
+# how long a stopped job waits for its runs to save their checkpoints: inside the device call that
+# bench/gpu_profile.sh stops with `timeout` well before the call's own limit
+STOP_WAIT_S = 45.0
 
 
-def _run(cmd: list[str], log: Path | None = None) -> tuple[list[str], int, float]:
+def _run(cmd: list[str]) -> tuple[list[str], int, float]:
     t0 = time.time()
-    if log is None:
-        code = subprocess.run(cmd).returncode
-    else:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as f:
-            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
-    return cmd, code, time.time() - t0
+    return cmd, subprocess.run(cmd).returncode, time.time() - t0
+
+
+def _run_jobs(cmds: list[list[str]], logs: list[Path], parallel: int) -> list[tuple[list[str], int, float]]:
+    """The commands as submitit jobs on this machine, `parallel` at once, each to its log."""
+    tasks = [Task(" ".join(c[2:]), shlex.join(c), log, curves=(RunPaths.for_run(c[3], c[4]).plots_dir,)
+                  if c[2] == "pipeline.train" else ()) for c, log in zip(cmds, logs)]
+    outcomes = run_tasks(tasks, make_executor(ExecutorOptions("local")), gpu_slots([], max_parallel=parallel),
+                         stop_wait_s=STOP_WAIT_S)
+    return [(c, -1 if outcomes[t.name].exit_code is None else outcomes[t.name].exit_code,
+             outcomes[t.name].seconds or 0.0) for c, t in zip(cmds, tasks)]
 
 
 def commands(step: str, params: dict) -> list[list[str]]:
@@ -64,7 +77,7 @@ def commands(step: str, params: dict) -> list[list[str]]:
         if unknown:
             raise SystemExit(f"train: {unknown} are not in the params grid; valid: "
                              f"{[f'{g}/{r}' for g in groups for r in runs[g]]}")
-        return [PY + ["pipeline.train", g, r, "--no-progress"] for g, r in wanted]
+        return [train_command(g, r, python=sys.executable) + ["--no-progress"] for g, r in wanted]
     if kind == "summarize":
         return [PY + ["pipeline.summarize", g] for g in names]
     if kind == "eval":
@@ -94,8 +107,7 @@ def main(argv=None) -> int:
         log_name = {"train": lambda c: f"{c[3]}-{c[4]}.log",
                     "eval": lambda c: f"eval-{c[-2]}.log"}.get(step.partition(":")[0])
         if log_name and (step.startswith("train:") or args.parallel > 1):
-            with ThreadPoolExecutor(args.parallel) as pool:
-                done = list(pool.map(lambda c: _run(c, args.logs / log_name(c)), cmds))
+            done = _run_jobs(cmds, [args.logs / log_name(c) for c in cmds], args.parallel)
         else:
             done = [_run(c) for c in cmds]
         failed = [" ".join(c[2:]) for c, code, _ in done if code != 0]

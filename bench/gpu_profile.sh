@@ -24,7 +24,8 @@
 #   .gpu-data/  the shared data folder's files configs/gpu.yaml names (a real copy, not a link)
 #   .gpu-site/  bitsandbytes for the machine's CUDA: bash ../shared/tools/gpu_site.sh .gpu-site
 #   .gpu-whl/   wheels of what the GPU image lacks: dvclive and the dvc pieces it imports, datasets,
-#               lm-eval (its built-in task folders dropped: the project's own tasks are used) and deps
+#               lm-eval (its built-in task folders dropped: the project's own tasks are used), submitit
+#               (bench/gpu_job.py's engine; its cloudpickle is in the image) and deps
 # and it writes $OUT/<job>.tgz (every run's config, summary and curves, metrics, eval rows, the store,
 # the report; no weights) and $OUT/<job>.log; `python -m bench.gpu_import` files them under gpu/.
 # With DVC and network, `python -m pipeline.profile gpu && dvc repro` does the same work, with DVC's records.
@@ -65,7 +66,7 @@ if [ ! -d "$SITE" ]; then
   for w in .gpu-whl/*.whl; do python3 -m zipfile -e "$w" "$SITE" || exit 1; done
 fi
 export PYTHONPATH="$REPO:$REPO/.gpu-site:$SITE"
-python3 -c "import bitsandbytes, datasets, dvclive, lm_eval, torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
+python3 -c "import bitsandbytes, datasets, dvclive, lm_eval, submitit, torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
   || exit 1
 
 cd .gpu-ws || exit 1

@@ -15,6 +15,17 @@ from .evaluation import STUDIES, study_params
 from .experiments import GROUPS, plan_keys
 
 
+def train_command(group: str, name: str, python: str = "python") -> list[str]:
+    """The command that trains run `<group>/<name>`: dvc.yaml's training stages run exactly this
+    (tests/test_stages.py checks every one), and bench/gpu_job.py runs it where there is no DVC."""
+    return [python, "-m", "pipeline.train", group, name]
+
+
+def training_stages() -> dict[str, str]:
+    """Every training stage of dvc.yaml (a matrix or foreach, by its name) -> the group it trains."""
+    return {form.stage_name: g.name for g in GROUPS.values() for form in g.forms}
+
+
 @dataclass(frozen=True)
 class Stage:
     """A DVC stage: its module, the params keys it reads (dvc.yaml `params:`, exactly; `{name}`

@@ -2,6 +2,7 @@
 imports (and the model families it runs) and exactly the params keys it reads."""
 import copy
 import json
+import shlex
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from cart.experiments import GROUPS, describe_run, resolve_run, run_names
 from cart.params import build, load_params, section, view
 from cart.report import ReportSettings
 from cart.results import plan_from_params
-from cart.stages import stages
+from cart.stages import stages, train_command, training_stages
 from cart.tokenizer import tokenizer_params
 
 DEFAULT = load_params(ROOT / "params.yaml")
@@ -179,20 +180,19 @@ def test_the_results_store_waits_for_every_evaluation_stage():
 @pytest.mark.parametrize("profile", ["default", "paper"])
 def test_dvc_generates_one_training_stage_per_planned_run(tmp_path, profile):
     """DVC's own expansion of dvc.yaml's foreach/matrix training stages trains exactly the runs of
-    run_names, into their run folders (e.g. the paper profile's multi-seed P=4 spot check)."""
+    run_names, into their run folders (e.g. the paper profile's multi-seed P=4 spot check), each by
+    exactly cart.stages.train_command (what bench/gpu_job.py runs where there is no DVC)."""
     from dvc.repo import Repo
     from pipeline.profile import apply_profile
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     params = DEFAULT if profile == "default" else apply_profile(profile, ROOT / "params.yaml")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     repo = Repo.init(str(tmp_path), no_scm=True)
-    trained = {}
-    for stage in repo.index.stages:
-        if stage.cmd.startswith("python -m pipeline.train "):
-            group, name = stage.cmd.split()[-2:]
-            trained[f"{group}/{name}"] = {str(o.def_path) for o in stage.outs}
-    expected = {f"{g}/{n}" for g, names in run_names(params).items() for n in names}
-    assert set(trained) == expected
-    assert all(f"runs/{run_id}" in outs for run_id, outs in trained.items())
+    trained = {stage.cmd: {str(o.def_path) for o in stage.outs} for stage in repo.index.stages
+               if stage.name.partition("@")[0] in training_stages()}
+    expected = {shlex.join(train_command(g, n)): f"runs/{g}/{n}" for g, names in run_names(params).items()
+                for n in names}
+    assert set(trained) == set(expected)
+    assert all(expected[cmd] in outs for cmd, outs in trained.items())
     if profile == "paper":
-        assert {"ablation/P4-s42", "ablation/P4-s137", "ablation/P4-s271"} <= set(trained)
+        assert {"runs/ablation/P4-s42", "runs/ablation/P4-s137", "runs/ablation/P4-s271"} <= set(expected.values())
