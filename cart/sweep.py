@@ -23,6 +23,8 @@ def select(training: list[str], wanted: list[str] | None) -> list[str]:
     """The training stages named by `wanted` (a group, e.g. `ablation`, which includes its multi-seed
     stage; a dvc.yaml stage, e.g. `ablation_multi_seed`; or one generated stage, e.g. `stage1@64-1-2`),
     in dvc.yaml's order; all of them when `wanted` is empty."""
+    if not training:
+        raise ValueError("dvc.yaml has no training stage")
     if not wanted:
         return list(training)
     group_of = training_stages()
@@ -41,20 +43,24 @@ def select(training: list[str], wanted: list[str] | None) -> list[str]:
     return [a for a in training if a in chosen]
 
 
-def _repo(root: Path):
+def _repo():
+    """The DVC repository of the working directory, which is the project's root: stage names (and
+    `dvc status`'s) are relative to it."""
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
+    if not Path("dvc.yaml").is_file():
+        raise ValueError(f"{Path.cwd()}: no dvc.yaml here; run the sweep from the project's root")
     try:
-        return Repo(str(root))
+        return Repo(".")
     except NotDvcRepoError:
-        raise ValueError(f"{root}: not a DVC repository (run the sweep from the project's root)") from None
+        raise ValueError(f"{Path.cwd()}: not a DVC repository (`dvc init` first)") from None
 
 
-def plan(root: Path, wanted: list[str] | None, log_dir: Path) -> tuple[list[Task], list[str]]:
+def plan(wanted: list[str] | None, log_dir: Path) -> tuple[list[Task], list[str]]:
     """(the tasks to run, in dvc.yaml's order, each waiting for the tasks of the training stages it
     reads; the chosen stages that are up to date)."""
     import networkx as nx
-    with _repo(root) as repo:
+    with _repo() as repo:
         stages = {s.addressing: s for s in repo.index.stages}
         training = [a for a in stages if a.partition("@")[0] in training_stages()]
         chosen = select(training, wanted)
@@ -69,15 +75,16 @@ def plan(root: Path, wanted: list[str] | None, log_dir: Path) -> tuple[list[Task
     if missing:
         readers = sorted(a for a in rerun if reads[a] & set(missing))
         raise ValueError(f"{readers} read the out-of-date training stage(s) {missing}: add them to --stages")
+    root = Path.cwd()
     tasks = [Task(a, stages[a].cmd, log_dir / f"{a}.log", cwd=root,
                   after=tuple(u for u in rerun if u in reads[a]),
                   curves=tuple(root / str(o.def_path) for o in stages[a].outs)) for a in rerun]
     return tasks, [a for a in chosen if a not in rerun]
 
 
-def record(root: Path, stage: str) -> None:
+def record(stage: str) -> None:
     """`dvc commit` of one stage: dvc.lock takes its outputs and the deps and params it ran with."""
-    with _repo(root) as repo:
+    with _repo() as repo:
         repo.commit(stage, force=True)
 
 
@@ -93,7 +100,7 @@ def summary(outcomes: dict[str, Outcome], tasks: list[Task]) -> list[str]:
     return lines
 
 
-def run_sweep(root: Path, wanted: list[str] | None, opts: ExecutorOptions, log_dir: Path,
+def run_sweep(wanted: list[str] | None, opts: ExecutorOptions, log_dir: Path,
               gpus: list[str] | None = None, jobs_per_gpu: int = 1, max_parallel: int | None = None,
               mps: bool = False, dry_run: bool = False, poll_s: float = 2.0, report_s: float = 60.0,
               echo=print) -> int:
@@ -107,7 +114,7 @@ def run_sweep(root: Path, wanted: list[str] | None, opts: ExecutorOptions, log_d
     executor = None if dry_run else make_executor(opts)
     if opts.kind != "slurm":
         slots = gpu_slots(visible_gpus() if gpus is None else gpus, opts.gpus_per_job, jobs_per_gpu, max_parallel)
-    tasks, fresh = plan(root, wanted, log_dir)
+    tasks, fresh = plan(wanted, log_dir)
     if opts.kind == "slurm":  # SLURM queues the jobs and gives each its GPUs
         slots = [{}] * (max_parallel or max(len(tasks), 1))
     echo(f"{len(tasks)} training stage(s) out of date, {len(fresh)} up to date")
@@ -116,7 +123,7 @@ def run_sweep(root: Path, wanted: list[str] | None, opts: ExecutorOptions, log_d
     if dry_run or not tasks:
         return 0
     with cuda_mps() if mps else nullcontext():
-        outcomes = run_tasks(tasks, executor, slots, on_success=lambda t: record(root, t.name), poll_s=poll_s,
+        outcomes = run_tasks(tasks, executor, slots, on_success=lambda t: record(t.name), poll_s=poll_s,
                              report_s=report_s, echo=echo)
     echo("sweep:")
     for line in summary(outcomes, tasks):

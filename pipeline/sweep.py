@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     opts = ExecutorOptions(args.executor, args.submitit_folder.resolve(), args.gpus_per_job, args.slurm_partition,
                            args.slurm_time, args.slurm_account, tuple(args.slurm_setup), tuple(args.slurm_option))
-    return run_sweep(Path.cwd(), args.stages, opts, args.logs, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
+    return run_sweep(args.stages, opts, args.logs, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
                      max_parallel=args.max_parallel, mps=args.mps, dry_run=args.dry_run, poll_s=args.poll,
                      report_s=args.report)
 
