@@ -106,24 +106,25 @@ STOPPABLE = '''
 import json, sys
 from pathlib import Path
 from cart.jobs import ExecutorOptions, Task, gpu_slots, make_executor, run_tasks
-tmp = Path(sys.argv[1])
+tmp, kind = Path(sys.argv[1]), sys.argv[2]
 tasks = [Task("quick", "echo quick", tmp / "quick.log", cwd=tmp),
          Task("slow", "trap 'sleep 1; echo saved > saved; exit 143' TERM; echo running > running; sleep 60 & wait",
               tmp / "slow.log", cwd=tmp),
          Task("later", "echo later", tmp / "later.log", cwd=tmp, after=("slow",))]
-out = run_tasks(tasks, make_executor(ExecutorOptions("local", folder=tmp / "submitit")), gpu_slots(["0", "1"]),
+out = run_tasks(tasks, make_executor(ExecutorOptions(kind, folder=tmp / "submitit")), gpu_slots(["0", "1"]),
                 on_success=lambda t: print("recorded", t.name, flush=True), poll_s=0.2)
 print(json.dumps({n: [o.status, o.exit_code] for n, o in out.items()}), flush=True)
 '''
 
 
-def test_sigterm_reaches_running_commands_which_are_waited_for(tmp_path):
-    """Stopping the engine passes SIGTERM down (controller, job, command) and waits for the command
-    to exit (a training run saves its checkpoint then); what finished before is recorded, nothing
-    new starts."""
+@pytest.mark.parametrize("kind", ["local", "debug"])
+def test_sigterm_reaches_running_commands_which_are_waited_for(tmp_path, kind):
+    """Stopping the engine passes SIGTERM down (local: controller, job, command; debug: the job runs
+    in the engine's process) and waits for the command to exit (a training run saves its checkpoint
+    then); what finished before is recorded, nothing new starts."""
     (tmp_path / "stoppable.py").write_text(STOPPABLE)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "stoppable.py"), str(tmp_path)], env=env,
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "stoppable.py"), str(tmp_path), kind], env=env,
                             stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (tmp_path / "running").exists() and time.time() < deadline:
