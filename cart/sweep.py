@@ -43,6 +43,10 @@ def select(training: list[str], wanted: list[str] | None) -> list[str]:
     return [a for a in training if a in chosen]
 
 
+def _few(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def _repo():
     """The DVC repository of the working directory, which is the project's root: stage names (and
     `dvc status`'s) are relative to it."""
@@ -56,9 +60,10 @@ def _repo():
         raise ValueError(f"{Path.cwd()}: not a DVC repository (`dvc init` first)") from None
 
 
-def plan(wanted: list[str] | None, log_dir: Path) -> tuple[list[Task], list[str]]:
+def plan(wanted: list[str] | None, log_dir: Path) -> tuple[list[Task], list[str], list[str]]:
     """(the tasks to run, in dvc.yaml's order, each waiting for the tasks of the training stages it
-    reads; the chosen stages that are up to date)."""
+    reads; the chosen stages that are up to date; the stages other than training stages that the
+    chosen ones read, e.g. the data stages, if one of them is out of date, else none)."""
     import networkx as nx
     with _repo() as repo:
         stages = {s.addressing: s for s in repo.index.stages}
@@ -66,20 +71,19 @@ def plan(wanted: list[str] | None, log_dir: Path) -> tuple[list[Task], list[str]
         chosen = select(training, wanted)
         changed = set(repo.status())  # `dvc status`: one pass over every stage is the quickest
         reads = {a: {s.addressing for s in nx.descendants(repo.index.graph, stages[a])} for a in chosen}
-    inputs = sorted({u for a in chosen for u in reads[a] & changed if u not in training})
-    if inputs:
-        raise ValueError(f"stage(s) {inputs} are out of date and the training stages read them: run "
-                         f"`dvc repro {' '.join(inputs)}` first")
+    inputs = [u for u in stages if u not in training and any(u in reads[a] for a in chosen)]
+    inputs = inputs if changed & set(inputs) else []
     rerun = [a for a in chosen if a in changed or reads[a] & changed]
-    missing = sorted({u for a in rerun for u in reads[a] & changed if u not in rerun})
+    missing = [u for u in training if u in changed and u not in rerun and any(u in reads[a] for a in rerun)]
     if missing:
-        readers = sorted(a for a in rerun if reads[a] & set(missing))
-        raise ValueError(f"{readers} read the out-of-date training stage(s) {missing}: add them to --stages")
+        readers = [a for a in rerun if reads[a] & set(missing)]
+        raise ValueError(f"{_few(readers)} read the out-of-date training stage(s) {_few(missing)}: add them to "
+                         f"--stages")
     root = Path.cwd()
     tasks = [Task(a, stages[a].cmd, log_dir / f"{a}.log", cwd=root,
                   after=tuple(u for u in rerun if u in reads[a]),
                   curves=tuple(root / str(o.def_path) for o in stages[a].outs)) for a in rerun]
-    return tasks, [a for a in chosen if a not in rerun]
+    return tasks, [a for a in chosen if a not in rerun], inputs
 
 
 def record(stage: str) -> None:
@@ -114,7 +118,13 @@ def run_sweep(wanted: list[str] | None, opts: ExecutorOptions, log_dir: Path,
     executor = None if dry_run else make_executor(opts)
     if opts.kind != "slurm":
         slots = gpu_slots(visible_gpus() if gpus is None else gpus, opts.gpus_per_job, jobs_per_gpu, max_parallel)
-    tasks, fresh = plan(wanted, log_dir)
+    tasks, fresh, inputs = plan(wanted, log_dir)
+    if inputs:
+        message = (f"the training stages read stages that are out of date: run `dvc repro {' '.join(inputs)}` "
+                   f"first")
+        if not dry_run:
+            raise ValueError(message)
+        echo(f"note: {message}")
     if opts.kind == "slurm":  # SLURM queues the jobs and gives each its GPUs
         slots = [{}] * (max_parallel or max(len(tasks), 1))
     echo(f"{len(tasks)} training stage(s) out of date, {len(fresh)} up to date")

@@ -237,7 +237,7 @@ def test_sweep_plans_what_dvc_repro_would_run_and_refuses_stale_inputs(repo):
         p["tokenizer"]["vocab_size"] = 600
         write_params(repo, p)
         out = sweep(repo, "--stages", "stage1", "--executor", "debug", ok=False)
-        assert out.returncode == 1 and "dvc repro tokenizer" in out.stderr
+        assert out.returncode == 1 and "run `dvc repro corpus tokenizer bins` first" in out.stderr
     finally:
         (repo / "params.yaml").write_text(original)
     assert not (repo / "logs").exists()
