@@ -38,7 +38,6 @@ _SBATCH_OWN = {"partition", "time", "gpus-per-node", "job-name", "comment", "out
                "open-mode", "account"}
 # A local job has no time limit (submitit's local executor stops a job after timeout_min).
 _LOCAL_TIMEOUT_MIN = 60 * 24 * 365
-INHERIT = None  # a slot's value for a variable the job keeps from the environment it was started in
 
 
 @dataclass(frozen=True)
@@ -205,13 +204,14 @@ def gpu_slots(gpus: list[str], gpus_per_job: int = 1, jobs_per_gpu: int = 1,
               max_parallel: int | None = None) -> list[dict[str, str | None]]:
     """One environment per job that may run at once: each group of `gpus_per_job` GPUs hosts
     `jobs_per_gpu` jobs (listed GPU by GPU, so the first jobs spread over every GPU). Without GPUs:
-    `max_parallel` (default 1) jobs on what the machine has."""
+    `max_parallel` (default 1) jobs with this process's CUDA_VISIBLE_DEVICES (None: unset, every GPU;
+    the local executor itself would hide them all)."""
     if gpus_per_job < 1 or jobs_per_gpu < 1:
         raise ValueError(f"--gpus-per-job and --jobs-per-gpu: must be >= 1, got {gpus_per_job}, {jobs_per_gpu}")
     if max_parallel is not None and max_parallel < 1:
         raise ValueError(f"--max-parallel: must be >= 1, got {max_parallel}")
     if not gpus:
-        return [{"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", INHERIT)}] * (max_parallel or 1)
+        return [{"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}] * (max_parallel or 1)
     if gpus_per_job > len(gpus):
         raise ValueError(f"--gpus-per-job: {gpus_per_job} GPUs per job, but only {len(gpus)} GPU(s) {gpus}")
     groups = [gpus[i:i + gpus_per_job] for i in range(0, len(gpus) - gpus_per_job + 1, gpus_per_job)]
