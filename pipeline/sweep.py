@@ -1,9 +1,10 @@
-"""Train the out-of-date training stages of dvc.yaml as submitit jobs, recording each in DVC as it
-finishes. `python -m pipeline.sweep [--stages GROUP ...] [--executor local|slurm|debug] ...`
+"""Train dvc.yaml's out-of-date training stages as submitit jobs, each recorded in DVC when done.
 
-    dvc repro bins && python -m pipeline.sweep --jobs-per-gpu 2 --mps && dvc repro   # an 8-GPU node
+    python -m pipeline.sweep [--stages GROUP ...] [--executor local|slurm|debug] ...
+
+    dvc repro bins && python -m pipeline.sweep && dvc repro                  # every GPU of this machine
     python -m pipeline.sweep --executor slurm --slurm-partition gpu --slurm-time 240 \\
-        --slurm-setup 'source .venv/bin/activate' && dvc repro                      # a SLURM cluster
+        --slurm-setup 'source .venv/bin/activate' && dvc repro                 # a SLURM cluster
 
 DVC says which stages are out of date (those `dvc repro` would run); each runs its own dvc.yaml `cmd`
 as one job, and each that succeeds is `dvc commit`ted at once, so `dvc repro` afterwards trains
