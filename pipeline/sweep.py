@@ -55,14 +55,14 @@ def main(argv=None) -> int:
     ap.add_argument("--submitit-folder", type=Path, default=Path(".submitit"),
                     help="submitit's job files (on SLURM: a disk the nodes share)")
     ap.add_argument("--poll", type=float, default=2.0, help="seconds between checks of the jobs")
-    ap.add_argument("--report", type=float, default=60.0, help="seconds between progress lines")
+    ap.add_argument("--progress", type=float, default=60.0, help="seconds between progress lines")
     ap.add_argument("--dry-run", action="store_true", help="list the stages that would run, and stop")
     args = ap.parse_args(argv)
     opts = ExecutorOptions(args.executor, args.submitit_folder.resolve(), args.gpus_per_job, args.slurm_partition,
                            args.slurm_time, args.slurm_account, tuple(args.slurm_setup), tuple(args.slurm_option))
     return run_sweep(args.stages, opts, args.logs, gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu,
                      max_parallel=args.max_parallel, mps=args.mps, dry_run=args.dry_run, poll_s=args.poll,
-                     report_s=args.report)
+                     report_s=args.progress)
 
 
 if __name__ == "__main__":
