@@ -242,8 +242,8 @@ def test_vocab_mismatch_is_rejected_before_training(tiny_project):
 
 
 def _timeless(record: dict) -> dict:
-    """A summary or metrics record without its wall-clock rates, which differ between any two runs."""
-    return {k: v for k, v in record.items() if k not in ("wall_s", "tokens_per_s", "mfu")}
+    """A summary or metrics record without its wall-clock rates and timings, which differ between any two runs."""
+    return {k: v for k, v in record.items() if k not in ("wall_s", "tokens_per_s", "mfu", "timing")}
 
 
 def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(tiny_project, monkeypatch):
@@ -572,3 +572,16 @@ def test_sharded_optimizer_state_round_trips(tmp_path):
     straight, resumed = torch.load(tmp_path / "finals.pt", weights_only=False)
     assert all(torch.equal(a, b) for a, b in zip(straight, resumed))
     assert len(torch.load(tmp_path / "opt.pt", weights_only=False)["state"]) == len(straight)
+
+
+def test_the_summary_says_where_the_run_time_went(tiny_project):
+    """timing: the first WARMUP_STEPS steps (compilation happens there) and the rest add up to the
+    training time; evaluation and checkpoints are timed apart from the steps."""
+    from cart.train import WARMUP_STEPS
+    spec = spec_for()
+    summary = train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    timing = summary["timing"]
+    assert set(timing) == {"setup_s", "warmup_steps_s", "steps_s", "eval_s", "checkpoint_s", "warmup_steps"}
+    assert timing["warmup_steps"] == WARMUP_STEPS
+    assert abs(timing["warmup_steps_s"] + timing["steps_s"] - summary["wall_s"]) < 0.002  # both rounded to 1 ms
+    assert all(timing[k] > 0 for k in ("setup_s", "warmup_steps_s", "steps_s", "eval_s", "checkpoint_s"))
