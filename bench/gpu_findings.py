@@ -40,8 +40,8 @@ MEAN, STD = f"{RANK}_mean", f"{RANK}_std"
 CHANCE = {"hellaswag": 0.25, "arc_challenge": 0.25, "piqa": 0.5}
 BENCH_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "piqa": "acc", "lambada_openai": "acc"}
 TASK_NAME = {"hellaswag": "HellaSwag", "arc_challenge": "ARC-C", "piqa": "PIQA", "lambada_openai": "LAMBADA"}
-SAMPLED_R_COST_TARGET = 0.15  # issue 20: sampled-R training within 15% of fixed R's speed
-DECODE_SPEEDUP_TARGET = 10.0  # issue 21: cached decoding more than 10x uncached
+SAMPLED_R_COST_TARGET = 0.15  # sampled-R training's target: within 15% of fixed R's speed
+DECODE_SPEEDUP_TARGET = 10.0  # cached decoding's target: more than 10x uncached
 SLOW_PHASE = 3.0  # a decode step this many times the same config's fastest is in the slow phase
 ABLATIONS = ("X", "Z", "LTI", "HC", "LIE")
 DENSE = "dense/L7-s42"  # the Dense control the LRT and RAT+ runs are compared with (same seed)
@@ -808,7 +808,7 @@ def row_sampled_r_cost(p: Profile) -> list[str]:
             + (f"; {_join(missed)} misses it in this short measurement" if missed else "")]
 
 
-def row_sampled_r_fixed(p: Profile) -> list[str]:
+def row_sampled_r_cost_round3(p: Profile) -> list[str]:
     whole, rows = _sampled_r_bench(p.root / "bench" / "round3" / "sampled_r.json")
     met = all(r["cost_vs_fixed"] <= SAMPLED_R_COST_TARGET for r in rows.values())
     return ["... the same after the fix (R never a size inside a compiled graph; `bash bench/gpu_perf.sh sampled`)",
@@ -975,7 +975,7 @@ def render(root: Path, earlier: dict[str, list[dict]] | None = None) -> str:
              row_dense_vs_cart(p), row_dense_12l(p), row_ablations(p), row_paper_code(p), row_leak(p), row_lrt(p),
              row_ratplus_dense_only(p), row_throughput(p, packed)]
     second = [row_benchmarks(p), row_fewshot(p), row_variable_r(p), row_sampled_r(p), row_lrt_modes(p),
-              row_ratplus(p), row_sampled_r_cost(p), row_sampled_r_fixed(p), row_decode(p)]
+              row_ratplus(p), row_sampled_r_cost(p), row_sampled_r_cost_round3(p), row_decode(p)]
     lines = _header(p, packed) + [""] + _spread_section(p)
     lines += ["", "## First run (jobs 1-3)", ""] + _table(["question", "ours (this profile)", "paper", "agree?"], first)
     lines += [""] + _job5_intro(p) + _table(["question", "ours", "paper", "agree?"], second)
