@@ -1,0 +1,167 @@
+"""gpu/FINDINGS.md (bench/gpu_findings.py): the committed file is what the committed store renders to, so
+none of its numbers can go stale; its claims follow the numbers, and a difference within the run-to-run
+spread (seeds, and runs trained twice, read from the git history) is not called a finding."""
+import copy
+import datetime
+import json
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench import gpu_findings
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU = ROOT / "gpu"
+RANK = gpu_findings.RANK
+
+
+@pytest.fixture(scope="module")
+def profile():
+    return gpu_findings.Profile(GPU)
+
+
+@pytest.fixture(scope="module")
+def seeds_only():
+    """The profile with the spread of seeds alone (no run trained twice)."""
+    return gpu_findings.Profile(GPU, earlier={})
+
+
+def _with_runs(profile, change):
+    """A copy of the profile whose runs table `change` edited, its spreads measured again."""
+    p = copy.copy(profile)
+    p.runs = profile.runs.copy()
+    change(p.runs)
+    p.spreads = p.measure_spreads()
+    return p
+
+
+def test_committed_findings_are_what_the_store_renders():
+    assert (GPU / "FINDINGS.md").read_text() == gpu_findings.render(GPU), "re-run: python -m bench.gpu_findings gpu"
+
+
+def test_check_compares_and_writes_nothing(monkeypatch, capsys):
+    before = (GPU / "FINDINGS.md").read_text()
+    assert gpu_findings.main([str(GPU), "--check"]) == 0
+    monkeypatch.setattr(gpu_findings, "render", lambda root: before + "a stale line\n")
+    assert gpu_findings.main([str(GPU), "--check"]) == 1
+    assert "differs from the store" in capsys.readouterr().out
+    assert (GPU / "FINDINGS.md").read_text() == before
+
+
+def test_the_width_claim_is_counted_from_the_runs(profile):
+    con = sqlite3.connect(GPU / "results.db")
+    rows = con.execute("SELECT d_model, ppl_wikipedia FROM runs WHERE \"group\" = 'stage2' AND status = 'complete'")
+    ppl = {256: [], 512: []}
+    for d, v in rows:
+        ppl[d].append(v)
+    con.close()
+    worse = sum(v > max(ppl[256]) for v in ppl[512])
+    assert worse < len(ppl[512])  # the store: not every d=512 run is worse than d=256
+    claim = gpu_findings.row_d512(profile)[1]
+    assert f"{worse} of {len(ppl[512])} d=512 runs worse than every d=256 run" in claim
+    assert "every d=512 run worse" not in claim
+
+    def d512_all_worse(runs):
+        runs.loc[(runs["group"] == "stage2") & (runs["d_model"] == 512), RANK] += 1_000.0
+    assert "every d=512 run worse than every d=256 run" in gpu_findings.row_d512(_with_runs(profile, d512_all_worse))[1]
+
+
+def test_the_spread_includes_runs_trained_twice(profile, seeds_only):
+    retrained = {s.config: s for s in profile.spreads if s.kind == "again"}
+    assert set(retrained) == set(profile.earlier) and retrained  # job 5's re-trainings, from the git history
+    for run_id, earlier in profile.earlier.items():
+        now = json.loads((GPU / "runs" / run_id / "summary.json").read_text())
+        values = list(retrained[run_id].values.values())
+        assert values == [e["summary"]["final_eval"]["wikipedia"]["ppl"] for e in earlier] + [
+            now["final_eval"]["wikipedia"]["ppl"]]
+    assert profile.noise(256) == max(s.pct for s in profile.spreads if s.d == 256)
+    assert seeds_only.noise(256) < profile.noise(256)  # here a re-training moved PPL more than a seed did
+
+
+def _gap(a, b):
+    return 100 * (max(a, b) / min(a, b) - 1)
+
+
+def test_a_difference_within_the_spread_is_not_a_finding(profile, seeds_only):
+    base, d, _ = gpu_findings._base(profile)
+    rows = profile.ablation.set_index("run_id").loc[[f"ablation/{n}" for n in gpu_findings.ABLATIONS]]
+    gaps = {r["variant"]: _gap(r[RANK], base) for _, r in rows.sort_values("delta_ppl_wikipedia_pct",
+                                                                          ascending=False).iterrows()}
+    within = [name for name, gap in gaps.items() if gap <= profile.noise(d)]
+    beyond = [name for name, gap in gaps.items() if gap > profile.noise(d)]
+    assert within and beyond  # the store has both kinds
+    verdict = gpu_findings.row_ablations(profile)[3]
+    assert f": {gpu_findings._join(beyond)}; within it, not established: {gpu_findings._join(within)} " in verdict
+
+    # Stage 1: the best R at each P against its runner-up, under the spread with and without the re-trainings
+    con = sqlite3.connect(GPU / "results.db")
+    rows = con.execute("SELECT n_prelude, n_loops, ppl_wikipedia FROM runs WHERE \"group\" = 'stage1' "
+                       "ORDER BY n_prelude, ppl_wikipedia").fetchall()
+    con.close()
+    pairs = {}
+    for P, R, ppl in rows:
+        pairs.setdefault(P, []).append((R, ppl))
+    named = {}
+    for p in (profile, seeds_only):
+        verdict = gpu_findings.row_stage1(p)[3]
+        named[id(p)] = set()
+        for P, ((r1, a), (r2, b), *_) in pairs.items():
+            said = f"P{P} R{r1} vs R{r2} " in verdict
+            assert said == (_gap(a, b) <= p.noise(256)), (P, p.noise(256))
+            if said:
+                named[id(p)].add(P)
+    assert named[id(profile)] != named[id(seeds_only)]  # the re-trainings' spread changes a verdict
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                   capture_output=True)
+
+
+def _summary(ppl, **extra):
+    return json.dumps({"final_eval": {"wikipedia": {"ppl": ppl}}, "git_commit": "abc", **extra})
+
+
+def test_earlier_trainings_and_import_records_come_from_the_git_history(tmp_path):
+    repo = tmp_path / "repo"
+    root = repo / "gpu"
+    run = root / "runs" / "stage2" / "d256-R2-s42"
+    once = root / "runs" / "dense" / "L7-s42"
+    for d in (run, once, root / "logs"):
+        d.mkdir(parents=True)
+    _git(repo, "init", "-q")
+
+    def commit(message, **files):
+        for path, text in files.items():
+            (root / path).write_text(text)
+        _git(repo, "add", "-A")
+        _git(repo, "commit", "-q", "-m", message)
+    config = json.dumps({"model": {"d_model": 256}, "code_sha256": "one"})
+    commit("first run (12.5 device-minutes)", **{"runs/stage2/d256-R2-s42/summary.json": _summary(190.0),
+                                                 "runs/stage2/d256-R2-s42/config.json": config,
+                                                 "runs/dense/L7-s42/summary.json": _summary(200.0),
+                                                 "logs/job1.log": "job: 1.0s\n"})
+    commit("trained again", **{"runs/stage2/d256-R2-s42/summary.json": _summary(195.0),
+                               "runs/stage2/d256-R2-s42/config.json": json.dumps(
+                                   {"model": {"d_model": 256, "new": 1}, "code_sha256": "two"})})
+    commit("re-imported: a new field, the same training",
+           **{"runs/stage2/d256-R2-s42/summary.json": _summary(195.0, peak_mem_gib=7.5)})
+
+    earlier = gpu_findings.earlier_trainings(root)
+    assert list(earlier) == ["stage2/d256-R2-s42"]
+    (first,) = earlier["stage2/d256-R2-s42"]
+    assert first["summary"]["final_eval"]["wikipedia"]["ppl"] == 190.0 and first["config"] == json.loads(config)
+    assert gpu_findings.config_changes(first["config"], json.loads((run / "config.json").read_text())) == \
+        ([], ["model.new"])
+    record = gpu_findings.import_record(root, "job1.log")
+    today = datetime.date.today()
+    assert record == {"date": f"{today.day} {today:%B %Y}", "device_minutes": 12.5}
+    with pytest.raises(ValueError, match="job9.log"):
+        gpu_findings.import_record(root, "job9.log")
+
+
+def test_a_folder_outside_git_is_named(tmp_path):
+    with pytest.raises(ValueError, match="git history"):
+        gpu_findings.earlier_trainings(tmp_path)
