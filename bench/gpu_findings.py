@@ -1,7 +1,7 @@
 """gpu/FINDINGS.md: the `gpu` profile's real-data runs (configs/gpu.yaml, one H200) beside the paper.
 Every number of ours is read from the profile's results store (gpu/results.db); where the store holds
-no such number, from the committed files beside it (bins_meta.json, logs/, bench/*.json, and the git
-history of runs/, which keeps the first summary of a run trained again); the paper's numbers from
+no such number, from the committed files beside it (bins_meta.json, logs/, bench/*.json, calls.json,
+and runs/<group>/<name>/earlier/, the first summary of a run trained again); the paper's numbers from
 cart/report/paper.py.
 
     python -m bench.gpu_findings gpu            # writes gpu/FINDINGS.md
@@ -14,11 +14,9 @@ again the runs evaluation reads). tests/test_gpu_findings.py renders the file ag
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,70 +91,25 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The git history of the committed profile
+# Earlier trainings and the device calls, as committed beside the store
 # ---------------------------------------------------------------------------------------------
-def _git(where: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    try:
-        return subprocess.run(["git", "-C", str(where), *args], input=stdin, capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as e:
-        detail = e.stderr.decode(errors="replace").strip() if isinstance(e, subprocess.CalledProcessError) else e
-        raise ValueError(f"{where}: the findings read this folder's git history, and `git {args[0]}` failed: "
-                         f"{detail}") from e
-
-
-def _read_blobs(root: Path, wanted: list[tuple[str, str]]) -> list[bytes | None]:
-    """The committed contents of each (commit, path under root); None where the commit has no such file."""
-    if not wanted:
-        return []
-    prefix = _git(root, "rev-parse", "--show-prefix").decode().strip()
-    out = _git(root, "cat-file", "--batch", stdin="".join(f"{c}:{prefix}{path}\n" for c, path in wanted).encode())
-    blobs, pos = [], 0
-    for _ in wanted:  # answered in request order: "<sha> blob <size>\n<content>\n" or "<name> missing\n"
-        end = out.index(b"\n", pos)
-        header = out[pos:end].split()
-        if header[-1] == b"missing":
-            blobs.append(None)
-            pos = end + 1
-        else:
-            size = int(header[2])
-            blobs.append(out[end + 1:end + 1 + size])
-            pos = end + 1 + size + 1
-    return blobs
-
-
-def _summary_commits(root: Path) -> dict[str, list[str]]:
-    """runs/<group>/<name>/summary.json -> the commits that wrote it, oldest first."""
-    log = _git(root, "log", "--relative", "--diff-filter=d", "--format=commit %H", "--name-only", "--", "runs")
-    commits: dict[str, list[str]] = {}
-    commit = None
-    for line in log.decode().splitlines():
-        if line.startswith("commit "):
-            commit = line.split()[1]
-        elif line.endswith("/summary.json"):
-            commits.setdefault(line, []).insert(0, commit)
-    return commits
+EARLIER = "earlier"      # runs/<group>/<name>/earlier/<n>/: a run's earlier trainings (bench/gpu_import.py)
+CALLS = "calls.json"     # each job log's device call: its date and device-minutes
 
 
 def earlier_trainings(root: Path) -> dict[str, list[dict]]:
-    """run_id -> its earlier trainings, oldest first, each {summary, config}: the committed versions of
-    its summary.json whose final evaluation differs from the summary now in `root` (a re-import of the
-    same training changes no number, so it is no second training), with the config committed beside."""
-    versions = [(c, path) for path, commits in _summary_commits(root).items() for c in commits]
-    configs = [(c, str(Path(path).parent / "config.json")) for c, path in versions]
-    blobs = _read_blobs(root, versions + configs)
+    """run_id -> its earlier trainings, oldest first, each {summary, config}: what bench/gpu_import.py
+    set aside under runs/<group>/<name>/earlier/<n>/ when a later import brought another training."""
     out: dict[str, list[dict]] = {}
-    seen: dict[str, list] = {}
-    for (_, path), summary, config in zip(versions, blobs[:len(versions)], blobs[len(versions):]):
-        if not (root / path).is_file():
-            continue
-        summary = json.loads(summary)
-        known = seen.setdefault(path, [json.loads((root / path).read_text()).get("final_eval")])
-        if summary.get("final_eval") in known:
-            continue
-        known.append(summary.get("final_eval"))
-        group, name = Path(path).parts[-3:-1]
-        out.setdefault(f"{group}/{name}", []).append(
-            {"summary": summary, "config": json.loads(config) if config else None})
+    for folder in sorted(root.glob(f"runs/*/*/{EARLIER}/*"), key=lambda f: (f.parent.parent, int(f.name))):
+        summary = folder / "summary.json"
+        if not summary.is_file():
+            raise ValueError(f"{folder}: an earlier training without its summary.json")
+        config = folder / "config.json"
+        run = folder.parent.parent
+        out.setdefault(f"{run.parent.name}/{run.name}", []).append(
+            {"summary": json.loads(summary.read_text()),
+             "config": json.loads(config.read_text()) if config.is_file() else None})
     return out
 
 
@@ -175,14 +128,12 @@ def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
 
 
 def import_record(root: Path, log: str) -> dict:
-    """The commit that first filed logs/<log>: its date, and the device-minutes its message states."""
-    lines = _git(root, "log", "--diff-filter=A", "--format=%cs%x00%s", "--", f"logs/{log}").decode().splitlines()
-    if not lines:
-        raise ValueError(f"{root / 'logs' / log}: not in the git history")
-    date, subject = lines[-1].split("\0", 1)
-    day = datetime.date.fromisoformat(date)
-    minutes = re.search(r"([\d.]+) device-minutes", subject)
-    return {"date": f"{day.day} {day:%B %Y}", "device_minutes": float(minutes[1]) if minutes else math.nan}
+    """The device call that wrote logs/<log>: its date and device-minutes (calls.json beside the store)."""
+    path = root / CALLS
+    calls = json.loads(path.read_text()) if path.is_file() else {}
+    if log not in calls:
+        raise ValueError(f"{path}: no record of the call that wrote logs/{log} (date, device_minutes)")
+    return {"date": calls[log]["date"], "device_minutes": float(calls[log]["device_minutes"])}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -876,8 +827,8 @@ def _header(p: Profile, packed: dict[str, int]) -> list[str]:
         "",
         "Generated by `python -m bench.gpu_findings gpu` from `gpu/results.db` (every number of ours; "
         "`tests/test_gpu_findings.py` fails when this file and the store disagree). Where the store holds no such "
-        "number: `gpu/bins_meta.json`, `gpu/logs/`, `gpu/bench/*.json`, and the git history of `gpu/runs/` (the "
-        "first summary of a run trained again). The paper's numbers from `cart/report/paper.py`; the LRT and RAT+ "
+        "number: `gpu/bins_meta.json`, `gpu/logs/`, `gpu/bench/*.json`, `gpu/calls.json` and `gpu/runs/*/*/earlier/` "
+        "(the first summary of a run trained again). The paper's numbers from `cart/report/paper.py`; the LRT and RAT+ "
         "references from their specs.",
         "",
         f"What ran: `configs/gpu.yaml` through `bench/gpu_profile.sh` on one {runs['device'].iloc[0]} (torch "
@@ -930,8 +881,8 @@ def _spread_section(p: Profile) -> list[str]:
     largest = {d: max((s for s in p.spreads if s.d == d), key=lambda s: s.pct) for d in widths}
     lines = ["## Run-to-run spread (Wikipedia PPL)", "",
              "A config trained more than once: at two seeds, or the same run trained twice (job 5 trained again the "
-             "runs evaluation reads, on a fresh machine; the store holds the second training, the git history of "
-             "`gpu/runs/` the first). The spread is the larger PPL over the smaller, minus one.", ""]
+             "runs evaluation reads, on a fresh machine; the store holds the second training, "
+             "`gpu/runs/<group>/<name>/earlier/` the first). The spread is the larger PPL over the smaller, minus one.", ""]
     lines += _table(["config", "trainings", "Wikipedia PPL", "spread"], rows)
     lines += ["", "The run-to-run spread: " + "; ".join(
         f"**{_f(largest[d].pct, 2)}%** at d={d} (the largest, {largest[d].config})" for d in widths)

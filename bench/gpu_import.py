@@ -14,13 +14,15 @@ a machine warm for them), then filed:
     gpu/metrics/           every run's and group's metrics JSON (as metrics/ in the default profile)
     gpu/eval/              the evaluation rows (eval/*.tsv), where a job evaluated
     gpu/plots/             every run's DVCLive curves
-    gpu/runs/<group>/<name>/{config,summary}.json   each run's full config and summary (no weights)
+    gpu/runs/<group>/<name>/{config,summary}.json   each run's full config and summary (no weights);
+                           earlier/<n>/ the same of its earlier trainings, where an import brought another
     gpu/bins_meta.json     the training and validation token counts of the data the runs read
     gpu/logs/              each job's log and every run's training log
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -73,16 +75,46 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tu
                 shutil.copy2(f, dest / "bench" / f.name)
         if (ws / "data/bins/meta.json").is_file():  # how much text the runs had (one pass or less)
             shutil.copy2(ws / "data/bins/meta.json", dest / "bins_meta.json")
-        runs = dest / "runs"
-        shutil.rmtree(runs, ignore_errors=True)
-        for f in sorted((ws / "runs").glob("*/*/*.json")):
-            (runs / f.parent.parent.name / f.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, runs / f.parent.parent.name / f.parent.name / f.name)
+        file_runs(ws / "runs", dest / "runs")
         for a in archives:
             log = a.with_suffix(".log")
             if log.is_file():
                 (dest / "logs").mkdir(exist_ok=True)
                 shutil.copy2(log, dest / "logs" / log.name)
+
+
+EARLIER = "earlier"  # runs/<group>/<name>/earlier/<n>/: the earlier trainings of a run trained again
+
+
+def file_runs(src: Path, dest: Path) -> None:
+    """Each run's config.json and summary.json from the workspace's runs/ into dest (replacing what
+    was there). A run whose final evaluation changed was trained again: its earlier summary and config
+    move to dest/<group>/<name>/earlier/<n>/ first, and earlier trainings already there are kept (the
+    spread between two trainings is evidence; a re-import of the same training adds none)."""
+    kept: dict[Path, Path] = {}  # a run (relative to dest) -> a copy of its earlier/ while dest is rebuilt
+    for run in sorted(dest.glob("*/*")) if dest.is_dir() else []:
+        old = run / "summary.json"
+        new = src / run.parent.name / run.name / "summary.json"
+        trainings = sorted((run / EARLIER).glob("*"), key=lambda f: int(f.name)) if (run / EARLIER).is_dir() else []
+        if old.is_file() and new.is_file() and \
+                json.loads(old.read_text()).get("final_eval") != json.loads(new.read_text()).get("final_eval"):
+            nxt = run / EARLIER / str(len(trainings) + 1)
+            nxt.mkdir(parents=True)
+            for name in ("summary.json", "config.json"):
+                if (run / name).is_file():
+                    shutil.copy2(run / name, nxt / name)
+            trainings.append(nxt)
+        if trainings:
+            keep = Path(tempfile.mkdtemp(prefix="earlier-"))
+            shutil.copytree(run / EARLIER, keep / EARLIER)
+            kept[run.relative_to(dest)] = keep
+    shutil.rmtree(dest, ignore_errors=True)
+    for f in sorted(src.glob("*/*/*.json")):
+        (dest / f.parent.parent.name / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, dest / f.parent.parent.name / f.parent.name / f.name)
+    for rel, keep in kept.items():
+        shutil.copytree(keep / EARLIER, dest / rel / EARLIER)
+        shutil.rmtree(keep)
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,9 @@
 """gpu/FINDINGS.md (bench/gpu_findings.py): the committed file is what the committed store renders to, so
 none of its numbers can go stale; its claims follow the numbers, and a difference within the run-to-run
-spread (seeds, and runs trained twice, read from the git history) is not called a finding."""
+spread (seeds, and runs trained twice: runs/*/*/earlier/) is not called a finding."""
 import copy
-import datetime
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,7 +68,7 @@ def test_the_width_claim_is_counted_from_the_runs(profile):
 
 def test_the_spread_includes_runs_trained_twice(profile, seeds_only):
     retrained = {s.config: s for s in profile.spreads if s.kind == "again"}
-    assert set(retrained) == set(profile.earlier) and retrained  # job 5's re-trainings, from the git history
+    assert set(retrained) == set(profile.earlier) and retrained  # job 5's re-trainings, from runs/*/*/earlier/
     for run_id, earlier in profile.earlier.items():
         now = json.loads((GPU / "runs" / run_id / "summary.json").read_text())
         values = list(retrained[run_id].values.values())
@@ -115,53 +113,48 @@ def test_a_difference_within_the_spread_is_not_a_finding(profile, seeds_only):
     assert named[id(profile)] != named[id(seeds_only)]  # the re-trainings' spread changes a verdict
 
 
-def _git(repo, *args):
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                   capture_output=True)
-
-
 def _summary(ppl, **extra):
-    return json.dumps({"final_eval": {"wikipedia": {"ppl": ppl}}, "git_commit": "abc", **extra})
+    return {"final_eval": {"wikipedia": {"ppl": ppl}}, "git_commit": "abc", **extra}
 
 
-def test_earlier_trainings_and_import_records_come_from_the_git_history(tmp_path):
-    repo = tmp_path / "repo"
-    root = repo / "gpu"
-    run = root / "runs" / "stage2" / "d256-R2-s42"
-    once = root / "runs" / "dense" / "L7-s42"
-    for d in (run, once, root / "logs"):
-        d.mkdir(parents=True)
-    _git(repo, "init", "-q")
+def _write(folder: Path, summary: dict, config: dict | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
 
-    def commit(message, **files):
-        for path, text in files.items():
-            (root / path).write_text(text)
-        _git(repo, "add", "-A")
-        _git(repo, "commit", "-q", "-m", message)
-    config = json.dumps({"model": {"d_model": 256}, "code_sha256": "one"})
-    commit("first run (12.5 device-minutes)", **{"runs/stage2/d256-R2-s42/summary.json": _summary(190.0),
-                                                 "runs/stage2/d256-R2-s42/config.json": config,
-                                                 "runs/dense/L7-s42/summary.json": _summary(200.0),
-                                                 "logs/job1.log": "job: 1.0s\n"})
-    commit("trained again", **{"runs/stage2/d256-R2-s42/summary.json": _summary(195.0),
-                               "runs/stage2/d256-R2-s42/config.json": json.dumps(
-                                   {"model": {"d_model": 256, "new": 1}, "code_sha256": "two"})})
-    commit("re-imported: a new field, the same training",
-           **{"runs/stage2/d256-R2-s42/summary.json": _summary(195.0, peak_mem_gib=7.5)})
 
-    earlier = gpu_findings.earlier_trainings(root)
+def test_an_import_keeps_a_run_trained_again_as_an_earlier_training(tmp_path):
+    """bench/gpu_import.py files the runs; a run whose final evaluation changed was trained again, and
+    its first training stays under earlier/, where the findings read it; a re-import of the same
+    training (another field changed) adds no training."""
+    from bench.gpu_import import file_runs
+    dest, ws = tmp_path / "gpu" / "runs", tmp_path / "ws"
+    first_config = {"model": {"d_model": 256}, "code_sha256": "one"}
+    _write(ws / "stage2" / "d256-R2-s42", _summary(190.0), first_config)
+    _write(ws / "dense" / "L7-s42", _summary(200.0), {"model": {}})
+    file_runs(ws, dest)
+    assert gpu_findings.earlier_trainings(tmp_path / "gpu") == {}
+    _write(ws / "stage2" / "d256-R2-s42", _summary(195.0), {"model": {"d_model": 256, "new": 1}, "code_sha256": "two"})
+    file_runs(ws, dest)
+    _write(ws / "stage2" / "d256-R2-s42", _summary(195.0, peak_mem_gib=7.5))  # the same training re-imported
+    file_runs(ws, dest)
+    earlier = gpu_findings.earlier_trainings(tmp_path / "gpu")
     assert list(earlier) == ["stage2/d256-R2-s42"]
     (first,) = earlier["stage2/d256-R2-s42"]
-    assert first["summary"]["final_eval"]["wikipedia"]["ppl"] == 190.0 and first["config"] == json.loads(config)
-    assert gpu_findings.config_changes(first["config"], json.loads((run / "config.json").read_text())) == \
-        ([], ["model.new"])
-    record = gpu_findings.import_record(root, "job1.log")
-    today = datetime.date.today()
-    assert record == {"date": f"{today.day} {today:%B %Y}", "device_minutes": 12.5}
-    with pytest.raises(ValueError, match="job9.log"):
-        gpu_findings.import_record(root, "job9.log")
+    assert first["summary"]["final_eval"]["wikipedia"]["ppl"] == 190.0 and first["config"] == first_config
+    now = json.loads((dest / "stage2" / "d256-R2-s42" / "summary.json").read_text())
+    assert now["final_eval"]["wikipedia"]["ppl"] == 195.0 and now["peak_mem_gib"] == 7.5
+    assert gpu_findings.config_changes(first["config"], json.loads(
+        (dest / "stage2" / "d256-R2-s42" / "config.json").read_text())) == ([], ["model.new"])
 
 
-def test_a_folder_outside_git_is_named(tmp_path):
-    with pytest.raises(ValueError, match="git history"):
+def test_import_records_come_from_calls_json_and_a_missing_one_is_named(tmp_path):
+    (tmp_path / "calls.json").write_text(json.dumps({"job1.log": {"date": "1 December 2026", "device_minutes": 12.5}}))
+    assert gpu_findings.import_record(tmp_path, "job1.log") == {"date": "1 December 2026", "device_minutes": 12.5}
+    with pytest.raises(ValueError, match=r"calls.json: no record of the call that wrote logs/job9.log"):
+        gpu_findings.import_record(tmp_path, "job9.log")
+    _write(tmp_path / "runs" / "g" / "n" / "earlier" / "1", _summary(1.0))
+    (tmp_path / "runs" / "g" / "n" / "earlier" / "1" / "summary.json").unlink()
+    with pytest.raises(ValueError, match="an earlier training without its summary.json"):
         gpu_findings.earlier_trainings(tmp_path)
