@@ -533,7 +533,7 @@ def _versus_dense(p: Profile, run_id: str) -> tuple[str, float, bool]:
 
 def row_lrt(p: Profile) -> list[str]:
     text, gap, beyond = _versus_dense(p, "lrt/shared-s42")
-    return ["LRT shared (Dense 7L backbone, S=2)", text, "-2.0% BPB at 20L, 10 tokens/param (LRT_SPEC.md)",
+    return ["LRT shared (Dense 7L backbone, S=2)", text, "-2.0% BPB at 20L, 10 tokens/param (docs/lrt.md)",
             ("**disagrees** at this scale" if gap > 0 and beyond else "no disagreement established")
             + "; single seed, merged-mode validation, lr chosen for Dense"]
 
@@ -541,7 +541,7 @@ def row_lrt(p: Profile) -> list[str]:
 def row_ratplus_dense_only(p: Profile) -> list[str]:
     text, gap, _ = _versus_dense(p, "ratplus/dense_only-s42")
     return ["RAT+ dense-only pretraining (Dense 7L backbone)", text,
-            "recurrence does not hurt dense PPL (7.38 vs 7.44, RATPLUS_SPEC.md)",
+            "recurrence does not hurt dense PPL (7.38 vs 7.44, docs/ratplus.md)",
             ("agrees in direction" if gap < 0 else "**disagrees** in direction") + " (single seed)"]
 
 
@@ -710,7 +710,7 @@ def row_lrt_modes(p: Profile) -> list[str]:
             "merged PPL " + ", ".join(f"{_f(modes[r]['sequential'])} vs {_f(modes[r]['merged'])}" for r in lrts)
             + "; 5-0 shot differences "
             + ("within two standard errors" if shots_within else "beyond them for some task"))
-    return ["LRT (Dense 7L backbone, S=2)", ours, "-2.0% BPB at 20L (LRT_SPEC.md)",
+    return ["LRT (Dense 7L backbone, S=2)", ours, "-2.0% BPB at 20L (docs/lrt.md)",
             ("**disagrees** at this scale" if worse else "no disagreement established") + " (single seed, Dense's lr)"]
 
 
@@ -734,7 +734,7 @@ def row_ratplus(p: Profile) -> list[str]:
                                     else "above chance for some"))
     return ["RAT+ vs dilation (Wiki PPL, dense -> D4 -> D16 -> D64)", ours,
             "near dense at D16, -2 to -3 points at D64; direct sparsification without recurrence collapses "
-            "(RATPLUS_SPEC.md)", verdict]
+            "(docs/ratplus.md)", verdict]
 
 
 def _sampled_r_bench(path: Path) -> tuple[dict, dict[str, dict]]:

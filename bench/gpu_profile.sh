@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The `gpu` profile (configs/gpu.yaml) on one GPU machine that has no network and no DVC, as four
-# jobs of under 10 minutes each (README "Real results on one GPU"):
+# jobs of under 10 minutes each (docs/gpu.md):
 #
 #   bash bench/gpu_profile.sh job1   # data; Stage 1 screen; lr sweeps of CART and Dense
 #   bash bench/gpu_profile.sh job2   # Stage 2 (d256, d512 x R x 2 seeds); Dense 7L/12L

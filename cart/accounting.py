@@ -1,4 +1,4 @@
-"""Parameter, FLOPs and MFU accounting in the paper's conventions (CART_SPEC.md section 2).
+"""Parameter, FLOPs and MFU accounting in the paper's conventions (docs/cart.md, Accounting).
 
 Each family's config counts its own parameters and forward FLOPs (`count_params`,
 `forward_flops`, dispatched by cart.models); this module adds what is family-independent:

@@ -55,7 +55,7 @@ _FORMAT_BY_SUFFIX = {".txt": "text", ".text": "text", ".raw": "text", ".json": "
                      ".ndjson": "json", ".parquet": "parquet"}
 _COMPRESSION_SUFFIXES = (".xz", ".gz", ".bz2", ".zst", ".lz4")  # `datasets` decompresses these itself
 
-# The spec's corpora (CART_SPEC.md section 3), used by `source: hf` unless params override them.
+# The paper's corpora (docs/cart.md, Data), used by `source: hf` unless params override them.
 # val_split None: validation is carved from the training stream by hash (the paper's held-out
 # "shard 40" / "shard 97" are the authors' own sharding and cannot be recovered).
 HF_DEFAULTS: dict[str, dict] = {

@@ -76,7 +76,7 @@ class TrainSettings:
     loop_sampling: LoopSampling = LoopSampling()
     # gradients through the last k loop iterations only (CART.recur, Huginn's truncation); None: all
     backprop_loops: int | None = None
-    # opt-in speed levers that pipeline.bench measures (metrics/bench_gpu.json, README "Performance"):
+    # opt-in speed levers that pipeline.bench measures (metrics/bench_gpu.json, docs/performance.md):
     # torch.compile's mode (reduce-overhead: CUDA graphs over the compiled step, 1.28-1.34x at d256 and
     # 1.02x at d1024 on an H200; the paper profile's Stage 2 and Dense groups use it) and torchao's float8
     # training of the linear layers (a CUDA GPU with FP8; loss parity held at d1024 over 300 real-data

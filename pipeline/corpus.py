@@ -1,7 +1,7 @@
 """DVC stage: gather train/validation text per domain into data/corpus/. `python -m pipeline.corpus`
 
 Sources per domain come from params.yaml `corpus.domains.<domain>.source` (builtin | local | hf);
-see cart/corpus.py and the README's Data section.
+see cart/corpus.py and docs/results.md (Data).
 """
 import argparse
 import time

@@ -2,10 +2,10 @@
 
     ratplus   every RAT+ run (each variant and seed) and the Dense control (the best run of the Dense
               lr sweep, the same backbone shape) at every pattern of `eval_ratplus.patterns` (train
-              dense, run dilated: RATPLUS_SPEC.md); each adapted run at the pattern it was adapted to.
+              dense, run dilated: docs/ratplus.md); each adapted run at the pattern it was adapted to.
     lrt       every LRT run in each perplexity mode of `eval_lrt.modes` (merged = the parallel passes,
               sequential = exact token-by-token recurrence, zero = no memory), the benchmarks in
-              `eval_lrt.benchmark_mode` at 0 and k shots, and the Dense control (LRT_SPEC.md).
+              `eval_lrt.benchmark_mode` at 0 and k shots, and the Dense control (docs/lrt.md).
     sampled_r every sampled_r run (CART trained with a fixed, uniform or Poisson-lognormal R per step,
               issue 20) at every inference R of `eval_sampled_r.n_loops`, no fine-tuning (`n_loops` = R
               in its rows, as variable_r's).

@@ -1,7 +1,7 @@
 """What each CART ablation does inside the forward, observed with hooks on the modules: how many
 times the anchor K/V is computed and from which tensor, which core block runs at each loop, which
 loop-index row is added to the core's input, and that the cross-attention has no RoPE. Each test
-names a behaviour an ablation flag promises (CART_SPEC.md section 1), so a flag that silently
+names a behaviour an ablation flag promises (docs/cart.md, Ablations), so a flag that silently
 does something else fails here even where the logits stay plausible."""
 import math
 
@@ -171,7 +171,7 @@ def test_disabled_loop_index_adds_nothing():
 
 @pytest.mark.parametrize("flags", [{}, {"unfreeze_kv": True}, {"unshare_core": True}], ids=["base", "X", "Z"])
 def test_cross_attention_is_causal_attention_without_rope(flags):
-    """out = W_o attn(W_q h, K, V), causal, queries NOT rotated (reconstructed, CART_SPEC section 1):
+    """out = W_o attn(W_q h, K, V), causal, queries NOT rotated (reconstructed, docs/cart.md):
     recomputed from the module's own inputs and weights."""
     rec = trace(perturbed(**flags))
     assert len(rec["cross"]) == 3

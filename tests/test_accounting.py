@@ -1,4 +1,4 @@
-"""Accounting against the paper's numbers (CART_SPEC.md section 2; paper Tables 1, 3, 4), compared at
+"""Accounting against the paper's numbers (docs/cart.md, Accounting; paper Tables 1, 3, 4), compared at
 the precision the paper prints them, and against the built model: stored = its parameters, effective
 and FLOPs = the weights its forward actually applies, counted with hooks."""
 import pytest
@@ -19,8 +19,8 @@ PAPER_PARAMS = {
     (1024, 8): (125.1, 200.3),
     (1024, 10): (125.1, 221.8),
 }
-# The one printed number we do not reproduce (README lists it): d=512 stored is 41,035,267 by the
-# paper's own formula (CART_SPEC section 2), which prints as 41.0 M; the paper prints 41.1 M. Its
+# The one printed number we do not reproduce (docs/cart.md lists it): d=512 stored is 41,035,267 by the
+# paper's own formula (docs/cart.md, Accounting), which prints as 41.0 M; the paper prints 41.1 M. Its
 # effective count, 55.5 M, and every other row match, so the formula is not in doubt.
 KNOWN_DIFFERENCES = {(512, 6, "stored"): 41.0}
 

@@ -1,7 +1,7 @@
 """Config and accounting of CART(d, P, R): P prelude layers, a once-computed MLA anchor, one core
-block looped R times, one coda layer. The flags are the paper's ablations (CART_SPEC.md section 1).
+block looped R times, one coda layer. The flags are the paper's ablations (docs/cart.md, Ablations).
 
-Two readings of the model are kept (CART_SPEC.md section 5), chosen by `variant`:
+Two readings of the model are kept (docs/cart.md, What the authors' code does), chosen by `variant`:
     paper_text   the paper's equations, with our reconstructions where its maths was lost
     paper_code   what the authors trained (github.com/ccapps42/CART, model/*.py)
 Each modelling choice that differs is its own field (core_update, hc_init_logit, lie, anchor_norm,

@@ -1,6 +1,6 @@
 """The paper's published numbers, in one place, so the report can put ours and theirs side by side.
 
-Source: the CART paper (shared/seeds/003_de689e6f2017a472.txt) and docs/CART_SPEC.md. Only values
+Source: the CART paper and docs/cart.md (its contract, with the paper's numbers). Only values
 that survived the text extraction are here; a table whose numbers were lost (Table 10's Dense 12L
 row, the Section 8 ablation tables, the implied exponents of Table 11, the Spearman value of
 Section 9) has no entry, and the report shows "—" there rather than a guess. Values that the
@@ -120,7 +120,7 @@ PAPER = {
 }
 
 # The benchmark columns of Tables 12-14, as (task, metric) in eval/*.tsv: what the authors' tables
-# report (their results code, CART_SPEC.md section 5): acc_norm for HellaSwag and ARC-Challenge, acc
+# report (their results code; docs/cart.md, What the authors' code does): acc_norm for HellaSwag and ARC-Challenge, acc
 # and perplexity for LAMBADA. PIQA is ambiguous in the paper (acc in Table 13, normalized in 12 and
 # 14): compared with acc. The store keeps both acc and acc_norm of every task.
 PAPER_BENCH_COLUMNS = (("hellaswag", "acc_norm"), ("arc_challenge", "acc_norm"), ("lambada_openai", "acc"),

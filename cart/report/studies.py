@@ -141,7 +141,7 @@ def table_lrt(con: sqlite3.Connection) -> Table:
              "scored by the last pass that computed it), sequential = exact token-by-token recurrence (the "
              "paper's decoding number), zero = no memory (must equal pass 0). Benchmarks run in merged mode; "
              "accuracies in %, HellaSwag / ARC acc_norm.",
-             "Paper (LRT_SPEC.md section 6; README of the authors' code, 20L ~1.3B at 10 tokens/param): BPB "
+             "Paper (docs/lrt.md; README of the authors' code, 20L ~1.3B at 10 tokens/param): BPB "
              "0.767 (baseline) -> 0.752 (LRT interleaved S=2), -2.0%; secondary: 24L 0.699 -> 0.695 shared / "
              "0.693 layerwise. The paper's claim is better in-context learning: compare the k-shot minus 0-shot "
              "column with Dense's. Our backbone is the project's Dense (MHA, SwiGLU, tied embeddings), so the "
@@ -199,7 +199,7 @@ def table_ratplus(con: sqlite3.Connection) -> Table:
              "recurrent state), W = local window, P = sink tokens; dense = causal attention. RAT+ adapted = a "
              "short fine-tune at that pattern from the joint-trained run. Attention FLOPs 4 d sum_t |S(t)| and "
              "the bf16 KV cache (RAT+ adds its recurrent state) at the training sequence length.",
-             "Paper (RATPLUS_SPEC.md section 5; 1.5B / 100B tokens): near dense accuracy at D=16 and -2 to -3 "
+             "Paper (docs/ratplus.md; 1.5B / 100B tokens): near dense accuracy at D=16 and -2 to -3 "
              "points at D=64 (secondary: commonsense average 58.33 dense, 58.06 D=16, 57.46 D=64; attention "
              "sparsified directly to D=16 without recurrence ~32.6). The expected shape here: the dense-only "
              "model and the Dense control degrade sharply when sparsified, the joint-trained RAT+ much less, the "
@@ -295,7 +295,7 @@ def _paper_fixed_r_note() -> str:
     from .paper import PAPER
     pv, tr = PAPER["variable_r"], PAPER["variable_r_trained"]
     lam = {r: v[3] for r, v in pv.items()}
-    return (f"The paper (Table 12; CART_SPEC.md section 4) trains at one fixed R={tr} (d=1024, P=6) and finds every "
+    return (f"The paper (Table 12; docs/cart.md) trains at one fixed R={tr} (d=1024, P=6) and finds every "
             f"other inference R worse on every benchmark, e.g. LAMBADA perplexity "
             + ", ".join(f"{lam[r]:g} at R={r}" for r in sorted(lam) if r in (2, 4, tr, 8, 16))
             + f" ({lam[2] / lam[tr]:.1f}x its trained-R value with fewer loops, {lam[16] / lam[tr]:.2f}x with 16); "
@@ -459,7 +459,7 @@ def table_paper_text_vs_code(con: sqlite3.Connection) -> Table:
     view = view_from(data, [("item", "item"), ("paper text (variant paper_text)", "paper_text"),
                             ("authors' code (variant paper_code)", "paper_code"), ("where", "setting")])
     return Table("table19_paper_text_vs_code", "CART: the paper's text vs the authors' released code", data, view, [
-        "Read from the authors' repository (ccapps42/CART); CART_SPEC.md section 5. `model.cart.variant` picks the "
+        "Read from the authors' repository (ccapps42/CART); docs/cart.md. `model.cart.variant` picks the "
         "reading per run (configs/paper.yaml trains paper_code). Under paper_code the logged spectral radius "
         "max sigmoid(a) does not bound the state's growth (the update adds sigmoid(a) * u on top of the block's "
         "residual): it is what the authors log, not a contraction bound.",
