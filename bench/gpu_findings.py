@@ -27,7 +27,7 @@ import yaml
 from bench.stage1_findings import COLLAPSE_PPL
 from cart import results as S
 from cart.io import atomic_write_text
-from cart.models.cart_config import PAPER_TEXT_VS_CODE
+from cart.models.cart.config import PAPER_TEXT_VS_CODE
 from cart.report.paper import PAPER, PAPER_BENCH_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]

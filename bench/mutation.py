@@ -3,7 +3,7 @@ and the committed summary of the last run (metrics/mutation.json).
 
     pip install mutmut==3.8.1
     python bench/mutation.py                        # every target module (hours on 2 cores)
-    python bench/mutation.py cart/models/cart.py    # one module (or several)
+    python bench/mutation.py cart/models/cart/model.py    # one module (or several)
     python bench/mutation.py --summary              # rewrite metrics/mutation.json from mutants/
     python bench/mutation.py --max-children 1 ...   # leave a CPU to other work
     mutmut run --max-children 1 "<mutant name>" ... && python bench/mutation.py --summary

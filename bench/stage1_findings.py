@@ -227,7 +227,7 @@ def render(root: Path) -> str:
                 rows.append([f"R{R}", str(seed), _f(code), _f(t[RANK]), _signed(_pct(float(t[RANK]), code))])
     lines += _table(["R", "seed", "paper_code PPL", "paper_text PPL", "text vs code"], rows) if rows else ["Not run yet."]
     lines += ["", "Both readings train with the authors' recipe (their lr, decay on every parameter); paper_text is "
-              "our reconstruction of the equations (cart/models/cart_config.py PAPER_TEXT_VS_CODE). Only the two paper_code "
+              "our reconstruction of the equations (cart/models/cart/config.py PAPER_TEXT_VS_CODE). Only the two paper_code "
               "runs at seed 42 and 137 of R2, and seed 42 of R6, have a paper_code twin."]
 
     # ---- the leak ----

@@ -11,9 +11,9 @@ _EXPORTS = {
     "RATPlusConfig": "cart.models", "ModelConfig": "cart.models", "build_model": "cart.models",
     "config_from_dict": "cart.models", "count_params": "cart.models", "forward_flops": "cart.models",
     "mfu": "cart.accounting", "peak_flops_for": "cart.accounting", "train_flops_per_token": "cart.accounting",
-    "CART": "cart.models.cart", "CoreBlock": "cart.models.cart", "HyperConnection": "cart.models.cart",
-    "LTIGate": "cart.models.cart", "Dense": "cart.models.dense", "LRT": "cart.models.lrt",
-    "RATPlus": "cart.models.ratplus", "generate": "cart.generation",
+    "CART": "cart.models.cart.model", "CoreBlock": "cart.models.cart.model", "HyperConnection": "cart.models.cart.model",
+    "LTIGate": "cart.models.cart.model", "Dense": "cart.models.dense.model", "LRT": "cart.models.lrt.model",
+    "RATPlus": "cart.models.ratplus.model", "generate": "cart.generation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -34,7 +34,7 @@ def _imports(path: Path) -> set[str]:
 @functools.lru_cache(maxsize=None)
 def _imports_of(path: Path, mtime_ns: int) -> frozenset[str]:
     """Project modules a file imports, absolute or relative, plus their parent packages (importing
-    `cart.models.cart` runs cart/__init__.py and cart/models/__init__.py first). Cached per version
+    `cart.models.cart.model` runs cart/__init__.py and cart/models/__init__.py first). Cached per version
     of the file."""
     package = path.relative_to(ROOT).parts[:-1]  # where relative imports start, for modules and __init__ alike
     found: set[str] = set()
@@ -62,7 +62,8 @@ def _imports_of(path: Path, mtime_ns: int) -> frozenset[str]:
 def code_closure(*modules: str) -> list[str]:
     """Repository-relative paths of the modules and every project file they import, transitively."""
     seen: set[str] = set()
-    todo = list(modules)
+    # importing a module runs its parent packages' __init__.py first
+    todo = [".".join(m.split(".")[:i]) for m in modules for i in range(1, m.count(".") + 2)]
     while todo:
         mod = todo.pop()
         if mod in seen:

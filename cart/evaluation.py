@@ -25,7 +25,7 @@ BINS = Path("data/bins")
 STUDIES = {
     "ratplus": {"groups": ("ratplus", "ratplus_adapt"), "models": ("ratplus", "dense"), "control": True},
     "lrt": {"groups": ("lrt",), "models": ("lrt", "dense"), "control": True},
-    # issue 20: CART trained with a fixed / sampled R, each run at every inference R
+    # CART trained with a fixed / sampled R, each run at every inference R
     "sampled_r": {"groups": ("sampled_r",), "models": ("cart",), "control": False},
 }
 

@@ -427,7 +427,7 @@ GROUPS: dict[str, Group] = {g.name: g for g in (
     _variant_group("lrt", "lrt"),
     _variant_group("ratplus", "ratplus"),
     _variant_group("ratplus_adapt", "ratplus", run_key="ratplus_adapt.run", parent="ratplus"),
-    # issue 20: CART at one config trained with a fixed, a uniform and a Poisson-lognormal R per step
+    # CART at one config trained with a fixed, a uniform and a Poisson-lognormal R per step
     _variant_group("sampled_r", "cart", train_only=("loop_sampling",)),
 )}
 # Fields a group decides per run; the shared model sections may not set them.

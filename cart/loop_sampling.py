@@ -1,4 +1,4 @@
-"""Training with a sampled recurrence depth: the R each optimizer step runs (issue 20).
+"""Training with a sampled recurrence depth: the R each optimizer step runs.
 
 The paper trains CART at one R and finds every other inference R worse (its Table 12); it names
 training with a sampled depth as the remedy and never tries it. `train.loop_sampling` picks R

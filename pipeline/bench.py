@@ -21,7 +21,7 @@ training FLOP/s achieved (FLOPs at each step's own R) and their cost against fix
 mean R (1 - FLOP/s sampled / FLOP/s fixed). `--sampled-compile whole` benches the sampled rows
 compiled the default way instead (one unrolled graph per R), to see what compile_by_iteration avoids.
 
-Loss parity of a lever that changes numerics (issue 22: 300 steps on real data within 0.5% of the bf16
+Loss parity of a lever that changes numerics (300 steps on real data within 0.5% of the bf16
 baseline's final loss): `--data tokens.bin` trains on consecutive windows of a raw token file (uint16,
 as the bins stage writes, or --data-dtype uint32) instead of one random batch, the same windows for
 every lever, and each row gets `loss_last20` (the mean loss of the last 20 steps) and
@@ -177,7 +177,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
 
 
 # Speed levers benched against the training stage's step ("base"), one row each; several joined by "+"
-# make one row with all of them (graphs+fused_adamw), so combinations are measured, not multiplied (issue 22):
+# make one row with all of them (graphs+fused_adamw), so combinations are measured, not multiplied:
 LEVERS = {
     "graphs": "torch.compile mode reduce-overhead: CUDA graphs over the compiled forward and backward "
               "(train.compile_mode: reduce-overhead); same kernels, same numerics",
@@ -228,7 +228,7 @@ def _head_loss_fn(model: torch.nn.Module, compile: bool, mode: str | None, head_
     """make_loss_fn's loss with the LM head and cross-entropy replaced by a kernel library's fused
     `head_loss(h, weight, targets)`: the model's final normed hidden states compiled, the library's
     Triton kernels called on them eagerly (under torch.compile Dynamo's fake tensors fail inside
-    Liger's: round 3). h and the tied embedding go in at the autocast dtype, the precision the model's
+    Liger's). h and the tied embedding go in at the autocast dtype, the precision the model's
     own F.linear head runs in."""
     def hidden(x, **kwargs):
         return model.norm_f(model.hidden(x, **kwargs))

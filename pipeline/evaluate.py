@@ -6,8 +6,8 @@
     lrt       every LRT run in each perplexity mode of `eval_lrt.modes` (merged = the parallel passes,
               sequential = exact token-by-token recurrence, zero = no memory), the benchmarks in
               `eval_lrt.benchmark_mode` at 0 and k shots, and the Dense control (docs/lrt.md).
-    sampled_r every sampled_r run (CART trained with a fixed, uniform or Poisson-lognormal R per step,
-              issue 20) at every inference R of `eval_sampled_r.n_loops`, no fine-tuning (`n_loops` = R
+    sampled_r every sampled_r run (CART trained with a fixed, uniform or Poisson-lognormal R per step)
+              at every inference R of `eval_sampled_r.n_loops`, no fine-tuning (`n_loops` = R
               in its rows, as variable_r's).
 
 Each run and setting gets validation perplexity / bits per byte per domain and, where the study

@@ -7,7 +7,7 @@ from torch import nn
 
 from cart import CARTConfig, DenseConfig, build_model, count_params, forward_flops, mfu
 from cart.models import config_from_dict
-from cart.models.cart import MLACrossAttention, MLASelfAttention
+from cart.models.cart.model import MLACrossAttention, MLASelfAttention
 from cart.models.layers import MHASelfAttention, RMSNorm
 
 # (d, R) -> (stored, effective) in millions as paper Table 1 prints them (0.1 M).
@@ -111,7 +111,7 @@ def applied(model, T: int = 8) -> tuple[int, int, int]:
     weights applied per token, attention calls). Every call of a Linear or RMSNorm applies its weights
     to every token; anything else (embedding, LTI gate, HC logits) counts once, as the paper counts
     it. A projection of the loop index (paper_code's LIE) maps one row per loop, not per token, so it
-    is a stored weight but no per-token matmul (as cart_config's forward_flops says)."""
+    is a stored weight but no per-token matmul (as CARTConfig.forward_flops says)."""
     per_token, matmul, attention = [0], [0], [0]
     lie = getattr(getattr(model, "lie", None), "proj", None)
 

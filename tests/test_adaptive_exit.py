@@ -6,7 +6,7 @@ import torch
 
 from cart.generation import generate
 from cart.models import build_model
-from cart.models.cart_config import CARTConfig
+from cart.models.cart.config import CARTConfig
 
 
 def tiny(**fields):

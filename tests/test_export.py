@@ -100,7 +100,7 @@ def encode(tok_dir: Path, text: str) -> list[int]:
 def test_export_writes_a_self_describing_folder(cart_hf):
     names = {p.name for p in cart_hf.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "configuration_cart.py",
-            "modeling_cart.py", "families.py", "cart.py", "cart_config.py", "layers.py", "base.py"} <= names
+            "modeling_cart.py", "families.py", "cart_model.py", "cart_config.py", "layers.py", "base.py"} <= names
     cfg = json.loads((cart_hf / "config.json").read_text())
     assert cfg["auto_map"]["AutoModelForCausalLM"] == "modeling_cart.CartLMForCausalLM"
     assert cfg["cart_model"]["arch"] == "cart" and cfg["max_position_embeddings"] == SEQ_LEN
@@ -129,7 +129,7 @@ def test_n_loops_set_at_export_is_the_default(cart_run, tok_dir, tmp_path):
 
 def test_dense_run_exports_too(dense_run, tok_dir, tmp_path):
     out = export_run(dense_run, tmp_path / "dense_export", tok_dir)
-    assert not (out / "cart.py").exists() and (out / "dense.py").exists()
+    assert not (out / "cart_model.py").exists() and (out / "dense_model.py").exists()
     model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     ids = torch.tensor([encode(tok_dir, TEXTS[1])])
     with torch.no_grad():

@@ -17,8 +17,8 @@ from cart.curves import read_curves
 from cart.experiments import RunPaths, TrainSettings, resolve_run
 from cart.loop_sampling import LoopSampling
 from cart.models import build_model, count_params
-from cart.models.cart import CART
-from cart.models.cart_config import CARTConfig
+from cart.models.cart.model import CART
+from cart.models.cart.config import CARTConfig
 from cart.models.layers import lm_loss
 from cart.params import build, load_params
 from cart.train import Interrupted, Trainer, train_run

@@ -1,4 +1,4 @@
-"""LRT (LRT_SPEC.md section 7, adapted to our Dense backbone): causality of every pass and of
+"""LRT (docs/lrt.md: checks that catch a wrong implementation, on our Dense backbone): causality of every pass and of
 decoding, schedule exactness (S = T is the exact recurrence), cached decoding against a
 cache-free reference, zero memory = Dense, the loss and its supervision, detach_memory, the
 parameter and FLOP accounting, ragged batched decoding, config validation and learning."""

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cart import CARTConfig, DenseConfig, LTIGate, build_model, generate
 from cart.models import config_from_dict
-from cart.models.ratplus_config import RATPlusConfig
+from cart.models.ratplus.config import RATPlusConfig
 from conftest import assert_compiled_step_matches_eager
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from cart import CARTConfig, build_model
 from cart.experiments import TrainSettings
 from cart.models import config_from_dict
-from cart.models.cart_authors import from_authors_state_dict, load_authors_checkpoint
-from cart.models.cart_config import PAPER_TEXT_VS_CODE, VARIANT_CHOICES
+from cart.models.cart.authors import from_authors_state_dict, load_authors_checkpoint
+from cart.models.cart.config import PAPER_TEXT_VS_CODE, VARIANT_CHOICES
 from cart.params import build, load_params
 from cart.step import lr_multiplier, make_optimizer
 

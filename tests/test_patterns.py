@@ -255,7 +255,7 @@ def test_decode_cache_refuses_a_topk_pattern():
 
 @pytest.mark.parametrize("text", ["D4-W3-P2", "W3-P2", "D3", "D5-P7", "P2"])
 def test_decode_cache_holds_exactly_the_keys_the_pattern_can_still_show(text):
-    """After each chunk, the three regions (RATPLUS_SPEC section 4) hold the first P positions, the
+    """After each chunk, the three regions (docs/ratplus.md, Inference) hold the first P positions, the
     last W tokens and the strided positions (pos + 1 = 0 mod D), each with its own K and V; a slot
     not yet written holds position -1 and zeros. Row 1 is left-padded by 3: its pads are never kept
     as real keys."""

@@ -1,4 +1,4 @@
-"""RAT+ (cart/models/ratplus.py) and the Dense control at a pattern: the parallel scan, the mixer
+"""RAT+ (cart/models/ratplus/model.py) and the Dense control at a pattern: the parallel scan, the mixer
 against its definition, causality, cached decoding per pattern, accounting, the joint-training
 sub-steps, learning, and validation."""
 import math
@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from cart.models import build_model, config_from_dict
-from cart.models.dense_config import DenseConfig
+from cart.models.dense.config import DenseConfig
 from cart.models.layers import RoPE
 from cart.models.pattern_attention import pattern_mask
 from cart.models.patterns import DENSE, Pattern, cache_slots, layer_patterns, parse_pattern, visible_set
-from cart.models.ratplus import gated_recurrence, linear_scan
-from cart.models.ratplus_config import RATPlusConfig, attention_flops, kv_cache_bytes, recurrence_flops
+from cart.models.ratplus.model import gated_recurrence, linear_scan
+from cart.models.ratplus.config import RATPlusConfig, attention_flops, kv_cache_bytes, recurrence_flops
 
 V = 61
 SMALL = dict(vocab_size=V, d_model=32, head_dim=8, n_layers=2, ffn_multiple=16)

@@ -56,9 +56,9 @@ def test_every_dvc_stage_is_described():
 def test_a_family_only_field_reaches_only_that_family():
     assert not any(k.startswith("model.cart") for k in GROUPS["dense"].params)
     assert "model.cart" in GROUPS["stage2"].params
-    assert "cart/models/cart.py" not in stages()["dense"].code()
-    assert "cart/models/dense.py" not in stages()["stage2"].code()
-    assert "cart/models/dense.py" in training_code("dense") and "cart/models/cart.py" in training_code("cart")
+    assert "cart/models/cart/model.py" not in stages()["dense"].code()
+    assert "cart/models/dense/model.py" not in stages()["stage2"].code()
+    assert "cart/models/dense/model.py" in training_code("dense") and "cart/models/cart/model.py" in training_code("cart")
 
 
 _PROBE = """
@@ -101,7 +101,7 @@ def test_closure_follows_relative_lazy_and_yaml_function_imports():
     assert "cart/harness.py" in bench  # a function-level `from cart.harness import ...`
     assert "cart/benchmarks/loaders.py" in bench  # named by a task YAML's `!function`
     assert "cart/models/base.py" in code_closure("cart.models")  # relative `from .base import`
-    assert "cart/models/cart.py" not in code_closure("cart.models")  # families load lazily, by name
+    assert "cart/models/cart/model.py" not in code_closure("cart.models")  # families load lazily, by name
     assert set(family_closure("cart", config_only=True)) < set(family_closure("cart"))
 
 
@@ -153,7 +153,7 @@ def test_code_fingerprint_follows_the_family_code(monkeypatch, tmp_path):
         (tmp_path / rel).write_bytes((ROOT / rel).read_bytes())
     monkeypatch.setattr(T, "ROOT", tmp_path)
     cart0, dense0 = T.code_fingerprint("cart"), T.code_fingerprint("dense")
-    (tmp_path / "cart/models/dense.py").write_text((tmp_path / "cart/models/dense.py").read_text() + "\n# edit\n")
+    (tmp_path / "cart/models/dense/model.py").write_text((tmp_path / "cart/models/dense/model.py").read_text() + "\n# edit\n")
     assert T.code_fingerprint("cart") == cart0 and T.code_fingerprint("dense") != dense0
     (tmp_path / "cart/step.py").write_text((tmp_path / "cart/step.py").read_text() + "\n# edit\n")
     assert T.code_fingerprint("cart") != cart0

@@ -122,31 +122,45 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Pa
 
 def write_modeling_code(folder: Path, arch: str) -> None:
     """The wrapper files, a generated families.py for `arch`, and the family's source files with
-    every module they import: cart.models modules copied as they are, and the few torch-free
-    helpers of the cart package they use (`from ..params import`) copied beside them with that
-    import made local (`from .params import`)."""
+    every module of the cart package they import, copied into the folder's one flat package: each
+    module under a flat name (cart/models/cart/config.py as cart_config.py, cart/models/base.py as
+    base.py, cart/params.py as params.py) and every relative import pointed at that name."""
     for name in WRAPPER_FILES:
         shutil.copy(HF_DIR / name, folder / name)
-    config_module, model_module = (m.rsplit(".", 1)[1] for m in family_modules(arch))
+    config_module, model_module = (tuple(m.split(".")[1:]) for m in family_modules(arch))
     cfg_cls = config_class(arch)
     package_dir = HF_DIR.parent
-    todo = [("models", config_module), ("models", model_module)]
-    copied: set[str] = set()
+    todo = [config_module, model_module]
+    copied: set[tuple[str, ...]] = set()
     while todo:
-        where, name = todo.pop()
-        if name in copied:
+        module = todo.pop()
+        if module in copied:
             continue
-        source = (package_dir / where / f"{name}.py").read_text(encoding="utf-8")
+        path = package_dir.joinpath(*module).with_suffix(".py")
+        source = path.read_text(encoding="utf-8")
         if re.search(r"^\s*(from|import)\s+cart\b", source, re.M):
-            raise RuntimeError(f"cart/{where}/{name}.py imports the cart package: it cannot be exported as is")
-        if where == "models":
-            todo += [("models", m) for m in re.findall(r"^\s*from\s+\.(\w+)\s+import", source, re.M)]
-            todo += [(".", m) for m in re.findall(r"^\s*from\s+\.\.(\w+)\s+import", source, re.M)]
-            source = re.sub(r"^(\s*from\s+)\.\.(\w+)(\s+import)", r"\1.\2\3", source, flags=re.M)
-        elif re.search(r"^\s*from\s+\.", source, re.M):
-            raise RuntimeError(f"cart/{name}.py imports other cart modules: it cannot be exported beside the model")
-        (folder / f"{name}.py").write_text(source, encoding="utf-8")
-        copied.add(name)
+            raise RuntimeError(f"{path.relative_to(package_dir.parent)} imports the cart package: it cannot be "
+                               "exported as is")
+        if module[0] != "models" and re.search(r"^\s*from\s+\.", source, re.M):
+            raise RuntimeError(f"{path.relative_to(package_dir.parent)} imports other cart modules: it cannot be "
+                               "exported beside the model")
+
+        def flatten(match: re.Match) -> str:
+            dots, rest = match.group(2), match.group(3).split(".")
+            target = module[:len(module) - len(dots)] + tuple(rest)
+            todo.append(target)
+            return f"{match.group(1)}.{_flat_name(target)}{match.group(4)}"
+
+        source = re.sub(r"^(\s*from\s+)(\.+)([\w.]+)(\s+import)", flatten, source, flags=re.M)
+        (folder / f"{_flat_name(module)}.py").write_text(source, encoding="utf-8")
+        copied.add(module)
+    config_module, model_module = _flat_name(config_module), _flat_name(model_module)
     (folder / "families.py").write_text(FAMILIES_PY.format(
         arch=arch, config_module=config_module, model_module=model_module, config_class=cfg_cls.__name__,
         model_class=cfg_cls.model_class.split(":")[1]), encoding="utf-8")
+
+
+def _flat_name(module: tuple[str, ...]) -> str:
+    """A module's name in an exported folder: its path under cart/ (cart/models/ for the models)
+    joined by underscores."""
+    return "_".join(module[1:] if module[0] == "models" else module)

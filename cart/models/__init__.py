@@ -1,14 +1,17 @@
 """The model families, in one registry.
 
-Each family is a config dataclass (torch-free, `<family>_config.py`: fields, validation and
-accounting) and a torch model (`<family>.py`). `build_model`, `count_params`, `forward_flops` and
-the run specs dispatch on the config; nothing else in the package names a family's modules.
+One folder per family, `cart/models/<family>/`: `config.py` (a torch-free config dataclass: fields,
+validation, accounting) and `model.py` (the torch model), plus what belongs to that family alone.
+What several families share sits here: base.py (the config base), layers.py (attention, FFN,
+norms, caches), patterns.py and pattern_attention.py (attention patterns: RAT+ and its Dense
+control). `build_model`, `count_params`, `forward_flops` and the run specs dispatch on the config;
+nothing else in the package names a family's modules.
 
-    arch     config                          model              what
-    cart     cart_config.CARTConfig          cart.CART          prelude -> anchor K/V -> looped core -> coda
-    dense    dense_config.DenseConfig        dense.Dense        the standard Transformer baseline
-    lrt      lrt_config.LRTConfig            lrt.LRT            Dense + the previous token's latent state as memory
-    ratplus  ratplus_config.RATPlusConfig    ratplus.RATPlus    recurrence-augmented attention, run at a pattern
+    arch     config                           model                 what
+    cart     cart.config.CARTConfig           cart.model.CART       prelude -> anchor K/V -> looped core -> coda
+    dense    dense.config.DenseConfig         dense.model.Dense     the standard Transformer baseline
+    lrt      lrt.config.LRTConfig             lrt.model.LRT         Dense + the previous token's latent state as memory
+    ratplus  ratplus.config.RATPlusConfig     ratplus.model.RATPlus recurrence-augmented attention, run at a pattern
 
 Family modules are imported on first use, so code that handles one family depends (for Python
 and for DVC's stage deps) on that family's files alone (cart/code_deps.py).
@@ -28,10 +31,10 @@ from .base import IGNORE_INDEX, ConfigBase
 
 # arch -> (config module, config class); the config names its model as "module:Class"
 FAMILIES: dict[str, tuple[str, str]] = {
-    "cart": ("cart_config", "CARTConfig"),
-    "dense": ("dense_config", "DenseConfig"),
-    "lrt": ("lrt_config", "LRTConfig"),
-    "ratplus": ("ratplus_config", "RATPlusConfig"),
+    "cart": ("cart.config", "CARTConfig"),
+    "dense": ("dense.config", "DenseConfig"),
+    "lrt": ("lrt.config", "LRTConfig"),
+    "ratplus": ("ratplus.config", "RATPlusConfig"),
 }
 ARCHS = tuple(FAMILIES)
 ModelConfig = ConfigBase

@@ -242,8 +242,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 class MHASelfAttention(nn.Module):
     """Standard multi-head attention for the Dense baseline: q, k, v, o all full rank.
     With `cache` = (KVCache, mask) it attends over the cached keys (decoding); with a
-    PatternKVCache, over the keys a pattern keeps. `pattern` (the Dense control, RATPLUS_SPEC
-    section 7) restricts each query to the keys of an attention pattern; None is causal attention."""
+    PatternKVCache, over the keys a pattern keeps. `pattern` (the Dense control, docs/ratplus.md,
+    This project's adaptation) restricts each query to the keys of an attention pattern; None is causal attention."""
 
     def __init__(self, cfg: ConfigBase):
         super().__init__()
@@ -304,7 +304,7 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     (softmax - one-hot) x the row's weight. Compiled, that backward is one pass that reads the logits
     and writes their gradient, where F.cross_entropy's goes through the fp32 log-softmax and a reduction
     per row: forward + backward at 32,768 x 32,000 bf16 logits on an H200 2.11 ms instead of 2.70 ms
-    (bench.ce_kernels), a CART d256 training step 2.5% faster (README "Performance", round 7)."""
+    (bench.ce_kernels), a CART d256 training step 2.5% faster (docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, mean: bool) -> torch.Tensor:

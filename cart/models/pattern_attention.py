@@ -7,7 +7,7 @@ Shared by RAT+ and by the Dense control (plain attention run at the same pattern
 Two implementations of the same attention, checked equal in tests/test_patterns.py:
 - "sdpa": one SDPA call under the (T, T) mask; a dense pattern takes the plain causal path
   (`is_causal=True`, no mask), so dense training is exactly as fast as before. Works everywhere.
-- "flex": the spec's two-branch form (RATPLUS_SPEC section 1) with FlexAttention block masks: a
+- "flex": the spec's two-branch form (docs/ratplus.md, Model) with FlexAttention block masks: a
   local/sink branch over all keys and a strided branch over only the strided keys k[d_st::D],
   merged by their log-sum-exp. Its cost grows with W + P + T / D instead of T, which is what makes
   a long dilated prefill cheap on a GPU (compiled there; eager elsewhere, which is slow).
@@ -68,7 +68,7 @@ def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-# ---- the two-branch form (RATPLUS_SPEC section 1, "Efficient form") ----
+# ---- the two-branch form (docs/ratplus.md, Model: the efficient form) ----
 
 def strided_start(pattern: Pattern) -> int:
     """d_st: the first strided key j >= P, so k[d_st::D] are the strided keys the sinks do not cover."""
@@ -126,8 +126,8 @@ def two_branch_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, patt
 # ---- decoding ----
 
 class PatternKVCache:
-    """The keys and values one attention layer keeps to decode under a static pattern (RATPLUS_SPEC
-    section 4): one buffer of three regions, the first P positions (sinks), a ring of the last W
+    """The keys and values one attention layer keeps to decode under a static pattern (docs/ratplus.md,
+    Inference): one buffer of three regions, the first P positions (sinks), a ring of the last W
     tokens, and the strided positions (pos + 1 = 0 mod D), min(P, T) + min(W, T) + floor(T / D)
     slots; the new tokens' own keys are attended straight from the projection (the spec's "+1").
 

@@ -1,4 +1,4 @@
-"""Attention patterns pi = (D, W, P): which earlier keys a query sees (RATPLUS_SPEC.md section 1).
+"""Attention patterns pi = (D, W, P): which earlier keys a query sees (docs/ratplus.md, Model).
 
 Torch-free, so configs, run names and the accounting hold and count patterns without torch; the
 attention under a pattern is in `pattern_attention.py`.
@@ -121,7 +121,7 @@ def format_patterns(patterns) -> str:
     return ",".join(str(p) for p in patterns)
 
 
-# ---- counting (torch-free: the accounting in ratplus_config.py uses these) ----
+# ---- counting (torch-free: the accounting in ratplus/config.py uses these) ----
 
 def visible_set(pattern: Pattern, t: int) -> set[int]:
     """S_pi(t) straight from its definition (static terms only; top-k depends on the keys)."""
@@ -140,8 +140,8 @@ def visible_count(pattern: Pattern, t: int) -> int:
 
 
 def cache_slots(pattern: Pattern, seq_len: int) -> int:
-    """Keys a decoder keeps per layer and head for a sequence of seq_len tokens (RATPLUS_SPEC
-    section 2): dense T; else P + W + 1 + floor(T / D) (the first P, the last W, the current one and
+    """Keys a decoder keeps per layer and head for a sequence of seq_len tokens (docs/ratplus.md,
+    Cost accounting): dense T; else P + W + 1 + floor(T / D) (the first P, the last W, the current one and
     the strided ones; D = -1 has no strided ones), with P and W capped at T. A top-k term may pick
     any earlier block, so it keeps all T."""
     T = seq_len

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .. import results as R
-from ..models.cart_config import PAPER_TEXT_VS_CODE
+from ..models.cart.config import PAPER_TEXT_VS_CODE
 from .render import DASH, Table, isnan, pct, sig, view_from
 
 # the metric the paper reports per task (CART's tables: acc_norm for HellaSwag and ARC, acc otherwise)
@@ -156,7 +156,7 @@ def ratplus_long(con: sqlite3.Connection) -> pd.DataFrame:
     """One row per (run, pattern): validation PPL on the ranking domain, the mean benchmark
     accuracy, attention FLOPs and KV-cache bytes per sequence at the run's sequence length."""
     from ..models import config_from_dict
-    from ..models.ratplus_config import attention_flops, kv_cache_bytes
+    from ..models.ratplus.config import attention_flops, kv_cache_bytes
     ev = _eval(con, "ratplus")
     if ev.empty:
         return pd.DataFrame()
@@ -229,7 +229,7 @@ def fig_ratplus(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     return "RAT+ and the Dense control: validation PPL vs attention FLOPs across patterns"
 
 
-# ---- sampled recurrence depth (issue 20) -----------------------------------------------------------------
+# ---- sampled recurrence depth -------------------------------------------------------------------------
 SAMPLED_R_SMOKE = ("SMOKE: the default profile's tiny runs on the builtin generated corpus (a pipeline check, "
                    "not a result: these numbers say nothing about depth extrapolation)")
 
@@ -305,7 +305,7 @@ def _paper_fixed_r_note() -> str:
 
 def table_sampled_r(con: sqlite3.Connection) -> Table:
     data = sampled_r_long(con)
-    title = "Sampled recurrence depth: validation PPL vs inference R per training scheme (issue 20)"
+    title = "Sampled recurrence depth: validation PPL vs inference R per training scheme"
     if data.empty:
         return Table("table20_sampled_r", title, data, pd.DataFrame(),
                      empty_reason="eval/sampled_r.tsv absent (evaluate sampled_r stage not run)")
@@ -383,7 +383,7 @@ def adaptive_exit_long(con: sqlite3.Connection) -> pd.DataFrame:
 
 def table_adaptive_exit(con: sqlite3.Connection) -> Table:
     data = adaptive_exit_long(con)
-    title = "Adaptive exit: each token stops looping once its state settles (issue 20, stretch)"
+    title = "Adaptive exit: each token stops looping once its state settles"
     if data.empty:
         return Table("table21_adaptive_exit", title, data, pd.DataFrame(),
                      empty_reason="no adaptive-exit rows in eval/sampled_r.tsv (eval_sampled_r.exit_thresholds empty "

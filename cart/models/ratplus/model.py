@@ -1,7 +1,7 @@
-"""RAT+ (RATPLUS_SPEC.md): attention over keys and values smoothed by a full-sequence gated linear
+"""RAT+ (docs/ratplus.md): attention over keys and values smoothed by a full-sequence gated linear
 recurrence, so a dilated pattern's few keys still summarise the whole prefix.
 
-Mixer (spec section 1), on our Dense backbone (pre-norm Layer, SwiGLU FFN, tied embedding):
+Mixer (docs/ratplus.md, Model), on our Dense backbone (pre-norm Layer, SwiGLU FFN, tied embedding):
     u = RMSNorm(x);  [o, q, k, v, f] = u W_in;  g = sigmoid(f) in fp32, per head and channel
     k~_t = g_t k~_{t-1} + (1 - g_t) k_t,  v~_t likewise  (zero initial state, never reset)
     y = W_out( attention_pi(RoPE(q), RoPE(k~), v~) * sigmoid(o) )
@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DecodeCache, LanguageModel, Layer, RoPE, merge_heads, split_heads
-from .pattern_attention import PatternKVCache, pattern_attention
-from .patterns import layer_patterns
-from .ratplus_config import RATPlusConfig
+from ..layers import DecodeCache, LanguageModel, Layer, RoPE, merge_heads, split_heads
+from ..pattern_attention import PatternKVCache, pattern_attention
+from ..patterns import layer_patterns
+from .config import RATPlusConfig
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

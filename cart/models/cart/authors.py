@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from .cart import CART
-from .cart_config import CARTConfig
+from .model import CART
+from .config import CARTConfig
 
 _SELF_ATTN = {"attn.q_proj.weight": "attn.q.weight", "attn.kv_down.weight": "attn.kv.down.weight",
               "attn.o_proj.weight": "attn.o.weight"}

@@ -10,7 +10,7 @@ init, norm_eps, unfrozen_kv_input). Left unset (None) a field takes its variant'
 or the other, never a silent mix (e.g. `replace(variant=...)` on a resolved config is an error, not
 a relabelling). PAPER_TEXT_VS_CODE lists every difference, recipe included, for the report.
 
-Accounting (the paper's conventions, section 2):
+Accounting (the paper's conventions, docs/cart.md, Accounting):
     stored    = every weight held in memory once (tied embedding once, norms included)
     effective = stored + (R - 1) * core: the shared core counts once per iteration
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal, NamedTuple
 
-from .base import ConfigBase, require
+from ..base import ConfigBase, require
 
 # The value each variant gives the choice fields. paper_code's are read from the authors' files:
 # layers.py/cart.py (CoreBlock returns h + attn + ffn, then LTIInjection adds sigmoid(a) * h_input),
@@ -121,7 +121,7 @@ class CARTConfig(ConfigBase):
     noncausal_cross_attn: bool = False
 
     arch: ClassVar[str] = "cart"
-    model_class: ClassVar[str] = "cart.models.cart:CART"
+    model_class: ClassVar[str] = "cart.models.cart.model:CART"
 
     def __post_init__(self):
         self._apply_variant()

@@ -1,7 +1,7 @@
-"""Config and accounting of RAT+ (RATPLUS_SPEC.md): recurrence-augmented attention, trained dense
+"""Config and accounting of RAT+ (docs/ratplus.md): recurrence-augmented attention, trained dense
 (with active recurrence learning) and run at a dilated/local/hybrid pattern at inference.
 
-Our adaptation (spec section 7): the RAT+ mixer replaces attention in our Dense backbone (pre-norm,
+Our adaptation (docs/ratplus.md, This project's adaptation): the RAT+ mixer replaces attention in our Dense backbone (pre-norm,
 RMSNorm, SwiGLU FFN, tied embedding), so RAT+ and the Dense control run at the same patterns and
 differ in the mixer alone. Patterns are strings (patterns.py) so params, run names and configs
 hold them as they are.
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from .base import ConfigBase, require
-from .patterns import DENSE, Pattern, cache_slots, layer_patterns, visible_count
+from ..base import ConfigBase, require
+from ..patterns import DENSE, Pattern, cache_slots, layer_patterns, visible_count
 
 # Elementwise FLOPs of the recurrence per state channel and token: g * h, (1 - g) * k, their sum
 # (reconstructed count; the gate's sigmoid and 1 - g, shared by k and v, are not counted).
@@ -42,7 +42,7 @@ class RATPlusConfig(ConfigBase):
     attention_kernel: Literal["sdpa", "flex"] = "sdpa"
 
     arch: ClassVar[str] = "ratplus"
-    model_class: ClassVar[str] = "cart.models.ratplus:RATPlus"
+    model_class: ClassVar[str] = "cart.models.ratplus.model:RATPlus"
 
     def _validate(self) -> None:
         require(self.n_layers >= 1, "RATPlusConfig.n_layers", f"must be >= 1, got {self.n_layers}")
@@ -88,7 +88,7 @@ class RATPlusConfig(ConfigBase):
 
 def attention_flops(config: ConfigBase, pattern, seq_len: int) -> int:
     """Forward attention FLOPs of one sequence under `pattern` (a string, Pattern or per-layer
-    list), summed over layers: 4 d sum_t |S_pi(t)| per layer (RATPLUS_SPEC section 2: q.k and p.v,
+    list), summed over layers: 4 d sum_t |S_pi(t)| per layer (docs/ratplus.md, Cost accounting: q.k and p.v,
     2 FLOPs per multiply-add, over the keys each query sees). For RAT+ and the Dense control
     (any config with n_layers). Dense: 2 d T (T + 1); W = P = 0: about 4 d T + 2 d T^2 / D."""
     total = 0

@@ -1,5 +1,5 @@
 """Config and accounting of LRT (Latent Recurrent Transformer) on our Dense backbone
-(LRT_SPEC.md; section 8 is our adaptation).
+(docs/lrt.md, with its section "This project's adaptation").
 
 LRT is Dense plus a recurrent memory: m_t = RMSNorm(h_t^(source)), the source layer's output at
 token t, is read by token t + 1 (m~_t = m_{t-1}, zero at a row's first token) at every layer,
@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from .base import ConfigBase, require
-from .dense_config import DenseConfig
+from ..base import ConfigBase, require
+from ..dense.config import DenseConfig
 
 LRT_MODES = ("merged", "sequential", "zero")  # evaluation modes of the parallel forward (`lrt_mode`)
 
@@ -50,7 +50,7 @@ class LRTConfig(ConfigBase):
     gate_channels: int = 32
 
     arch: ClassVar[str] = "lrt"
-    model_class: ClassVar[str] = "cart.models.lrt:LRT"
+    model_class: ClassVar[str] = "cart.models.lrt.model:LRT"
 
     def _validate(self) -> None:
         L = self.n_layers

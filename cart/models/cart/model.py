@@ -11,10 +11,10 @@ CART(d, P, R):  tokens -> embedding -> P prelude layers -> x_p
 
 That is the paper's text (`variant="paper_text"`). The authors' code (`variant="paper_code"`)
 projects K, V without the norm, makes pe[r] a learned projection of a 32-dim sinusoid and updates
-h_{r+1} = (1 + sigma(a)) * u_r + (y - u_r); cart_config.PAPER_TEXT_VS_CODE lists every difference.
+h_{r+1} = (1 + sigma(a)) * u_r + (y - u_r); config.PAPER_TEXT_VS_CODE lists every difference.
 
 The prelude, coda and anchor use MLA (multi-head latent attention): full-rank queries and
-latent-compressed keys/values (CART_SPEC.md section 1).
+latent-compressed keys/values (docs/cart.md, Architecture).
 
 Cached decoding (`new_cache` / `forward_cached`) keeps MLA's latent c = W_down x per token for
 each prelude layer, the coda and the anchor: (P + 2) * d_c values per token, against 2d per layer
@@ -22,7 +22,7 @@ for a Dense KV cache. The core keeps nothing of its own for any R: it only reads
 latents grow by one per new token. Ablations X (the anchor recomputed from each loop's state) and
 W (a self-attending core) cache one latent per loop and token instead.
 
-Adaptive exit (inference, `exit_threshold=t`, issue 20): each token stops looping once its state
+Adaptive exit (inference, `exit_threshold=t`): each token stops looping once its state
 changes by less than t, ||h_{r+1} - h_r|| / ||h_r|| < t, or at R; `last_loops_used` holds how many
 iterations each token ran. The core reads only the anchor (fixed before the loop) and its own
 token's state, so a token that exits after k iterations has exactly the state R = k gives it,
@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import check_int_arg
-from .cart_config import CARTConfig
-from .layers import (DecodeCache, LanguageModel, LatentCache, Layer, RMSNorm, RoPE, SwiGLU, attend, merge_heads,
+from ..base import check_int_arg
+from .config import CARTConfig
+from ..layers import (DecodeCache, LanguageModel, LatentCache, Layer, RMSNorm, RoPE, SwiGLU, attend, merge_heads,
                      split_heads)
 
 

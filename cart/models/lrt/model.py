@@ -1,4 +1,4 @@
-"""LRT (Latent Recurrent Transformer) on our Dense backbone (LRT_SPEC.md; section 8 is our adaptation).
+"""LRT (Latent Recurrent Transformer) on our Dense backbone (docs/lrt.md, with its section "This project's adaptation").
 
     m_t   = RMSNorm(h_t^(source))            the source layer's output at token t
     m~_t  = m_{t-1}, m~_0 = 0                  token t reads the previous token's memory
@@ -9,7 +9,7 @@
 The backbone's parameters have Dense's names (a Dense state dict loads into it), and with
 W_fb = 0 and gamma = 0 the model computes Dense's function.
 
-Training (`forward(idx, targets)` in train mode) is interleaved parallel training (spec section 4):
+Training (`forward(idx, targets)` in train mode) is interleaved parallel training (docs/lrt.md, Training):
 pass 0 runs every position with zero memory and fills a key/value buffer per layer and the
 memory H; subset pass i (i = 0..S-1, in order) reruns the positions t with t % S == i, each
 reading m~_t = H[t-1] from the latest H, writes its fresh keys/values into the buffer before
@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import (DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention, RMSNorm, RoPE, attend, lm_loss,
+from ..layers import (DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention, RMSNorm, RoPE, attend, lm_loss,
                      merge_heads, split_heads)
-from .lrt_config import LRT_MODES, LRTConfig
+from .config import LRT_MODES, LRTConfig
 
 
 class FeedbackAttention(MHASelfAttention):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .base import ConfigBase, require
+from ..base import ConfigBase, require
 
 
 @dataclass(frozen=True)
@@ -14,13 +14,13 @@ class DenseConfig(ConfigBase):
     n_layers: int = 7
 
     arch: ClassVar[str] = "dense"
-    model_class: ClassVar[str] = "cart.models.dense:Dense"
+    model_class: ClassVar[str] = "cart.models.dense.model:Dense"
 
     def _validate(self) -> None:
         require(self.n_layers >= 1, "DenseConfig.n_layers", f"must be >= 1, got {self.n_layers}")
 
     def runtime_kwargs(self) -> frozenset[str]:
-        return frozenset({"pattern"})  # the Dense control of RAT+: attention at a pattern (dense.py)
+        return frozenset({"pattern"})  # the Dense control of RAT+: attention at a pattern (dense/model.py)
 
     def kv_cache_values_per_token(self) -> int:
         return self.n_layers * 2 * self.d_model  # K and V of every layer

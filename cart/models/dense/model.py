@@ -1,16 +1,16 @@
-"""The Dense baseline: n_layers of standard MHA + SwiGLU + RoPE, tied embedding (CART_SPEC.md section 1).
+"""The Dense baseline: n_layers of standard MHA + SwiGLU + RoPE, tied embedding (docs/cart.md, The Dense baseline).
 
 With a runtime `pattern` (patterns.py) it is also RAT+'s control: the same attention restricted to a
-dilated/local/hybrid pattern, without the recurrence (RATPLUS_SPEC.md section 7)."""
+dilated/local/hybrid pattern, without the recurrence (docs/ratplus.md, This project's adaptation)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .dense_config import DenseConfig
-from .layers import DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention
-from .pattern_attention import PatternKVCache
-from .patterns import layer_patterns
+from .config import DenseConfig
+from ..layers import DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention
+from ..pattern_attention import PatternKVCache
+from ..patterns import layer_patterns
 
 
 class Dense(LanguageModel):
