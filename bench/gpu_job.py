@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from cart.evaluation import STUDIES
+from cart.evaluation.session import STUDIES
 from cart.experiments import GROUPS, RunPaths, run_names
 from cart.jobs import ExecutorOptions, Task, gpu_slots, make_executor, run_tasks
 from cart.params import load_params

@@ -3,7 +3,7 @@
     python -m bench.inductor_calls --config cart-d256-R6            # on the GPU (bash bench/gpu_perf.sh inductor_calls)
     python -m bench.inductor_calls --config cart-d256-R6 --device cpu --micro-batch 2 --vocab 512
 
-Compiles the model and its loss as the training stage does (cart.step.make_loss_fn), runs one forward and
+Compiles the model and its loss as the training stage does (cart.training.step.make_loss_fn), runs one forward and
 backward into a fresh Inductor cache, and lists every call in the generated modules to an
 extern kernel (cuBLAS matmuls, attention) or to an aten op (a fallback), with how often it is called: the
 kernels of a profile that Inductor did not write come from these. Prints the table last, so a device
@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     import torch
     from cart import build_model
     from cart.device import autocast, resolve_dtype
-    from cart.step import make_loss_fn
+    from cart.training.step import make_loss_fn
     from pipeline.bench import parse_config
     device = torch.device(args.device)
     model = build_model(parse_config(args.config, args.vocab)).to(device)

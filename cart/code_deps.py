@@ -2,9 +2,9 @@
 
 `code_closure` follows every `import` of a project module, at any depth of a file (a function's
 lazy import included), so it is a superset of what can run, and the functions a package's YAML
-files name (lm-eval task files: `!function cart.benchmarks.loaders.piqa`). Model families are imported lazily
+files name (lm-eval task files: `!function cart.evaluation.benchmarks.loaders.piqa`). Model families are imported lazily
 by the registry (cart/models/__init__.py), so a family's files are added by name
-(`family_closure`). A training run's code fingerprint (cart/train.py) hashes `training_code`, the
+(`family_closure`). A training run's code fingerprint (cart/training/trainer.py) hashes `training_code`, the
 same files its DVC stage lists as deps (cart/stages.py, checked against dvc.yaml by tests).
 """
 from __future__ import annotations
@@ -86,4 +86,4 @@ def family_closure(arch: str, config_only: bool = False) -> list[str]:
 
 def training_code(arch: str) -> list[str]:
     """Every library file a training run of this family depends on (the run's code fingerprint)."""
-    return sorted(set(code_closure("cart.train")) | set(family_closure(arch)))
+    return sorted(set(code_closure("cart.training.trainer")) | set(family_closure(arch)))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, get_type_hints
 
-from .loop_sampling import LoopSampling
+from .training.loop_sampling import LoopSampling
 from .models import ModelConfig, config_from_dict
 from .params import build, check_value, section, view
 
@@ -72,7 +72,7 @@ class TrainSettings:
     zero_optimizer: bool = False
     # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
     weight_decay_scope: Literal["matrices", "all"] = "matrices"
-    # the R of each optimizer step (cart/loop_sampling.py); fixed: the model's n_loops, as the paper
+    # the R of each optimizer step (cart/training/loop_sampling.py); fixed: the model's n_loops, as the paper
     loop_sampling: LoopSampling = LoopSampling()
     # gradients through the last k loop iterations only (CART.recur, Huginn's truncation); None: all
     backprop_loops: int | None = None
@@ -83,7 +83,7 @@ class TrainSettings:
     # steps, but 1.02x there and 0.74x at d256)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
     fp8: bool = False
-    # how windows are cut from the bins (cart/data.py): the last target of a training window that ends
+    # how windows are cut from the bins (cart/data/bins.py): the last target of a training window that ends
     # on a chunk boundary ignored (no target from another domain) or kept (the CART authors'), and
     # validation windows disjoint or overlapping by one token (stride seq_len, the authors')
     cross_chunk_target: Literal["ignore", "keep"] = "ignore"

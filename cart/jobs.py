@@ -266,7 +266,7 @@ def _stop(job: submitit.Job) -> bool:
 
 
 def _tokens_per_s(task: Task) -> float | None:
-    from .curves import read_curves
+    from .training.curves import read_curves
     for folder in task.curves:
         train, _ = read_curves(folder)
         if "tokens_per_s" in train and train["tokens_per_s"].notna().any():

@@ -4,9 +4,9 @@
 Inputs (written by the training and evaluation stages):
     runs/<group>/<name>/config.json     the run's full config (model, run, train, seed, variant)
     runs/<group>/<name>/summary.json    written when the run completed or failed
-    plots/<group>/<name>/               the run's DVCLive curves (cart/curves.py): train metrics and
+    plots/<group>/<name>/               the run's DVCLive curves (cart/training/curves.py): train metrics and
                                         a model's diagnostics per step, validation loss/ppl/bpb per domain
-    eval/<experiment>.tsv               every evaluation stage's rows (cart/eval_rows.py)
+    eval/<experiment>.tsv               every evaluation stage's rows (cart/evaluation/rows.py)
 
 Tables (`schema()` below): runs (one row per run: expected-but-missing, incomplete and failed runs
 included, with a status; one loss/ppl/bpb column per validation domain), train_log, train_diag
@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .curves import EVAL_METRICS, TRAIN_METRICS, read_curves
-from .eval_rows import EVAL_COLUMNS
+from .training.curves import EVAL_METRICS, TRAIN_METRICS, read_curves
+from .evaluation.rows import EVAL_COLUMNS
 from .experiments import GROUPS as RUN_GROUPS
 from .experiments import group_of
 from .io import atomic_path, remove_stale_temps
 from .models import config_from_dict, count_params, forward_flops
-from .run_summary import summary_problem
+from .training.run_summary import summary_problem
 
 SCHEMA_VERSION = 1
 GROUPS = tuple(RUN_GROUPS)
@@ -383,7 +383,7 @@ def populate(con: sqlite3.Connection, root: str | Path = ".", plan: RunPlan | No
     n_results = 0
     if eval_dir is not None:
         eval_dir = root / eval_dir
-        for path in sorted(eval_dir.glob("*.tsv")):  # every evaluation stage's rows (cart/eval_rows.py)
+        for path in sorted(eval_dir.glob("*.tsv")):  # every evaluation stage's rows (cart/evaluation/rows.py)
             df = read_tsv(path, EVAL_RESULT_COLUMNS, issues, None,
                           text_columns=("experiment", "run_id", "setting", "task", "metric", "source"))
             df = df.dropna(subset=["task", "metric"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .code_deps import code_closure, family_closure
-from .evaluation import STUDIES, study_params
+from .evaluation.session import STUDIES, study_params
 from .experiments import GROUPS, plan_keys
 
 

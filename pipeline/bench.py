@@ -8,7 +8,7 @@ on random tokens already on the device, through the same `train_step` and optimi
 training stage. Prints tokens/s, MFU in the paper's accounting (6 x effective params x tokens/s /
 peak), MFU counting the real FLOPs (attention and LM head included), peak memory, and CART/Dense.
 
-Sampled recurrence depth (cart/loop_sampling.py), each CART config at its R as the mean:
+Sampled recurrence depth (cart/training/loop_sampling.py), each CART config at its R as the mean:
 
     python -m pipeline.bench --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal --steps 100
 
@@ -50,11 +50,11 @@ from torch._dynamo.utils import counters
 
 from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_flops_for, train_flops_per_token
 from cart.experiments import TrainSettings
-from cart.loop_sampling import LoopSampling
+from cart.training.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
 from cart.device import resolve_dtype
-from cart.step import CUDA_GRAPH_MODES, make_loss_fn, make_optimizer, to_float8, train_step
+from cart.training.step import CUDA_GRAPH_MODES, make_loss_fn, make_optimizer, to_float8, train_step
 
 DEFAULT_CONFIGS = ([f"cart-d{d}-R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
                    + ["dense-L7", "dense-L12"])

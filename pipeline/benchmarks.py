@@ -2,7 +2,7 @@
 
 0-shot for every scale's best Stage 2 model (metrics/stage2.json best_per_d), and each
 num_fewshot > 0 in params for the best model overall (best_run_id), through lm-evaluation-harness
-(cart/harness.py). Writes eval/benchmarks.tsv (cart/eval_rows.py) and metrics/benchmarks.json; the
+(cart/evaluation/harness.py). Writes eval/benchmarks.tsv (cart/evaluation/rows.py) and metrics/benchmarks.json; the
 report renders Tables 13 and 14 from the results store.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cart.eval_rows import write_rows
-from cart.evaluation import TOKENIZER, EvalSession, benchmark_settings
+from cart.evaluation.rows import write_rows
+from cart.evaluation.session import TOKENIZER, EvalSession, benchmark_settings
 from cart.io import atomic_write_json, read_json
 from cart.params import load_params
 from pipeline._cli import run
@@ -50,8 +50,8 @@ def main(argv=None, root: Path = Path(".")) -> list[dict]:
     params = load_params(root / "params.yaml")
     cfg = benchmark_settings(params)
     session = EvalSession(params, root, max(cfg.num_fewshot), progress=not args.no_progress)
-    from cart.harness import Tokenizer, check_compatible
-    from cart.checkpoint import read_run_config
+    from cart.evaluation.harness import Tokenizer, check_compatible
+    from cart.training.checkpoint import read_run_config
 
     jobs = plan(read_json(root / STAGE2, "Stage 2 summary (run the summarize stage)"), cfg.num_fewshot)
     runs = list(dict.fromkeys(r for r, _ in jobs))

@@ -6,7 +6,7 @@ with bins.seed); val_<domain>.bin holds each domain's validation stream; meta.js
 import argparse
 import time
 
-from cart.data import bins_params, build_bins
+from cart.data.bins import bins_params, build_bins
 from cart.params import load_params
 from pipeline._cli import run
 

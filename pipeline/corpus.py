@@ -1,12 +1,12 @@
 """DVC stage: gather train/validation text per domain into data/corpus/. `python -m pipeline.corpus`
 
 Sources per domain come from params.yaml `corpus.domains.<domain>.source` (builtin | local | hf);
-see cart/corpus.py and docs/results.md (Data).
+see cart/data/corpus.py and docs/results.md (Data).
 """
 import argparse
 import time
 
-from cart.corpus import corpus_params, build_corpus
+from cart.data.corpus import corpus_params, build_corpus
 from cart.params import load_params
 from pipeline._cli import run
 

@@ -12,7 +12,7 @@
 
 Each run and setting gets validation perplexity / bits per byte per domain and, where the study
 says, the `benchmarks` tasks at `eval_<study>.num_fewshot` shots. Writes eval/<study>.tsv (rows of
-cart/eval_rows.py, `setting` = the pattern or mode) and metrics/eval_<study>.json, which the results
+cart/evaluation/rows.py, `setting` = the pattern or mode) and metrics/eval_<study>.json, which the results
 store and the report read.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cart.eval_rows import write_rows
-from cart.evaluation import STUDIES, EvalSession, domain_sources, study_jobs, study_params, study_settings
+from cart.evaluation.rows import write_rows
+from cart.evaluation.session import STUDIES, EvalSession, domain_sources, study_jobs, study_params, study_settings
 from cart.io import atomic_write_json
 from cart.params import load_params, view
 from pipeline._cli import run

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import yaml
 
-from cart.corpus import corpus_params
-from cart.data import bins_params
+from cart.data.corpus import corpus_params
+from cart.data.bins import bins_params
 from cart.experiments import validate_profile
 from cart.io import atomic_write_text
 from cart.params import build, load_params, section
 from cart.report import ReportSettings
-from cart.tokenizer import tokenizer_params
+from cart.data.tokenizer import tokenizer_params
 from pipeline._cli import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -40,7 +40,7 @@ def merge(base: dict, overlay: dict) -> dict:
 
 def validate_all(params: dict) -> None:
     """Every stage's params, checked the way the stage itself will check them."""
-    from cart.evaluation import STUDIES, study_settings, variable_r_settings
+    from cart.evaluation.session import STUDIES, study_settings, variable_r_settings
     corpus_params(params)
     tokenizer_params(params)
     bins_params(params)

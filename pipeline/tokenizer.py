@@ -8,7 +8,7 @@ import argparse
 import time
 
 from cart.params import load_params
-from cart.tokenizer import build_tokenizer, tokenizer_params
+from cart.data.tokenizer import build_tokenizer, tokenizer_params
 from pipeline._cli import run
 
 

@@ -8,9 +8,9 @@ import os
 import sys
 
 from cart.experiments import GROUPS, RunPaths, check_in_grid, resolve_run
-from cart.launch import LAUNCHER_PID_ENV, die_with_launcher
+from cart.training.launch import LAUNCHER_PID_ENV, die_with_launcher
 from cart.params import load_params
-from cart.tokenizer import tokenizer_info
+from cart.data.tokenizer import tokenizer_info
 from pipeline._cli import run
 
 
@@ -28,18 +28,18 @@ def main(argv=None) -> None:
     spec = resolve_run(params, args.group, args.name, vocab)
     if spec.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
         # one process per GPU under torchrun; every process re-reads params and joins DDP. exec keeps
-        # this pid, which the workers check their parent against (cart.launch.die_with_launcher)
+        # this pid, which the workers check their parent against (cart.training.launch.die_with_launcher)
         os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                   f"--nproc_per_node={spec.train.nproc}", "-m", "pipeline.train",
                                   *(argv if argv is not None else sys.argv[1:])])
     if "LOCAL_RANK" in os.environ:  # a worker under torchrun: it must not outlive its launcher
         die_with_launcher()
-    from cart.train import train_run  # torch is imported only once the run is known to be valid
+    from cart.training.trainer import train_run  # torch is imported only once the run is known to be valid
     rank = int(os.environ.get("RANK", "0"))
     train_run(spec, paths, progress=not args.no_progress and rank == 0)
 
 
 if __name__ == "__main__":
-    from cart.train import NonFiniteError
+    from cart.training.trainer import NonFiniteError
     run(main, "train", (NonFiniteError,))

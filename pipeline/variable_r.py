@@ -3,7 +3,7 @@
 Takes the best Stage 2 model (metrics/stage2.json best_run_id) and, with no fine-tuning, runs it
 at every R in variable_r.n_loops: validation perplexity and bits per byte on each domain's
 held-out bins, and the benchmarks of the `benchmarks` section (0-shot). Writes
-eval/variable_r.tsv (cart/eval_rows.py) and metrics/variable_r.json; the report renders Table 12
+eval/variable_r.tsv (cart/evaluation/rows.py) and metrics/variable_r.json; the report renders Table 12
 and its figure from the results store.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cart.eval_rows import write_rows
-from cart.evaluation import EvalSession, domain_sources, variable_r_settings
+from cart.evaluation.rows import write_rows
+from cart.evaluation.session import EvalSession, domain_sources, variable_r_settings
 from cart.io import atomic_write_json, read_json
 from cart.params import load_params
 from pipeline._cli import run

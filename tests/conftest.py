@@ -88,7 +88,7 @@ def tiny_project(tiny_data, tmp_path, monkeypatch) -> Path:
 
 def smoke_benchmark_text() -> str:
     """Every string of the builtin benchmark smoke set (to train a tiny tokenizer that covers it)."""
-    from cart.benchmarks import TASKS, smoke
+    from cart.evaluation.benchmarks import TASKS, smoke
 
     def strings(x) -> list[str]:
         if isinstance(x, str):
@@ -103,7 +103,7 @@ def smoke_benchmark_text() -> str:
 
 
 def read_tsv_rows(path) -> list[dict]:
-    """An evaluation TSV (cart.eval_rows' format) as a list of {column: text} rows."""
+    """An evaluation TSV (cart.evaluation.rows' format) as a list of {column: text} rows."""
     import csv
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f, delimiter="\t"))
@@ -113,7 +113,7 @@ def run_spec(group="stage2", name="d32-R2-s42", params_file="params.yaml"):
     """A run's resolved spec in a project directory (the cwd) whose data stages have run."""
     from cart.experiments import resolve_run
     from cart.params import load_params
-    from cart.tokenizer import tokenizer_info
+    from cart.data.tokenizer import tokenizer_info
     return resolve_run(load_params(params_file), group, name, tokenizer_info("data/tokenizer")["vocab_size"])
 
 
@@ -123,7 +123,7 @@ def assert_compiled_step_matches_eager(make_model, x) -> None:
     builds the same weights each call."""
     import torch
 
-    from cart.step import make_loss_fn, train_step
+    from cart.training.step import make_loss_fn, train_step
     batches = [(x[:, :-1], x[:, 1:])]
     results = {}
     for compiled in (False, True):

@@ -19,11 +19,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cart.corpus import DomainSource, build_corpus, corpus_params, iter_texts, plan_domain, stream_documents
-from cart.data import (CHUNK_MAP_FILE, BatchReader, bins_params, build_bins, domains, open_bin, read_meta,
+from cart.data.corpus import DomainSource, build_corpus, corpus_params, iter_texts, plan_domain, stream_documents
+from cart.data.bins import (CHUNK_MAP_FILE, BatchReader, bins_params, build_bins, domains, open_bin, read_meta,
                        token_dtype, val_batches)
 from cart.params import load_params
-from cart.tokenizer import build_tokenizer, load_tokenizer, tokenizer_info, tokenizer_params
+from cart.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_info, tokenizer_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from cart.evaluate import bits_per_byte, eval_loss, perplexity
+from cart.evaluation.metrics import bits_per_byte, eval_loss, perplexity
 from cart.models import CARTConfig, build_model, config_from_dict
 from cart.models.base import IGNORE_INDEX
 
@@ -71,10 +71,10 @@ def test_a_runs_final_evaluation_is_the_cross_entropy_of_its_saved_weights(tiny_
     """Trained here, then the summary's final loss per domain recomputed by hand from model.safetensors
     on the validation batches the run evaluates (data.val_batches at its seq_len, eval_seqs, micro_batch,
     val_windows)."""
-    from cart.data import domains, val_batches
+    from cart.data.bins import domains, val_batches
     from cart.experiments import RunPaths
-    from cart.tokenizer import tokenizer_info
-    from cart.train import train_run
+    from cart.data.tokenizer import tokenizer_info
+    from cart.training.trainer import train_run
     from conftest import run_spec
     spec = run_spec()
     paths = RunPaths.for_run(spec.group, spec.name)

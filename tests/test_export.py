@@ -24,12 +24,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from cart import benchmarks as B  # noqa: E402
 from conftest import smoke_benchmark_text  # noqa: E402
-from cart.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
+from cart.training.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
 from cart.generation import generate  # noqa: E402
-from cart.harness import CARTLM, evaluate_benchmarks, quiet_lm_eval  # noqa: E402
+from cart.evaluation.harness import CARTLM, evaluate_benchmarks, quiet_lm_eval  # noqa: E402
 from cart.hf.export import export_run  # noqa: E402
 from cart.models import ARCHS, CARTConfig, DenseConfig, LRTConfig, RATPlusConfig, build_model  # noqa: E402
-from cart.tokenizer import train_sentencepiece  # noqa: E402
+from cart.data.tokenizer import train_sentencepiece  # noqa: E402
 from test_harness import make_run, make_tokenizer, write_release_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -428,11 +428,11 @@ def test_lm_eval_hf_model_scores_items_as_the_cart_adapter(cart_hf, cart_run, to
 
 @pytest.mark.slow
 def test_lm_eval_command_line_runs_model_cart(cart_run, tok_dir, tmp_path):
-    """`python -m cart.lm_eval_cli --model cart --model_args checkpoint=<run>,n_loops=3 ...` (lm-eval's
+    """`python -m cart.evaluation.lm_eval_cli --model cart --model_args checkpoint=<run>,n_loops=3 ...` (lm-eval's
     own CLI, the adapter registered) scores items as CARTLM does in process."""
     import lm_eval
     out = tmp_path / "lm_eval_out"
-    cmd = [sys.executable, "-m", "cart.lm_eval_cli", "--model", "cart", "--model_args",
+    cmd = [sys.executable, "-m", "cart.evaluation.lm_eval_cli", "--model", "cart", "--model_args",
            f"checkpoint={cart_run},tokenizer={tok_dir},n_loops=3", "--tasks", "cart_hellaswag",
            "--include_path", str(B.TASK_DIR), "--metadata", json.dumps({"source": "builtin"}), "--limit", "4",
            "--log_samples", "--output_path", str(out), "--device", "cpu"]
@@ -482,7 +482,7 @@ def test_readme_lm_eval_commands_run_on_the_real_benchmark_files(long_run, tok_d
                                   log_samples=True)
     for model, args in commands.items():
         out = tmp_path / f"out_{model}"
-        proc = subprocess.run([sys.executable, "-m", "cart.lm_eval_cli", *args, *common, "--output_path", str(out)],
+        proc = subprocess.run([sys.executable, "-m", "cart.evaluation.lm_eval_cli", *args, *common, "--output_path", str(out)],
                               capture_output=True, text=True, cwd=project, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         for task in tasks:
@@ -494,7 +494,7 @@ def test_readme_lm_eval_commands_run_on_the_real_benchmark_files(long_run, tok_d
 def test_lm_eval_cli_metadata_comes_from_params_or_fails_up_front(tmp_path, monkeypatch, capsys):
     """No --metadata source: params.yaml's benchmarks section, or one error saying what to pass;
     a missing file (a few-shot split's too) is named before any model is loaded."""
-    from cart.lm_eval_cli import benchmark_metadata, main
+    from cart.evaluation.lm_eval_cli import benchmark_metadata, main
     params = yaml.safe_load((ROOT / "params.yaml").read_text())["benchmarks"]
     monkeypatch.chdir(tmp_path)
     assert benchmark_metadata(["hellaswag"], None, 0) is None  # lm-eval's own tasks: nothing to add

@@ -13,7 +13,7 @@ def test_adamw8bit_without_syncs_matches_bitsandbytes():
     8-bit blockwise states for large tensors and 32-bit states for small ones."""
     bnb = pytest.importorskip("bitsandbytes")
     from cart import CARTConfig, build_model
-    from cart.step import adamw8bit_class
+    from cart.training.step import adamw8bit_class
     torch.manual_seed(0)
     ref = build_model(CARTConfig(vocab_size=512, d_model=64, head_dim=16, n_prelude=1, n_loops=2)).cuda()
     ours = build_model(CARTConfig(vocab_size=512, d_model=64, head_dim=16, n_prelude=1, n_loops=2)).cuda()
@@ -121,7 +121,7 @@ def test_graphed_gradient_accumulation_equals_the_eager_step():
     eager loss's losses and gradients (fp32; without copying the first backward's gradients out, the
     next replay overwrites them: pytorch/pytorch#169545)."""
     from cart import CARTConfig, build_model
-    from cart.step import make_loss_fn, train_step
+    from cart.training.step import make_loss_fn, train_step
     torch.manual_seed(0)
     model = build_model(CARTConfig(vocab_size=256, d_model=64, head_dim=16, n_prelude=1, n_loops=2)).cuda()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,5 +1,5 @@
-"""The lm-eval adapter (cart/harness.py) against log-likelihoods computed by hand from the model,
-and the offline task YAMLs (cart/benchmarks/) against lm-eval's own built-in tasks."""
+"""The lm-eval adapter (cart/evaluation/harness.py) against log-likelihoods computed by hand from the model,
+and the offline task YAMLs (cart/evaluation/benchmarks/) against lm-eval's own built-in tasks."""
 import hashlib
 import json
 import math
@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 import cart
 from cart import benchmarks as B
-from cart.benchmarks import smoke
+from cart.evaluation.benchmarks import smoke
 from conftest import smoke_benchmark_text
-from cart.checkpoint import save_weights, write_run_config
-from cart.harness import CARTLM, BenchmarkSettings, Tokenizer, evaluate_benchmarks, quiet_lm_eval
+from cart.training.checkpoint import save_weights, write_run_config
+from cart.evaluation.harness import CARTLM, BenchmarkSettings, Tokenizer, evaluate_benchmarks, quiet_lm_eval
 from cart.params import build
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -296,7 +296,7 @@ def test_hellaswag_preprocessing_matches_the_harness():
     import datasets
     from lm_eval.tasks.hellaswag import utils as theirs
 
-    from cart.benchmarks.loaders import hellaswag_process_docs
+    from cart.evaluation.benchmarks.loaders import hellaswag_process_docs
 
     rows = smoke.generate("hellaswag")["validation"] + [
         {"activity_label": "Home and Garden", "ctx_a": "[header] How to plant a tree [title] Dig a hole.",
@@ -453,7 +453,7 @@ def test_missing_benchmark_file_names_the_file_and_format(tmp_path):
     with pytest.raises(B.BenchmarkFileError, match=r"hellaswag/hellaswag_val\.jsonl.*JSON Lines.*ctx_a"):
         B.check_local_files(tmp_path / "bench", B.TASKS)
     (tmp_path / "bench/piqa/valid-labels.lst").unlink()
-    from cart.benchmarks.loaders import read_local
+    from cart.evaluation.benchmarks.loaders import read_local
     with pytest.raises(B.BenchmarkFileError, match=r"piqa/valid-labels\.lst.*0 or 1"):
         read_local("piqa", tmp_path / "bench")
     with pytest.raises(B.BenchmarkFileError, match="is not a folder"):
@@ -481,7 +481,7 @@ def test_real_benchmark_files_load_and_score_consistently(tmp_path):
     bench, sp_model = SHARED / "benchmarks", SHARED / "tokenizer" / "llama2_tokenizer.model"
     if not bench.is_dir() or not sp_model.is_file():
         pytest.skip(f"real benchmark samples / Llama-2 tokenizer not found under {SHARED}")
-    from cart.benchmarks.loaders import read_local
+    from cart.evaluation.benchmarks.loaders import read_local
 
     sizes = {t: {k: len(v) for k, v in read_local(t, bench).items()} for t in B.TASKS}
     assert sizes["arc_challenge"] == {"train": 1119, "validation": 299, "test": 1172}

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from cart.checkpoint import save_weights, write_run_config
-from cart.eval_rows import EVAL_COLUMNS
+from cart.training.checkpoint import save_weights, write_run_config
+from cart.evaluation.rows import EVAL_COLUMNS
 from conftest import read_tsv_rows as read_tsv
 from cart.models import build_model, config_from_dict
 from cart.params import load_params
@@ -99,15 +99,15 @@ def test_benchmarks_stage_checks_local_files_up_front(tmp_path):
 
 def fake_val_data(monkeypatch) -> None:
     """Random validation windows for every domain, in place of data/bins."""
-    import cart.data
+    import cart.data.bins
     gen = torch.Generator().manual_seed(0)
 
     def val_batches(bins_dir, domain, seq_len, n_seqs, batch_size):
         x = torch.randint(0, 512, (n_seqs, seq_len + 1), generator=gen)
         return [(x[i:i + batch_size, :-1], x[i:i + batch_size, 1:]) for i in range(0, n_seqs, batch_size)]
 
-    monkeypatch.setattr(cart.data, "domains", lambda bins: list(DOMAINS))
-    monkeypatch.setattr(cart.data, "val_batches", val_batches)
+    monkeypatch.setattr(cart.data.bins, "domains", lambda bins: list(DOMAINS))
+    monkeypatch.setattr(cart.data.bins, "val_batches", val_batches)
 
 
 def test_variable_r_stage(tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_ratplus_study_stage(tmp_path, monkeypatch):
 
 
 def test_evaluation_params_in_params_yaml_validate():
-    from cart.evaluation import variable_r_settings as load_settings
+    from cart.evaluation.session import variable_r_settings as load_settings
 
     bench, vr = load_settings(load_params(ROOT / "params.yaml"))
     assert bench.source == "builtin" and vr.n_loops and vr.ppl.seq_len >= 1
@@ -252,13 +252,13 @@ def test_a_nan_evaluation_fails_the_stage_naming_the_run_and_what_was_measured(t
 
 
 def test_a_benchmark_metric_that_is_not_finite_is_refused_naming_it(tmp_path, monkeypatch):
-    import cart.harness
-    from cart.evaluate import NonFiniteEvaluation
-    from cart.evaluation import EvalSession
+    import cart.evaluation.harness
+    from cart.evaluation.metrics import NonFiniteEvaluation
+    from cart.evaluation.session import EvalSession
     root = fake_repo(tmp_path)
     session = EvalSession(load_params(root / "params.yaml"), root, 0, progress=False)
     lm = session.load("stage2/d64-R2-s42")
-    monkeypatch.setattr(cart.harness, "evaluate_benchmarks", lambda *a, **k: ([
+    monkeypatch.setattr(cart.evaluation.harness, "evaluate_benchmarks", lambda *a, **k: ([
         {"task": "piqa", "metric": "acc", "value": 0.5, "stderr": 0.1},
         {"task": "lambada_openai", "metric": "perplexity", "value": math.inf, "stderr": None}], {}))
     common = {"experiment": "variable_r", "run_id": "stage2/d64-R2-s42", "setting": "", "n_loops": 4}
@@ -268,7 +268,7 @@ def test_a_benchmark_metric_that_is_not_finite_is_refused_naming_it(tmp_path, mo
 
 
 def test_eval_rows_refuse_a_value_that_is_not_a_number(tmp_path):
-    from cart.eval_rows import write_rows
+    from cart.evaluation.rows import write_rows
     row = {"experiment": "variable_r", "run_id": "stage2/d64-R2-s42", "setting": "", "n_loops": 2,
            "num_fewshot": None, "task": "ppl:wikipedia", "metric": "ppl", "value": math.nan, "stderr": None,
            "source": "bins"}

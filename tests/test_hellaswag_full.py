@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cart.benchmarks.loaders import _hellaswag_preprocess, hellaswag_process_docs, read_local
-from cart.benchmarks.spec import BenchmarkFileError, find_local_file
+from cart.evaluation.benchmarks.loaders import _hellaswag_preprocess, hellaswag_process_docs, read_local
+from cart.evaluation.benchmarks.spec import BenchmarkFileError, find_local_file
 
 SHARED_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 

@@ -1,4 +1,4 @@
-"""Training with a sampled recurrence depth (cart/loop_sampling.py): the sampler's distributions,
+"""Training with a sampled recurrence depth (cart/training/loop_sampling.py): the sampler's distributions,
 bad settings, truncated backpropagation (CART.recur), compiling one iteration for every R, and
 the training loop: per-step R logged, exact resume of the R sequence, the same R on DDP ranks."""
 import json
@@ -12,16 +12,16 @@ import safetensors.torch
 import torch
 from torch._dynamo.utils import counters
 
-from cart.checkpoint import SUMMARY
-from cart.curves import read_curves
+from cart.training.checkpoint import SUMMARY
+from cart.training.curves import read_curves
 from cart.experiments import RunPaths, TrainSettings, resolve_run
-from cart.loop_sampling import LoopSampling
+from cart.training.loop_sampling import LoopSampling
 from cart.models import build_model, count_params
 from cart.models.cart.model import CART
 from cart.models.cart.config import CARTConfig
 from cart.models.layers import lm_loss
 from cart.params import build, load_params
-from cart.train import Interrupted, Trainer, train_run
+from cart.training.trainer import Interrupted, Trainer, train_run
 from conftest import run_spec, tiny_params, write_params
 from test_train import _run_cli
 
@@ -304,7 +304,7 @@ def _sampling_project(project, **train):
 @pytest.fixture
 def recorded_kwargs(monkeypatch):
     """The forward kwargs of every train_step the loop makes, in order."""
-    import cart.train as T
+    import cart.training.trainer as T
     real, calls = T.train_step, []
 
     def recording(*args, **kwargs):
@@ -354,7 +354,7 @@ def test_resumed_run_reproduces_the_r_sequence_and_the_weights(tiny_project, rec
     recorded_kwargs.clear()
 
     trainer = Trainer(spec, paths, progress=False)
-    import cart.train as T
+    import cart.training.trainer as T
     step = T.train_step
 
     def interrupt_at_step_7(*args, **kwargs):  # as SIGTERM does: checkpoint at the step, then stop

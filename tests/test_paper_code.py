@@ -26,7 +26,7 @@ from cart.models import config_from_dict
 from cart.models.cart.authors import from_authors_state_dict, load_authors_checkpoint
 from cart.models.cart.config import PAPER_TEXT_VS_CODE, VARIANT_CHOICES
 from cart.params import build, load_params
-from cart.step import lr_multiplier, make_optimizer
+from cart.training.step import lr_multiplier, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)
@@ -368,8 +368,8 @@ def test_diagnostics_report_the_gate_and_the_hyperconnection():
 
 
 def test_the_difference_table_names_every_choice_field_and_real_keys():
-    from cart.data import BinsParams
-    from cart.harness import BenchmarkSettings
+    from cart.data.bins import BinsParams
+    from cart.evaluation.harness import BenchmarkSettings
     settings = {s.strip() for row in PAPER_TEXT_VS_CODE for s in row.setting.split(",")}
     for field in VARIANT_CHOICES["paper_code"]:
         assert f"model.{field}" in settings, field
@@ -608,8 +608,8 @@ def test_the_authors_flat_learning_rate_is_expressible():
 def corpus(tmp_path_factory):
     import copy
 
-    from cart.corpus import build_corpus, corpus_params
-    from cart.tokenizer import build_tokenizer, tokenizer_params
+    from cart.data.corpus import build_corpus, corpus_params
+    from cart.data.tokenizer import build_tokenizer, tokenizer_params
     params = load_params(ROOT / "params.yaml")
     root = tmp_path_factory.mktemp("papercode")
     c = corpus_params({"corpus": copy.deepcopy(params["corpus"]) | {"train_tokens": 12_000, "val_tokens": 3_000}})
@@ -620,13 +620,13 @@ def corpus(tmp_path_factory):
 
 
 def bins_of(corpus, out, **changes) -> dict:
-    from cart.data import bins_params, build_bins
+    from cart.data.bins import bins_params, build_bins
     p = bins_params({"bins": load_params(ROOT / "params.yaml")["bins"] | {"chunk_tokens": 64, "workers": 1} | changes})
     return build_bins(p, corpus / "corpus", corpus / "tokenizer", corpus / out, progress=False)
 
 
 def test_fixed_cycle_order_is_the_authors_interleave():
-    from cart.data import fixed_cycle_order
+    from cart.data.bins import fixed_cycle_order
     order = fixed_cycle_order({"a": 7, "b": 6, "c": 9, "z": 5}, {"a": 3, "b": 3, "c": 4, "z": 0}, 64)
     cycle = [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
     # two full cycles, then the third stops at the first chunk b no longer has
@@ -636,9 +636,9 @@ def test_fixed_cycle_order_is_the_authors_interleave():
 
 
 def test_fixed_cycle_bins_stream_bos_text_eos_documents_in_a_3_3_4_cycle(corpus):
-    from cart.corpus import iter_texts
-    from cart.data import CHUNK_MAP_FILE, open_bin
-    from cart.tokenizer import load_tokenizer
+    from cart.data.corpus import iter_texts
+    from cart.data.bins import CHUNK_MAP_FILE, open_bin
+    from cart.data.tokenizer import load_tokenizer
     meta = bins_of(corpus, "cycle", stream="fixed_cycle", document_format="bos_eos",
                    mixture={"tinystories": 3, "wikipedia": 3, "fineweb_edu": 4})
     sp, C = load_tokenizer(corpus / "tokenizer"), meta["chunk_tokens"]
@@ -669,7 +669,7 @@ def test_fixed_cycle_bins_stream_bos_text_eos_documents_in_a_3_3_4_cycle(corpus)
 
 
 def test_the_reader_resumes_exactly_on_fixed_cycle_bins(corpus):
-    from cart.data import BatchReader
+    from cart.data.bins import BatchReader
     bins_of(corpus, "resume", stream="fixed_cycle", document_format="bos_eos",
             mixture={"tinystories": 3, "wikipedia": 3, "fineweb_edu": 4})
     a = BatchReader(corpus / "resume", 32, 3)
@@ -683,14 +683,14 @@ def test_the_reader_resumes_exactly_on_fixed_cycle_bins(corpus):
 
 
 def test_default_bins_stay_shuffled_eos_only(corpus):
-    from cart.data import open_bin
+    from cart.data.bins import open_bin
     meta = bins_of(corpus, "default")
     assert (meta["stream"], meta["document_format"]) == ("shuffled", "eos")
     assert 1 not in np.asarray(open_bin(corpus / "default", "val_wikipedia")).tolist()   # no BOS anywhere
 
 
 def test_fixed_cycle_takes_whole_chunk_counts():
-    from cart.data import bins_params
+    from cart.data.bins import bins_params
     bins = load_params(ROOT / "params.yaml")["bins"]
     with pytest.raises(ValueError, match=r"bins: mixture\.wikipedia: stream fixed_cycle takes whole chunks"):
         bins_params({"bins": bins | {"stream": "fixed_cycle", "mixture": bins["mixture"] | {"wikipedia": 2.5}}})
@@ -703,7 +703,7 @@ def test_fixed_cycle_takes_whole_chunk_counts():
 def test_bos_prefix_in_evaluation(corpus):
     from lm_eval.api.instance import Instance
 
-    from cart.harness import CARTLM, Tokenizer
+    from cart.evaluation.harness import CARTLM, Tokenizer
     tok = Tokenizer(corpus / "tokenizer")
     torch.manual_seed(0)
     model = build_model(CARTConfig(**(SMALL | {"vocab_size": 384}), variant="paper_code")).eval()
@@ -725,7 +725,7 @@ def test_bos_prefix_in_evaluation(corpus):
 # ---- the paper profile is the authors' protocol ------------------------------------------------
 
 def test_paper_profile_follows_the_authors_code():
-    from cart.data import bins_params
+    from cart.data.bins import bins_params
     from cart.experiments import resolve_run
     from pipeline.profile import apply_profile
     p = apply_profile("paper", ROOT / "params.yaml")   # validates every stage's params

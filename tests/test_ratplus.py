@@ -497,7 +497,7 @@ def test_config_round_trips_through_its_dict():
 
 @pytest.mark.slow
 def test_compiled_joint_training_matches_eager():
-    """The GPU training path compiles the loss (cart/step.py): both sub-steps trace as one graph each
+    """The GPU training path compiles the loss (cart/training/step.py): both sub-steps trace as one graph each
     (fullgraph: no break in the scan, the pattern masks or the pattern arguments) and give the eager
     loss and gradients; checked with the CPU inductor backend (minutes on a small CPU)."""
     model = ratplus(sparse_pattern="D4").train()

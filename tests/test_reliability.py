@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cart import CARTConfig, build_model
-from cart.checkpoint import load_weights, save_weights
+from cart.training.checkpoint import load_weights, save_weights
 from cart.io import atomic_write_bytes, require_free_space
 from conftest import run_spec
 
@@ -98,7 +98,7 @@ def test_run_with_non_float_or_non_finite_weights_is_refused(tmp_path, change, m
     evaluations and exports: both refused on load, naming the tensor and the file."""
     from safetensors.torch import save_file
 
-    from cart.checkpoint import load_run_model, write_run_config
+    from cart.training.checkpoint import load_run_model, write_run_config
     model = _tiny()
     run = tmp_path / "runs" / "g" / "r"
     run.mkdir(parents=True)
@@ -130,9 +130,9 @@ def _strict_json(path: Path):
 
 
 def test_diverged_run_writes_null_not_nan_and_the_failure(tiny_project):
-    from cart.checkpoint import SUMMARY
+    from cart.training.checkpoint import SUMMARY
     from cart.experiments import RunPaths
-    from cart.train import NonFiniteError, Trainer
+    from cart.training.trainer import NonFiniteError, Trainer
     from conftest import tiny_params, write_params
     p = tiny_params()
     p["train"].update(lr=1e6, lr_width_scaling=False, grad_clip=0.0, checkpoint_every=1)
@@ -149,7 +149,7 @@ def test_diverged_run_writes_null_not_nan_and_the_failure(tiny_project):
 
 def _retrain_with_steps(project: Path, steps: int):
     from cart.experiments import RunPaths
-    from cart.train import train_run
+    from cart.training.trainer import train_run
     from conftest import tiny_params, write_params
     p = tiny_params()
     p["stage2"]["run"].update(steps=steps, eval_every=steps // 2)
@@ -186,7 +186,7 @@ def test_a_replaced_completed_run_keeps_its_weights(tiny_project, capsys):
 
 
 def test_corpus_bytes_that_are_not_utf8_are_one_line_naming_file_and_offset(tiny_data, tmp_path):
-    """Rejected, not replaced (cart.corpus.iter_texts says why): the tokenizer stage, which reads
+    """Rejected, not replaced (cart.data.corpus.iter_texts says why): the tokenizer stage, which reads
     the corpus inside SentencePiece's trainer, stops with one line instead of a traceback."""
     shutil.copytree(tiny_data / "data/corpus", tmp_path / "data/corpus")
     shutil.copy(tiny_data / "params.yaml", tmp_path / "params.yaml")

@@ -19,7 +19,7 @@ from cart.accounting import count_params, forward_flops
 from cart.models import CARTConfig, DenseConfig
 from cart.params import load_params
 from cart import results as R
-from cart.curves import CurveWriter
+from cart.training.curves import CurveWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = ("tinystories", "wikipedia", "fineweb_edu")

@@ -146,7 +146,7 @@ def test_the_study_writes_one_row_per_run_r_and_domain(tmp_path, monkeypatch, on
 
 
 def test_eval_settings_are_validated_naming_the_key():
-    from cart.evaluation import study_settings
+    from cart.evaluation.session import study_settings
     for bad, key in (({"n_loops": [0, 2]}, "eval_sampled_r.*n_loops"), ({"n_loops": [2, 2]}, "n_loops"),
                      ({"num_fewshot": [-1]}, "num_fewshot"), ({"benchmark_limit": 0}, "benchmark_limit"),
                      ({"exit_thresholds": [0.0]}, r"exit_thresholds: expected distinct relative changes > 0"),

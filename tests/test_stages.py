@@ -10,14 +10,14 @@ import pytest
 import yaml
 
 from cart.code_deps import ROOT, code_closure, family_closure, training_code
-from cart.corpus import corpus_params
-from cart.data import bins_params
+from cart.data.corpus import corpus_params
+from cart.data.bins import bins_params
 from cart.experiments import GROUPS, describe_run, resolve_run, run_names
 from cart.params import build, load_params, section, view
 from cart.report import ReportSettings
 from cart.results import plan_from_params
 from cart.stages import stages, train_command, training_stages
-from cart.tokenizer import tokenizer_params
+from cart.data.tokenizer import tokenizer_params
 
 DEFAULT = load_params(ROOT / "params.yaml")
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -98,8 +98,8 @@ def test_the_static_closure_covers_what_each_stage_imports():
 
 def test_closure_follows_relative_lazy_and_yaml_function_imports():
     bench = code_closure("pipeline.benchmarks")
-    assert "cart/harness.py" in bench  # a function-level `from cart.harness import ...`
-    assert "cart/benchmarks/loaders.py" in bench  # named by a task YAML's `!function`
+    assert "cart/evaluation/harness.py" in bench  # a function-level `from cart.evaluation.harness import ...`
+    assert "cart/evaluation/benchmarks/loaders.py" in bench  # named by a task YAML's `!function`
     assert "cart/models/base.py" in code_closure("cart.models")  # relative `from .base import`
     assert "cart/models/cart/model.py" not in code_closure("cart.models")  # families load lazily, by name
     assert set(family_closure("cart", config_only=True)) < set(family_closure("cart"))
@@ -119,7 +119,7 @@ def test_each_stage_reads_only_its_declared_params():
     assert plan_from_params(view(DEFAULT, S["summarize"].params)) == plan_from_params(DEFAULT)
     assert plan_from_params(view(DEFAULT, S["results"].params)) == plan_from_params(DEFAULT)
     assert "profile" in S["results"].params  # pipeline/results.py records it in the store
-    from cart.evaluation import STUDIES, benchmark_settings, domain_sources, study_settings, variable_r_settings
+    from cart.evaluation.session import STUDIES, benchmark_settings, domain_sources, study_settings, variable_r_settings
     variable_r_settings(view(DEFAULT, S["variable_r"].params))
     assert domain_sources(view(DEFAULT, S["variable_r"].params)) == domain_sources(DEFAULT)
     benchmark_settings(view(DEFAULT, S["benchmarks"].params))
@@ -147,7 +147,7 @@ def test_describe_run_agrees_with_the_resolved_run():
 
 
 def test_code_fingerprint_follows_the_family_code(monkeypatch, tmp_path):
-    import cart.train as T
+    import cart.training.trainer as T
     for rel in set(training_code("cart")) | set(training_code("dense")):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes((ROOT / rel).read_bytes())
@@ -155,7 +155,7 @@ def test_code_fingerprint_follows_the_family_code(monkeypatch, tmp_path):
     cart0, dense0 = T.code_fingerprint("cart"), T.code_fingerprint("dense")
     (tmp_path / "cart/models/dense/model.py").write_text((tmp_path / "cart/models/dense/model.py").read_text() + "\n# edit\n")
     assert T.code_fingerprint("cart") == cart0 and T.code_fingerprint("dense") != dense0
-    (tmp_path / "cart/step.py").write_text((tmp_path / "cart/step.py").read_text() + "\n# edit\n")
+    (tmp_path / "cart/training/step.py").write_text((tmp_path / "cart/training/step.py").read_text() + "\n# edit\n")
     assert T.code_fingerprint("cart") != cart0
 
 

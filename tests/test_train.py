@@ -15,12 +15,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from cart.checkpoint import SUMMARY
+from cart.training.checkpoint import SUMMARY
 from cart.experiments import resolve_run
 from cart.params import load_params
-from cart.curves import read_curves
+from cart.training.curves import read_curves
 from cart.experiments import RunPaths
-from cart.train import NonFiniteError, Trainer, train_run
+from cart.training.trainer import NonFiniteError, Trainer, train_run
 from conftest import run_spec as spec_for
 from conftest import tiny_params, write_params
 
@@ -55,7 +55,7 @@ def test_peak_memory_of_training_and_of_evaluation_are_recorded_apart(tiny_proje
     """A fake allocator counter (CPU has none): whatever the device allocated between two readings is
     that phase's, so the evaluations' peak (here 0.5 GiB) never hides in training's (2 GiB), and the
     run's summary and curves carry each."""
-    import cart.train as train_mod
+    import cart.training.trainer as train_mod
     high = {"value": 0.0}
 
     def allocating(fn, gib):  # fn, noting that it allocated `gib` GiB at its peak
@@ -195,7 +195,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoint(tiny_project)
 def test_nonfinite_step_between_checkpoints_is_named_exactly(tiny_project, monkeypatch):
     """The finiteness check runs one step late (no host sync per step), yet it names the bad step
     and no checkpoint is written from it or from the step after."""
-    import cart.train as T
+    import cart.training.trainer as T
     p = tiny_params()
     p["train"].update(checkpoint_every=2, log_every=100)
     write_params(tiny_project, p)
@@ -218,7 +218,7 @@ def test_nonfinite_step_between_checkpoints_is_named_exactly(tiny_project, monke
 def test_a_nonfinite_validation_loss_fails_the_run_naming_domain_and_step(tiny_project, monkeypatch):
     """Recorded as training records a non-finite step (a failed summary, an error naming where), never
     a complete run whose evaluation is null."""
-    import cart.train as T
+    import cart.training.trainer as T
     real, calls = T.eval_loss, []
 
     def nan_on_second_domain(*args, **kwargs):
@@ -253,7 +253,7 @@ def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(t
     removes the dead write's temporary file."""
     import errno
 
-    import cart.checkpoint as ckpt_mod
+    import cart.training.checkpoint as ckpt_mod
     spec = spec_for()
     paths = RunPaths.for_run(spec.group, spec.name)
     ref_summary = train_run(spec, paths, progress=False)
@@ -305,7 +305,7 @@ def test_a_run_stopped_after_its_final_checkpoint_ends_as_an_uninterrupted_run(t
      "a complete run has no final_train_loss"),
 ])
 def test_a_summary_that_is_not_a_run_summary_is_one_error_naming_it(tiny_project, content, problem):
-    from cart.checkpoint import write_run_config
+    from cart.training.checkpoint import write_run_config
     spec = spec_for()
     paths = RunPaths.for_run(spec.group, spec.name)
     paths.run_dir.mkdir(parents=True)
@@ -365,7 +365,7 @@ def test_mfu_is_per_gpu_under_ddp():
 
     from cart import mfu
     from cart.models import CARTConfig
-    from cart.train import Trainer
+    from cart.training.trainer import Trainer
     model = CARTConfig(vocab_size=64, d_model=32, head_dim=16, n_prelude=1, n_loops=2)
     one = SimpleNamespace(spec=SimpleNamespace(model=model), peak=1e12, dist=SimpleNamespace(world=1))
     two = SimpleNamespace(spec=SimpleNamespace(model=model), peak=1e12, dist=SimpleNamespace(world=2))
@@ -407,12 +407,12 @@ def test_fp8_off_cuda_is_refused_before_training(tiny_project):
 def test_compile_mode_reaches_torch_compile(tiny_project, monkeypatch, mode, passed):
     """train.compile_mode is the mode the training loss is compiled with ("default": torch's own), and
     under reduce-overhead (CUDA graphs) every step is told its loss replays graphs."""
-    import cart.train
+    import cart.training.trainer
     seen, graphed = [], set()
-    real, real_step = cart.train.make_loss_fn, cart.train.train_step
-    monkeypatch.setattr(cart.train, "make_loss_fn", lambda model, compile, mode=None: seen.append(mode) or
+    real, real_step = cart.training.trainer.make_loss_fn, cart.training.trainer.train_step
+    monkeypatch.setattr(cart.training.trainer, "make_loss_fn", lambda model, compile, mode=None: seen.append(mode) or
                         real(model, False))
-    monkeypatch.setattr(cart.train, "train_step", lambda *a: graphed.add(a[-1]) or real_step(*a))
+    monkeypatch.setattr(cart.training.trainer, "train_step", lambda *a: graphed.add(a[-1]) or real_step(*a))
     p = tiny_params()
     p["train"].update(compile_mode=mode, compile="on")  # on: the spy above compiles nothing
     write_params(tiny_project, p)
@@ -428,7 +428,7 @@ def test_graphed_step_accumulates_into_its_own_gradients():
     gradients out, so overwriting the first backward's tensors (what a replay does) leaves the step's
     gradients whole, equal to the plain step's."""
     from cart import CARTConfig, build_model
-    from cart.step import make_loss_fn, train_step
+    from cart.training.step import make_loss_fn, train_step
     grads = {}
     for graphed in (False, True):
         torch.manual_seed(0)
@@ -515,7 +515,7 @@ def test_a_killed_two_process_launcher_takes_its_workers_with_it(tiny_data, tmp_
 def test_a_worker_whose_launcher_is_already_gone_ends_itself():
     """A worker that reaches die_with_launcher after its launcher died (its parent is no longer the pid
     in CART_LAUNCHER_PID) kills itself; under its launcher it goes on."""
-    code = "from cart.launch import die_with_launcher; die_with_launcher(); print('went on')"
+    code = "from cart.training.launch import die_with_launcher; die_with_launcher(); print('went on')"
     for launcher, rc in ((os.getpid(), 0), (1, -signal.SIGKILL)):  # the child's parent is this process
         env = dict(os.environ, CART_LAUNCHER_PID=str(launcher),
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -530,7 +530,7 @@ def _zero_rank(rank: int, world: int, folder: str) -> None:
 
     from cart.experiments import TrainSettings
     from cart.params import build
-    from cart.step import make_optimizer
+    from cart.training.step import make_optimizer
     dist.init_process_group("gloo", store=dist.FileStore(f"{folder}/store", world), rank=rank, world_size=world)
     t = build(TrainSettings, tiny_params()["train"] | {"zero_optimizer": True}, "train")
 
@@ -577,7 +577,7 @@ def test_sharded_optimizer_state_round_trips(tmp_path):
 def test_the_summary_says_where_the_run_time_went(tiny_project):
     """timing: the first WARMUP_STEPS steps (compilation happens there) and the rest add up to the
     training time; evaluation and checkpoints are timed apart from the steps."""
-    from cart.train import WARMUP_STEPS
+    from cart.training.trainer import WARMUP_STEPS
     spec = spec_for()
     summary = train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
     timing = summary["timing"]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG, WEIGHTS, load_run_model, read_run_config
-from ..corpus import atomic_dir
-from ..harness import Tokenizer, check_compatible
+from ..training.checkpoint import CONFIG, WEIGHTS, load_run_model, read_run_config
+from ..data.corpus import atomic_dir
+from ..evaluation.harness import Tokenizer, check_compatible
 from ..models import config_class, family_modules
 from ..models.base import check_int_arg
 

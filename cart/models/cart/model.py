@@ -337,7 +337,7 @@ class CART(LanguageModel):
         reaches the loss only through the anchor K, V that the last k iterations read, and the shared
         core, gate, HC and LIE get gradient from those k iterations alone. k >= R is full
         backpropagation. Values are the same either way. (X and W read no anchor of h_0, so their
-        prelude would get no gradient at all: cart.loop_sampling rejects truncation for them.)"""
+        prelude would get no gradient at all: cart.training.loop_sampling rejects truncation for them.)"""
         cfg = self.config
         # X (unfreeze_kv) recomputes K, V inside the loop instead, so the pre-loop anchor is skipped
         anchor_kv = (None if cfg.self_attn_core or cfg.unfreeze_kv

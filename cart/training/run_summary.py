@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .io import read_json
+from ..io import read_json
 
 STATUSES = ("complete", "failed")
 EVAL_KEYS = ("loss", "ppl", "bpb")

@@ -35,9 +35,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .io import read_json, sha256_file
-from .models.base import IGNORE_INDEX
-from .params import build, section
+from ..io import read_json, sha256_file
+from ..models.base import IGNORE_INDEX
+from ..params import build, section
 
 META_FILE = "meta.json"
 TRAIN_FILE = "train.bin"
@@ -362,7 +362,7 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
     from tqdm import tqdm
 
     from .corpus import atomic_dir, corpus_file, iter_texts, read_manifest
-    from .io import require_free_space
+    from ..io import require_free_space
     from .tokenizer import MODEL_FILE, load_tokenizer, tokenizer_info
 
     # ---- everything that can be wrong is checked before any tokenizing ----

@@ -2,7 +2,7 @@
 
 Every evaluation stage (benchmarks, variable_r, and the family studies of pipeline/evaluate.py)
 opens an `EvalSession` from its params (the `benchmarks` section: tasks, source, limits, device),
-loads runs as lm-eval adapters, and writes rows of cart/eval_rows.py: validation
+loads runs as lm-eval adapters, and writes rows of cart/evaluation/rows.py: validation
 perplexity/BPB per domain (`ppl_rows`) and benchmark metrics (`benchmark_rows`), each tagged with
 the run's inference-time setting (a CART loop count, a RAT+ attention pattern, an LRT mode).
 """
@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .experiments import grid_keys, run_names
-from .io import read_json
-from .params import build, section
+from ..experiments import grid_keys, run_names
+from ..io import read_json
+from ..params import build, section
 
 TOKENIZER = Path("data/tokenizer")
 BINS = Path("data/bins")
@@ -58,7 +58,7 @@ class RATPlusEval:
     benchmark_limit: int | None = None  # items per task here (null: benchmarks.limit)
 
     def __post_init__(self):
-        from .models.patterns import parse_pattern
+        from ..models.patterns import parse_pattern
         if not self.patterns or len(set(self.patterns)) != len(self.patterns):
             raise ValueError(f"patterns: expected distinct pattern strings, got {self.patterns}")
         for p in self.patterns:
@@ -163,7 +163,7 @@ def study_jobs(study: str, params: dict, root: Path, cfg) -> list[tuple[str, lis
     (the authors never run a pretrained checkpoint sparse without adapting it; the comparison needs
     both). lrt: every LRT run in each PPL mode (benchmarks in `benchmark_mode`), the Dense control
     as it is. sampled_r: every run (each training scheme and seed) at every R of `n_loops`."""
-    from .checkpoint import read_run_config
+    from ..training.checkpoint import read_run_config
     names = run_names(params, STUDIES[study]["groups"])
     if study == "sampled_r":
         cap = cfg.exit_max_loops or max(cfg.n_loops)
@@ -224,7 +224,7 @@ class EvalSession:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from . import benchmarks as B
-        from .device import resolve_device, resolve_dtype
+        from ..device import resolve_device, resolve_dtype
         from .harness import local_dir_of, quiet_lm_eval
 
         self.root, self.progress = Path(root), progress
@@ -238,7 +238,7 @@ class EvalSession:
         self.task_manager = B.task_manager(self.bench.source, self.local_dir)
 
     def load(self, run_id: str, max_length: int | None = None):
-        """The run as an lm-eval adapter (cart.harness.CARTLM), checked against data/tokenizer."""
+        """The run as an lm-eval adapter (cart.evaluation.harness.CARTLM), checked against data/tokenizer."""
         from .harness import CARTLM
         b = self.bench
         return CARTLM.from_run(self.root / "runs" / run_id, self.root / TOKENIZER, device=self.device,
@@ -247,14 +247,14 @@ class EvalSession:
 
     def val_batches(self, ppl: PPLSettings) -> dict:
         """Each validation domain's batches, read once per stage."""
-        from .data import domains, val_batches
+        from ..data.bins import domains, val_batches
         bins = self.root / BINS
         return {d: val_batches(bins, d, ppl.seq_len, ppl.n_seqs, ppl.batch_size) for d in domains(bins)}
 
     def ppl_rows(self, lm, val: dict, common: dict, sources: dict, **runtime) -> list[dict]:
         """Validation PPL and BPB per domain of `lm`'s model at `runtime` (e.g. pattern="D8")."""
-        from .evaluate import NonFiniteEvaluation, bits_per_byte, eval_loss, perplexity
-        from .models.base import IGNORE_INDEX
+        from .metrics import NonFiniteEvaluation, bits_per_byte, eval_loss, perplexity
+        from ..models.base import IGNORE_INDEX
         bpt = lm.tok.bytes_per_token
         missing = [d for d in val if d not in bpt]
         if missing:
@@ -285,7 +285,7 @@ class EvalSession:
     def benchmark_rows(self, lm, shots: int, common: dict, limit: int | None = None) -> list[dict]:
         """The `benchmarks` tasks at `shots` shots (lm.runtime / lm.n_loops set the model's setting);
         `limit` items per task, or benchmarks.limit."""
-        from .evaluate import NonFiniteEvaluation
+        from .metrics import NonFiniteEvaluation
         from .harness import evaluate_benchmarks
         b = self.bench
         try:

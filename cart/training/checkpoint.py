@@ -19,8 +19,8 @@ from safetensors import SafetensorError
 import torch
 from torch import nn
 
-from .io import atomic_path, atomic_write_json, read_json, sha256_file
-from .models import ModelConfig, build_model, config_from_dict
+from ..io import atomic_path, atomic_write_json, read_json, sha256_file
+from ..models import ModelConfig, build_model, config_from_dict
 
 CONFIG, WEIGHTS, STATE, SUMMARY = "config.json", "model.safetensors", "trainer_state.pt", "summary.json"
 

@@ -23,18 +23,18 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed
-from .accounting import count_params, forward_flops, mfu, peak_flops_for
-from .data import BatchReader, domains, read_meta, val_batches
-from .evaluate import bits_per_byte, eval_loss, perplexity
-from .experiments import RunPaths, RunSpec
-from .io import atomic_write_json, remove_stale_temps, require_free_space, sha256_file
-from .models import build_model
+from ..accounting import count_params, forward_flops, mfu, peak_flops_for
+from ..data.bins import BatchReader, domains, read_meta, val_batches
+from ..evaluation.metrics import bits_per_byte, eval_loss, perplexity
+from ..experiments import RunPaths, RunSpec
+from ..io import atomic_write_json, remove_stale_temps, require_free_space, sha256_file
+from ..models import build_model
 from .run_summary import read_summary
-from .code_deps import ROOT, training_code
+from ..code_deps import ROOT, training_code
 from .curves import CurveWriter
-from .device import resolve_device, resolve_dtype
+from ..device import resolve_device, resolve_dtype
 from .step import CUDA_GRAPH_MODES, check_float8, lr_multiplier, make_loss_fn, make_optimizer, to_float8, train_step
-from .tokenizer import tokenizer_info
+from ..data.tokenizer import tokenizer_info
 
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
 # finished run finished and lets an interrupted one resume (on another GPU count, too).

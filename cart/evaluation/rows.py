@@ -15,7 +15,7 @@ import csv
 import math
 from pathlib import Path
 
-from .io import atomic_path
+from ..io import atomic_path
 
 EVAL_COLUMNS = ("experiment", "run_id", "setting", "n_loops", "num_fewshot", "task", "metric", "value", "stderr",
                 "source")

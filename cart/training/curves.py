@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_path
+from ..io import atomic_path
 
 TRAIN_METRICS = ("tokens", "loss", "lr", "grad_norm", "spectral_radius", "tokens_per_s", "mfu")
 EVAL_METRICS = ("loss", "ppl", "bpb")

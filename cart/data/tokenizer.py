@@ -8,7 +8,7 @@ The tokenizer stage (`python -m pipeline.tokenizer`) writes
 
 `bytes_per_token[domain]` is measured on that domain's VALIDATION text as laid out in the
 validation bins: UTF-8 bytes of the documents / (their tokens + one EOS separator per document),
-so BPB = loss / ln 2 / bytes_per_token for a validation window (cart/evaluate.py).
+so BPB = loss / ln 2 / bytes_per_token for a validation window (cart/evaluation/metrics.py).
 
 A trained tokenizer uses byte fallback and no normalisation, so decode(encode(x)) == x for any
 text. Control ids follow Llama: unk 0, bos 1, eos 2, no pad.
@@ -25,8 +25,8 @@ from typing import Iterable, Iterator, Literal
 import sentencepiece as spm
 
 from .corpus import iter_texts, read_manifest
-from .io import read_json, sha256_file
-from .params import build, section
+from ..io import read_json, sha256_file
+from ..params import build, section
 
 MODEL_FILE = "tokenizer.model"
 INFO_FILE = "tokenizer.json"
@@ -161,7 +161,7 @@ def train_sentencepiece(lines: Iterable[str], model_type: str, vocab_size: int) 
             max_sentence_length=_MAX_SENTENCE_BYTES, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
             num_threads=max(1, os.cpu_count() or 1), minloglevel=2)
     except RuntimeError as e:
-        if source_errors:  # e.g. a damaged corpus file (cart.corpus.iter_texts): its own one-line message
+        if source_errors:  # e.g. a damaged corpus file (cart.data.corpus.iter_texts): its own one-line message
             raise source_errors[0] from None
         msg = str(e)
         if "Vocabulary size" in msg or "vocab_size" in msg:

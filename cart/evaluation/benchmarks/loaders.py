@@ -1,12 +1,12 @@
-"""Datasets for the offline task YAMLs in cart/benchmarks/tasks/.
+"""Datasets for the offline task YAMLs in cart/evaluation/benchmarks/tasks/.
 
 Each YAML names one of the `custom_dataset` functions below. lm-eval calls it with the task
-metadata, which cart.benchmarks.task_manager() sets to {"source": "builtin"|"local",
+metadata, which cart.evaluation.benchmarks.task_manager() sets to {"source": "builtin"|"local",
 "local_dir": <folder>}; it returns a datasets.DatasetDict in the layout of the hub dataset that
 lm-eval's built-in task reads, so the prompt/choice/target templates copied from the built-in
 YAMLs apply unchanged.
 
-Local files (cart/benchmarks/spec.py lists the file names and each format) are
+Local files (cart/evaluation/benchmarks/spec.py lists the file names and each format) are
 read as published by the benchmark authors and converted to the hub layout the same way the hub
 datasets' own loading scripts do (ARC: question.stem -> question, choices -> {text, label};
 PIQA: valid.jsonl + valid-labels.lst -> label; HellaSwag's llama.cpp text format -> release records).
@@ -77,12 +77,12 @@ def load(task: str, source: str | None = None, local_dir: str | None = None, **_
         found = read_local(task, Path(local_dir))
         # lm-eval reads the training split a task YAML declares even at 0 shots (it builds the few-shot
         # sampler with the task), so a split without a file is an empty one; few-shot examples from it are
-        # refused before that (check_local_files: the pipeline's task_specs, cart.lm_eval_cli)
+        # refused before that (check_local_files: the pipeline's task_specs, cart.evaluation.lm_eval_cli)
         splits = {split: found.get(split, []) for split in LOCAL_FILES[task]}
     else:
         raise ValueError(f"{task}: the cart task YAMLs need metadata source 'builtin' or 'local', got {source!r} "
                          f"(--metadata '{{\"source\": \"local\", \"local_dir\": ...}}' on lm-eval's command "
-                         f"line; in Python, the TaskManager of cart.benchmarks.task_manager)")
+                         f"line; in Python, the TaskManager of cart.evaluation.benchmarks.task_manager)")
     return datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
 
 
@@ -136,7 +136,7 @@ def _read_hellaswag_text(path: Path, task: str) -> list[dict]:
     lm-eval's preprocessing runs again on these (it also drops the bracketed spans the rendering kept in
     14 lines of the full file, e.g. "[www.kiddio.org]"), and ctx is split again by
     split_hellaswag_context, so lm-eval builds the same query as from the original record (1000/1000 on
-    the subset; see cart/benchmarks/spec.py). What the format cannot give back is the leading space that
+    the subset; see cart/evaluation/benchmarks/spec.py). What the format cannot give back is the leading space that
     lm-eval's preprocessing leaves on an ending that began with a WikiHow tag ("[title] ...").
     """
     with (bz2.open if path.suffix == ".bz2" else open)(path, "rt", encoding="utf-8") as f:

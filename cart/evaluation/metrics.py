@@ -7,9 +7,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from .device import autocast
-from .models.base import IGNORE_INDEX
-from .models.layers import lm_loss
+from ..device import autocast
+from ..models.base import IGNORE_INDEX
+from ..models.layers import lm_loss
 
 
 class NonFiniteEvaluation(ValueError):

@@ -8,8 +8,8 @@ import math
 import torch
 
 from . import distributed
-from .device import autocast
-from .experiments import TrainSettings
+from ..device import autocast
+from ..experiments import TrainSettings
 
 
 def lr_multiplier(step: int, warmup: int, total: int, floor: float) -> float:

@@ -1,11 +1,11 @@
 """lm-eval's own command line with this project's adapter registered as `--model cart`:
 
-    python -m cart.lm_eval_cli --model cart --model_args checkpoint=runs/stage2/d1024-R6-s42,n_loops=8 \\
-        --tasks cart_hellaswag --include_path cart/benchmarks/tasks \\
+    python -m cart.evaluation.lm_eval_cli --model cart --model_args checkpoint=runs/stage2/d1024-R6-s42,n_loops=8 \\
+        --tasks cart_hellaswag --include_path cart/evaluation/benchmarks/tasks \\
         --metadata '{"source": "local", "local_dir": "../shared/data/benchmarks"}'
 
 lm-eval 0.4 finds models only in its own registry: it has no plugin entry points, so a model
-defined elsewhere must be registered in the process that runs the CLI. Importing cart.harness
+defined elsewhere must be registered in the process that runs the CLI. Importing cart.evaluation.harness
 registers CARTLM under "cart" (`@register_model("cart")`); this module does that, then runs
 lm-eval's own command line (its parser and its `run`). The project's task YAMLs (cart_hellaswag,
 ...) read their records from `--metadata`: {"source": "builtin"} (the generated smoke set, never
@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from .params import PARAMS_FILE
+from ..params import PARAMS_FILE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +71,7 @@ def params_source(params_file: Path, tasks: list[str]) -> dict:
     """{"source", "local_dir"} of params.yaml's benchmarks section (local_dir relative to its folder)."""
     from .benchmarks import harness_name
     from .harness import BenchmarkSettings, local_dir_of
-    from .params import build, load_params, section
+    from ..params import build, load_params, section
 
     if not params_file.is_file():
         raise FileNotFoundError(f"{harness_name(tasks[0], 'local')}: no --metadata source and no {params_file} "

@@ -18,7 +18,7 @@ HellaSwag scores are only comparable with published ones on all 10,042 validatio
 hellaswag_val.jsonl, else llama.cpp's text rendering of it (hellaswag_val_full.txt, or its .bz2 which a
 job can carry at a quarter of the size); the 1,000-item subset is the last resort. The text format keeps
 `activity_label: ctx` where lm-eval reads ctx_a and ctx_b apart (it capitalises ctx_b), so the loader
-splits ctx again (cart.benchmarks.loaders.split_hellaswag_context). Measured on the 1,000-item subset
+splits ctx again (cart.evaluation.benchmarks.loaders.split_hellaswag_context). Measured on the 1,000-item subset
 against its original records: the split and every lm-eval query agree in 1000/1000 items, labels and
 endings in 1000/1000; the one residual difference is that lm-eval's preprocessing leaves a leading space
 on an ending that began with a WikiHow tag ("[title] ...", "[substeps] ...") and the text format strips

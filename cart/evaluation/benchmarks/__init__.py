@@ -3,13 +3,13 @@
 Tasks: HellaSwag (acc, acc_norm), ARC-Challenge (acc, acc_norm), LAMBADA OpenAI (acc,
 perplexity), PIQA (acc, acc_norm), with lm-eval's own prompts and metrics. Three sources:
 
-- builtin: a small generated SMOKE SET in each task's record format (cart/benchmarks/smoke.py),
+- builtin: a small generated SMOKE SET in each task's record format (cart/evaluation/benchmarks/smoke.py),
   so the pipeline runs offline anywhere; never a benchmark result (rows say `source: builtin`).
 - local:   the real benchmark files from `benchmarks.local_dir` (layout and formats: spec.py).
 - hub:     lm-eval's built-in tasks (hellaswag, arc_challenge, ...) reading the hub datasets
            (needs them in the Hugging Face cache, or network with HF_DATASETS_OFFLINE=0).
 
-builtin and local run the task YAMLs in cart/benchmarks/tasks/ (cart_hellaswag, ...): copies of
+builtin and local run the task YAMLs in cart/evaluation/benchmarks/tasks/ (cart_hellaswag, ...): copies of
 the built-in YAMLs that differ only in where the records come from (loaders.py).
 """
 from __future__ import annotations

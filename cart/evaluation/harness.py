@@ -1,7 +1,7 @@
 """lm-evaluation-harness adapter for CART (and the Dense baseline).
 
     lm = CARTLM.from_run("runs/stage2/d128-R4-s42", "data/tokenizer", n_loops=8)
-    results = lm_eval.simple_evaluate(model=lm, tasks=[...], task_manager=cart.benchmarks.task_manager(...))
+    results = lm_eval.simple_evaluate(model=lm, tasks=[...], task_manager=cart.evaluation.benchmarks.task_manager(...))
 
 or `evaluate_benchmarks(lm, ...)`, which does that and returns one row per (task, metric).
 
@@ -31,10 +31,10 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window, simpl
 from torch import nn
 from tqdm.auto import tqdm
 
-from .device import autocast, resolve_device, resolve_dtype
-from .evaluate import NonFiniteEvaluation
-from .io import sha256_file
-from .models.base import check_int_arg
+from ..device import autocast, resolve_device, resolve_dtype
+from .metrics import NonFiniteEvaluation
+from ..io import sha256_file
+from ..models.base import check_int_arg
 
 
 # ---- params: the `benchmarks` section of params.yaml --------------------------------------------
@@ -86,10 +86,10 @@ def local_dir_of(cfg: BenchmarkSettings, root: Path) -> Path | None:
 
 class Tokenizer:
     """The project's SentencePiece tokenizer, data/tokenizer/{tokenizer.model, tokenizer.json}, read
-    through cart.tokenizer; checks that the model file is the one tokenizer.json describes."""
+    through cart.data.tokenizer; checks that the model file is the one tokenizer.json describes."""
 
     def __init__(self, tokenizer_dir: str | Path):
-        from .tokenizer import INFO_FILE, MODEL_FILE, load_tokenizer, tokenizer_info
+        from ..data.tokenizer import INFO_FILE, MODEL_FILE, load_tokenizer, tokenizer_info
 
         d = Path(tokenizer_dir)
         self.info = tokenizer_info(d)
@@ -190,7 +190,7 @@ class CARTLM(TemplateLM):
                  max_length: int | None = None, **kwargs) -> "CARTLM":
         """Load runs/<group>/<name>/ and check it was trained with the tokenizer in tokenizer_dir.
         max_length None: the run's training sequence length."""
-        from .checkpoint import CONFIG, load_run_model, read_run_config
+        from ..training.checkpoint import CONFIG, load_run_model, read_run_config
 
         run_dir = Path(run_dir)
         tok = Tokenizer(tokenizer_dir)
@@ -424,7 +424,7 @@ def evaluate_benchmarks(lm: CARTLM, tasks, *, source: str, local_dir=None, num_f
                         fewshot_fallback: str = "error", task_manager=None, log_samples: bool = False):
     """Run `tasks` (canonical names: hellaswag, arc_challenge, lambada_openai, piqa) through
     lm_eval.simple_evaluate. Returns (rows, raw results); each row is
-    {"task", "metric", "value", "stderr"} for the metrics in cart.benchmarks.METRICS."""
+    {"task", "metric", "value", "stderr"} for the metrics in cart.evaluation.benchmarks.METRICS."""
     import lm_eval
 
     from . import benchmarks as B

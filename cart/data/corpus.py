@@ -8,7 +8,7 @@ Layout written by the corpus stage (`python -m pipeline.corpus`):
 
 `corpus.domains.<domain>.source` picks where a domain's text comes from:
 
-* ``builtin`` - text the project generates itself (`cart/builtin_text.py`), so `dvc repro` works anywhere offline: a seeded
+* ``builtin`` - text the project generates itself (`cart/data/builtin_text.py`), so `dvc repro` works anywhere offline: a seeded
   narrow-vocabulary story generator (the TinyStories role), and natural-language text shipped with
   every Python install (the wikipedia role: the `pydoc_data` reference topics plus module and class
   docstrings of the standard library; the fineweb_edu role: its function and method docstrings).
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
 from .builtin_text import generate_stories, stdlib_documents
-from .params import build, section
+from ..params import build, section
 
 SOURCES = ("builtin", "local", "hf")
 SPLITS = ("train", "val")
