@@ -1,5 +1,5 @@
 """Shell commands run as submitit jobs: the one engine behind `python -m pipeline.sweep` (dvc.yaml's
-training stages on a multi-GPU machine or a SLURM cluster) and `bench/gpu_job.py` (the GPU machine,
+training stages on a multi-GPU machine or a SLURM cluster) and `bench/gpu/job.py` (the GPU machine,
 which has no DVC).
 
 A `Task` is one shell command, its log file and the tasks it must wait for. submitit's executor runs

@@ -17,7 +17,7 @@ from .experiments import GROUPS, plan_keys
 
 def train_command(group: str, name: str, python: str = "python") -> list[str]:
     """The command that trains run `<group>/<name>`: dvc.yaml's training stages run exactly this
-    (tests/test_stages.py checks every one), and bench/gpu_job.py runs it where there is no DVC."""
+    (tests/test_stages.py checks every one), and bench/gpu/job.py runs it where there is no DVC."""
     return [python, "-m", "pipeline.train", group, name]
 
 

@@ -31,7 +31,7 @@ every lever, and each row gets `loss_last20` (the mean loss of the last 20 steps
 
 Sweep packing (several small runs on one GPU at once): start N processes with `--barrier DIR,N`;
 each waits after its warm-up until all N have compiled, so their timed steps overlap, and the
-sweep's throughput is the sum of their tokens/s (bench/gpu_perf.sh pack).
+sweep's throughput is the sum of their tokens/s (bench/gpu/perf.sh pack).
 
 A sweep measured over several calls (the 12 configs take longer than one 10-minute device call):
 `--project a.json b.json` reads the rows of earlier --out files and prints the projection of each

@@ -84,9 +84,9 @@ def test_a_lever_whose_library_is_missing_is_one_row_saying_so(tmp_path, monkeyp
 
 
 def test_decode_benchmark_modes_decode_the_same_tokens(one_thread):
-    """bench.decode's cached and uncached greedy decoding produce the same tokens (a benchmark of a
+    """bench.throughput.decode's cached and uncached greedy decoding produce the same tokens (a benchmark of a
     wrong decode measures nothing), and its rows carry each mode's tokens/s and the ratio."""
-    from bench import decode as bench_decode
+    from bench.throughput import decode as bench_decode
     from cart import build_model
     torch.manual_seed(0)
     for name in ("cart-d64-R3", "cart-d64-R3-X", "dense-L2-d64"):
@@ -103,9 +103,9 @@ def test_decode_benchmark_modes_decode_the_same_tokens(one_thread):
 
 
 def test_inductor_calls_counts_extern_kernels_and_aten_fallbacks_not_comments():
-    """bench.inductor_calls reads Inductor's output code: calls count, the comments naming the source ops
+    """bench.throughput.inductor_calls reads Inductor's output code: calls count, the comments naming the source ops
     of Inductor's own kernels and the ops named in assertion strings do not."""
-    from bench.inductor_calls import calls_in
+    from bench.throughput.inductor_calls import calls_in
     source = """
 class Runner:
     def call(self, args):

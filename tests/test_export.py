@@ -22,7 +22,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from cart import benchmarks as B  # noqa: E402
+from cart.evaluation import benchmarks as B  # noqa: E402
 from conftest import smoke_benchmark_text  # noqa: E402
 from cart.training.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
 from cart.generation import generate  # noqa: E402

@@ -1,4 +1,4 @@
-"""gpu/FINDINGS.md (bench/gpu_findings.py): the committed file is what the committed store renders to, so
+"""gpu/FINDINGS.md (bench/gpu/findings.py): the committed file is what the committed store renders to, so
 none of its numbers can go stale; its claims follow the numbers, and a difference within the run-to-run
 spread (seeds, and runs trained twice: runs/*/*/earlier/) is not called a finding."""
 import copy
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu_findings
+from bench.gpu import findings as gpu_findings
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "gpu"
@@ -36,7 +36,7 @@ def _with_runs(profile, change):
 
 
 def test_committed_findings_are_what_the_store_renders():
-    assert (GPU / "FINDINGS.md").read_text() == gpu_findings.render(GPU), "re-run: python -m bench.gpu_findings gpu"
+    assert (GPU / "FINDINGS.md").read_text() == gpu_findings.render(GPU), "re-run: python -m bench.gpu.findings gpu"
 
 
 def test_check_compares_and_writes_nothing(monkeypatch, capsys):
@@ -125,10 +125,10 @@ def _write(folder: Path, summary: dict, config: dict | None = None) -> None:
 
 
 def test_an_import_keeps_a_run_trained_again_as_an_earlier_training(tmp_path):
-    """bench/gpu_import.py files the runs; a run whose final evaluation changed was trained again, and
+    """bench/gpu/import_runs.py files the runs; a run whose final evaluation changed was trained again, and
     its first training stays under earlier/, where the findings read it; a re-import of the same
     training (another field changed) adds no training."""
-    from bench.gpu_import import file_runs
+    from bench.gpu.import_runs import file_runs
     dest, ws = tmp_path / "gpu" / "runs", tmp_path / "ws"
     first_config = {"model": {"d_model": 256}, "code_sha256": "one"}
     _write(ws / "stage2" / "d256-R2-s42", _summary(190.0), first_config)

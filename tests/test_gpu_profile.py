@@ -11,7 +11,7 @@ from pipeline.profile import apply_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "gpu"
-PACKED = 8            # runs sharing the GPU at once (bench/gpu_profile.sh --parallel)
+PACKED = 8            # runs sharing the GPU at once (bench/gpu/profile.sh --parallel)
 TRAIN_BUDGET_S = 20 * 60   # of the 25 GPU-minutes the issue allows: the rest is data, start-up and evaluation
 
 

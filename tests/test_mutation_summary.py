@@ -1,4 +1,4 @@
-"""bench/mutation.py's summary (metrics/mutation.json): a module re-run in part (its survivors named
+"""bench/mutation/run.py's summary (metrics/mutation.json): a module re-run in part (its survivors named
 after new tests) keeps the committed verdicts of the mutants not re-run, and only where that record is
 exact for the mutants generated now."""
 import importlib.util
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_bench_mutation", Path(__file__).parents[1] / "bench" / "mutation.py")
+_spec = importlib.util.spec_from_file_location("_bench_mutation", Path(__file__).parents[1] / "bench" / "mutation" / "run.py")
 mutation = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mutation)
 

@@ -1,5 +1,5 @@
-"""The Stage 1 campaign's tooling: the GPU runner's run selection (bench/gpu_job.py), the cost summary
-(bench/sweep_stage1.py) and the findings (bench/stage1_findings.py), whose committed outputs must be
+"""The Stage 1 campaign's tooling: the GPU runner's run selection (bench/gpu/job.py), the cost summary
+(bench/gpu/sweep_stage1.py) and the findings (bench/gpu/stage1_findings.py), whose committed outputs must be
 what the committed results store renders to, so no number in them can go stale."""
 import json
 import math
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu_job, stage1_findings, sweep_stage1
+from bench.gpu import job as gpu_job, stage1_findings, sweep_stage1
 from cart.experiments import resolve_run
 from cart.models import forward_flops
 from cart.params import load_params
@@ -72,13 +72,13 @@ def test_a_width_is_measured_whole_or_projected_by_flops(paper):
 def test_committed_sweep_metrics_are_what_the_campaign_renders():
     committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
     fresh = json.loads(json.dumps(sweep_stage1.summarize(CAMPAIGN, sweep_stage1.load_params(CAMPAIGN / "params.yaml"))))
-    assert fresh == committed, "re-run: python -m bench.sweep_stage1 gpu/stage1"
+    assert fresh == committed, "re-run: python -m bench.gpu.sweep_stage1 gpu/stage1"
     assert committed["configs_measured"] >= 16 and committed["widths"]["256"]["mode"] == "measured"
 
 
 def test_committed_findings_are_what_the_store_renders():
     assert (CAMPAIGN / "FINDINGS.md").read_text() == stage1_findings.render(CAMPAIGN), \
-        "re-run: python -m bench.stage1_findings gpu/stage1"
+        "re-run: python -m bench.gpu.stage1_findings gpu/stage1"
     text = (CAMPAIGN / "FINDINGS.md").read_text()
     for paper_ppl in ("184.9", "136.4", "115.0", "97.7"):  # the paper's best per width, beside ours
         assert paper_ppl in text

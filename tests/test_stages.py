@@ -181,7 +181,7 @@ def test_the_results_store_waits_for_every_evaluation_stage():
 def test_dvc_generates_one_training_stage_per_planned_run(tmp_path, profile):
     """DVC's own expansion of dvc.yaml's foreach/matrix training stages trains exactly the runs of
     run_names, into their run folders (e.g. the paper profile's multi-seed P=4 spot check), each by
-    exactly cart.stages.train_command (what bench/gpu_job.py runs where there is no DVC)."""
+    exactly cart.stages.train_command (what bench/gpu/job.py runs where there is no DVC)."""
     from dvc.repo import Repo
     from pipeline.profile import apply_profile
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())

@@ -1,5 +1,5 @@
 """The job engine (cart/jobs.py), the DVC sweep on it (pipeline/sweep.py) and the GPU-machine runner
-on it (bench/gpu_job.py). Engine behaviour is checked with small shell commands; the sweep with the
+on it (bench/gpu/job.py). Engine behaviour is checked with small shell commands; the sweep with the
 tiny profile's real training stages in a temporary DVC repository; SLURM with stand-in `sbatch` and
 `srun` (no cluster)."""
 import json
@@ -61,7 +61,7 @@ def test_slots_spread_jobs_over_the_gpus_before_packing_them():
 def test_local_jobs_see_their_slots_gpus_and_inherit_the_machines_otherwise(tmp_path, monkeypatch):
     """submitit's local executor blanks CUDA_VISIBLE_DEVICES for a job that asked it for no GPU: a
     slot's GPUs are set again in the command's environment, and a slot without GPUs restores what
-    the machine had (unset: every GPU; bench/gpu_job.py's runs rely on it)."""
+    the machine had (unset: every GPU; bench/gpu/job.py's runs rely on it)."""
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     executor = make_executor(ExecutorOptions("local", folder=tmp_path / "submitit"))
     tasks = [_echo_gpu(n, tmp_path) for n in ("a", "b")]
@@ -295,7 +295,7 @@ def test_slurm_job_script_asks_for_the_partition_time_gpus_and_runs_the_stage(tm
 
 @pytest.mark.slow
 def test_gpu_job_runs_a_groups_runs_in_parallel_jobs_and_stops_on_a_failure(tiny_project):
-    """`python -m bench.gpu_job train:stage1 summarize:stage1 --parallel 2`: every run of the grid as a
+    """`python -m bench.gpu.job train:stage1 summarize:stage1 --parallel 2`: every run of the grid as a
     job, each logged to logs/<group>-<name>.log; a failed run ends the job with exit 1 once the
     others have finished, before the next step."""
     p = yaml.safe_load((tiny_project / "params.yaml").read_text())
@@ -305,7 +305,7 @@ def test_gpu_job_runs_a_groups_runs_in_parallel_jobs_and_stops_on_a_failure(tiny
     broken.parent.mkdir(parents=True)
     broken.write_text("{not json")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "bench.gpu_job", "train:stage1", "summarize:stage1", "--parallel",
+    out = subprocess.run([sys.executable, "-m", "bench.gpu.job", "train:stage1", "summarize:stage1", "--parallel",
                           "2"], cwd=tiny_project, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "pipeline.train stage1 d32-P1-R2 --no-progress" in out.stdout and "exit 0" in out.stdout

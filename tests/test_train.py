@@ -379,7 +379,7 @@ def test_ddp_buckets_are_the_train_settings(tmp_path):
     the models' constant buffers are not re-broadcast before every forward."""
     import torch.distributed as dist
 
-    from cart import distributed
+    from cart.training import distributed
     dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
     try:
         model = torch.nn.Linear(4, 4)

@@ -304,7 +304,7 @@ class SoftmaxCrossEntropy(torch.autograd.Function):
     (softmax - one-hot) x the row's weight. Compiled, that backward is one pass that reads the logits
     and writes their gradient, where F.cross_entropy's goes through the fp32 log-softmax and a reduction
     per row: forward + backward at 32,768 x 32,000 bf16 logits on an H200 2.11 ms instead of 2.70 ms
-    (bench.ce_kernels), a CART d256 training step 2.5% faster (docs/performance.md)."""
+    (bench.throughput.ce_kernels), a CART d256 training step 2.5% faster (docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, mean: bool) -> torch.Tensor:

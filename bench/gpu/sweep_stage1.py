@@ -1,10 +1,10 @@
-"""What the Stage 1 screen costs on the GPU, from the runs bench/gpu_stage1.sh trained (imported into
-gpu/stage1/ by bench.gpu_import): metrics/sweep_stage1.json.
+"""What the Stage 1 screen costs on the GPU, from the runs bench/gpu/stage1.sh trained (imported into
+gpu/stage1/ by bench.gpu.import_runs): metrics/sweep_stage1.json.
 
-    python -m bench.sweep_stage1 gpu/stage1 --out metrics/sweep_stage1.json
+    python -m bench.gpu.sweep_stage1 gpu/stage1 --out metrics/sweep_stage1.json
 
 Per run, where its process's wall time went (its summary's `timing`, and the process time that
-bench/gpu_job.py logged): setting up, compiling (the first optimizer steps less that many steady
+bench/gpu/job.py logged): setting up, compiling (the first optimizer steps less that many steady
 steps: compilation and CUDA-graph capture happen there), the other steps, evaluation and checkpoints.
 Per width, the wall time of the job step that trained the whole width when one did ("measured"), else
 a projection from a job step that trained some of its configs (at least 2) and nothing else: that
@@ -109,8 +109,8 @@ def summarize(root: Path, params: dict) -> dict:
     phases = ("setup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s")
     return {
         "device": devices[0] if len(devices) == 1 else devices, "torch": torches[0] if len(torches) == 1 else torches,
-        "command": "bash bench/gpu_stage1.sh start <runs> (configs/paper.yaml + configs/paper_offline.yaml); "
-                   "python -m bench.sweep_stage1 gpu/stage1",
+        "command": "bash bench/gpu/stage1.sh start <runs> (configs/paper.yaml + configs/paper_offline.yaml); "
+                   "python -m bench.gpu.sweep_stage1 gpu/stage1",
         "target_minutes": TARGET_MINUTES,
         "configs_measured": len(stage1),
         "gpu_minutes_measured": round(sum(s["wall_s"] for s in steps) / 60, 2),

@@ -2,9 +2,9 @@
 the DAG's order, with the training runs of the listed groups packed N at a time on the one GPU
 (small runs leave most of an H200 idle: several at once reach a multiple of one run's tokens/s).
 
-    python -m bench.gpu_job data train:stage1,sweep_cart,sweep_dense summarize:stage1,sweep_cart,sweep_dense \
+    python -m bench.gpu.job data train:stage1,sweep_cart,sweep_dense summarize:stage1,sweep_cart,sweep_dense \
         --parallel 6
-    python -m bench.gpu_job eval:benchmarks,variable_r,ratplus,lrt results report
+    python -m bench.gpu.job eval:benchmarks,variable_r,ratplus,lrt results report
 
 Steps, run in the order given: `data` (corpus, tokenizer, bins: skipped when data/bins/meta.json
 exists, e.g. on a machine still warm from the last job), `train:<groups or group/run>` (every run of
@@ -12,9 +12,9 @@ each group's grid, or the one run named, or the runs a shell pattern matches, e.
 `train:stage1/d256-*`; N concurrent processes), `summarize:<groups>`, `eval:<stages>` (benchmarks,
 variable_r, or a study of pipeline/evaluate.py; N at once, each logged to logs/eval-<stage>.log),
 `results`, `report`. A failing command stops the job (exit 1), after the runs already started have
-finished. Each step prints its wall time; bench/gpu_profile.sh packs what came out. The N at once
+finished. Each step prints its wall time; bench/gpu/profile.sh packs what came out. The N at once
 are submitit jobs on this machine (cart/jobs.py, the engine of `python -m pipeline.sweep`), each
-seeing the GPUs this job sees; SIGTERM (the `timeout` that bench/gpu_profile.sh runs this under)
+seeing the GPUs this job sees; SIGTERM (the `timeout` that bench/gpu/profile.sh runs this under)
 reaches every run, which saves a checkpoint, and the job waits up to STOP_WAIT_S for them before it
 exits. On a DVC machine use `dvc repro` or `python -m pipeline.sweep` instead: this is the same work
 without DVC's records.
@@ -37,7 +37,7 @@ from cart.stages import train_command
 
 PY = [sys.executable, "-m"]
 # how long a stopped job waits for its runs to save their checkpoints: inside the device call that
-# bench/gpu_profile.sh stops with `timeout` well before the call's own limit
+# bench/gpu/profile.sh stops with `timeout` well before the call's own limit
 STOP_WAIT_S = 45.0
 
 

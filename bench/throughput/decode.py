@@ -1,8 +1,8 @@
 """Decoding-throughput benchmark (a benchmark, never a test): tokens/s of greedy decoding with the
 family's cache against re-running the full forward, CART and Dense side by side, random weights.
 
-    python -m bench.decode                                   # 1,024-token prompts, 256 new tokens (GPU)
-    python -m bench.decode --device cpu --configs cart-d256-R6 dense-L7-d256 --context 256 --new-tokens 32
+    python -m bench.throughput.decode                                   # 1,024-token prompts, 256 new tokens (GPU)
+    python -m bench.throughput.decode --device cpu --configs cart-d256-R6 dense-L7-d256 --context 256 --new-tokens 32
 
 Each config decodes --new-tokens tokens after a --context-token prompt for --batch rows, the way
 cart.generation.generate does, three ways: `cached`, the prompt in one forward_cached call (prefill)

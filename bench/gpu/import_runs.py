@@ -1,8 +1,8 @@
-"""Import what bench/gpu_profile.sh brought back into gpu/, the committed home of the `gpu` profile's
+"""Import what bench/gpu/profile.sh brought back into gpu/, the committed home of the `gpu` profile's
 outputs (apart from the default profile's DVC outputs):
 
-    python -m bench.gpu_import out/job1.tgz out/job2.tgz ...     # later archives win
-    python -m bench.gpu_import --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
+    python -m bench.gpu.import_runs out/job1.tgz out/job2.tgz ...     # later archives win
+    python -m bench.gpu.import_runs --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
 
 The archives are unpacked into one workspace, where the group summaries, the results store and the
 report are rebuilt from every job's runs and evaluation rows (CPU work: the GPU jobs need not keep
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cart.experiments import GROUPS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tuple[str, ...] = ("gpu",)) -> None:

@@ -5,36 +5,36 @@
 # the first 5M Llama-2 tokens of ../shared/data/wikipedia's articles, each ended by EOS, as uint16).
 # .gpu-site: bash ../shared/tools/gpu_site.sh .gpu-site, then the wheels of pyproject.toml's `bench` extra
 # (pip download --no-deps) unzipped into it (~28 MB; with .gpu-data's 11 MB under the 64 MiB a call carries).
-# .gpu-data: SHARED=../shared bash bench/gpu_perf.sh data, here (not on the GPU machine: ../shared stays here).
-#   bash bench/gpu_perf.sh decode     # bench.decode: cached vs uncached greedy decoding (issue 21)
-#   bash bench/gpu_perf.sh decode_batch   # the same at batch 1 in another order, and at batch 32
-#   bash bench/gpu_perf.sh decode_fresh   # one process per config and batch (1, 32)
-#   bash bench/gpu_perf.sh sampled    # pipeline.bench: sampled-R compile cost vs fixed R (issue 20)
-#   bash bench/gpu_perf.sh levers     # pipeline.bench: fused loss and FP8 against the training step (issue 22)
-#   bash bench/gpu_perf.sh sweep      # pipeline.bench: every paper-profile Stage 2 config + the sweep projection
-#   bash bench/gpu_perf.sh ddp [N]    # bench/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers (issue 22)
-#   bash bench/gpu_perf.sh graph_decode   # tests/test_gpu.py, then bench.decode with CUDA-graph decoding, batch 1 and 32
-#   bash bench/gpu_perf.sh parity     # fp8 against bf16: 300 steps on real tokens (.gpu-data/wiki_5m.bin), loss of the last 20
-#   bash bench/gpu_perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
-#   bash bench/gpu_perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
-#   bash bench/gpu_perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s (PACK_MPS=1: under MPS)
-#   bash bench/gpu_perf.sh decode_profile   # bench.decode_profile: new shapes vs seen ones, where a decoding step goes
-#   bash bench/gpu_perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
-#   bash bench/gpu_perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
-#   bash bench/gpu_perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
-#   bash bench/gpu_perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
-#   bash bench/gpu_perf.sh fp8_combos # fp8 with graphs+fused_adamw, CART d1024 R6 and Dense 7L
-#   bash bench/gpu_perf.sh fp8_parity # the same on real tokens, 300 steps (loss parity)
-#   bash bench/gpu_perf.sh inductor_calls   # bench.inductor_calls: extern kernels and aten fallbacks of the compiled step
-#   bash bench/gpu_perf.sh autotune   # Inductor max-autotune GEMM templates, with and without CUDA graphs, d256 and d1024
-#   bash bench/gpu_perf.sh ce         # bench.ce_kernels: cross-entropy formulations alone, forward + backward, top kernels
-#   bash bench/gpu_perf.sh real300    # graphs+fused_adamw, 300 steps on real tokens: d256, d1024, Dense 7L (speed and loss)
+# .gpu-data: SHARED=../shared bash bench/gpu/perf.sh data, here (not on the GPU machine: ../shared stays here).
+#   bash bench/gpu/perf.sh decode     # bench.throughput.decode: cached vs uncached greedy decoding (issue 21)
+#   bash bench/gpu/perf.sh decode_batch   # the same at batch 1 in another order, and at batch 32
+#   bash bench/gpu/perf.sh decode_fresh   # one process per config and batch (1, 32)
+#   bash bench/gpu/perf.sh sampled    # pipeline.bench: sampled-R compile cost vs fixed R (issue 20)
+#   bash bench/gpu/perf.sh levers     # pipeline.bench: fused loss and FP8 against the training step (issue 22)
+#   bash bench/gpu/perf.sh sweep      # pipeline.bench: every paper-profile Stage 2 config + the sweep projection
+#   bash bench/gpu/perf.sh ddp [N]    # bench/gpu/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers (issue 22)
+#   bash bench/gpu/perf.sh graph_decode   # tests/test_gpu.py, then bench.throughput.decode with CUDA-graph decoding, batch 1 and 32
+#   bash bench/gpu/perf.sh parity     # fp8 against bf16: 300 steps on real tokens (.gpu-data/wiki_5m.bin), loss of the last 20
+#   bash bench/gpu/perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
+#   bash bench/gpu/perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
+#   bash bench/gpu/perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s (PACK_MPS=1: under MPS)
+#   bash bench/gpu/perf.sh decode_profile   # bench.throughput.decode_profile: new shapes vs seen ones, where a decoding step goes
+#   bash bench/gpu/perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
+#   bash bench/gpu/perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
+#   bash bench/gpu/perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
+#   bash bench/gpu/perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
+#   bash bench/gpu/perf.sh fp8_combos # fp8 with graphs+fused_adamw, CART d1024 R6 and Dense 7L
+#   bash bench/gpu/perf.sh fp8_parity # the same on real tokens, 300 steps (loss parity)
+#   bash bench/gpu/perf.sh inductor_calls   # bench.throughput.inductor_calls: extern kernels and aten fallbacks of the compiled step
+#   bash bench/gpu/perf.sh autotune   # Inductor max-autotune GEMM templates, with and without CUDA graphs, d256 and d1024
+#   bash bench/gpu/perf.sh ce         # bench.throughput.ce_kernels: cross-entropy formulations alone, forward + backward, top kernels
+#   bash bench/gpu/perf.sh real300    # graphs+fused_adamw, 300 steps on real tokens: d256, d1024, Dense 7L (speed and loss)
 # SWEEP_LEVERS / PACK_LEVERS / PROFILE_LEVERS (default base) pick the levers the sweep / pack / profile parts run with (SWEEP_CONFIGS: a
 # subset of the sweep's configs, for a second call when one call's 10 minutes end before the last config; then `python -m
 # pipeline.bench --project first.json second.json` prints the projection of both); DDP_SETTINGS the
 # train settings of the ddp part's extra rows (default: bigger buckets, then those with a sharded optimizer).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 if [ "${1:-}" = data ]; then  # .gpu-data from the shared data folder; no GPU
   SHARED=${SHARED:-../shared}; mkdir -p .gpu-data
   cp "$SHARED/data/tokenizer/llama2_tokenizer.model" .gpu-data/
@@ -60,14 +60,14 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/devi
 for part in "$@"; do
   case "$part" in
     decode)
-      timeout 240 python3 -m bench.decode --out "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log" ;;
+      timeout 240 python3 -m bench.throughput.decode --out "$OUT/decode.json" 2>&1 | tee "$OUT/decode.log" ;;
     decode_batch)  # the same at batch 1 (configs twice, in another order) and at batch 32
-      timeout 200 python3 -m bench.decode --configs dense-L12-d1024 cart-d1024-R6 dense-L7-d1024 cart-d1024-R6 \
+      timeout 200 python3 -m bench.throughput.decode --configs dense-L12-d1024 cart-d1024-R6 dense-L7-d1024 cart-d1024-R6 \
         --out "$OUT/decode_b1.json" 2>&1 | tee "$OUT/decode_b1.log"
-      timeout 240 python3 -m bench.decode --batch 32 --out "$OUT/decode_b32.json" 2>&1 | tee "$OUT/decode_b32.log" ;;
+      timeout 240 python3 -m bench.throughput.decode --batch 32 --out "$OUT/decode_b32.json" 2>&1 | tee "$OUT/decode_b32.log" ;;
     decode_fresh)  # one process per config and batch: no config runs after another in the same process
       for b in 1 32; do for c in cart-d1024-R6 dense-L12-d1024; do
-        timeout 100 python3 -m bench.decode --batch "$b" --configs "$c" --out "$OUT/decode_${c}_b$b.json" \
+        timeout 100 python3 -m bench.throughput.decode --batch "$b" --configs "$c" --out "$OUT/decode_${c}_b$b.json" \
           2>&1 | tee -a "$OUT/decode_fresh.log"
       done; done ;;
     sampled)
@@ -91,7 +91,7 @@ for part in "$@"; do
         --levers base ${PARITY_LEVERS:-graphs+fused_adamw} --data .gpu-data/wiki_5m.bin --out "$OUT/combo_parity.json" \
         2>&1 | tee "$OUT/combo_parity.log" ;;
     train_levers)
-      OUT="$(realpath "$OUT")" WORK=/tmp/train_levers timeout 540 bash bench/ddp_scaling.sh \
+      OUT="$(realpath "$OUT")" WORK=/tmp/train_levers timeout 540 bash bench/gpu/ddp_scaling.sh \
         .gpu-data/llama2_tokenizer.model 1 40 cart ${TRAIN_SETTINGS:-compile_mode=reduce-overhead,optimizer=adamw} \
         2>&1 | tee "$OUT/train_levers.log" ;;
     heads)  # real tokens: cce's gradient filter skips work by the softmax, so random tokens would flatter it
@@ -107,7 +107,7 @@ for part in "$@"; do
         --levers graphs+fused_adamw graphs+fused_adamw+fp8 --out "$OUT/fp8_combos.json" 2>&1 | tee "$OUT/fp8_combos.log" ;;
     inductor_calls)  # what the compiled training step calls besides Inductor's own kernels (extern kernels, aten fallbacks)
       for c in ${PROFILE_CONFIGS:-cart-d256-R6}; do
-        timeout 240 python3 -m bench.inductor_calls --config "$c" 2>&1 | tee "$OUT/inductor_calls_$c.log" | tail -25
+        timeout 240 python3 -m bench.throughput.inductor_calls --config "$c" 2>&1 | tee "$OUT/inductor_calls_$c.log" | tail -25
       done ;;
     fp8_parity)  # the same pair on real tokens, 300 steps: speed and the loss of the last 20 steps at once
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 --warmup 8 \
@@ -122,7 +122,7 @@ for part in "$@"; do
     ddp)
       n=$(nvidia-smi -L | wc -l)
       for model in ${DDP_MODELS:-cart dense}; do
-        OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 280 bash bench/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
+        OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 280 bash bench/gpu/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
           "$n" 40 "$model" ${DDP_SETTINGS:-ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
           ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true,zero_optimizer=true} \
           2>&1 | tee "$OUT/ddp_$model.log"
@@ -136,18 +136,18 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
     t.test_cuda_graph_decoding_equals_the_eager_cache(f); print('passed', f)" 2>&1 | tee "$OUT/test_gpu.log"
       fi
       for b in 1 32; do
-        timeout 200 python3 -m bench.decode --batch "$b" --configs ${DECODE_CONFIGS:-cart-d1024-R6 dense-L12-d1024} \
+        timeout 200 python3 -m bench.throughput.decode --batch "$b" --configs ${DECODE_CONFIGS:-cart-d1024-R6 dense-L12-d1024} \
           --out "$OUT/decode_graph_b$b.json" 2>&1 | tee "$OUT/decode_graph_b$b.log"
       done ;;
     ce)
-      timeout 240 python3 -m bench.ce_kernels --out "$OUT/ce_kernels.json" 2>&1 | tee "$OUT/ce_kernels.log" ;;
+      timeout 240 python3 -m bench.throughput.ce_kernels --out "$OUT/ce_kernels.json" 2>&1 | tee "$OUT/ce_kernels.log" ;;
     real300)  # one process; REAL300_TAG names the files (A/B of a code change: run it once per version)
       name="real300${REAL300_TAG:+_$REAL300_TAG}"
       timeout 280 python3 -m pipeline.bench --configs cart-d256-R6 cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 \
         --warmup 8 --levers graphs+fused_adamw --data .gpu-data/wiki_5m.bin \
         --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" ;;
     decode_profile)
-      timeout 200 python3 -m bench.decode_profile 2>&1 | tee "$OUT/decode_profile.log" ;;
+      timeout 200 python3 -m bench.throughput.decode_profile 2>&1 | tee "$OUT/decode_profile.log" ;;
     parity)
       timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
         --levers base fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/parity.json" 2>&1 | tee "$OUT/parity.log" ;;

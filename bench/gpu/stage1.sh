@@ -3,21 +3,21 @@
 # offline corpora) on a GPU machine with no network and no DVC, several runs at once under CUDA MPS.
 # docs/gpu.md has the whole sequence; in short:
 #
-#   here:   bash bench/gpu_stage1.sh pack          # .gpu-site (packages) and .gpu-stage1/data.tar.xz (the bins)
-#   device: bash bench/gpu_stage1.sh start '4:stage1/d256-*' '2:stage1/d512-P2-R2,stage1/d512-P6-R8' ...
+#   here:   bash bench/gpu/stage1.sh pack          # .gpu-site (packages) and .gpu-stage1/data.tar.xz (the bins)
+#   device: bash bench/gpu/stage1.sh start '4:stage1/d256-*' '2:stage1/d512-P2-R2,stage1/d512-P6-R8' ...
 #           (carry .gpu-site and .gpu-stage1)
-#           bash bench/gpu_stage1.sh collect 540   # again, on the still-warm machine, until it says finished
-#   here:   python -m bench.gpu_import --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
-#           python -m bench.sweep_stage1 gpu/stage1 --out metrics/sweep_stage1.json
+#           bash bench/gpu/stage1.sh collect 540   # again, on the still-warm machine, until it says finished
+#   here:   python -m bench.gpu.import_runs --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
+#           python -m bench.gpu.sweep_stage1 gpu/stage1 --out metrics/sweep_stage1.json
 #
 # `start` takes batches, run one after another: N:<runs>, N runs at once, <runs> comma-separated
-# selections as bench/gpu_job.py takes them (group, group/name, shell patterns of names); a batch is one
+# selections as bench/gpu/job.py takes them (group, group/name, shell patterns of names); a batch is one
 # job step, so its wall time is what those runs cost together. STAGE1_MPS=0 runs them without MPS;
 # STAGE1_OVERLAY=gpu_stage1_dry adds an overlay after the two profiles (a CPU dry run:
 # configs/gpu_stage1_dry.yaml). The workspace .gpu-ws-stage1/ stays on a warm machine between calls, so
 # a later `start` resumes its runs.
 set -uo pipefail
-CMD=${1:?usage: bash bench/gpu_stage1.sh pack | start <runs...> | collect <seconds>}
+CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds>}
 shift
 REPO=$PWD
 WS=$REPO/.gpu-ws-stage1
@@ -41,7 +41,7 @@ pack_runs() {  # pack_runs <dest.tgz>: every run's config, summary, curves, log 
 case "$CMD" in
 pack)  # here, on the CPU: the packages and the data the GPU machine gets
   [ -d .gpu-data ] || { echo "link the shared data first: ln -s ../shared/data .gpu-data" >&2; exit 1; }
-  bash bench/gpu_carry.sh train || exit 1
+  bash bench/gpu/carry.sh train || exit 1
   BUILD=$REPO/.gpu-stage1-build
   mkdir -p "$BUILD" .gpu-stage1 && cd "$BUILD" && ln -sfn "$REPO/.gpu-data" .gpu-data && params || exit 1
   export PYTHONPATH=$REPO
@@ -64,7 +64,7 @@ start)  # on the GPU machine: the runs in the background (their own process sess
   for b in "$@"; do [[ $b =~ ^[0-9]+:.+ ]] || { echo "start: batch '$b' is not N:<runs>" >&2; exit 2; }; done
   rm -rf "$BG" && mkdir -p "$BG"
   setsid nohup bash "$0" run "$@" > "$BG/console.log" 2>&1 < /dev/null &
-  echo "started in the background (pid $!): collect with 'bash bench/gpu_stage1.sh collect <seconds>'"
+  echo "started in the background (pid $!): collect with 'bash bench/gpu/stage1.sh collect <seconds>'"
   ;;
 run)  # what `start` runs
   export PYTHONPATH=$REPO:$REPO/.gpu-site PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -86,7 +86,7 @@ run)  # what `start` runs
   for batch in "$@"; do
     n=${batch%%:*} sel=${batch#*:}
     echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel" | tee -a "$WS/logs/job.log"
-    python3 -m bench.gpu_job "train:$sel" --parallel "$n" 2>&1 | tee -a "$WS/logs/job.log"
+    python3 -m bench.gpu.job "train:$sel" --parallel "$n" 2>&1 | tee -a "$WS/logs/job.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   done
   echo $status > "$BG/finished"

@@ -1,7 +1,7 @@
 """Between GPU jobs: pick what the later runs use from the earlier ones, as the paper's protocol does
 (Stage 1 picks P for Stage 2) and as a fair comparison needs (each family at its own best lr):
 
-    python -m bench.gpu_choose            # reads metrics/{stage1,sweep_cart,sweep_dense}.json
+    python -m bench.gpu.choose            # reads metrics/{stage1,sweep_cart,sweep_dense}.json
 
 writes configs/gpu_chosen.yaml, an overlay applied after `gpu` (python -m pipeline.profile gpu_chosen):
 Stage 2's and the ablations' P = Stage 1's best P at the largest screened width; CART's peak lr = the
@@ -38,9 +38,9 @@ def choose(root: Path = Path(".")) -> dict:
 
 def main() -> int:
     overlay = choose()
-    text = ("# Chosen by bench/gpu_choose.py from the Stage 1 screen and the lr sweeps of this profile.\n"
+    text = ("# Chosen by bench/gpu/choose.py from the Stage 1 screen and the lr sweeps of this profile.\n"
             + yaml.safe_dump(overlay, sort_keys=False))
-    atomic_write_text(Path(__file__).resolve().parents[1] / "configs" / "gpu_chosen.yaml", text)
+    atomic_write_text(Path(__file__).resolve().parents[2] / "configs" / "gpu_chosen.yaml", text)
     print(text)
     return 0
 

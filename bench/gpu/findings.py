@@ -4,8 +4,8 @@ no such number, from the committed files beside it (bins_meta.json, logs/, bench
 and runs/<group>/<name>/earlier/, the first summary of a run trained again); the paper's numbers from
 cart/report/paper.py.
 
-    python -m bench.gpu_findings gpu            # writes gpu/FINDINGS.md
-    python -m bench.gpu_findings gpu --check    # exit 1 if the committed file is stale
+    python -m bench.gpu.findings gpu            # writes gpu/FINDINGS.md
+    python -m bench.gpu.findings gpu --check    # exit 1 if the committed file is stale
 
 A difference is called a finding only where it exceeds the run-to-run spread at its width: the largest
 relative gap between trainings of one config (two seeds, or the same run trained twice: job 5 trained
@@ -24,13 +24,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from bench.stage1_findings import COLLAPSE_PPL
+from bench.gpu.stage1_findings import COLLAPSE_PPL
 from cart import results as S
 from cart.io import atomic_write_text
 from cart.models.cart.config import PAPER_TEXT_VS_CODE
 from cart.report.paper import PAPER, PAPER_BENCH_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RANK = "ppl_wikipedia"
 MEAN, STD = f"{RANK}_mean", f"{RANK}_std"
 # The accuracy of a uniform guess: 4 endings (HellaSwag), 4 choices (most ARC-Challenge items), 2
@@ -93,12 +93,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Earlier trainings and the device calls, as committed beside the store
 # ---------------------------------------------------------------------------------------------
-EARLIER = "earlier"      # runs/<group>/<name>/earlier/<n>/: a run's earlier trainings (bench/gpu_import.py)
+EARLIER = "earlier"      # runs/<group>/<name>/earlier/<n>/: a run's earlier trainings (bench/gpu/import_runs.py)
 CALLS = "calls.json"     # each job log's device call: its date and device-minutes
 
 
 def earlier_trainings(root: Path) -> dict[str, list[dict]]:
-    """run_id -> its earlier trainings, oldest first, each {summary, config}: what bench/gpu_import.py
+    """run_id -> its earlier trainings, oldest first, each {summary, config}: what bench/gpu/import_runs.py
     set aside under runs/<group>/<name>/earlier/<n>/ when a later import brought another training."""
     out: dict[str, list[dict]] = {}
     for folder in sorted(root.glob(f"runs/*/*/{EARLIER}/*"), key=lambda f: (f.parent.parent, int(f.name))):
@@ -153,7 +153,7 @@ def job_steps(text: str) -> tuple[dict[str, list[dict]], float]:
 
 
 def packed_runs(script: str) -> dict[str, int]:
-    """job name -> how many runs bench/gpu_profile.sh packs on the GPU at once (its PAR)."""
+    """job name -> how many runs bench/gpu/profile.sh packs on the GPU at once (its PAR)."""
     out = {}
     for m in re.finditer(r"^\s*(job\d)\)(.*?)(?=^\s*(?:job\d|\*)\))", script, re.M | re.S):
         if par := re.search(r"PAR=(\d+)", m[2]):
@@ -762,7 +762,7 @@ def row_sampled_r_cost(p: Profile) -> list[str]:
 def row_sampled_r_cost_round3(p: Profile) -> list[str]:
     whole, rows = _sampled_r_bench(p.root / "bench" / "round3" / "sampled_r.json")
     met = all(r["cost_vs_fixed"] <= SAMPLED_R_COST_TARGET for r in rows.values())
-    return ["... the same after the fix (R never a size inside a compiled graph; `bash bench/gpu_perf.sh sampled`)",
+    return ["... the same after the fix (R never a size inside a compiled graph; `bash bench/gpu/perf.sh sampled`)",
             ", ".join(f"{s} {_signed(100 * r['cost_vs_fixed'])}" for s, r in rows.items())
             + f" vs whole-graph fixed R ({_k(whole['tokens_per_s'])} tok/s, {_f(100 * whole['mfu_paper'])}% "
             f"paper-MFU); {max(r['graphs'] for r in rows.values())} graphs, "
@@ -804,8 +804,8 @@ def row_decode(p: Profile) -> list[str]:
             + f"; {len(slow)} of {len(rows)} measurements ran {min(slow):.0f}-{max(slow):.0f}x slower per step than "
             f"the same config's fastest (left out above), the first config of {first_slow} of {len(first)} processes "
             "among them; cause not found")
-    return ["Cached decoding on GPU (`bench.decode`, 1,024-token prompts, 256 new tokens, bf16; "
-            "`bash bench/gpu_perf.sh decode decode_batch decode_fresh`)", ours,
+    return ["Cached decoding on GPU (`bench.throughput.decode`, 1,024-token prompts, 256 new tokens, bf16; "
+            "`bash bench/gpu/perf.sh decode decode_batch decode_fresh`)", ours,
             f"(issue 21 expects > {DECODE_SPEEDUP_TARGET:.0f}x)",
             ("**met**" if best > DECODE_SPEEDUP_TARGET else "**not met**")
             + f" (at best {best:.1f}x); decoding at these sizes is bound by kernel launches, not the recomputed prefix"]
@@ -825,13 +825,13 @@ def _header(p: Profile, packed: dict[str, int]) -> list[str]:
     return [
         "# Real-data findings: the `gpu` profile on one H200",
         "",
-        "Generated by `python -m bench.gpu_findings gpu` from `gpu/results.db` (every number of ours; "
+        "Generated by `python -m bench.gpu.findings gpu` from `gpu/results.db` (every number of ours; "
         "`tests/test_gpu_findings.py` fails when this file and the store disagree). Where the store holds no such "
         "number: `gpu/bins_meta.json`, `gpu/logs/`, `gpu/bench/*.json`, `gpu/calls.json` and `gpu/runs/*/*/earlier/` "
         "(the first summary of a run trained again). The paper's numbers from `cart/report/paper.py`; the LRT and RAT+ "
         "references from their specs.",
         "",
-        f"What ran: `configs/gpu.yaml` through `bench/gpu_profile.sh` on one {runs['device'].iloc[0]} (torch "
+        f"What ran: `configs/gpu.yaml` through `bench/gpu/profile.sh` on one {runs['device'].iloc[0]} (torch "
         f"{runs['torch'].iloc[0]}, bf16 autocast, {'eager' if train_cfg['compile'] == 'off' else 'compiled'}, "
         f"{train_cfg['optimizer']}, {_first_run_packing(packed)} runs packed on the GPU), filed on {record['date']} "
         f"({_f(record['device_minutes'])} device-minutes by the import's commit). Training text: {train / 1e6:.1f}M "
@@ -907,7 +907,7 @@ def _job5_intro(p: Profile) -> list[str]:
     items = "every item" if profile["benchmarks"]["limit"] is None else "a subset"
     return [
         "## Second run (job 5): evaluation, LRT layerwise, joint RAT+ and its adaptation, sampled R", "",
-        f"What ran: `bash bench/gpu_profile.sh start job5` + `collect` on one {p.run(best)['device']}, filed on "
+        f"What ran: `bash bench/gpu/profile.sh start job5` + `collect` on one {p.run(best)['device']}, filed on "
         f"{record['date']} (**{_f(record['device_minutes'])} device-minutes** by the import's commit; {job_s:,.0f} s "
         f"of job by its log: data {data['wall_s']:.0f} s, {train['commands']} runs packed {train['wall_s']:.0f} s, "
         f"adaptation {adapt['wall_s']:.0f} s, the {evals['commands']} evaluation stages concurrently "
@@ -921,7 +921,7 @@ def _job5_intro(p: Profile) -> list[str]:
 
 def render(root: Path, earlier: dict[str, list[dict]] | None = None) -> str:
     p = Profile(root, earlier)
-    packed = packed_runs((REPO / "bench" / "gpu_profile.sh").read_text())
+    packed = packed_runs((REPO / "bench" / "gpu" / "profile.sh").read_text())
     first = [row_lr_sweep(p), row_stage2_r(p), row_stage1(p), row_d512(p), row_spectral_radius(p),
              row_dense_vs_cart(p), row_dense_12l(p), row_ablations(p), row_paper_code(p), row_leak(p), row_lrt(p),
              row_ratplus_dense_only(p), row_throughput(p, packed)]

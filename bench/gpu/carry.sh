@@ -5,16 +5,16 @@
 # its CUDA 13.0 library (the image's torch is cu130): ~5 MB instead of ~43 MB, under the 64 MiB a
 # device call carries.
 #
-#   bash bench/gpu_carry.sh train   # training: bitsandbytes, dvclive and the dvc modules it imports,
-#                                   # submitit (bench/gpu_job.py's job engine; cloudpickle is in the image)
-#   bash bench/gpu_carry.sh eval    # and evaluation: datasets, lm-eval (its own task folders dropped:
+#   bash bench/gpu/carry.sh train   # training: bitsandbytes, dvclive and the dvc modules it imports,
+#                                   # submitit (bench/gpu/job.py's job engine; cloudpickle is in the image)
+#   bash bench/gpu/carry.sh eval    # and evaluation: datasets, lm-eval (its own task folders dropped:
 #                                   # the project's tasks are used), their dependencies
 #
-# Then carry ".gpu-site" (ignored by git) and put it on PYTHONPATH there (bench/gpu_stage1.sh and
-# bench/gpu_profile.sh do). The package lists were found by importing the training stage and the
+# Then carry ".gpu-site" (ignored by git) and put it on PYTHONPATH there (bench/gpu/stage1.sh and
+# bench/gpu/profile.sh do). The package lists were found by importing the training stage and the
 # evaluation stages in a virtual environment holding only what the image holds.
 set -euo pipefail
-SET=${1:?usage: bash bench/gpu_carry.sh train|eval [dest=.gpu-site]}
+SET=${1:?usage: bash bench/gpu/carry.sh train|eval [dest=.gpu-site]}
 DEST=${2:-.gpu-site}
 TRAIN=(bitsandbytes==0.50.2 dvclive==3.49.1 dvc==3.67.1 dvc-render==1.0.2 dvc-studio-client==0.23.0 funcy==2.1
        ruamel.yaml==0.19.1 flatten-dict==0.5.0 voluptuous==0.16.0 submitit==1.5.4)

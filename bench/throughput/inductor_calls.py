@@ -1,7 +1,7 @@
 """What Inductor's code for one compiled training step calls besides the kernels it generates.
 
-    python -m bench.inductor_calls --config cart-d256-R6            # on the GPU (bash bench/gpu_perf.sh inductor_calls)
-    python -m bench.inductor_calls --config cart-d256-R6 --device cpu --micro-batch 2 --vocab 512
+    python -m bench.throughput.inductor_calls --config cart-d256-R6            # on the GPU (bash bench/gpu/perf.sh inductor_calls)
+    python -m bench.throughput.inductor_calls --config cart-d256-R6 --device cpu --micro-batch 2 --vocab 512
 
 Compiles the model and its loss as the training stage does (cart.training.step.make_loss_fn), runs one forward and
 backward into a fresh Inductor cache, and lists every call in the generated modules to an

@@ -1,7 +1,7 @@
 """Why eager decoding is slow on a GPU, in two measurements (a diagnostic, never a test; round 4's
 numbers are in metrics/bench_gpu.json under round4_h200):
 
-    python -m bench.decode_profile
+    python -m bench.throughput.decode_profile
 
 1. The cost of a new shape: a bf16 GEMM and a causal SDPA the first time a sequence length is seen
    against the same call again (cuDNN attention builds a plan per new length; the uncached forward
@@ -15,7 +15,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.decode import config_of
+from bench.throughput.decode import config_of
 from cart import build_model
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     ap.add_argument("--context", type=int, default=1024)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("bench.decode_profile: needs a CUDA device")
+        raise SystemExit("bench.throughput.decode_profile: needs a CUDA device")
     device = torch.device("cuda")
     first_time_vs_seen(device)
     for batch in (1, 32):

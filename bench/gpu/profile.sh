@@ -2,35 +2,35 @@
 # The `gpu` profile (configs/gpu.yaml) on one GPU machine that has no network and no DVC, as four
 # jobs of under 10 minutes each (docs/gpu.md):
 #
-#   bash bench/gpu_profile.sh job1   # data; Stage 1 screen; lr sweeps of CART and Dense
-#   bash bench/gpu_profile.sh job2   # Stage 2 (d256, d512 x R x 2 seeds); Dense 7L/12L
-#   bash bench/gpu_profile.sh job3   # ablations (with the leak and paper_code); LRT; RAT+ and its adaptation
-#   bash bench/gpu_profile.sh job4   # benchmarks, variable R, the LRT and RAT+ studies
-#   bash bench/gpu_profile.sh job5   # on a bare machine after jobs 1-3 (their weights are gone): retrain
+#   bash bench/gpu/profile.sh job1   # data; Stage 1 screen; lr sweeps of CART and Dense
+#   bash bench/gpu/profile.sh job2   # Stage 2 (d256, d512 x R x 2 seeds); Dense 7L/12L
+#   bash bench/gpu/profile.sh job3   # ablations (with the leak and paper_code); LRT; RAT+ and its adaptation
+#   bash bench/gpu/profile.sh job4   # benchmarks, variable R, the LRT and RAT+ studies
+#   bash bench/gpu/profile.sh job5   # on a bare machine after jobs 1-3 (their weights are gone): retrain
 #                                    # what evaluation reads, train what is missing, evaluate, GPU benches
 #
 # A job may outlast one 10-minute call: `start <job>` runs it in the background (its own process
 # session, so it outlives the call) and returns; `collect <seconds>` waits up to that long for it and
 # packs whatever is done into $OUT (call it again on the still-warm machine until it says finished).
 #
-# then, on any machine, from the archives: python -m bench.gpu_import out/job*.tgz (builds the results
+# then, on any machine, from the archives: python -m bench.gpu.import_runs out/job*.tgz (builds the results
 # store and the report from every job's runs and evaluations, and files them under gpu/).
 #
 # The profile runs in .gpu-ws/, a workspace apart from the checkout's own (committed) outputs; a warm
 # machine keeps it between calls, so later jobs read the data, runs and summaries of earlier ones
-# (the data are rebuilt if they are gone). From job 2 on, bench/gpu_choose.py picks Stage 2's P and
+# (the data are rebuilt if they are gone). From job 2 on, bench/gpu/choose.py picks Stage 2's P and
 # each family's lr from job 1's results (configs/gpu_chosen.yaml, committed back into configs/gpu.yaml).
 # Beside the checkout it needs:
 #   .gpu-data/  the shared data folder's files configs/gpu.yaml names (a real copy, not a link)
 #   .gpu-site/  bitsandbytes for the machine's CUDA: bash ../shared/tools/gpu_site.sh .gpu-site
 #   .gpu-whl/   wheels of what the GPU image lacks: dvclive and the dvc pieces it imports, datasets,
 #               lm-eval (its built-in task folders dropped: the project's own tasks are used), submitit
-#               (bench/gpu_job.py's engine; its cloudpickle is in the image) and deps
+#               (bench/gpu/job.py's engine; its cloudpickle is in the image) and deps
 # and it writes $OUT/<job>.tgz (every run's config, summary and curves, metrics, eval rows, the store,
-# the report; no weights) and $OUT/<job>.log; `python -m bench.gpu_import` files them under gpu/.
+# the report; no weights) and $OUT/<job>.log; `python -m bench.gpu.import_runs` files them under gpu/.
 # With DVC and network, `python -m pipeline.profile gpu && dvc repro` does the same work, with DVC's records.
 set -uo pipefail
-JOB=${1:?usage: bash bench/gpu_profile.sh job1|job2|job3|job4|job5 | start <job> | collect <seconds>}
+JOB=${1:?usage: bash bench/gpu/profile.sh job1|job2|job3|job4|job5 | start <job> | collect <seconds>}
 REPO=$PWD
 OUT=${OUT:-$REPO/out}
 mkdir -p "$OUT" .gpu-ws
@@ -45,7 +45,7 @@ pack() {  # pack <dir> <name>: every run's config, summary and curves, metrics, 
 if [ "$JOB" = start ]; then
   rm -rf "$BG" && mkdir -p "$BG"
   OUT="$BG" setsid nohup bash "$0" "${2:?start <job>}" > "$BG/console.log" 2>&1 < /dev/null &
-  echo "started ${2} in the background (pid $!): collect with 'bash bench/gpu_profile.sh collect <seconds>'"
+  echo "started ${2} in the background (pid $!): collect with 'bash bench/gpu/profile.sh collect <seconds>'"
   exit 0
 fi
 if [ "$JOB" = collect ]; then
@@ -77,7 +77,7 @@ if [ -n "${GPU_PROFILE_OVERLAY:-}" ]; then  # e.g. gpu_dry: a CPU dry run of a j
   python3 -m pipeline.profile "$GPU_PROFILE_OVERLAY" || exit 1
 fi
 if [ "$JOB" != job1 ] && [ -f metrics/stage1.json ]; then  # a warm machine: choose from job 1's results
-  python3 -m bench.gpu_choose && python3 -m pipeline.profile gpu_chosen || exit 1
+  python3 -m bench.gpu.choose && python3 -m pipeline.profile gpu_chosen || exit 1
 fi
 
 GROUPS1=stage1,sweep_cart,sweep_dense
@@ -102,12 +102,12 @@ print(','.join(sorted({v['run_id'] for v in d['best_per_d'].values()} | {d['best
 esac
 status=0
 # stop in time to pack what is done (a run resumes from its checkpoint on the next call)
-timeout "${JOB_LIMIT:-510}" python3 -m bench.gpu_job "${STEPS[@]}" --parallel "$PAR" 2>&1 | tee "$OUT/$JOB.log" \
+timeout "${JOB_LIMIT:-510}" python3 -m bench.gpu.job "${STEPS[@]}" --parallel "$PAR" 2>&1 | tee "$OUT/$JOB.log" \
   || status=$?
 if [ "$JOB" = job5 ] && [ $status = 0 ] && python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"
 then  # GPU benches on the then idle GPU (issues 20 and 21)
   mkdir -p gpu_bench
-  timeout 90 python3 -m bench.decode --out gpu_bench/decode.json 2>&1 | tee -a "$OUT/$JOB.log"
+  timeout 90 python3 -m bench.throughput.decode --out gpu_bench/decode.json 2>&1 | tee -a "$OUT/$JOB.log"
   timeout 240 python3 -m pipeline.bench --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal \
     --micro-batch 32 --steps 30 --out gpu_bench/sampled_r.json 2>&1 | tee -a "$OUT/$JOB.log"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # DDP scaling of the real training stage: tokens/s of one Stage 2 run (d=1024, P=6, seq 1024,
 # 32,768 tokens per optimizer step) on 1 GPU and on N GPUs (train.nproc), from the runs' own logs.
-#   bash bench/ddp_scaling.sh <tokenizer.model> [N=2] [steps=40] [model=cart|dense] [setting ...]
+#   bash bench/gpu/ddp_scaling.sh <tokenizer.model> [N=2] [steps=40] [model=cart|dense] [setting ...]
 # Each `setting` (key=value of the train section, e.g. ddp_bucket_cap_mb=100
 # ddp_gradient_as_bucket_view=true) is one more N-GPU row: the lever, against the default N-GPU row.
 # Works in a scratch copy (`$WORK`, default /tmp/ddp_scaling) so the repository's outputs are
@@ -12,7 +12,7 @@
 set -euo pipefail
 TOK=$(realpath "$1"); N=${2:-2}; STEPS=${3:-40}; MODEL=${4:-cart}; shift $(( $# < 4 ? $# : 4 ))
 [ -f "$TOK" ] || { echo "ddp_scaling: tokenizer model $1 not found (give a SentencePiece .model file)" >&2; exit 2; }
-REPO=$(cd "$(dirname "$0")/.." && pwd); WORK=${WORK:-/tmp/ddp_scaling}
+REPO=$(cd "$(dirname "$0")/../.." && pwd); WORK=${WORK:-/tmp/ddp_scaling}
 rm -rf "$WORK" && mkdir -p "$WORK" && cp -r "$REPO/cart" "$REPO/pipeline" "$REPO/params.yaml" "$WORK/" && cd "$WORK"
 export PYTHONPATH="$WORK:${PYTHONPATH:-}"
 D=${D_MODEL:-1024}

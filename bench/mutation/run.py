@@ -2,11 +2,11 @@
 and the committed summary of the last run (metrics/mutation.json).
 
     pip install mutmut==3.8.1
-    python bench/mutation.py                        # every target module (hours on 2 cores)
-    python bench/mutation.py cart/models/cart/model.py    # one module (or several)
-    python bench/mutation.py --summary              # rewrite metrics/mutation.json from mutants/
-    python bench/mutation.py --max-children 1 ...   # leave a CPU to other work
-    mutmut run --max-children 1 "<mutant name>" ... && python bench/mutation.py --summary
+    python bench/mutation/run.py                        # every target module (hours on 2 cores)
+    python bench/mutation/run.py cart/models/cart/model.py    # one module (or several)
+    python bench/mutation/run.py --summary              # rewrite metrics/mutation.json from mutants/
+    python bench/mutation/run.py --max-children 1 ...   # leave a CPU to other work
+    mutmut run --max-children 1 "<mutant name>" ... && python bench/mutation/run.py --summary
                                                     # re-judge survivors after new tests; the summary
                                                     # keeps the committed verdicts of the rest
 
@@ -16,7 +16,7 @@ stopping at the first failure. Results accumulate in mutants/ (git-ignored): a m
 already judged are not re-run unless named (`mutmut run <mutant name>`) or their code changed.
 
 A surviving mutant is either killed by a new behavioural test or listed in
-bench/mutation_equivalents.toml with the reason it cannot change behaviour; the summary lists
+bench/mutation/equivalents.toml with the reason it cannot change behaviour; the summary lists
 every survivor with its reason, or "unexplained".
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ import time
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = ROOT / "metrics" / "mutation.json"
-EQUIVALENTS = ROOT / "bench" / "mutation_equivalents.toml"
+EQUIVALENTS = ROOT / "bench" / "mutation" / "equivalents.toml"
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped as the summary counts them
 STATUS = {1: "killed", 3: "killed", 0: "survived", 33: "no_tests", 5: "no_tests", None: "not_checked",
           36: "timeout", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
@@ -180,11 +180,11 @@ def summarize(runtimes: dict[str, float]) -> dict:
     total = {k: sum(m[k] for m in modules.values()) for k in ("mutants", *COUNTED)}
     judged = total["mutants"] - total["not_checked"]
     total["killed_fraction"] = round((total["killed"] + total["timeout"]) / judged, 4) if judged else None
-    return {"tool": "mutmut 3.8.1", "command": "python bench/mutation.py",
+    return {"tool": "mutmut 3.8.1", "command": "python bench/mutation/run.py",
             "note": "killed_fraction = (killed + timeout) / (mutants - not_checked); no_tests = no selected "
                     "test runs the mutated function; sigkill = the worker was killed before a verdict (not "
                     "counted as killed); survivors lists every survived, no-test and sigkill mutant with the "
-                    "reason it is equivalent (bench/mutation_equivalents.toml) or 'unexplained', and "
+                    "reason it is equivalent (bench/mutation/equivalents.toml) or 'unexplained', and "
                     "survivor_status its status; a module re-run here in part keeps the committed verdicts of "
                     "the mutants not re-run (of its unchanged functions, by function_hashes, where its code changed)",
             "total": total, "modules": modules, "survivors": dict(sorted(survivors.items())),

@@ -1,7 +1,7 @@
 """Cross-entropy over the 32K vocabulary, forward + backward, formulation by formulation (a GPU
 diagnostic for issue 22, never a test):
 
-    python -m bench.ce_kernels [--rows 32768] [--vocab 32000] [--iters 20]
+    python -m bench.throughput.ce_kernels [--rows 32768] [--vocab 32000] [--iters 20]
 
 Round 5's d256 profile put the fp32 cross-entropy at 14% of a step: its forward kernel reads the
 2.1 GB of bf16 logits in 1.43 ms (~1.5 TB/s of the H200's 4.8), its backward reads them again and
