@@ -241,8 +241,8 @@ class CoreBlock(nn.Module):
 
 # ---- what the core attends to: one of three, chosen by the config (CART.kv_source) -------------------
 # Plain objects, not modules: the K/V weights stay the model's own (anchor_norm, anchor_kv), so the
-# state_dict keys are the same for every choice. Each is asked by the model (passed in, so that a
-# test may swap `model.anchor`) at three points:
+# state_dict keys are the same for every choice; the model is passed in at each call rather than
+# held, so that it stays the only owner of its modules. The model asks at three points:
 #   before_loop(model, x_p, decoding) -> the anchor the whole loop reads, or None
 #   context(model, anchor, x_r, u_r, rope, cache) -> the core attention's arguments at one iteration
 #   cached_per_loop: which decode-cache part holds one latent cache per loop ("anchor", "core", None)
@@ -384,16 +384,18 @@ class CART(LanguageModel):
     # ---- the forward ----
     def hidden(self, idx: torch.Tensor, n_loops: int | None = None,
                backprop_loops: int | None = None, exit_threshold: float | None = None) -> torch.Tensor:
+        """The coda's output (B, T, d): the equations of the class docstring, head excluded."""
         R = self.loop_count(n_loops)
         exit_threshold = self.check_exit(exit_threshold, backprop_loops)
         x = self.tok_emb(idx)
         rope = self.rope.tables(idx.shape[1], idx.device)
         for layer in self.prelude:
             x = layer(x, rope)
-        return self.coda(self.recur(x, R, rope, backprop_loops=backprop_loops, exit_threshold=exit_threshold), rope)
+        h = self.recur(x, R, rope, backprop_loops=backprop_loops, exit_threshold=exit_threshold)
+        return self.coda(h, rope)
 
     def anchor(self, x: torch.Tensor, cache: LayerCache | None = None):
-        """(K, V, mask) the core cross-attends to: mask None in the full forward (causal over the same
+        """(k, v, mask) the core attends to: mask None in the full forward (causal over the same
         tokens); decoding, the new tokens' latents join the cached ones and the step's mask applies."""
         latents, mask, _ = (None, None, None) if cache is None else cache
         return (*self.anchor_kv(self.anchor_norm(x), latents), mask)
@@ -433,8 +435,9 @@ class CART(LanguageModel):
                 history = [h.detach() for h in history]
             with torch.no_grad() if r < frozen else contextlib.nullcontext():
                 # pe[r] cloned (d numbers): a compiled iteration then sees a row, not a view of the
-                # R-row table, whose size R Dynamo would guard on. Written inline, as is all of this
-                # loop's bookkeeping: a helper taking r would be a frame Dynamo compiles once per r.
+                # R-row table, whose size R Dynamo would guard on. Inline rather than in a helper:
+                # under compile_by_iteration every function this loop calls is a compiled frame, and
+                # one taking r would be guarded on r.
                 history = self.iteration(history, None if pe is None else pe[r].clone(), anchor, rope,
                                          self.core[r % len(self.core)],  # one shared block, or R (ablation Z)
                                          None if per_loop is None else decoding.layer(per_loop, r))
