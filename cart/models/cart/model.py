@@ -548,6 +548,7 @@ class CART(LanguageModel):
         cache.advance(t)
         return self.head(x)
 
+    # ---- what the training log records about the gate and the HyperConnection ----
     @torch.no_grad()
     def spectral_radius(self) -> float:
         """max_i lambda_i, the gate's largest per-channel factor (what the paper logs as rho).
