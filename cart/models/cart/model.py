@@ -169,23 +169,19 @@ LTI_CEILING = 1.0 - 1e-6
 
 
 def lti_gate(gate: LTIGate, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """paper_text: h = lambda * x_r + delta; the spectral radius max(lambda) < 1 for every theta."""
-    return gate.lam().to(x.dtype) * x + delta
+    return gate.lam().to(x.dtype) * x + delta  # paper_text: rho = max(lambda) < 1 for every theta
 
 
 def residual_plus_gate(gate: LTIGate, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """The authors' code: the core block returns u + attn + ffn and the gate adds sigma * u on top."""
-    return (1 + gate.lam().to(u.dtype)) * u + delta
+    return (1 + gate.lam().to(u.dtype)) * u + delta  # the authors': their block's residual, plus sigma * u
 
 
 def plain_residual(gate: LTIGate, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Ablation LTI under paper_text: x_r + delta."""
-    return x + delta
+    return x + delta  # ablation LTI under paper_text
 
 
 def doubled_residual(gate: LTIGate, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Ablation LTI under the authors' code: their block's own residual plus the ungated input, 2 u_r + delta."""
-    return 2 * u + delta
+    return 2 * u + delta  # ablation LTI under the authors' code: their block's residual, plus u ungated
 
 
 # (core_update, disable_lti) -> the rule
@@ -291,16 +287,13 @@ class SelfAttendingCore:
 
 # ---- cached decoding ----------------------------------------------------------------------------
 
-# Cached decoding keeps MLA's latent c = W_down x per token for each prelude layer, the coda and the
-# anchor: (P + 2) * d_c values per token, against 2d per layer for a Dense KV cache. The core keeps
-# nothing of its own for any R: it only reads the anchor, whose latents grow by one per new token.
-# Ablations X and W cache one latent per loop and token instead.
-
 class CARTCache(DecodeCache):
-    """CART's decode state: one latent cache per prelude layer, for the coda and for the anchor
-    (one per loop for X, whose anchor is recomputed from each loop's state), and for W one per
-    loop of its self-attending core. The cross-attending core itself caches nothing. R is fixed
-    per cache: every loop's state of every earlier token is summarised by the anchor alone."""
+    """CART's decode state: MLA's latent c = W_down x per token, one cache per prelude layer, for
+    the coda and for the anchor: (P + 2) * d_c values per token, against 2d per layer for a Dense
+    KV cache. The cross-attending core caches nothing for any R, it only reads the anchor; X (the
+    anchor recomputed from each loop's state) and W (a self-attending core) keep one latent cache
+    per loop instead. R is fixed per cache: every loop's state of every earlier token is
+    summarised by the anchor alone."""
 
     def __init__(self, cfg: CARTConfig, batch: int, max_len: int, n_loops: int, device, dtype,
                  pad: torch.Tensor | None = None, static: bool = False):
