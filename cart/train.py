@@ -215,7 +215,8 @@ class Trainer:
         self._note_peak_memory("train")  # training's peak so far, then the evaluation's own
         out = {}
         for dom, batches in self.val.items():
-            loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
+            loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype,
+                                **self.spec.model.validation_kwargs())
             if not math.isfinite(loss):
                 raise NonFiniteError(f"{self.spec.run_id}: non-finite validation loss on {dom} at step {step}; "
                                      f"last good checkpoint kept")

@@ -125,6 +125,11 @@ class ConfigBase:
         """Inference-time keyword arguments the model's forward accepts (e.g. `n_loops`)."""
         return frozenset()
 
+    def validation_kwargs(self) -> dict:
+        """Runtime arguments of the training stage's periodic validation loss (the curves and the
+        run summary's final evaluation): none by default, the model's own default forward."""
+        return {}
+
     def training_kwargs(self) -> frozenset[str]:
         """Keyword arguments the model's forward accepts from training alone (e.g. CART's
         `backprop_loops`): they change gradients, never outputs, so inference does not offer them."""

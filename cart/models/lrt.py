@@ -14,9 +14,11 @@ pass 0 runs every position with zero memory and fills a key/value buffer per lay
 memory H; subset pass i (i = 0..S-1, in order) reruns the positions t with t % S == i, each
 reading m~_t = H[t-1] from the latest H, writes its fresh keys/values into the buffer before
 attending to it (query t sees entries j <= t) and its memory into H. The loss is the mean of the
-S + 1 passes' mean losses. Evaluation (`lrt_mode`): "merged" scores each position by the last
-pass that computed it, "sequential" is the exact token-by-token recurrence (through the decode
-cache), "zero" is pass 0 (zero memory).
+S + 1 passes' mean losses. Inference (`lrt_mode`): "sequential", the default of the plain forward,
+the Hugging Face forward and decoding alike, is the exact token-by-token recurrence (through the
+decode cache), so a row's logits are the same alone, in a left-padded batch or decoded with a cache;
+"merged" scores each position by the last parallel training pass that computed it (an
+approximation at S < T, about as fast as one training step), "zero" is pass 0 (zero memory).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from torch import nn
 
 from .layers import (DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention, RMSNorm, RoPE, attend, lm_loss,
                      merge_heads, split_heads)
-from .lrt_config import LRT_MODES, LRTConfig
+from .lrt_config import DEFAULT_LRT_MODE, LRT_MODES, LRTConfig
 
 
 class FeedbackAttention(MHASelfAttention):
@@ -191,7 +193,7 @@ class LRT(LanguageModel):
             passes.append((pos, x))
         return passes
 
-    def hidden(self, idx: torch.Tensor, lrt_mode: str = "merged") -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, lrt_mode: str = DEFAULT_LRT_MODE) -> torch.Tensor:
         mode = check_lrt_mode(lrt_mode)
         if mode == "sequential":
             return self.decode(idx, self.new_cache(idx.shape[0], idx.shape[1]))
@@ -206,7 +208,7 @@ class LRT(LanguageModel):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **runtime) -> torch.Tensor:
         """Train mode with targets: the interleaved training loss, the mean over the passes run
         (S + 1; T + 1 when S > T leaves subsets empty) of each pass's mean loss over its positions.
-        Otherwise the `lrt_mode` logits (or their mean loss)."""
+        Otherwise the `lrt_mode` logits (or their mean loss); by default the exact recurrence."""
         if not (self.training and targets is not None):
             return super().forward(idx, targets, **runtime)
         if runtime:
@@ -217,7 +219,7 @@ class LRT(LanguageModel):
 
     # ---- cached decoding: the exact recurrence ----
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,
-                  lrt_mode: str = "sequential") -> LRTCache:
+                  lrt_mode: str = DEFAULT_LRT_MODE) -> LRTCache:
         """lrt_mode "sequential" (exact recurrence) or "zero" (zero memory throughout). A prompt is
         consumed token by token, so prefill is exact (no parallel prefill)."""
         check_lrt_mode(lrt_mode, ("sequential", "zero"))

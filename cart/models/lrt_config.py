@@ -29,7 +29,11 @@ from typing import ClassVar, Literal
 from .base import ConfigBase, require
 from .dense_config import DenseConfig
 
-LRT_MODES = ("merged", "sequential", "zero")  # evaluation modes of the parallel forward (`lrt_mode`)
+LRT_MODES = ("merged", "sequential", "zero")  # inference modes of the forward (`lrt_mode`)
+# The default of every forward and of decoding: the exact recurrence, so the plain forward, a
+# left-padded batch and cached decoding give a row the same logits; "merged" and "zero" are asked
+# for by name.
+DEFAULT_LRT_MODE = "sequential"
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,12 @@ class LRTConfig(ConfigBase):
 
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"lrt_mode"})
+
+    def validation_kwargs(self) -> dict:
+        """Training's validation scores the parallel training passes ("merged"), named here since
+        it is not the default: T sequential steps per batch would slow every evaluation during
+        training, and the evaluate stage reports every mode (`eval_lrt.modes`) anyway."""
+        return {"lrt_mode": "merged"}
 
     def train_passes(self) -> float:
         return 2.0
