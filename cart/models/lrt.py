@@ -211,6 +211,7 @@ class LRT(LanguageModel):
         Otherwise the `lrt_mode` logits (or their mean loss); by default the exact recurrence."""
         if not (self.training and targets is not None):
             return super().forward(idx, targets, **runtime)
+        self.check_tokens(idx, training_step=True)
         if runtime:
             raise ValueError(f"LRT: {sorted(runtime)} select an evaluation mode; in train mode with targets "
                              "the loss is always the interleaved one (call model.eval() to evaluate)")
