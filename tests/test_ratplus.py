@@ -240,6 +240,23 @@ def test_cached_decoding_equals_the_parallel_forward(family, text):
         assert kv.slots + (0 if p.is_dense else 1) == cache_slots(p, 40)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["ratplus", "ratplus_no_recurrence", "dense_control"])
+@pytest.mark.parametrize("text", ["dense", "D16", "W16-P4", "D3-W2-P5", "W8", "dense,D4", "W64-P4"])
+def test_kv_cache_bytes_is_what_the_decode_cache_allocates(family, text, dtype):
+    """The accounting against the bytes of every tensor of keys, values and recurrent state the
+    decode cache allocates for T tokens (T = 40: W64 is capped at T)."""
+    T = 40
+    model = {"ratplus": lambda: ratplus(), "ratplus_no_recurrence": lambda: ratplus(apply_recurrence=False),
+             "dense_control": dense_control}[family]().to(dtype)
+    cache = model.new_cache(3, T, pattern=text)
+    allocated = 0
+    for layer in cache.layers:
+        kv, state = layer if isinstance(layer, tuple) else (layer, None)
+        allocated += kv.k[0].nbytes + kv.v[0].nbytes + (0 if state is None else state.h[0].nbytes)
+    assert kv_cache_bytes(model.config, text, T, torch.finfo(dtype).bits // 8) == allocated
+
+
 def test_dense_without_pattern_keeps_its_plain_cache():
     model = perturbed(dense_control(), std=0.15)
     rows = [list(range(1, 20)), list(range(5, 17))]
@@ -380,9 +397,10 @@ def test_attention_flops_and_kv_cache_shrink_about_d_fold():
     ratio = dense / attention_flops(cfg, "D64", T)
     assert 0.95 * 64 < ratio < 64  # the own key of every query keeps it just under D
     kv = kv_cache_bytes(cfg, "D64", T, 2)
-    assert kv == (2 * 32 * 65 + 2 * 32) * 2  # 65 slots of k and v, plus the recurrent state (k~, v~)
-    assert kv_cache_bytes(DenseConfig(**(SMALL | {"n_layers": 1})), "D64", T, 2) == 2 * 32 * 65 * 2  # no state
-    assert kv_cache_bytes(cfg, "dense", T, 2) == (2 * 32 * T + 2 * 32) * 2
+    # 64 stored slots of k and v (the spec's 65 counts the current key) in bf16, the fp32 state (k~, v~)
+    assert kv == 2 * 32 * 64 * 2 + 2 * 32 * 4
+    assert kv_cache_bytes(DenseConfig(**(SMALL | {"n_layers": 1})), "D64", T, 2) == 2 * 32 * 64 * 2  # no state
+    assert kv_cache_bytes(cfg, "dense", T, 2) == 2 * 32 * T * 2 + 2 * 32 * 4
     with pytest.raises(ValueError, match="pattern: D64-K8"):
         attention_flops(cfg, "D64-K8", T)
 

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .patterns import Pattern
+from .patterns import Pattern, cache_regions
 
 
 def visible(t: torch.Tensor, j: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -143,8 +143,7 @@ class PatternKVCache:
             raise ValueError(f"pattern: {pattern} has a top-k term, which may pick any earlier block, so its "
                              "decode cache would keep every key; evaluate it with the full forward")
         self.pattern, self.pad, self.length = pattern, pad, 0
-        D, W, P = pattern.dilation, pattern.window, pattern.sink
-        sizes = (min(P, max_len), min(W, max_len), max_len // D if D > 0 else 0)
+        sizes = cache_regions(pattern, max_len)  # the accounting (kv_cache_bytes) counts the same
         self.first_ring_slot, self.first_strided_slot = sizes[0], sizes[0] + sizes[1]
         self.region = torch.repeat_interleave(torch.tensor([self.SINK, self.RING, self.STRIDED], device=device),
                                               torch.tensor(sizes, device=device))

@@ -139,11 +139,30 @@ def visible_count(pattern: Pattern, t: int) -> int:
     return local + sinks + strided
 
 
+def cache_regions(pattern: Pattern, max_len: int) -> tuple[int, int, int]:
+    """The slots a decode cache (PatternKVCache) stores between calls for up to max_len tokens, per
+    region: the first P positions (sinks), a ring of the last W and the strided positions
+    (pos + 1 = 0 mod D; dense D = 1: every position), P and W capped at max_len. The new tokens'
+    own keys are attended from their projections, never stored. A top-k pattern has no such cache."""
+    if pattern.topk:
+        raise ValueError(f"pattern: {pattern} has a top-k term, which may pick any earlier block; it has no "
+                         "pattern cache")
+    D, W, P = pattern.dilation, pattern.window, pattern.sink
+    return min(P, max_len), min(W, max_len), max_len // D if D > 0 else 0
+
+
+def stored_slots(pattern: Pattern, seq_len: int) -> int:
+    """Keys (and values) a decoder stores per layer and head for a sequence of seq_len tokens:
+    the sum of `cache_regions` (dense: T); a top-k term may pick any earlier block, so all T."""
+    return seq_len if pattern.topk else sum(cache_regions(pattern, seq_len))
+
+
 def cache_slots(pattern: Pattern, seq_len: int) -> int:
     """Keys a decoder keeps per layer and head for a sequence of seq_len tokens (RATPLUS_SPEC
     section 2): dense T; else P + W + 1 + floor(T / D) (the first P, the last W, the current one and
     the strided ones; D = -1 has no strided ones), with P and W capped at T. A top-k term may pick
-    any earlier block, so it keeps all T."""
+    any earlier block, so it keeps all T. The spec's count: the cache stores one slot less
+    (`stored_slots`), the current token's key coming from its projection."""
     T = seq_len
     if pattern.is_dense or pattern.topk:
         return T
@@ -151,5 +170,5 @@ def cache_slots(pattern: Pattern, seq_len: int) -> int:
     return min(pattern.sink, T) + min(pattern.window, T) + 1 + strided
 
 
-__all__ = ["DENSE", "Pattern", "SYNTAX", "cache_slots", "format_patterns", "layer_patterns", "parse_pattern",
-           "visible_count", "visible_set"]
+__all__ = ["DENSE", "Pattern", "SYNTAX", "cache_regions", "cache_slots", "format_patterns", "layer_patterns", "parse_pattern",
+           "stored_slots", "visible_count", "visible_set"]

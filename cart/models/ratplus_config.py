@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from .base import ConfigBase, require
-from .patterns import DENSE, Pattern, cache_slots, layer_patterns, visible_count
+from .patterns import DENSE, Pattern, layer_patterns, stored_slots, visible_count
 
 # Elementwise FLOPs of the recurrence per state channel and token: g * h, (1 - g) * k, their sum
 # (reconstructed count; the gate's sigmoid and 1 - g, shared by k and v, are not counted).
 RECURRENCE_FLOPS_PER_CHANNEL = 3
+STATE_BYTES = 4  # the recurrent state is carried in fp32 whatever the model's dtype (ratplus.RecurrentState)
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,17 @@ def attention_flops(config: ConfigBase, pattern, seq_len: int) -> int:
 
 
 def kv_cache_bytes(config: ConfigBase, pattern, seq_len: int, bytes_per_value: int) -> int:
-    """Decode-cache bytes of one sequence of seq_len tokens under `pattern`, summed over layers:
-    keys and values of `cache_slots` positions (2 d values each), plus RAT+'s recurrent state
-    (k~, v~: 2 d values per layer) when it has a recurrence."""
+    """Decode-cache bytes of one sequence of seq_len tokens under `pattern`, summed over layers, as
+    the cache allocates them (PatternKVCache, RecurrentState): keys and values of `stored_slots`
+    positions (2 d values each, at bytes_per_value: the model's dtype), plus RAT+'s recurrent state
+    (k~, v~: 2 d values per layer, always fp32) when it has a recurrence. The spec's
+    P + W + 1 + floor(T / D) (`cache_slots`) counts the current token's key too, which is attended
+    from its projection and never stored. Not counted: the cache's int64 position of each slot
+    per row (bookkeeping of ragged batches, shared by the heads)."""
     d = config.d_model
-    state = 2 * d if isinstance(config, RATPlusConfig) and config.apply_recurrence else 0
-    values = sum(2 * d * cache_slots(p, seq_len) + state for p in layer_patterns(pattern, config.n_layers))
-    return values * bytes_per_value
+    state = 2 * d * STATE_BYTES if isinstance(config, RATPlusConfig) and config.apply_recurrence else 0
+    return sum(2 * d * stored_slots(p, seq_len) * bytes_per_value + state
+               for p in layer_patterns(pattern, config.n_layers))
 
 
 def recurrence_flops(config: RATPlusConfig, seq_len: int) -> int:
