@@ -65,6 +65,10 @@ class RATPlusConfig(ConfigBase):
             return {"pattern": self.patterns("sparse_pattern")}, {"pattern": (DENSE,) * self.n_layers}
         return ({"pattern": self.patterns("train_pattern")},)
 
+    def train_substep_names(self) -> tuple[str, ...]:
+        """Logged as loss_sparse and loss_dense, the two sub-steps' losses the authors log."""
+        return ("sparse", "dense") if self.joint_train else ("train",)
+
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"pattern"})
 
