@@ -247,6 +247,8 @@ def test_initialisation_gates_at_one_and_gamma_at_resid_gate_init():
 
 
 def test_the_memory_is_the_normed_output_of_the_source_layer():
+    """blocks carries m before the norm's gain and multiplies it in where m~ is read: the memory
+    the next tokens see is memory_norm(h) (the gain is perturbed away from 1, so it shows)."""
     for source in (1, 2, 3):
         m = perturbed(source_layer=source)
         seen = {}
@@ -254,7 +256,8 @@ def test_the_memory_is_the_normed_output_of_the_source_layer():
         x = tokens()
         with torch.no_grad():
             _, memory, _ = m.blocks(m.tok_emb(x), m.rope.tables(12, x.device), None, [None] * 3)
-            assert torch.equal(memory, m.memory_norm(seen["x"]))
+            torch.testing.assert_close(memory * m.memory_norm.weight, m.memory_norm(seen["x"]), atol=1e-6, rtol=0)
+            assert (m.memory_norm.weight - 1).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("layers,source", [(1, 1), (2, 2), (3, 2), (4, 3), (6, 5), (8, 6), (10, 8), (12, 9)])
@@ -346,12 +349,15 @@ def test_subset_pass_backpropagates_into_the_buffered_keys_and_values(detach):
                 assert (leaf.grad.abs().sum(dim=(0, 1, 3)) > 0).tolist() == attended
 
 
-def test_every_parameter_is_trained():
-    for variant in ("shared", "layerwise"):
-        m = perturbed(variant=variant).train()
-        m(tokens(), targets=tokens(seed=10)).backward()
-        for name, p in m.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("variant", ["shared", "layerwise"])
+def test_every_parameter_is_trained(variant, detach):
+    """detach_memory cuts the carried memory from the graph, not the parameters that read it:
+    the memory norm's gain learns too."""
+    m = perturbed(variant=variant, detach_memory=detach).train()
+    m(tokens(), targets=tokens(seed=10)).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 # ---- accounting ----
@@ -566,10 +572,10 @@ def test_blocks_inject_the_memory_before_every_layer(flags):
     emb, memory = torch.randn(2, 9, 32, generator=g), torch.randn(2, 9, 32, generator=g)
     rope = m.rope.tables(9, emb.device)
     with torch.no_grad():
-        x = emb
+        x, read = emb, memory * m.memory_norm.weight  # the memory as read: its norm's gain applied
         for i, layer in enumerate(m.layers):
-            x = x + m.resid_gamma[i] * memory if m.config.inject_resid else x
-            kv = None if m.feedback is None else m.feedback[0 if len(m.feedback) == 1 else i](memory)
+            x = x + m.resid_gamma[i] * read if m.config.inject_resid else x
+            kv = None if m.feedback is None else m.feedback[0 if len(m.feedback) == 1 else i](read)
             x, _ = layer(x, rope, kv)
         got, _, _ = m.blocks(emb, rope, memory, [None] * len(m.layers))
     torch.testing.assert_close(got, x, atol=0, rtol=0)

@@ -1,6 +1,7 @@
 """LRT (Latent Recurrent Transformer) on our Dense backbone (LRT_SPEC.md; section 8 is our adaptation).
 
-    m_t   = RMSNorm(h_t^(source))            the source layer's output at token t
+    m_t   = RMSNorm(h_t^(source))            the source layer's output at token t (the norm's gain
+                                             is applied where m~ is read: see `blocks`)
     m~_t  = m_{t-1}, m~_0 = 0                  token t reads the previous token's memory
     before block i:  x <- x + gamma_i * m~                         (inject_resid)
     in its attention: k <- k + a * W^K_fb m~,  v <- v + a * W^V_fb m~   (inject_kv)
@@ -23,6 +24,7 @@ approximation at S < T, about as fast as one training step), "zero" is pass 0 (z
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import (DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention, RMSNorm, RoPE, attend, lm_loss,
@@ -136,7 +138,8 @@ class LRT(LanguageModel):
     def __init__(self, cfg: LRTConfig):
         super().__init__(cfg)
         self.layers = nn.ModuleList([FeedbackLayer(cfg) for _ in range(cfg.n_layers)])
-        self.memory_norm = RMSNorm(cfg.d_model, cfg.norm_eps)  # (reconstructed) its own gain
+        # (reconstructed) its own gain, applied where the memory is read (`blocks`)
+        self.memory_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.feedback = (nn.ModuleList([FeedbackKV(cfg) for _ in range(cfg.n_feedback_pairs)])
                          if cfg.inject_kv else None)
         self.resid_gamma = (nn.Parameter(torch.full((cfg.n_layers,), float(cfg.resid_gate_init)))
@@ -149,11 +152,17 @@ class LRT(LanguageModel):
 
     def blocks(self, x: torch.Tensor, rope, memory: torch.Tensor | None, caches: list):
         """Every layer over the tokens x (B, t, d) whose memory is `memory` (B, t, d), the m~ of
-        each token; None is zero memory, which injects nothing (gamma * 0 and a * W_fb 0 add 0).
-        caches[i]: None (causal attention among these tokens) or layer i's (store, mask).
-        Returns the final hidden states, the memory these tokens produce and each layer's
-        attended keys/values."""
+        each token as carried (normed, before the memory norm's gain); None is zero memory, which
+        injects nothing (gamma * 0 and a * W_fb 0 add 0). caches[i]: None (causal attention among
+        these tokens) or layer i's (store, mask). Returns the final hidden states, the memory
+        these tokens produce (as carried) and each layer's attended keys/values.
+
+        The gain of m = RMSNorm(h) multiplies the memory where it is read, not where it is made:
+        the same m~ (g * n = shift(g * n)), but under detach_memory, which cuts the carried state
+        from the graph, the gain still learns from how the memory is used, as W_fb and the gates do."""
         cfg = self.config
+        if memory is not None:
+            memory = memory * self.memory_norm.weight
         feedback_kv = None
         if memory is not None and self.feedback is not None and len(self.feedback) == 1:
             feedback_kv = self.feedback[0](memory)  # shared: one projection serves every layer
@@ -167,7 +176,7 @@ class LRT(LanguageModel):
             kvs.append(kv)
             if i + 1 == cfg.source:
                 source = x
-        return x, self.memory_norm(source), kvs
+        return x, F.rms_norm(source, (source.shape[-1],), None, self.memory_norm.eps), kvs
 
     def interleaved(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Interleaved parallel training's passes over idx (B, T): [(positions, final hidden

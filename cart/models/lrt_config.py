@@ -47,7 +47,9 @@ class LRTConfig(ConfigBase):
     inject_kv: bool = True  # (a) gated feedback keys/values in every layer's attention
     inject_resid: bool = True  # (b) x <- x + gamma_i * m~ before every block
     interleaved_passes: int = 2  # S: subset passes after pass 0; subset i = positions t with t % S == i
-    detach_memory: bool = False  # (reconstructed) no gradient through the memory read from H or the buffer
+    # (reconstructed) no gradient through the memory read from H or the buffer into the passes that
+    # made them; the parameters that read it (W_fb, gates, gammas, the memory norm's gain) still learn
+    detach_memory: bool = False
     resid_gate_init: float = 0.1  # initial gamma_i (the spec's 0.1)
     # (reconstructed) the gate reads the first gate_channels channels of the normed input (the
     # spec's u[..., :32]; the released code reads all d)
