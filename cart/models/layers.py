@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import IGNORE_INDEX, ConfigBase
-from .pattern_attention import PatternKVCache, pattern_attention
-from .patterns import Pattern
+from .pattern_attention import PATTERN_CACHES, HeadPatternKVCache, PatternKVCache, pattern_attention
+from .patterns import LayerPattern
 
 
 class RMSNorm(nn.Module):
@@ -254,11 +254,11 @@ class MHASelfAttention(nn.Module):
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                cache: tuple[KVCache, torch.Tensor] | PatternKVCache | None = None,
-                pattern: Pattern | None = None) -> torch.Tensor:
+                cache: tuple[KVCache, torch.Tensor] | PatternKVCache | HeadPatternKVCache | None = None,
+                pattern: LayerPattern | None = None) -> torch.Tensor:
         q, k, v = (split_heads(p(x), self.n_heads) for p in (self.q, self.k, self.v))
         q, k = RoPE.apply(q, *rope), RoPE.apply(k, *rope)
-        if isinstance(cache, PatternKVCache):
+        if isinstance(cache, PATTERN_CACHES):
             return self.o(merge_heads(cache.attend(q, k, v)))
         mask = None
         if cache is not None:
