@@ -2,6 +2,7 @@
 classes with its own copy of the code, reproduces the run's logits and its tokenizer, generates
 through transformers' loop with the model's cache, and scores lm-eval items as the project's
 adapter does; lm-eval's command line runs the adapter as `--model cart`."""
+import copy
 import glob
 import hashlib
 import json
@@ -250,6 +251,28 @@ def test_generate_honours_the_pattern(family_export, tok_dir):
             got = hf.generate(prompt[None], max_new_tokens=6, do_sample=False, use_cache=use_cache,
                               eos_token_id=None, **runtime)[0]
             assert torch.equal(got, want), (pattern, use_cache)
+
+
+def test_lrt_is_the_exact_recurrence_in_every_forward(family_export, tok_dir):
+    """LRT's default is one mode everywhere: a left-padded batch's rows are each row alone under
+    the plain forward, and transformers' generate with or without the cache continues as
+    cart.generate does (the uncached steps re-run the forward: exact too). In float64: with these
+    wide weights the recurrence amplifies float32 rounding of a padded batch to ~1e-4."""
+    model, folder = family_export("lrt_shared")
+    model, hf = copy.deepcopy(model).double(), load_hf(folder).double()
+    rows = [torch.tensor(encode(tok_dir, t)) for t in TEXTS[:2]]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([F.pad(r, (width - len(r), 0), value=0) for r in rows])
+    mask = torch.stack([F.pad(torch.ones(len(r), dtype=torch.long), (width - len(r), 0)) for r in rows])
+    with torch.no_grad():
+        batched = hf(ids, attention_mask=mask).logits
+        for b, row in enumerate(rows):
+            torch.testing.assert_close(batched[b, width - len(row):], model(row[None])[0], atol=1e-10, rtol=0)
+        assert torch.equal(hf(rows[1][None]).logits, model(rows[1][None]))
+    want = generate(model, [rows[0]], 6, temperature=0)[0]
+    for use_cache in (True, False):
+        got = hf.generate(rows[0][None], max_new_tokens=6, do_sample=False, use_cache=use_cache, eos_token_id=None)[0]
+        assert torch.equal(got, want), use_cache
 
 
 @pytest.mark.parametrize("case,name,value", [("cart_paper_text", "pattern", "D2"), ("dense", "exit_threshold", 0.1),

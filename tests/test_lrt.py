@@ -120,7 +120,7 @@ def test_s_equal_t_is_the_exact_recurrence_and_s_below_t_is_not():
     x = tokens(T=T)
     with torch.no_grad():
         sequential = exact(x, lrt_mode="sequential")
-        assert torch.allclose(exact(x), sequential, atol=1e-5, rtol=0)  # merged: the last pass per position
+        assert torch.allclose(exact(x, lrt_mode="merged"), sequential, atol=1e-5, rtol=0)  # the last pass per position
         y = tokens(T=T, seed=3)
         exact.train()
         loss = exact(x, targets=y)  # (l_0 + sum over the T one-position passes) / (T + 1)
@@ -130,7 +130,7 @@ def test_s_equal_t_is_the_exact_recurrence_and_s_below_t_is_not():
         assert loss.item() == pytest.approx(((l0 + per_position.sum()) / (T + 1)).item(), abs=1e-5)
         # S < T: even positions (S = 2) read pass 0's memory, not the recurrence's
         approximate = perturbed(interleaved_passes=2)
-        assert (approximate(x) - sequential).abs().max() > 1e-2
+        assert (approximate(x, lrt_mode="merged") - sequential).abs().max() > 1e-2
 
 
 def test_cached_decoding_equals_the_cache_free_recurrence():
@@ -160,6 +160,49 @@ def test_ragged_left_padded_decoding_equals_each_row_alone():
         for b, row in enumerate(rows):
             alone = m.forward_cached(torch.cat([row, new[b]])[None], m.new_cache(1, len(row) + 3))
             assert torch.allclose(batched[b, int(pad[b]):], alone[0], atol=1e-5, rtol=0)
+
+
+def test_the_default_forward_is_the_exact_recurrence():
+    """No lrt_mode given, the forward (logits and eval loss) is the exact recurrence, the mode
+    decoding runs: the same code path, so equal bit for bit; "merged" is another function."""
+    m = perturbed()
+    x, y = tokens(), tokens(seed=3)
+    with torch.no_grad():
+        sequential = m(x, lrt_mode="sequential")
+        assert torch.equal(m(x), sequential)
+        assert torch.equal(m(x, y), m(x, y, lrt_mode="sequential"))
+        assert torch.allclose(sequential, naive_recurrence(m, x), atol=1e-5, rtol=0)
+        assert (m(x, lrt_mode="merged") - sequential).abs().max() > 1e-2
+
+
+def test_generate_with_and_without_cache_is_the_greedy_argmax_of_the_default_forward():
+    """cart.generate, cached (the default) or not, continues each prompt by the argmax of the
+    default forward over what came before; batched left-padded prompts decode as each row alone."""
+    from cart.generation import generate
+    m = perturbed()
+    prompts = [tokens(1, 7, seed=4)[0], tokens(1, 3, seed=5)[0]]
+    cached = generate(m, prompts, 5, temperature=0)
+    assert all(torch.equal(a, b) for a, b in zip(cached, generate(m, prompts, 5, temperature=0, use_cache=False)))
+    with torch.no_grad():
+        for prompt, out in zip(prompts, cached):
+            alone = generate(m, [prompt], 5, temperature=0)[0]
+            assert torch.equal(alone, out)
+            for t in range(len(prompt), len(out)):  # batch 1, token by token either way: bit-equal logits
+                assert out[t] == m(out[None, :t])[0, -1].argmax()
+
+
+def test_training_validation_names_the_merged_passes():
+    """The training stage's periodic validation stays the parallel passes (merged), by name now
+    that it is not the default."""
+    from cart.evaluation.metrics import eval_loss
+    m = perturbed()
+    cfg = m.config
+    x, y = tokens(), tokens(seed=3)
+    assert cfg.validation_kwargs() == {"lrt_mode": "merged"}
+    loss, _ = eval_loss(m, [(x, y)], **cfg.validation_kwargs())
+    with torch.no_grad():
+        want = F.cross_entropy(m(x, lrt_mode="merged").transpose(1, 2), y).item()
+    assert loss == pytest.approx(want, rel=1e-6)
 
 
 def test_zero_memory_decoding_equals_pass_zero():
@@ -204,6 +247,8 @@ def test_initialisation_gates_at_one_and_gamma_at_resid_gate_init():
 
 
 def test_the_memory_is_the_normed_output_of_the_source_layer():
+    """blocks carries m before the norm's gain and multiplies it in where m~ is read: the memory
+    the next tokens see is memory_norm(h) (the gain is perturbed away from 1, so it shows)."""
     for source in (1, 2, 3):
         m = perturbed(source_layer=source)
         seen = {}
@@ -211,7 +256,8 @@ def test_the_memory_is_the_normed_output_of_the_source_layer():
         x = tokens()
         with torch.no_grad():
             _, memory, _ = m.blocks(m.tok_emb(x), m.rope.tables(12, x.device), None, [None] * 3)
-            assert torch.equal(memory, m.memory_norm(seen["x"]))
+            torch.testing.assert_close(memory * m.memory_norm.weight, m.memory_norm(seen["x"]), atol=1e-6, rtol=0)
+            assert (m.memory_norm.weight - 1).abs().max() > 0.05
 
 
 @pytest.mark.parametrize("layers,source", [(1, 1), (2, 2), (3, 2), (4, 3), (6, 5), (8, 6), (10, 8), (12, 9)])
@@ -243,7 +289,8 @@ def test_training_loss_is_the_mean_of_the_pass_losses(S):
     loss = m(x, targets=y)
     m.eval()
     with torch.no_grad():  # the merged logits are each subset pass's, at its positions
-        ce_merged = F.cross_entropy(m(x).transpose(1, 2), y, ignore_index=IGNORE_INDEX, reduction="none")
+        ce_merged = F.cross_entropy(m(x, lrt_mode="merged").transpose(1, 2), y, ignore_index=IGNORE_INDEX,
+                                    reduction="none")
         ce_zero = F.cross_entropy(m(x, lrt_mode="zero").transpose(1, 2), y, ignore_index=IGNORE_INDEX,
                                   reduction="none")
     valid = y != IGNORE_INDEX
@@ -302,12 +349,15 @@ def test_subset_pass_backpropagates_into_the_buffered_keys_and_values(detach):
                 assert (leaf.grad.abs().sum(dim=(0, 1, 3)) > 0).tolist() == attended
 
 
-def test_every_parameter_is_trained():
-    for variant in ("shared", "layerwise"):
-        m = perturbed(variant=variant).train()
-        m(tokens(), targets=tokens(seed=10)).backward()
-        for name, p in m.named_parameters():
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
+@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("variant", ["shared", "layerwise"])
+def test_every_parameter_is_trained(variant, detach):
+    """detach_memory cuts the carried memory from the graph, not the parameters that read it:
+    the memory norm's gain learns too."""
+    m = perturbed(variant=variant, detach_memory=detach).train()
+    m(tokens(), targets=tokens(seed=10)).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 # ---- accounting ----
@@ -522,10 +572,10 @@ def test_blocks_inject_the_memory_before_every_layer(flags):
     emb, memory = torch.randn(2, 9, 32, generator=g), torch.randn(2, 9, 32, generator=g)
     rope = m.rope.tables(9, emb.device)
     with torch.no_grad():
-        x = emb
+        x, read = emb, memory * m.memory_norm.weight  # the memory as read: its norm's gain applied
         for i, layer in enumerate(m.layers):
-            x = x + m.resid_gamma[i] * memory if m.config.inject_resid else x
-            kv = None if m.feedback is None else m.feedback[0 if len(m.feedback) == 1 else i](memory)
+            x = x + m.resid_gamma[i] * read if m.config.inject_resid else x
+            kv = None if m.feedback is None else m.feedback[0 if len(m.feedback) == 1 else i](read)
             x, _ = layer(x, rope, kv)
         got, _, _ = m.blocks(emb, rope, memory, [None] * len(m.layers))
     torch.testing.assert_close(got, x, atol=0, rtol=0)

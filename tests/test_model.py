@@ -339,3 +339,62 @@ def test_rope_tables_are_computed_once_and_serve_every_length():
         cos, sin = rope.tables(T, cpu)
         assert cos.dtype == (torch.bfloat16 if T == 16 else torch.float32)
         assert RoPE.apply(x[:, :, :T], cos, sin).dtype == torch.bfloat16
+
+
+def family_models():
+    """A tiny model of every family, in eval mode."""
+    from cart.models import ARCHS, LRTConfig
+    shape = dict(vocab_size=61, d_model=32, head_dim=8, ffn_multiple=16)
+    configs = [CARTConfig(**SMALL), DenseConfig(**shape, n_layers=2), LRTConfig(**shape, n_layers=2, gate_channels=16),
+               RATPlusConfig(**shape, n_layers=2, sparse_pattern="D2")]
+    assert {c.arch for c in configs} == set(ARCHS)
+    torch.manual_seed(0)
+    return {c.arch: build_model(c).eval() for c in configs}
+
+
+@pytest.mark.parametrize("arch", ["cart", "dense", "lrt", "ratplus"])
+@pytest.mark.parametrize("bad", [61, 1000, -1])
+def test_a_token_outside_the_vocabulary_is_one_value_error(arch, bad):
+    """Plain forward, eval loss and training loss alike: a ValueError naming the id and vocab_size,
+    not torch's IndexError from the embedding."""
+    model = family_models()[arch]
+    idx = torch.randint(0, 61, (2, 6))
+    idx[1, 3] = bad
+    message = rf"idx: token id {bad} is outside the vocabulary: ids must be in \[0, vocab_size=61\)"
+    with pytest.raises(ValueError, match=message):
+        model(idx)
+    with pytest.raises(ValueError, match=message):
+        model(idx, targets=torch.zeros_like(idx))
+    model.train()
+    with pytest.raises(ValueError, match=message):
+        model(idx, targets=torch.zeros_like(idx))
+
+
+@pytest.mark.parametrize("arch", ["cart", "dense", "lrt", "ratplus"])
+def test_an_empty_sequence_is_one_value_error(arch):
+    model = family_models()[arch]
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    message = r"idx: expected \(batch, T\) token ids with T >= 1, got shape \(2, 0\)"
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        with pytest.raises(ValueError, match=message):
+            model(empty)
+        with pytest.raises(ValueError, match=message):
+            model(empty, targets=empty)
+
+
+@pytest.mark.parametrize("arch", ["cart", "dense", "lrt", "ratplus"])
+def test_the_input_checks_leave_the_compiled_forward_one_graph(arch):
+    """The token-id check reads the tokens back: outside torch.compile's graph, so a compiled
+    forward (fullgraph: a graph break is an error) and training loss still trace whole."""
+    model = family_models()[arch]
+    idx, y = torch.randint(0, 61, (2, 6)), torch.randint(0, 61, (2, 6))
+    torch._dynamo.reset()
+    kwargs = {"lrt_mode": "merged"} if arch == "lrt" else {}  # the sequential mode's loop unrolls per token
+    with torch.no_grad():
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        torch.testing.assert_close(compiled(idx, **kwargs), model(idx, **kwargs), atol=1e-6, rtol=1e-6)
+    model.train()
+    substep = model.config.train_substeps()[0]
+    torch.testing.assert_close(compiled(idx, targets=y, **substep), model(idx, targets=y, **substep),
+                               atol=1e-6, rtol=1e-6)

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cart.models import pattern_attention as pa
-from cart.models.patterns import (DENSE, Pattern, cache_slots, format_patterns, layer_patterns, parse_pattern,
-                                  visible_count, visible_set)
+from cart.models.patterns import (DENSE, HeadPatterns, Pattern, cache_slots, format_patterns, head_patterns,
+                                  layer_patterns, parse_layer_pattern, parse_pattern, visible_count, visible_set)
 
 STATIC = ["dense", "D1", "D2", "D4", "D16", "D4-W8-P2", "D4-W3-P6", "D5-P7", "D8-W2", "D3-W40", "W8", "W0",
           "W8-P2", "P3", "D16-W256-P4"]
@@ -282,3 +282,88 @@ def test_decode_cache_holds_exactly_the_keys_the_pattern_can_still_show(text):
                 assert held.count(-1) == cache.slots - sum(kept.values())
                 empty = torch.tensor(held) == -1
                 assert not cache.k[b, :, empty].any() and not cache.v[b, :, empty].any()
+
+
+# ---- per-head patterns ----
+
+PER_HEAD = ["dense+D4", "D4-W8-P2+W3", "D16+W3-P2+D5+dense", "W0+P3", "D3+D4-K2-B4"]
+
+
+def test_per_head_pattern_strings_round_trip_and_split_the_heads():
+    hp = parse_layer_pattern("dense+D4-W8")
+    assert hp == HeadPatterns((DENSE, Pattern(dilation=4, window=8))) and str(hp) == "dense+D4-W8"
+    assert parse_layer_pattern(str(hp)) == hp and hash(hp) == hash(HeadPatterns((DENSE, parse_pattern("D4-W8"))))
+    assert hp.spans(4) == ((0, 2, DENSE), (2, 4, Pattern(dilation=4, window=8)))
+    assert hp.heads(2) == (DENSE, Pattern(dilation=4, window=8)) and head_patterns(DENSE, 3) == (DENSE,) * 3
+    assert not hp.is_dense and HeadPatterns((DENSE, DENSE)).is_dense and parse_layer_pattern("D3+D4-K2").topk == 2
+    assert layer_patterns("dense+D4,D8", 2, n_heads=4) == (HeadPatterns((DENSE, Pattern(dilation=4))), Pattern(dilation=8))
+    assert layer_patterns(hp, 2) == (hp, hp) and layer_patterns("W2+D4", 3) == (parse_layer_pattern("W2+D4"),) * 3
+    assert format_patterns(layer_patterns("dense+D4,D8", 2)) == "dense+D4,D8" and format_patterns((hp, hp)) == str(hp)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: layer_patterns("dense+D4+W2", 2, n_heads=4),
+     r"^pattern: dense\+D4\+W2 gives 3 head groups, which do not split n_heads=4 evenly; give a number of groups "
+     r"that divides 4$"),
+    (lambda: layer_patterns("dense+", 2), r"^pattern: '': bad term ''"),
+    (lambda: HeadPatterns((DENSE,)), r"^HeadPatterns\.groups: expected a tuple of 2 or more Patterns"),
+    (lambda: HeadPatterns([DENSE, DENSE]), r"^HeadPatterns\.groups: expected a tuple of 2 or more Patterns"),
+])
+def test_bad_per_head_patterns_fail_with_one_message(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("text", [p for p in PER_HEAD if "K" not in p])
+@pytest.mark.parametrize("H", [4, 8])
+@pytest.mark.parametrize("T", [1, 7, 37])
+def test_per_head_masks_equal_the_definition_head_by_head(text, H, T):
+    """Head h's mask is S_pi(t) of its group's pattern, the group being h // (H / groups)."""
+    hp = parse_layer_pattern(text)
+    n = len(hp.groups)
+    mask = pa.head_pattern_mask(hp, H, T)
+    assert mask.shape == (H, T, T)
+    for h in range(H):
+        own = hp.groups[h // (H // n)]
+        for t in range(T):
+            assert set(mask[h, t].nonzero().flatten().tolist()) == visible_set(own, t)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager on CPU, on purpose
+@pytest.mark.parametrize("kernel", ["sdpa", "flex"])
+@pytest.mark.parametrize("text", PER_HEAD)
+def test_per_head_attention_equals_attention_over_each_heads_visible_set(text, kernel):
+    hp, T, H = parse_layer_pattern(text), 21, 4
+    q, k, v = qkv(T, H=H)
+    out = pa.pattern_attention(q, k, v, hp, kernel)
+    for h, own in enumerate(hp.heads(H)):
+        if own.topk:  # the content-scored blocks: the whole group's attention, as a whole layer at `own`
+            group = next((a, b) for a, b, p in hp.spans(H) if a <= h < b)
+            whole = pa.pattern_attention(q[:, group[0]:group[1]], k[:, group[0]:group[1]], v[:, group[0]:group[1]], own)
+            torch.testing.assert_close(out[:, h], whole[:, h - group[0]], atol=1e-6, rtol=0)
+            continue
+        for t in (0, 4, 13, 20):
+            keys = sorted(visible_set(own, t))
+            ref = F.scaled_dot_product_attention(q[:, h, t:t + 1], k[:, h, keys], v[:, h, keys])
+            torch.testing.assert_close(out[:, h, t:t + 1], ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("text", [p for p in PER_HEAD if "K" not in p])
+def test_per_head_decode_cache_attends_as_the_full_attention_and_keeps_each_groups_keys(text):
+    """Decoded in chunks over left-padded rows, each head's output is the full attention's at its
+    pattern; each group's cache is the pattern cache of its heads and pattern."""
+    hp, H, max_len, pad = parse_layer_pattern(text), 4, 16, torch.tensor([0, 3])
+    q, k, v = qkv(max_len, seed=3, H=H, hd=4)
+    cache = pa.pattern_kv_cache(hp, 2, H, 4, max_len, pad, "cpu", torch.float32)
+    assert isinstance(cache, pa.HeadPatternKVCache)
+    assert [(c.pattern, c.k.shape[1]) for c in cache.groups] == [(p, b - a) for a, b, p in hp.spans(H)]
+    outs, length = [], 0
+    for n in (5, 1, 1, 3, 6):
+        outs.append(cache.attend(q[:, :, length:length + n], k[:, :, length:length + n], v[:, :, length:length + n]))
+        length += n
+    out = torch.cat(outs, dim=2)
+    assert cache.length == max_len and cache.nbytes() == sum(c.nbytes() for c in cache.groups)
+    for b in range(2):
+        p0 = int(pad[b])
+        full = pa.pattern_attention(q[b:b + 1, :, p0:], k[b:b + 1, :, p0:], v[b:b + 1, :, p0:], hp)
+        torch.testing.assert_close(out[b:b + 1, :, p0:], full, atol=1e-6, rtol=0)

@@ -10,14 +10,17 @@ import torch.nn.functional as F
 from cart.models import build_model, config_from_dict
 from cart.models.dense.config import DenseConfig
 from cart.models.layers import RoPE
-from cart.models.pattern_attention import pattern_mask
-from cart.models.patterns import DENSE, Pattern, cache_slots, layer_patterns, parse_pattern, visible_set
+from cart.models.pattern_attention import HeadPatternKVCache, head_pattern_mask
+from cart.models.patterns import (DENSE, HeadPatterns, Pattern, cache_slots, head_patterns, layer_patterns,
+                                  parse_layer_pattern, parse_pattern, visible_set)
 from cart.models.ratplus.model import gated_recurrence, linear_scan
 from cart.models.ratplus.config import RATPlusConfig, attention_flops, kv_cache_bytes, recurrence_flops
 
 V = 61
 SMALL = dict(vocab_size=V, d_model=32, head_dim=8, n_layers=2, ffn_multiple=16)
-DECODE_PATTERNS = ["dense", "D16", "D4-W8-P2", "W8", "W8-P2", "D3-W2-P5", "dense,D4"]
+# per head groups ("+") on SMALL's 4 heads: two groups of two heads, or one pattern per head
+PER_HEAD = ["dense+D4", "D4-W8-P2+W8", "D16+W3-P2+D5+dense", "W3+D4,dense"]
+DECODE_PATTERNS = ["dense", "D16", "D4-W8-P2", "W8", "W8-P2", "D3-W2-P5", "dense,D4"] + PER_HEAD
 
 
 @pytest.fixture(autouse=True)
@@ -121,9 +124,10 @@ def test_recurrence_is_computed_in_fp32_under_bf16_inputs():
 
 # ---- the mixer against its definition ----
 
-def reference_mixer(mixer, u, pattern: Pattern, rope_before=False):
-    """The spec's mixer written out: a Python loop for the recurrence and the visible set as a
-    list of keys. rope_before=True rotates k before the recurrence instead of after."""
+def reference_mixer(mixer, u, pattern, rope_before=False):
+    """The spec's mixer written out: a Python loop for the recurrence and, per head, the visible
+    set of that head's pattern (a Pattern: every head's; HeadPatterns: its group's) as a list of
+    keys. rope_before=True rotates k before the recurrence instead of after."""
     B, T, d = u.shape
     H = mixer.n_heads
     hd = d // H
@@ -144,22 +148,23 @@ def reference_mixer(mixer, u, pattern: Pattern, rope_before=False):
         k = RoPE.apply(k, cos, sin)
     q = RoPE.apply(q, cos, sin)
     out = torch.zeros_like(q)
-    for t in range(T):
-        keys = sorted(visible_set(pattern, t))
-        p = torch.softmax(q[:, :, t:t + 1] @ k[:, :, keys].transpose(-1, -2) / math.sqrt(hd), dim=-1)
-        out[:, :, t:t + 1] = p @ v[:, :, keys]
+    for h, head_pattern in enumerate(head_patterns(pattern, H)):
+        for t in range(T):
+            keys = sorted(visible_set(head_pattern, t))
+            p = torch.softmax(q[:, h, t:t + 1] @ k[:, h, keys].transpose(-1, -2) / math.sqrt(hd), dim=-1)
+            out[:, h, t:t + 1] = p @ v[:, h, keys]
     y = out.transpose(1, 2).reshape(B, T, d) * torch.sigmoid(o)
     return mixer.o(y)
 
 
-@pytest.mark.parametrize("text", ["dense", "D16", "D4-W8-P2", "W8-P2", "D5"])
+@pytest.mark.parametrize("text", ["dense", "D16", "D4-W8-P2", "W8-P2", "D5", "dense+D4", "D16+W3-P2+D5+dense"])
 def test_mixer_equals_its_definition(text):
     # T = 40 crosses multiples of D: a recurrence reset there (RAT's chunks) would not match
     model = perturbed(ratplus())
     mixer, T = model.layers[0].attn, 40
     u = torch.randn(2, T, 32, generator=torch.Generator().manual_seed(3))
     rope = model.rope.tables(T, u.device)
-    pattern = parse_pattern(text)
+    pattern = parse_layer_pattern(text)
     with torch.no_grad():
         got = mixer(u, rope, pattern=pattern)
         torch.testing.assert_close(got, reference_mixer(mixer, u, pattern), atol=1e-5, rtol=1e-5)
@@ -181,7 +186,7 @@ def test_without_recurrence_the_mixer_attends_the_raw_keys():
 
 # ---- causality ----
 
-@pytest.mark.parametrize("text", ["dense", "D4", "D4-W8-P2", "W3", "dense,D4", "D4-K2-B4"])
+@pytest.mark.parametrize("text", ["dense", "D4", "D4-W8-P2", "W3", "dense,D4", "D4-K2-B4", "D4+dense,W3+D4-K2-B4"])
 def test_no_key_after_the_query_is_ever_visible(text):
     model = perturbed(ratplus())
     g = torch.Generator().manual_seed(5)
@@ -234,10 +239,35 @@ def test_cached_decoding_equals_the_parallel_forward(family, text):
     with torch.no_grad():
         for row, got in zip(rows, logits):
             torch.testing.assert_close(got, model(torch.tensor([row]), pattern=text)[0], atol=1e-5, rtol=1e-5)
-    for layer_cache, p in zip(cache.layers, layer_patterns(text, 2)):
+    for layer_cache, layer in zip(cache.layers, layer_patterns(text, 2)):
         kv = layer_cache[0] if family.startswith("ratplus") else layer_cache
-        # the spec's P + W + 1 + floor(T / D): the "+1" is the current token, attended from its projection
-        assert kv.slots + (0 if p.is_dense else 1) == cache_slots(p, 40)
+        # a per-head layer keeps one cache per head group, each with its group's heads and pattern
+        groups = kv.groups if isinstance(layer, HeadPatterns) else [kv]
+        assert isinstance(kv, HeadPatternKVCache) == isinstance(layer, HeadPatterns)
+        assert [(c.pattern, c.k.shape[1]) for c in groups] == [(p, b - a) for a, b, p in
+                                                               (layer.spans(4) if isinstance(layer, HeadPatterns)
+                                                                else [(0, 4, layer)])]
+        for c in groups:
+            # the spec's P + W + 1 + floor(T / D): the "+1" is the current token, attended from its projection
+            assert c.slots + (0 if c.pattern.is_dense else 1) == cache_slots(c.pattern, 40)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["ratplus", "ratplus_no_recurrence", "dense_control"])
+@pytest.mark.parametrize("text", ["dense", "D16", "W16-P4", "D3-W2-P5", "W8", "dense,D4", "W64-P4"] + PER_HEAD)
+def test_kv_cache_bytes_is_what_the_decode_cache_allocates(family, text, dtype):
+    """The accounting against the bytes of every tensor of keys, values and recurrent state the
+    decode cache allocates for T tokens (T = 40: W64 is capped at T)."""
+    T = 40
+    model = {"ratplus": lambda: ratplus(), "ratplus_no_recurrence": lambda: ratplus(apply_recurrence=False),
+             "dense_control": dense_control}[family]().to(dtype)
+    cache = model.new_cache(3, T, pattern=text)
+    allocated = 0
+    for layer in cache.layers:
+        kv, state = layer if isinstance(layer, tuple) else (layer, None)
+        groups = kv.groups if isinstance(kv, HeadPatternKVCache) else [kv]
+        allocated += sum(c.k[0].nbytes + c.v[0].nbytes for c in groups) + (0 if state is None else state.h[0].nbytes)
+    assert kv_cache_bytes(model.config, text, T, torch.finfo(dtype).bits // 8) == allocated
 
 
 def test_dense_without_pattern_keeps_its_plain_cache():
@@ -366,10 +396,11 @@ def test_forward_flops_dense_convention_plus_the_recurrence():
 
 
 @pytest.mark.parametrize("config", [RATPlusConfig(**SMALL), DenseConfig(**SMALL)], ids=["ratplus", "dense"])
-@pytest.mark.parametrize("text", ["dense", "D16", "D4-W8-P2", "W8-P2", "dense,D4"])
+@pytest.mark.parametrize("text", ["dense", "D16", "D4-W8-P2", "W8-P2", "dense,D4"] + PER_HEAD)
 def test_attention_flops_count_the_visible_keys(config, text):
+    """4 head_dim per visible (query, key) pair of every head, from each head's mask."""
     T = 50
-    want = sum(4 * 32 * int(pattern_mask(p, T).sum()) for p in layer_patterns(text, 2))
+    want = sum(4 * 8 * int(head_pattern_mask(p, 4, T).sum()) for p in layer_patterns(text, 2))
     assert attention_flops(config, text, T) == want
 
 
@@ -380,9 +411,10 @@ def test_attention_flops_and_kv_cache_shrink_about_d_fold():
     ratio = dense / attention_flops(cfg, "D64", T)
     assert 0.95 * 64 < ratio < 64  # the own key of every query keeps it just under D
     kv = kv_cache_bytes(cfg, "D64", T, 2)
-    assert kv == (2 * 32 * 65 + 2 * 32) * 2  # 65 slots of k and v, plus the recurrent state (k~, v~)
-    assert kv_cache_bytes(DenseConfig(**(SMALL | {"n_layers": 1})), "D64", T, 2) == 2 * 32 * 65 * 2  # no state
-    assert kv_cache_bytes(cfg, "dense", T, 2) == (2 * 32 * T + 2 * 32) * 2
+    # 64 stored slots of k and v (the spec's 65 counts the current key) in bf16, the fp32 state (k~, v~)
+    assert kv == 2 * 32 * 64 * 2 + 2 * 32 * 4
+    assert kv_cache_bytes(DenseConfig(**(SMALL | {"n_layers": 1})), "D64", T, 2) == 2 * 32 * 64 * 2  # no state
+    assert kv_cache_bytes(cfg, "dense", T, 2) == 2 * 32 * T * 2 + 2 * 32 * 4
     with pytest.raises(ValueError, match="pattern: D64-K8"):
         attention_flops(cfg, "D64-K8", T)
 
@@ -402,6 +434,44 @@ def test_joint_training_substeps_are_sparse_then_dense():
     assert torch.equal(losses[1], model(x[:, :-1], targets=x[:, 1:], pattern="dense"))
     assert torch.equal(losses[0], model(x[:, :-1], targets=x[:, 1:], pattern="D8"))
     assert abs(losses[0].item() - losses[1].item()) > 1e-3
+
+
+def test_joint_training_takes_a_per_head_sparse_pattern():
+    """A per-head hybrid trains as the sparse sub-step, as a per-layer one does: the sub-step's
+    loss is the model's at that pattern, and differs from each of its groups' patterns alone."""
+    cfg = RATPlusConfig(**SMALL, sparse_pattern="dense+D4")
+    sparse, dense = cfg.train_substeps()
+    assert sparse == {"pattern": (HeadPatterns((DENSE, Pattern(dilation=4))),) * 2} and dense["pattern"] == (DENSE,) * 2
+    model = perturbed(ratplus(sparse_pattern="dense+D4"), std=0.15).train()
+    x = torch.randint(0, V, (2, 33), generator=torch.Generator().manual_seed(2))
+    loss = model(x[:, :-1], targets=x[:, 1:], **sparse)
+    assert torch.equal(loss, model(x[:, :-1], targets=x[:, 1:], pattern="dense+D4"))
+    for whole in ("dense", "D4"):
+        assert abs(loss.item() - model(x[:, :-1], targets=x[:, 1:], pattern=whole).item()) > 1e-3
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    torch._dynamo.reset()  # the per-head groups trace as one graph (fullgraph: a break is an error)
+    compiled = torch.compile(lambda inp, tgt: model(inp, targets=tgt, **sparse), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x[:, :-1], x[:, 1:]), loss, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["ratplus", "dense_control"])
+def test_generate_decodes_a_per_head_pattern_as_the_full_forward(family):
+    from cart.generation import generate
+    model = perturbed({"ratplus": ratplus, "dense_control": dense_control}[family](), std=0.15)
+    prompts = [torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(n)) for n in (9, 4)]
+    cached = generate(model, prompts, 6, temperature=0, pattern="dense+D4,W3+D4")
+    assert all(torch.equal(a, b) for a, b in
+               zip(cached, generate(model, prompts, 6, temperature=0, pattern="dense+D4,W3+D4", use_cache=False)))
+    assert any(not torch.equal(a, b) for a, b in zip(cached, generate(model, prompts, 6, temperature=0)))
+
+
+def test_evaluation_settings_take_per_layer_and_per_head_patterns():
+    from cart.evaluation.session import PPLSettings, RATPlusEval
+    ppl = PPLSettings(seq_len=32, n_seqs=2, batch_size=2)
+    assert RATPlusEval(["dense", "dense,D4", "dense+D4"], [0], ppl).patterns[2] == "dense+D4"
+    with pytest.raises(ValueError, match=r"patterns: 'X2': bad term 'X2'"):
+        RATPlusEval(["dense", "D4+X2"], [0], ppl)
 
 
 def test_default_pattern_is_train_pattern_in_training_and_eval_pattern_in_eval():
@@ -436,7 +506,8 @@ def test_flex_kernel_model_equals_the_sdpa_model():
     flex.load_state_dict(sdpa.state_dict())
     x = torch.randint(0, V, (2, 40))
     with torch.no_grad():
-        torch.testing.assert_close(flex(x, pattern="D4-W8-P2"), sdpa(x, pattern="D4-W8-P2"), atol=1e-5, rtol=1e-5)
+        for pattern in ("D4-W8-P2", "dense+D4-W8-P2", "D4+W3+dense+D3-P2"):
+            torch.testing.assert_close(flex(x, pattern=pattern), sdpa(x, pattern=pattern), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -471,6 +542,9 @@ def test_bf16_autocast_is_finite_and_close():
     ({"sparse_pattern": "D0"}, r"RATPlusConfig\.sparse_pattern: 'D0': Pattern\.dilation"),
     ({"sparse_pattern": "dense"}, r"RATPlusConfig\.sparse_pattern: joint training needs a sparse pattern"),
     ({"eval_pattern": "D4,D4,D4"}, r"RATPlusConfig\.eval_pattern: 3 per-layer patterns for n_layers=2"),
+    ({"eval_pattern": "D4+W2+dense"}, r"RATPlusConfig\.eval_pattern: D4\+W2\+dense gives 3 head groups, which do "
+                                      r"not split n_heads=4 evenly"),
+    ({"sparse_pattern": "dense+dense"}, r"RATPlusConfig\.sparse_pattern: joint training needs a sparse pattern"),
     ({"train_pattern": "D8"}, r"RATPlusConfig\.train_pattern: is for runs without joint training"),
     ({"joint_train": False, "train_pattern": "W-1"}, r"RATPlusConfig\.train_pattern: 'W-1': bad term"),
     ({"attention_kernel": "triton"}, r"RATPlusConfig\.attention_kernel"),
@@ -486,6 +560,10 @@ def test_bad_runtime_pattern_names_the_argument():
     x = torch.randint(0, V, (1, 8))
     with pytest.raises(ValueError, match=r"pattern: 3 per-layer patterns for n_layers=2"):
         model(x, pattern="D4,D4,D4")
+    with pytest.raises(ValueError, match=r"pattern: dense\+D4\+W2 gives 3 head groups, which do not split n_heads=4"):
+        model(x, pattern="dense+D4+W2")
+    with pytest.raises(ValueError, match=r"pattern: dense\+D4\+W2 gives 3 head groups"):
+        model.new_cache(1, 8, pattern="dense+D4+W2")
     with pytest.raises(ValueError, match=r"unknown argument.*n_loops"):
         model(x, n_loops=2)
 

@@ -585,3 +585,67 @@ def test_the_summary_says_where_the_run_time_went(tiny_project):
     assert timing["warmup_steps"] == WARMUP_STEPS
     assert abs(timing["warmup_steps_s"] + timing["steps_s"] - summary["wall_s"]) < 0.002  # both rounded to 1 ms
     assert all(timing[k] > 0 for k in ("setup_s", "warmup_steps_s", "steps_s", "eval_s", "checkpoint_s"))
+
+
+def _substep_losses(monkeypatch):
+    """Record what each sub-step of each optimizer step returned: [(pattern string, loss_sum, micro-batches)]
+    per step, in order."""
+    import cart.training.trainer as train_mod
+    from cart.models.patterns import format_patterns
+    calls = []
+    real = train_mod.train_step
+
+    def recording(loss_fn, batches, *args, **kwargs):
+        loss_sum, norm = real(loss_fn, batches, *args, **kwargs)
+        calls.append((format_patterns(args[5]["pattern"]), loss_sum.item(), len(batches)))
+        return loss_sum, norm
+    monkeypatch.setattr(train_mod, "train_step", recording)
+    return calls
+
+
+def test_ratplus_joint_training_logs_both_substeps_losses(tiny_project, monkeypatch):
+    """loss_sparse and loss_dense at every logged step: each the mean over the interval's
+    micro-batches of its sub-step's loss, as train_step returned them; `loss` stays the dense one."""
+    calls = _substep_losses(monkeypatch)
+    spec = spec_for("ratplus", "joint-s42")
+    paths = RunPaths.for_run(spec.group, spec.name)
+    assert train_run(spec, paths, progress=False)["status"] == "complete"
+    every = load_params()["train"]["log_every"]
+    train, _ = read_curves(paths.plots_dir)
+    assert len(calls) == 2 * spec.run.steps and len(train) == spec.run.steps // every
+    for _, row in train.iterrows():
+        interval = calls[2 * (int(row["step"]) - every):2 * int(row["step"])]
+        n = sum(c[2] for c in interval) / 2
+        for name, pattern in (("sparse", "D4"), ("dense", "dense")):
+            want = sum(c[1] for c in interval if c[0] == pattern) / n
+            assert row[f"loss_{name}"] == pytest.approx(want, rel=1e-6)
+        assert row["loss"] == row["loss_dense"] and row["loss_sparse"] != row["loss_dense"]
+
+
+def test_a_resumed_joint_run_logs_the_substep_losses_of_an_uninterrupted_one(tiny_project, monkeypatch):
+    """A checkpoint in the middle of a logging interval carries each sub-step's running loss."""
+    from cart.training.trainer import Trainer
+    p = tiny_params()
+    p["train"].update(log_every=3, checkpoint_every=4)
+    write_params(tiny_project, p)
+    spec = spec_for("ratplus", "joint-s42")
+    paths = RunPaths.for_run(spec.group, spec.name)
+    train_run(spec, paths, progress=False)
+    metrics = paths.plots_dir / "plots/metrics/train"
+    reference = {f.name: f.read_text() for f in metrics.glob("loss*.tsv")}
+    assert {"loss.tsv", "loss_sparse.tsv", "loss_dense.tsv"} <= set(reference)
+    for folder in (paths.run_dir, paths.plots_dir):
+        shutil.rmtree(folder)
+    paths.metrics_file.unlink()
+
+    real_save = Trainer._save_checkpoint
+
+    def stop_after_first(self, step):
+        real_save(self, step)
+        raise KeyboardInterrupt(f"stopped after the checkpoint of step {step}")
+    monkeypatch.setattr(Trainer, "_save_checkpoint", stop_after_first)
+    with pytest.raises(KeyboardInterrupt, match="step 4"):
+        train_run(spec, paths, progress=False)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", real_save)
+    train_run(spec, paths, progress=False)
+    assert {f.name: f.read_text() for f in metrics.glob("loss*.tsv")} == reference

@@ -52,17 +52,20 @@ class PPLSettings:
 
 @dataclass(frozen=True)
 class RATPlusEval:
-    patterns: list[str]       # attention patterns every pretrained RAT+ run and the Dense control run at
+    # attention patterns every pretrained RAT+ run and the Dense control run at: one for every layer
+    # ("D8"), one per layer ("dense,D8") or per head group ("dense+D8"); checked against each model
+    patterns: list[str]
     num_fewshot: list[int]
     ppl: PPLSettings
     benchmark_limit: int | None = None  # items per task here (null: benchmarks.limit)
 
     def __post_init__(self):
-        from ..models.patterns import parse_pattern
+        from ..models.patterns import parse_layer_pattern
         if not self.patterns or len(set(self.patterns)) != len(self.patterns):
             raise ValueError(f"patterns: expected distinct pattern strings, got {self.patterns}")
         for p in self.patterns:
-            parse_pattern(p, "patterns")
+            for layer in p.split(",") if isinstance(p, str) else [p]:
+                parse_layer_pattern(layer, "patterns")
         if not self.num_fewshot or any(k < 0 for k in self.num_fewshot):
             raise ValueError(f"num_fewshot: expected shot counts >= 0, got {self.num_fewshot}")
 

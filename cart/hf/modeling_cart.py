@@ -6,7 +6,7 @@ no per-loop state) instead of transformers' Cache classes, which hold per-layer 
 carry CART's anchor. It lives in a slot that `generate` passes to every forward call (`cart_cache`),
 sized to the generation's max_length; greedy search and sampling use it, every other search
 (beam search, assisted decoding) needs `use_cache=False`. Without a cache each step re-runs the
-full forward, which is exact too. The family's inference-time arguments (RUNTIME_ARGS: `n_loops`,
+full forward, which is exact too (LRT's forward and cache both default to its exact recurrence). The family's inference-time arguments (RUNTIME_ARGS: `n_loops`,
 `exit_threshold`, `pattern`, `lrt_mode`) come from a call, else from the config; one the family does
 not take is refused (ValueError naming it), never dropped.
 

@@ -121,9 +121,19 @@ class ConfigBase:
         by default; a family trained jointly under several settings (RAT+) returns several."""
         return ({},)
 
+    def train_substep_names(self) -> tuple[str, ...]:
+        """A name for each of `train_substeps()`: a family with several logs each one's loss as
+        `loss_<name>` beside `loss` (the last sub-step's)."""
+        return tuple(f"substep{i}" for i in range(len(self.train_substeps())))
+
     def runtime_kwargs(self) -> frozenset[str]:
         """Inference-time keyword arguments the model's forward accepts (e.g. `n_loops`)."""
         return frozenset()
+
+    def validation_kwargs(self) -> dict:
+        """Runtime arguments of the training stage's periodic validation loss (the curves and the
+        run summary's final evaluation): none by default, the model's own default forward."""
+        return {}
 
     def training_kwargs(self) -> frozenset[str]:
         """Keyword arguments the model's forward accepts from training alone (e.g. CART's

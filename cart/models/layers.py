@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import IGNORE_INDEX, ConfigBase
-from .pattern_attention import PatternKVCache, pattern_attention
-from .patterns import Pattern
+from .pattern_attention import PATTERN_CACHES, HeadPatternKVCache, PatternKVCache, pattern_attention
+from .patterns import LayerPattern
 
 
 class RMSNorm(nn.Module):
@@ -254,11 +254,11 @@ class MHASelfAttention(nn.Module):
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                cache: tuple[KVCache, torch.Tensor] | PatternKVCache | None = None,
-                pattern: Pattern | None = None) -> torch.Tensor:
+                cache: tuple[KVCache, torch.Tensor] | PatternKVCache | HeadPatternKVCache | None = None,
+                pattern: LayerPattern | None = None) -> torch.Tensor:
         q, k, v = (split_heads(p(x), self.n_heads) for p in (self.q, self.k, self.v))
         q, k = RoPE.apply(q, *rope), RoPE.apply(k, *rope)
-        if isinstance(cache, PatternKVCache):
+        if isinstance(cache, PATTERN_CACHES):
             return self.o(merge_heads(cache.attend(q, k, v)))
         mask = None
         if cache is not None:
@@ -358,7 +358,25 @@ class LanguageModel(nn.Module):
     def hidden(self, idx: torch.Tensor, **runtime) -> torch.Tensor:
         raise NotImplementedError
 
+    def check_tokens(self, idx: torch.Tensor, training_step: bool = False) -> None:
+        """A ValueError, before any work, for input the forward cannot run: no token (T = 0), or a
+        token id outside the vocabulary (torch's embedding would raise a bare IndexError on CPU and
+        a device assert on CUDA). The id check reads the tokens back, a host sync, so it is left
+        out where that costs: under torch.compile (it would break the graph) and in a training
+        step on an accelerator (cart/step.py's steps never sync; the bins' declared vocab_size is
+        checked against the model's when the training stage opens them)."""
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(f"idx: expected (batch, T) token ids with T >= 1, got shape {tuple(idx.shape)}")
+        if torch.compiler.is_compiling() or (training_step and idx.device.type != "cpu") or idx.numel() == 0:
+            return
+        vocab = self.config.vocab_size
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"idx: token id {lo if lo < 0 else hi} is outside the vocabulary: ids must be in "
+                             f"[0, vocab_size={vocab})")
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **runtime) -> torch.Tensor:
+        self.check_tokens(idx, training_step=self.training and targets is not None)
         accepted = self.config.runtime_kwargs() | self.config.training_kwargs()
         unknown = set(runtime) - accepted
         if unknown:

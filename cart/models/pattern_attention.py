@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .patterns import Pattern
+from .patterns import HeadPatterns, LayerPattern, Pattern, cache_regions, head_patterns
 
 
 def visible(t: torch.Tensor, j: torch.Tensor, pattern: Pattern) -> torch.Tensor:
@@ -55,9 +55,19 @@ def topk_block_mask(q: torch.Tensor, k: torch.Tensor, pattern: Pattern) -> torch
     return chosen[..., block_of] | own_block
 
 
-def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | None,
+def head_pattern_mask(pattern: LayerPattern, n_heads: int, seq_len: int, device=None) -> torch.Tensor:
+    """(n_heads, T, T) boolean mask of each head's S_pi(t) (a Pattern: the same for every head)."""
+    return torch.stack([pattern_mask(p, seq_len, device) for p in head_patterns(pattern, n_heads)])
+
+
+def pattern_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: LayerPattern | None,
                       kernel: str = "sdpa") -> torch.Tensor:
-    """Attention of every query over the keys its pattern shows it (None or dense: causal)."""
+    """Attention of every query over the keys its pattern shows it (None or dense: causal). A
+    per-head pattern runs each group of heads (B, heads of the group, T, hd) at its own pattern,
+    through the same paths a whole layer at that pattern takes."""
+    if isinstance(pattern, HeadPatterns):
+        return torch.cat([pattern_attention(q[:, a:b], k[:, a:b], v[:, a:b], p, kernel)
+                          for a, b, p in pattern.spans(q.shape[1])], dim=1)
     if pattern is None or pattern.is_dense:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if kernel == "flex" and not pattern.topk:
@@ -143,8 +153,7 @@ class PatternKVCache:
             raise ValueError(f"pattern: {pattern} has a top-k term, which may pick any earlier block, so its "
                              "decode cache would keep every key; evaluate it with the full forward")
         self.pattern, self.pad, self.length = pattern, pad, 0
-        D, W, P = pattern.dilation, pattern.window, pattern.sink
-        sizes = (min(P, max_len), min(W, max_len), max_len // D if D > 0 else 0)
+        sizes = cache_regions(pattern, max_len)  # the accounting (kv_cache_bytes) counts the same
         self.first_ring_slot, self.first_strided_slot = sizes[0], sizes[0] + sizes[1]
         self.region = torch.repeat_interleave(torch.tensor([self.SINK, self.RING, self.STRIDED], device=device),
                                               torch.tensor(sizes, device=device))
@@ -205,5 +214,41 @@ class PatternKVCache:
         return 2 * self.k[0].numel() * self.k.element_size()
 
 
-__all__ = ["PatternKVCache", "local_branch", "pattern_attention", "pattern_mask", "strided_branch",
-           "strided_start", "topk_block_mask", "two_branch_attention", "visible"]
+class HeadPatternKVCache:
+    """The decode cache of a layer whose heads run different patterns (HeadPatterns): one
+    PatternKVCache per group of heads, each keeping what its pattern can still show."""
+
+    def __init__(self, pattern: HeadPatterns, batch: int, heads: int, head_dim: int, max_len: int,
+                 pad: torch.Tensor, device, dtype):
+        self.pattern = pattern
+        self.spans = pattern.spans(heads)
+        self.groups = [PatternKVCache(p, batch, b - a, head_dim, max_len, pad, device, dtype) for a, b, p in self.spans]
+
+    @property
+    def length(self) -> int:
+        return self.groups[0].length
+
+    def positions(self, t: int) -> torch.Tensor:
+        return self.groups[0].positions(t)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.cat([cache.attend(q[:, a:b], k[:, a:b], v[:, a:b])
+                          for cache, (a, b, _) in zip(self.groups, self.spans)], dim=1)
+
+    def nbytes(self) -> int:
+        return sum(cache.nbytes() for cache in self.groups)
+
+
+PATTERN_CACHES = (PatternKVCache, HeadPatternKVCache)  # what `pattern_kv_cache` returns
+
+
+def pattern_kv_cache(pattern: LayerPattern, batch: int, heads: int, head_dim: int, max_len: int,
+                     pad: torch.Tensor, device, dtype) -> PatternKVCache | HeadPatternKVCache:
+    """The decode cache of one attention layer at `pattern` (one pattern, or one per head group)."""
+    cls = HeadPatternKVCache if isinstance(pattern, HeadPatterns) else PatternKVCache
+    return cls(pattern, batch, heads, head_dim, max_len, pad, device, dtype)
+
+
+__all__ = ["HeadPatternKVCache", "PATTERN_CACHES", "PatternKVCache", "head_pattern_mask", "local_branch",
+           "pattern_attention", "pattern_kv_cache", "pattern_mask", "strided_branch", "strided_start",
+           "topk_block_mask", "two_branch_attention", "visible"]

@@ -14,7 +14,11 @@ each block that ends before its own block by q_t . mean(keys of the block) and a
 String syntax (params, run names): "dense", or "-"-joined terms D<dilation>, W<window>, P<sink>,
 K<topk>, B<block> (each at most once; no D means D = -1), e.g. "D16", "D16-W256-P4", "W64-P4",
 "D64-K8-B16". A per-layer hybrid is a ","-joined list with one pattern per layer, e.g. "dense,D64";
-a single pattern applies to every layer.
+a single pattern applies to every layer. A per-head hybrid (the paper's hybrid layer/head
+compositions) gives one layer's heads their own patterns: a "+"-joined list, e.g. "dense+D64" or
+"D16+W64-P4+D64+dense", split over the layer's heads in equal consecutive groups (so its length
+must divide n_heads: "dense+D64" on 8 heads runs heads 0-3 dense and heads 4-7 at D64; one per
+head is the finest). Layers combine with ",": "dense,dense+D64".
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import re
 from dataclasses import dataclass, fields
 
 SYNTAX = ("'dense' or '-'-joined terms D<dilation>, W<window>, P<sink>, K<topk>, B<block> "
-          "(e.g. D16, D16-W256-P4, W64, D64-K8); one per layer joined by ','")
+          "(e.g. D16, D16-W256-P4, W64, D64-K8); per head groups joined by '+' (dense+D64); "
+          "one per layer joined by ','")
 _TERM = re.compile(r"([DWPKB])(\d+)")
 _FIELD_OF_LETTER = {"D": "dilation", "W": "window", "P": "sink", "K": "topk", "B": "block"}
 DEFAULT_BLOCK = 64  # Quest/MoBA-style block of keys scored as one (reconstructed)
@@ -73,6 +78,52 @@ class Pattern:
 DENSE = Pattern()
 
 
+@dataclass(frozen=True)
+class HeadPatterns:
+    """One layer whose heads run different patterns: `groups` split the layer's n_heads heads
+    into len(groups) equal consecutive groups, group i at groups[i]. Frozen and hashable, as Pattern."""
+
+    groups: tuple[Pattern, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.groups, tuple) or len(self.groups) < 2 or \
+                not all(isinstance(p, Pattern) for p in self.groups):
+            raise ValueError(f"HeadPatterns.groups: expected a tuple of 2 or more Patterns, got {self.groups!r}")
+
+    @property
+    def is_dense(self) -> bool:
+        return all(p.is_dense for p in self.groups)
+
+    @property
+    def topk(self) -> int:
+        """The largest top-k term of its heads (0: every head's pattern is static)."""
+        return max(p.topk for p in self.groups)
+
+    def spans(self, n_heads: int, where: str = "pattern") -> tuple[tuple[int, int, Pattern], ...]:
+        """(first head, end head, pattern) of each group over n_heads heads."""
+        n = len(self.groups)
+        if n_heads % n:
+            raise ValueError(f"{where}: {self} gives {n} head groups, which do not split n_heads={n_heads} "
+                             f"evenly; give a number of groups that divides {n_heads}")
+        size = n_heads // n
+        return tuple((i * size, (i + 1) * size, p) for i, p in enumerate(self.groups))
+
+    def heads(self, n_heads: int) -> tuple[Pattern, ...]:
+        """The pattern of every head."""
+        return tuple(p for a, b, p in self.spans(n_heads) for _ in range(a, b))
+
+    def __str__(self) -> str:
+        return "+".join(str(p) for p in self.groups)
+
+
+LayerPattern = Pattern | HeadPatterns  # what one layer runs: one pattern, or one per head group
+
+
+def head_patterns(pattern: LayerPattern, n_heads: int) -> tuple[Pattern, ...]:
+    """The pattern of each of a layer's n_heads heads."""
+    return pattern.heads(n_heads) if isinstance(pattern, HeadPatterns) else (pattern,) * n_heads
+
+
 def parse_pattern(text: str, where: str = "pattern") -> Pattern:
     """One pattern from its string (see the module docstring); ValueError naming `where`."""
     if not isinstance(text, str):
@@ -95,21 +146,35 @@ def parse_pattern(text: str, where: str = "pattern") -> Pattern:
         raise ValueError(f"{where}: {text!r}: {e}") from None
 
 
-def layer_patterns(spec, n_layers: int, where: str = "pattern") -> tuple[Pattern, ...]:
-    """The pattern of every layer from a string ("D16", "dense,D64"), a Pattern, or a sequence of
-    Patterns: one applies to all layers, a list must have exactly one per layer."""
-    if isinstance(spec, Pattern):
-        return (spec,) * n_layers
-    if isinstance(spec, str):
-        spec = tuple(parse_pattern(part, where) for part in spec.split(","))
-    if not isinstance(spec, (tuple, list)) or not all(isinstance(p, Pattern) for p in spec):
+def parse_layer_pattern(text: str, where: str = "pattern") -> LayerPattern:
+    """One layer's pattern from its string: a Pattern, or with '+' a HeadPatterns."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: expected a pattern string ({SYNTAX}), got {text!r}")
+    if "+" not in text:
+        return parse_pattern(text, where)
+    return HeadPatterns(tuple(parse_pattern(part, where) for part in text.split("+")))
+
+
+def layer_patterns(spec, n_layers: int, where: str = "pattern", n_heads: int | None = None) -> tuple[LayerPattern, ...]:
+    """The pattern of every layer from a string ("D16", "dense,D64", "dense+D64"), a Pattern or
+    HeadPatterns, or a sequence of them: one applies to all layers, a list must have exactly one
+    per layer. With n_heads, each per-head pattern is checked to split the heads evenly."""
+    if isinstance(spec, (Pattern, HeadPatterns)):
+        spec = (spec,)
+    elif isinstance(spec, str):
+        spec = tuple(parse_layer_pattern(part, where) for part in spec.split(","))
+    if not isinstance(spec, (tuple, list)) or not all(isinstance(p, (Pattern, HeadPatterns)) for p in spec):
         raise ValueError(f"{where}: expected a pattern string ({SYNTAX}), a Pattern or a list of Patterns, "
                          f"got {spec!r}")
     if len(spec) == 1:
-        return tuple(spec) * n_layers
+        spec = tuple(spec) * n_layers
     if len(spec) != n_layers:
         raise ValueError(f"{where}: {len(spec)} per-layer patterns for n_layers={n_layers}; "
                          "give one pattern for all layers or exactly one per layer")
+    if n_heads is not None:
+        for p in spec:
+            if isinstance(p, HeadPatterns):
+                p.spans(n_heads, where)
     return tuple(spec)
 
 
@@ -139,11 +204,30 @@ def visible_count(pattern: Pattern, t: int) -> int:
     return local + sinks + strided
 
 
+def cache_regions(pattern: Pattern, max_len: int) -> tuple[int, int, int]:
+    """The slots a decode cache (PatternKVCache) stores between calls for up to max_len tokens, per
+    region: the first P positions (sinks), a ring of the last W and the strided positions
+    (pos + 1 = 0 mod D; dense D = 1: every position), P and W capped at max_len. The new tokens'
+    own keys are attended from their projections, never stored. A top-k pattern has no such cache."""
+    if pattern.topk:
+        raise ValueError(f"pattern: {pattern} has a top-k term, which may pick any earlier block; it has no "
+                         "pattern cache")
+    D, W, P = pattern.dilation, pattern.window, pattern.sink
+    return min(P, max_len), min(W, max_len), max_len // D if D > 0 else 0
+
+
+def stored_slots(pattern: Pattern, seq_len: int) -> int:
+    """Keys (and values) a decoder stores per layer and head for a sequence of seq_len tokens:
+    the sum of `cache_regions` (dense: T); a top-k term may pick any earlier block, so all T."""
+    return seq_len if pattern.topk else sum(cache_regions(pattern, seq_len))
+
+
 def cache_slots(pattern: Pattern, seq_len: int) -> int:
     """Keys a decoder keeps per layer and head for a sequence of seq_len tokens (docs/ratplus.md,
     Cost accounting): dense T; else P + W + 1 + floor(T / D) (the first P, the last W, the current one and
     the strided ones; D = -1 has no strided ones), with P and W capped at T. A top-k term may pick
-    any earlier block, so it keeps all T."""
+    any earlier block, so it keeps all T. The spec's count: the cache stores one slot less
+    (`stored_slots`), the current token's key coming from its projection."""
     T = seq_len
     if pattern.is_dense or pattern.topk:
         return T
@@ -151,5 +235,6 @@ def cache_slots(pattern: Pattern, seq_len: int) -> int:
     return min(pattern.sink, T) + min(pattern.window, T) + 1 + strided
 
 
-__all__ = ["DENSE", "Pattern", "SYNTAX", "cache_slots", "format_patterns", "layer_patterns", "parse_pattern",
-           "visible_count", "visible_set"]
+__all__ = ["DENSE", "HeadPatterns", "LayerPattern", "Pattern", "SYNTAX", "cache_regions", "cache_slots",
+           "format_patterns", "head_patterns", "layer_patterns", "parse_layer_pattern", "parse_pattern",
+           "stored_slots", "visible_count", "visible_set"]

@@ -177,6 +177,7 @@ class Trainer:
             "reader": self.reader.state_dict(), "rng": torch.get_rng_state(),
             "train_time_s": self.train_time, "tokens": self.tokens, "grad_norm_ema": self.grad_ema,
             "interval_loss": list(self.interval_loss),
+            "interval_substep_loss": list(self.interval_substep_loss),
             # the final checkpoint is a finished run but for its summary: a run resumed from it
             # writes the summary from these, as the uninterrupted run would have
             "last_loss": self.last_loss, "last_eval": self.last_eval,
@@ -198,6 +199,7 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         self.train_time, self.tokens, self.grad_ema = state["train_time_s"], state["tokens"], state["grad_norm_ema"]
         self.interval_loss = list(state["interval_loss"])
+        self.interval_substep_loss = list(state.get("interval_substep_loss", self.interval_substep_loss))
         self.last_loss, self.last_eval = state.get("last_loss"), state.get("last_eval")
         if state["step"] >= self.spec.run.steps and (self.last_loss is None or self.last_eval is None):
             raise ValueError(f"{self.paths.run_dir / ckpt.STATE}: the checkpoint of the final step holds no final "
@@ -215,7 +217,8 @@ class Trainer:
         self._note_peak_memory("train")  # training's peak so far, then the evaluation's own
         out = {}
         for dom, batches in self.val.items():
-            loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype)
+            loss, _ = eval_loss(self.model, batches, device=self.device, dtype=self.dtype,
+                                **self.spec.model.validation_kwargs())
             if not math.isfinite(loss):
                 raise NonFiniteError(f"{self.spec.run_id}: non-finite validation loss on {dom} at step {step}; "
                                      f"last good checkpoint kept")
@@ -278,6 +281,8 @@ class Trainer:
         self.dist.barrier()
         self.train_time, self.tokens, self.grad_ema = 0.0, 0, None
         self.interval_loss = [0.0, 0]  # (sum, count) of micro-batch losses since the last log
+        # with several sub-steps per batch (RAT+'s joint training), each one's sum over the same count
+        self.interval_substep_loss = [0.0] * len(spec.model.train_substeps())
         self.last_loss, self.last_eval = None, None  # the last logged training loss and evaluation
         start = 0
         if state == "resume":
@@ -317,6 +322,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=1.0)
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_acc, interval_tokens = torch.full((), self.interval_loss[0], device=self.device), 0
+        substep_acc = torch.tensor(self.interval_substep_loss, device=self.device)
         interval_t0 = time.perf_counter()
         logged_once, pending, gn = False, None, None
         for step in range(start, r.steps):
@@ -326,12 +332,15 @@ class Trainer:
                 batches = [(x.pin_memory(), y.pin_memory()) for x, y in batches]
             # One optimizer update per sub-step (one, unless the family trains jointly under several
             # settings, e.g. RAT+'s sparse then dense attention); the schedule advances once per batch.
-            # The logged loss and the checked grad norm are the last sub-step's. Every sub-step and
-            # micro-batch of the step runs the step's loop count and truncation (loop_kwargs).
+            # The logged `loss` and the checked grad norm are the last sub-step's; with several, each
+            # one's loss is logged too (loss_<name>). Every sub-step and micro-batch of the step runs
+            # the step's loop count and truncation (loop_kwargs).
             loop_kwargs = self._loop_kwargs(step)
-            for kwargs in self.substeps:
+            for i, kwargs in enumerate(self.substeps):
                 loss_sum, grad_norm = train_step(self.loss_fn, batches, params, t.grad_clip, self.device,
                                                  self.dtype, self.ddp, kwargs | loop_kwargs, self.graphed)
+                if len(self.substeps) > 1:
+                    substep_acc[i] += loss_sum
                 norm = _NormOnHost(grad_norm)
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
@@ -373,6 +382,10 @@ class Trainer:
                 row = {"tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
                        "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
                        "mfu": self._mfu(tok_s)}
+                if len(self.substeps) > 1:
+                    means = self.dist.mean(substep_acc / self.interval_loss[1]).tolist()
+                    row |= {f"loss_{name}": v for name, v in zip(spec.model.train_substep_names(), means)}
+                    substep_acc.zero_()
                 if self.dist.is_main:
                     self.curves.log_train(done, row | self._diagnostics())
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
@@ -387,6 +400,7 @@ class Trainer:
                 # logs the same mean loss for the interval it resumes in (under DDP, rank 0's share
                 # stands in for every rank's in that one interval)
                 self.interval_loss[0] = loss_acc.item()
+                self.interval_substep_loss = substep_acc.tolist()
                 self._save_checkpoint(done)
             if done % r.eval_every == 0 or done % t.checkpoint_every == 0:
                 self.dist.barrier()

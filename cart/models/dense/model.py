@@ -9,7 +9,7 @@ from torch import nn
 
 from .config import DenseConfig
 from ..layers import DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention
-from ..pattern_attention import PatternKVCache
+from ..pattern_attention import PATTERN_CACHES, pattern_kv_cache
 from ..patterns import layer_patterns
 
 
@@ -21,7 +21,8 @@ class Dense(LanguageModel):
 
     def hidden(self, idx: torch.Tensor, pattern=None) -> torch.Tensor:
         """`pattern`: None is causal attention; else a pattern string, Pattern or per-layer list."""
-        patterns = (None,) * len(self.layers) if pattern is None else layer_patterns(pattern, len(self.layers))
+        patterns = ((None,) * len(self.layers) if pattern is None
+                    else layer_patterns(pattern, len(self.layers), n_heads=self.config.n_heads))
         x = self.tok_emb(idx)
         rope = self.rope.tables(idx.shape[1], idx.device)
         for layer, p in zip(self.layers, patterns):
@@ -43,14 +44,14 @@ class Dense(LanguageModel):
             cache.layers = [KVCache(batch, cfg.n_heads, cfg.head_dim, max_len, p.device, p.dtype, cache.position)
                             for _ in self.layers]
         else:
-            cache.layers = [PatternKVCache(pi, batch, cfg.n_heads, cfg.head_dim, max_len, cache.pad, p.device, p.dtype)
-                            for pi in layer_patterns(pattern, cfg.n_layers)]
+            cache.layers = [pattern_kv_cache(pi, batch, cfg.n_heads, cfg.head_dim, max_len, cache.pad, p.device, p.dtype)
+                            for pi in layer_patterns(pattern, cfg.n_layers, n_heads=cfg.n_heads)]
         return cache
 
     def forward_cached(self, idx: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
         mask, rope = cache.step(idx.shape[1], self.rope)
         x = self.tok_emb(idx)
         for layer, kv in zip(self.layers, cache.layers):
-            x = layer(x, rope, kv if isinstance(kv, PatternKVCache) else (kv, mask))
+            x = layer(x, rope, kv if isinstance(kv, PATTERN_CACHES) else (kv, mask))
         cache.advance(idx.shape[1])
         return self.head(x)

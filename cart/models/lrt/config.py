@@ -29,7 +29,11 @@ from typing import ClassVar, Literal
 from ..base import ConfigBase, require
 from ..dense.config import DenseConfig
 
-LRT_MODES = ("merged", "sequential", "zero")  # evaluation modes of the parallel forward (`lrt_mode`)
+LRT_MODES = ("merged", "sequential", "zero")  # inference modes of the forward (`lrt_mode`)
+# The default of every forward and of decoding: the exact recurrence, so the plain forward, a
+# left-padded batch and cached decoding give a row the same logits; "merged" and "zero" are asked
+# for by name.
+DEFAULT_LRT_MODE = "sequential"
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,9 @@ class LRTConfig(ConfigBase):
     inject_kv: bool = True  # (a) gated feedback keys/values in every layer's attention
     inject_resid: bool = True  # (b) x <- x + gamma_i * m~ before every block
     interleaved_passes: int = 2  # S: subset passes after pass 0; subset i = positions t with t % S == i
-    detach_memory: bool = False  # (reconstructed) no gradient through the memory read from H or the buffer
+    # (reconstructed) no gradient through the memory read from H or the buffer into the passes that
+    # made them; the parameters that read it (W_fb, gates, gammas, the memory norm's gain) still learn
+    detach_memory: bool = False
     resid_gate_init: float = 0.1  # initial gamma_i (the spec's 0.1)
     # (reconstructed) the gate reads the first gate_channels channels of the normed input (the
     # spec's u[..., :32]; the released code reads all d)
@@ -79,6 +85,12 @@ class LRTConfig(ConfigBase):
 
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"lrt_mode"})
+
+    def validation_kwargs(self) -> dict:
+        """Training's validation scores the parallel training passes ("merged"), named here since
+        it is not the default: T sequential steps per batch would slow every evaluation during
+        training, and the evaluate stage reports every mode (`eval_lrt.modes`) anyway."""
+        return {"lrt_mode": "merged"}
 
     def train_passes(self) -> float:
         return 2.0

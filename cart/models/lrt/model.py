@@ -1,6 +1,7 @@
 """LRT (Latent Recurrent Transformer) on our Dense backbone (docs/lrt.md, with its section "This project's adaptation").
 
-    m_t   = RMSNorm(h_t^(source))            the source layer's output at token t
+    m_t   = RMSNorm(h_t^(source))            the source layer's output at token t (the norm's gain
+                                             is applied where m~ is read: see `blocks`)
     m~_t  = m_{t-1}, m~_0 = 0                  token t reads the previous token's memory
     before block i:  x <- x + gamma_i * m~                         (inject_resid)
     in its attention: k <- k + a * W^K_fb m~,  v <- v + a * W^V_fb m~   (inject_kv)
@@ -14,18 +15,21 @@ pass 0 runs every position with zero memory and fills a key/value buffer per lay
 memory H; subset pass i (i = 0..S-1, in order) reruns the positions t with t % S == i, each
 reading m~_t = H[t-1] from the latest H, writes its fresh keys/values into the buffer before
 attending to it (query t sees entries j <= t) and its memory into H. The loss is the mean of the
-S + 1 passes' mean losses. Evaluation (`lrt_mode`): "merged" scores each position by the last
-pass that computed it, "sequential" is the exact token-by-token recurrence (through the decode
-cache), "zero" is pass 0 (zero memory).
+S + 1 passes' mean losses. Inference (`lrt_mode`): "sequential", the default of the plain forward,
+the Hugging Face forward and decoding alike, is the exact token-by-token recurrence (through the
+decode cache), so a row's logits are the same alone, in a left-padded batch or decoded with a cache;
+"merged" scores each position by the last parallel training pass that computed it (an
+approximation at S < T, about as fast as one training step), "zero" is pass 0 (zero memory).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..layers import (DecodeCache, KVCache, Layer, LanguageModel, MHASelfAttention, RMSNorm, RoPE, attend, lm_loss,
                      merge_heads, split_heads)
-from .config import LRT_MODES, LRTConfig
+from .config import DEFAULT_LRT_MODE, LRT_MODES, LRTConfig
 
 
 class FeedbackAttention(MHASelfAttention):
@@ -134,7 +138,8 @@ class LRT(LanguageModel):
     def __init__(self, cfg: LRTConfig):
         super().__init__(cfg)
         self.layers = nn.ModuleList([FeedbackLayer(cfg) for _ in range(cfg.n_layers)])
-        self.memory_norm = RMSNorm(cfg.d_model, cfg.norm_eps)  # (reconstructed) its own gain
+        # (reconstructed) its own gain, applied where the memory is read (`blocks`)
+        self.memory_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.feedback = (nn.ModuleList([FeedbackKV(cfg) for _ in range(cfg.n_feedback_pairs)])
                          if cfg.inject_kv else None)
         self.resid_gamma = (nn.Parameter(torch.full((cfg.n_layers,), float(cfg.resid_gate_init)))
@@ -147,11 +152,17 @@ class LRT(LanguageModel):
 
     def blocks(self, x: torch.Tensor, rope, memory: torch.Tensor | None, caches: list):
         """Every layer over the tokens x (B, t, d) whose memory is `memory` (B, t, d), the m~ of
-        each token; None is zero memory, which injects nothing (gamma * 0 and a * W_fb 0 add 0).
-        caches[i]: None (causal attention among these tokens) or layer i's (store, mask).
-        Returns the final hidden states, the memory these tokens produce and each layer's
-        attended keys/values."""
+        each token as carried (normed, before the memory norm's gain); None is zero memory, which
+        injects nothing (gamma * 0 and a * W_fb 0 add 0). caches[i]: None (causal attention among
+        these tokens) or layer i's (store, mask). Returns the final hidden states, the memory
+        these tokens produce (as carried) and each layer's attended keys/values.
+
+        The gain of m = RMSNorm(h) multiplies the memory where it is read, not where it is made:
+        the same m~ (g * n = shift(g * n)), but under detach_memory, which cuts the carried state
+        from the graph, the gain still learns from how the memory is used, as W_fb and the gates do."""
         cfg = self.config
+        if memory is not None:
+            memory = memory * self.memory_norm.weight
         feedback_kv = None
         if memory is not None and self.feedback is not None and len(self.feedback) == 1:
             feedback_kv = self.feedback[0](memory)  # shared: one projection serves every layer
@@ -165,7 +176,7 @@ class LRT(LanguageModel):
             kvs.append(kv)
             if i + 1 == cfg.source:
                 source = x
-        return x, self.memory_norm(source), kvs
+        return x, F.rms_norm(source, (source.shape[-1],), None, self.memory_norm.eps), kvs
 
     def interleaved(self, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Interleaved parallel training's passes over idx (B, T): [(positions, final hidden
@@ -191,7 +202,7 @@ class LRT(LanguageModel):
             passes.append((pos, x))
         return passes
 
-    def hidden(self, idx: torch.Tensor, lrt_mode: str = "merged") -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, lrt_mode: str = DEFAULT_LRT_MODE) -> torch.Tensor:
         mode = check_lrt_mode(lrt_mode)
         if mode == "sequential":
             return self.decode(idx, self.new_cache(idx.shape[0], idx.shape[1]))
@@ -206,9 +217,10 @@ class LRT(LanguageModel):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, **runtime) -> torch.Tensor:
         """Train mode with targets: the interleaved training loss, the mean over the passes run
         (S + 1; T + 1 when S > T leaves subsets empty) of each pass's mean loss over its positions.
-        Otherwise the `lrt_mode` logits (or their mean loss)."""
+        Otherwise the `lrt_mode` logits (or their mean loss); by default the exact recurrence."""
         if not (self.training and targets is not None):
             return super().forward(idx, targets, **runtime)
+        self.check_tokens(idx, training_step=True)
         if runtime:
             raise ValueError(f"LRT: {sorted(runtime)} select an evaluation mode; in train mode with targets "
                              "the loss is always the interleaved one (call model.eval() to evaluate)")
@@ -217,7 +229,7 @@ class LRT(LanguageModel):
 
     # ---- cached decoding: the exact recurrence ----
     def new_cache(self, batch: int, max_len: int, pad: torch.Tensor | None = None,
-                  lrt_mode: str = "sequential") -> LRTCache:
+                  lrt_mode: str = DEFAULT_LRT_MODE) -> LRTCache:
         """lrt_mode "sequential" (exact recurrence) or "zero" (zero memory throughout). A prompt is
         consumed token by token, so prefill is exact (no parallel prefill)."""
         check_lrt_mode(lrt_mode, ("sequential", "zero"))

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from ..base import ConfigBase, require
-from ..patterns import DENSE, Pattern, cache_slots, layer_patterns, visible_count
+from ..patterns import DENSE, LayerPattern, head_patterns, layer_patterns, stored_slots, visible_count
 
 # Elementwise FLOPs of the recurrence per state channel and token: g * h, (1 - g) * k, their sum
 # (reconstructed count; the gate's sigmoid and 1 - g, shared by k and v, are not counted).
 RECURRENCE_FLOPS_PER_CHANNEL = 3
+STATE_BYTES = 4  # the recurrent state is carried in fp32 whatever the model's dtype (ratplus.RecurrentState)
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,19 @@ class RATPlusConfig(ConfigBase):
                     f"is for runs without joint training (joint training runs sparse_pattern then dense), "
                     f"got {self.train_pattern!r} with joint_train=True")
 
-    def patterns(self, name: str) -> tuple[Pattern, ...]:
-        """The per-layer patterns of the pattern field `name` (e.g. "sparse_pattern")."""
-        return layer_patterns(getattr(self, name), self.n_layers, f"RATPlusConfig.{name}")
+    def patterns(self, name: str) -> tuple[LayerPattern, ...]:
+        """The per-layer patterns of the pattern field `name` (e.g. "sparse_pattern"); a per-head
+        one must split n_heads evenly."""
+        return layer_patterns(getattr(self, name), self.n_layers, f"RATPlusConfig.{name}", self.n_heads)
 
     def train_substeps(self) -> tuple[dict, ...]:
         if self.joint_train:  # sparse first, as the authors' trainer
             return {"pattern": self.patterns("sparse_pattern")}, {"pattern": (DENSE,) * self.n_layers}
         return ({"pattern": self.patterns("train_pattern")},)
+
+    def train_substep_names(self) -> tuple[str, ...]:
+        """Logged as loss_sparse and loss_dense, the two sub-steps' losses the authors log."""
+        return ("sparse", "dense") if self.joint_train else ("train",)
 
     def runtime_kwargs(self) -> frozenset[str]:
         return frozenset({"pattern"})
@@ -87,26 +93,33 @@ class RATPlusConfig(ConfigBase):
 
 
 def attention_flops(config: ConfigBase, pattern, seq_len: int) -> int:
-    """Forward attention FLOPs of one sequence under `pattern` (a string, Pattern or per-layer
-    list), summed over layers: 4 d sum_t |S_pi(t)| per layer (docs/ratplus.md, Cost accounting: q.k and p.v,
-    2 FLOPs per multiply-add, over the keys each query sees). For RAT+ and the Dense control
-    (any config with n_layers). Dense: 2 d T (T + 1); W = P = 0: about 4 d T + 2 d T^2 / D."""
+    """Forward attention FLOPs of one sequence under `pattern` (a string, Pattern, HeadPatterns or
+    per-layer list), summed over layers and heads: 4 head_dim sum_t |S_pi(t)| per head, 4 d sum_t
+    |S_pi(t)| for a layer whose heads share pi (docs/ratplus.md, Cost accounting: q.k and p.v, 2 FLOPs
+    per multiply-add, over the keys each query sees). For RAT+ and the Dense control (any config with
+    n_layers). Dense: 2 d T (T + 1); W = P = 0: about 4 d T + 2 d T^2 / D."""
     total = 0
-    for p in layer_patterns(pattern, config.n_layers):
-        if p.topk:
-            raise ValueError(f"pattern: {p} selects blocks by content; its FLOPs depend on the data")
-        total += 4 * config.d_model * sum(visible_count(p, t) for t in range(seq_len))
+    for layer in layer_patterns(pattern, config.n_layers, n_heads=config.n_heads):
+        if layer.topk:
+            raise ValueError(f"pattern: {layer} selects blocks by content; its FLOPs depend on the data")
+        heads = head_patterns(layer, config.n_heads)
+        visible = {p: sum(visible_count(p, t) for t in range(seq_len)) for p in set(heads)}
+        total += sum(4 * config.head_dim * visible[p] for p in heads)
     return total
 
 
 def kv_cache_bytes(config: ConfigBase, pattern, seq_len: int, bytes_per_value: int) -> int:
-    """Decode-cache bytes of one sequence of seq_len tokens under `pattern`, summed over layers:
-    keys and values of `cache_slots` positions (2 d values each), plus RAT+'s recurrent state
-    (k~, v~: 2 d values per layer) when it has a recurrence."""
-    d = config.d_model
-    state = 2 * d if isinstance(config, RATPlusConfig) and config.apply_recurrence else 0
-    values = sum(2 * d * cache_slots(p, seq_len) + state for p in layer_patterns(pattern, config.n_layers))
-    return values * bytes_per_value
+    """Decode-cache bytes of one sequence of seq_len tokens under `pattern`, summed over layers, as
+    the cache allocates them (PatternKVCache, RecurrentState): the keys and values of each head's
+    `stored_slots` positions (2 head_dim values each, at bytes_per_value: the model's dtype), plus
+    RAT+'s recurrent state (k~, v~: 2 d values per layer, always fp32) when it has a recurrence.
+    The spec's P + W + 1 + floor(T / D) (`cache_slots`) counts the current token's key too, which
+    is attended from its projection and never stored. Not counted: the cache's int64 position of
+    each slot per row (bookkeeping of ragged batches, shared by the heads)."""
+    d, hd = config.d_model, config.head_dim
+    state = 2 * d * STATE_BYTES if isinstance(config, RATPlusConfig) and config.apply_recurrence else 0
+    return sum(sum(2 * hd * stored_slots(p, seq_len) * bytes_per_value for p in head_patterns(layer, config.n_heads))
+               + state for layer in layer_patterns(pattern, config.n_layers, n_heads=config.n_heads))
 
 
 def recurrence_flops(config: RATPlusConfig, seq_len: int) -> int:

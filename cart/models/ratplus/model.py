@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import DecodeCache, LanguageModel, Layer, RoPE, merge_heads, split_heads
-from ..pattern_attention import PatternKVCache, pattern_attention
+from ..pattern_attention import HeadPatternKVCache, PatternKVCache, pattern_attention, pattern_kv_cache
 from ..patterns import layer_patterns
 from .config import RATPlusConfig
 
@@ -98,7 +98,8 @@ class RATPlusMixer(nn.Module):
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)  # named as MHA's: init scales it with depth
 
     def forward(self, u: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                cache: tuple[PatternKVCache, RecurrentState | None] | None = None, pattern=None) -> torch.Tensor:
+                cache: tuple[PatternKVCache | HeadPatternKVCache, RecurrentState | None] | None = None,
+                pattern=None) -> torch.Tensor:
         kv_cache, state = cache or (None, None)
         out_gate, q, k, v, *f = self.in_proj(u).chunk(self.n_inputs, dim=-1)
         q, k, v = (split_heads(x, self.n_heads) for x in (q, k, v))
@@ -123,11 +124,12 @@ class RATPlus(LanguageModel):
         self._init_weights(cfg.n_layers)
 
     def patterns_for(self, pattern=None):
-        """Per-layer patterns of a runtime `pattern` (string, Pattern or list); None: the config's
-        train_pattern in training mode (the sub-steps always pass theirs), eval_pattern in eval."""
+        """Per-layer patterns of a runtime `pattern` (string, Pattern, HeadPatterns or list); None:
+        the config's train_pattern in training mode (the sub-steps always pass theirs), eval_pattern
+        in eval."""
         if pattern is None:
             return self.default_patterns[self.training]
-        return layer_patterns(pattern, len(self.layers))
+        return layer_patterns(pattern, len(self.layers), n_heads=self.config.n_heads)
 
     def hidden(self, idx: torch.Tensor, pattern=None) -> torch.Tensor:
         x = self.tok_emb(idx)
@@ -141,8 +143,8 @@ class RATPlus(LanguageModel):
         window ring and the strided keys (PatternKVCache) and the recurrent state."""
         cfg, p = self.config, self.tok_emb.weight
         cache = DecodeCache(batch, max_len, p.device, pad)
-        patterns = self.default_patterns[False] if pattern is None else layer_patterns(pattern, cfg.n_layers)
-        cache.layers = [(PatternKVCache(pi, batch, cfg.n_heads, cfg.head_dim, max_len, cache.pad, p.device, p.dtype),
+        patterns = self.default_patterns[False] if pattern is None else self.patterns_for(pattern)
+        cache.layers = [(pattern_kv_cache(pi, batch, cfg.n_heads, cfg.head_dim, max_len, cache.pad, p.device, p.dtype),
                          RecurrentState(batch, cfg.n_heads, cfg.head_dim, p.device) if cfg.apply_recurrence else None)
                         for pi in patterns]
         return cache
