@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import cart
-from cart import benchmarks as B
+from cart.evaluation import benchmarks as B
 from cart.evaluation.benchmarks import smoke
 from conftest import smoke_benchmark_text
 from cart.training.checkpoint import save_weights, write_run_config
