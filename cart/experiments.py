@@ -1,8 +1,9 @@
 """From params.yaml to concrete training runs: the one home of run identity.
 
 A run is `<group>/<name>`. Each group (a DVC matrix stage) trains one model family; its name
-template (e.g. stage1 `d{d_model}-P{n_prelude}-R{n_loops}`) both builds the names the grid expands
-to and parses a name back to its fields (the ablations have a second template, `<variant>-s<seed>`,
+template (e.g. stage1 `d{d_model}-P{n_prelude}-R{n_loops}`, in the name grammar of
+cart/models/names.py: R is n_loops) both builds the names the grid expands to and parses a name
+back to its fields (the ablations have a second template, `<variant>-s<seed>`,
 for their multi-seed variants: a second DVC stage), and `RunPaths` is where a run's files live. Each
 group also declares exactly which params keys its runs read (`Group.params`, equal to dvc.yaml's
 `params:` for the stage, checked by tests/test_stages.py): runs are resolved from a view of
@@ -14,15 +15,15 @@ CART-only field re-runs CART runs and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-import re
-import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, get_type_hints
 
 from .training.loop_sampling import LoopSampling
 from .models import ModelConfig, config_from_dict
+from .models.names import NameForm
 from .params import build, check_value, section, view
 
 
@@ -199,20 +200,23 @@ class Group:
     def stage_name(self) -> str:
         return self.stage or self.name
 
+    def __post_init__(self):
+        self.name_form  # a template outside the name grammar fails where the group is declared
+
+    @functools.cached_property
+    def name_form(self) -> NameForm:
+        """The template as the name grammar reads it (cart/models/names.py)."""
+        return NameForm(self.template)
+
     @property
     def placeholders(self) -> list[str]:
-        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f]
+        return list(self.name_form.fields)
 
     def format(self, **fields) -> str:
-        return self.template.format(**fields)
+        return self.name_form.format(**fields)
 
     def _match(self, name: str) -> dict | None:
-        regex = re.escape(self.template)
-        for f in self.placeholders:
-            pattern = r"(?P<variant>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*?)" if f == "variant" else rf"(?P<{f}>\d+)"
-            regex = regex.replace(re.escape("{" + f + "}"), pattern)
-        m = re.fullmatch(regex, name)
-        return {k: v if k == "variant" else int(v) for k, v in m.groupdict().items()} if m else None
+        return self.name_form.match(name)
 
     def form_of(self, name: str) -> "Group":
         """The stage a run name belongs to: the last form whose template matches (a later form's

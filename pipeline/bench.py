@@ -50,25 +50,24 @@ from torch._dynamo.utils import counters
 
 from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_flops_for, train_flops_per_token
 from cart.experiments import TrainSettings
+from cart.models.names import config_from_name, config_name, parse_config_name
 from cart.training.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
 from cart.device import resolve_dtype
 from cart.training.step import CUDA_GRAPH_MODES, make_loss_fn, make_optimizer, to_float8, train_step
 
-DEFAULT_CONFIGS = ([f"cart-d{d}-R{r}" for d in (256, 512, 768, 1024) for r in (6, 8, 10)]
-                   + ["dense-L7", "dense-L12"])
+# Stage 2's CART grid at P=6 and the Dense baselines matching CART d1024's stored and effective parameters
+DEFAULT_CONFIGS = ([config_name("cart", d_model=d, n_prelude=6, n_loops=r) for d in (256, 512, 768, 1024)
+                    for r in (6, 8, 10)] + [config_name("dense", d_model=1024, n_layers=n) for n in (7, 12)])
+BENCH_FAMILIES = ("cart", "dense")
 
 
 def parse_config(name: str, vocab: int) -> CARTConfig | DenseConfig:
-    """cart-d<d>-R<R>[-P<P>] (P defaults to 6) or dense-L<layers>[-d<d>] (d defaults to 1024)."""
-    kind, *parts = name.split("-")
-    fields = {p[0]: int(p[1:]) for p in parts}
-    if kind == "cart" and {"d", "R"} <= set(fields) <= {"d", "R", "P"}:
-        return CARTConfig(vocab_size=vocab, d_model=fields["d"], n_loops=fields["R"], n_prelude=fields.get("P", 6))
-    if kind == "dense" and {"L"} <= set(fields) <= {"L", "d"}:
-        return DenseConfig(vocab_size=vocab, d_model=fields.get("d", 1024), n_layers=fields["L"])
-    raise ValueError(f"bad config name {name!r}: use cart-d<d>-R<R>[-P<P>] or dense-L<layers>[-d<d>]")
+    """A CART or Dense config name (cart/models/names.py): cart-d<d>-R<R>[-P<P>] (P defaults to 6) or
+    dense-L<layers>[-d<d>] (d defaults to 1024), words in any order; -X adds CART's unfreeze_kv."""
+    parse_config_name(name, BENCH_FAMILIES)  # the families benched here, else a ValueError naming their forms
+    return config_from_name(name, vocab_size=vocab)
 
 
 def parse_loop_sampling(spec: str, n_loops: int) -> LoopSampling:
@@ -371,7 +370,7 @@ def _profile_steps(loss_fn, batches, params, opt, train, device, dtype, graphed:
 def _label(cfg) -> str:
     if isinstance(cfg, DenseConfig):
         return f"Dense {cfg.n_layers}L d{cfg.d_model}"
-    return f"CART d{cfg.d_model} P{cfg.n_prelude} R{cfg.n_loops}"
+    return f"CART d{cfg.d_model} P{cfg.n_prelude} R{cfg.n_loops}" + (" X" if cfg.unfreeze_kv else "")
 
 
 def _sync(device):

@@ -128,6 +128,22 @@ def test_n_loops_set_at_export_is_the_default(cart_run, tok_dir, tmp_path):
         assert torch.equal(model(ids).logits, native(cart_run)(ids, n_loops=4))
 
 
+def test_export_is_named_by_its_config_name(cart_run, dense_run, tok_dir, tmp_path, monkeypatch, capsys):
+    """Without an out dir, pipeline.export writes hf/<config name>, R the exported loop count."""
+    from cart.hf.export import export_name
+    from pipeline.export import main
+    cfg = load_run_model(cart_run)[1]
+    assert export_name(cart_run) == f"cart-d{cfg.d_model}-P{cfg.n_prelude}-R{cfg.n_loops}"
+    assert export_name(dense_run) == "dense-d64-L2"
+    with pytest.raises(ValueError, match="n_loops: the 'dense' family has no loop count"):
+        export_name(dense_run, n_loops=4)
+    monkeypatch.chdir(tmp_path)
+    out = main([str(cart_run), "--tokenizer", str(tok_dir), "--n-loops", "4"])
+    name = f"cart-d{cfg.d_model}-P{cfg.n_prelude}-R4"
+    assert out == Path("hf") / name and (tmp_path / "hf" / name / "config.json").is_file()
+    assert f"export: wrote hf/{name} ({name}, from {cart_run})" in capsys.readouterr().out
+
+
 def test_dense_run_exports_too(dense_run, tok_dir, tmp_path):
     out = export_run(dense_run, tmp_path / "dense_export", tok_dir)
     assert not (out / "cart_model.py").exists() and (out / "dense_model.py").exists()

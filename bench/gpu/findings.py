@@ -26,6 +26,7 @@ import yaml
 
 from bench.gpu.stage1_findings import COLLAPSE_PPL
 from cart import results as S
+from cart.experiments import GROUPS
 from cart.io import atomic_write_text
 from cart.models.cart.config import PAPER_TEXT_VS_CODE
 from cart.report.paper import PAPER, PAPER_BENCH_COLUMNS
@@ -671,7 +672,7 @@ def row_sampled_r(p: Profile) -> list[str]:
     ev = p.bench("sampled_r")
     runs = p.done("sampled_r")
     d, R, P = int(runs["d_model"].iloc[0]), int(runs["n_loops"].iloc[0]), int(runs["n_prelude"].iloc[0])
-    schemes = {r.split("/")[1].rsplit("-", 1)[0]: r for r in runs["run_id"]}
+    schemes = {GROUPS["sampled_r"].parse(r.split("/", 1)[1])["variant"]: r for r in runs["run_id"]}
     r_max = int(ev["n_loops"].max())
     at = {s: _ppl(ev, run_id=r, n_loops=R) for s, r in schemes.items()}
     at_max = {s: _ppl(ev, run_id=r, n_loops=r_max) / at[s] for s, r in schemes.items()}

@@ -22,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from cart.experiments import resolve_run, run_names
+from cart.experiments import GROUPS, resolve_run, run_names
 from cart.io import atomic_write_json
 from cart.models import forward_flops
 from cart.params import load_params
@@ -76,7 +76,7 @@ def step_runs(step: dict, ids: list[str]) -> list[str]:
 def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> dict:
     """One width's minutes: the job step that trained its whole Stage 1 grid, else the projection
     from a step that trained only some of its configs."""
-    names = [n for n in run_names(params, ["stage1"])["stage1"] if n.startswith(f"d{d}-")]
+    names = [n for n in run_names(params, ["stage1"])["stage1"] if GROUPS["stage1"].parse(n)["d_model"] == d]
     ids = [f"stage1/{n}" for n in names]
     measured = [i for i in ids if i in costs and "process_s" in costs[i]]
     whole = [s for s in steps if s["selection"] == f"stage1/d{d}-*" and s["commands"] == len(ids)]
@@ -101,7 +101,7 @@ def summarize(root: Path, params: dict) -> dict:
     processes, steps = parse_job_log(log.read_text()) if log.is_file() else ({}, [])
     costs = run_costs(root, processes)
     stage1 = {k: v for k, v in costs.items() if k.startswith("stage1/")}
-    widths = sorted({int(n.split("-")[0][1:]) for n in run_names(params, ["stage1"])["stage1"]})
+    widths = sorted({GROUPS["stage1"].parse(n)["d_model"] for n in run_names(params, ["stage1"])["stage1"]})
     per_width = {str(d): width_projection(params, stage1, steps, d) for d in widths}
     total = [w["minutes"] for w in per_width.values()]
     devices = sorted({c["device"] for c in costs.values() if c.get("device")})

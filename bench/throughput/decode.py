@@ -15,8 +15,8 @@ the total (prefill included) is printed too. Every mode decodes once before it i
 the first pass over new shapes is slow (the uncached forward and the dynamic cache meet a new
 sequence length every step: 40-90 ms a step on an H200 where a seen shape takes 7 ms); its median
 step is kept as `first_pass_median_step_s`. Also the cache's size per token of context: from the
-config (`kv_cache_values_per_token`) and as allocated. Config names as pipeline.bench's, plus a -X
-suffix for CART's unfreeze_kv ablation (its anchor cached per loop).
+config (`kv_cache_values_per_token`) and as allocated. Config names as pipeline.bench's (cart/models/names.py),
+where a -X word sets CART's unfreeze_kv ablation (its anchor cached per loop).
 """
 from __future__ import annotations
 
@@ -36,8 +36,7 @@ DEFAULT_CONFIGS = ("cart-d1024-R6", "cart-d1024-R6-X", "dense-L7-d1024", "dense-
 
 
 def config_of(name: str, vocab: int):
-    if name.endswith("-X"):
-        return parse_config(name[:-2], vocab).replace(unfreeze_kv=True)
+    """A config name of pipeline.bench's (cart/models/names.py; -X: CART's unfreeze_kv)."""
     return parse_config(name, vocab)
 
 

@@ -24,8 +24,9 @@ import torch
 from ..training.checkpoint import CONFIG, WEIGHTS, load_run_model, read_run_config
 from ..data.corpus import atomic_dir
 from ..evaluation.harness import Tokenizer, check_compatible
-from ..models import config_class, family_modules
+from ..models import config_class, config_from_dict, family_modules
 from ..models.base import check_int_arg
+from ..models.names import name_of
 
 HF_DIR = Path(__file__).resolve().parent
 WRAPPER_FILES = ("configuration_cart.py", "modeling_cart.py")
@@ -65,9 +66,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Pa
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: exists and is not an empty folder; export into a new folder "
                          f"(nothing was written)")
-    if not (run_dir / CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run with weights (needs {CONFIG} and {WEIGHTS}, as the "
-                                f"training stage writes them)")
+    _check_run_dir(run_dir)
     if prefix_token not in PREFIX_TOKENS:
         raise ValueError(f"prefix_token: {prefix_token!r} is not one of {list(PREFIX_TOKENS)}")
     run_cfg = read_run_config(run_dir)
@@ -118,6 +117,26 @@ def export_run(run_dir: str | Path, out_dir: str | Path, tokenizer_dir: str | Pa
         if AutoTokenizer.from_pretrained(tmp, trust_remote_code=True).encode(probe) != tok.encode(probe):
             raise RuntimeError("the exported tokenizer does not load back as written")
     return out_dir
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if not (run_dir / CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run with weights (needs {CONFIG} and {WEIGHTS}, as the "
+                                f"training stage writes them)")
+
+
+def export_name(run_dir: str | Path, n_loops: int | None = None) -> str:
+    """The config name (cart/models/names.py) of the model an export of the run holds: its family's
+    name fields, R the exported default loop count, e.g. `cart-d1024-P6-R8` for a run trained at R=6
+    exported with n_loops=8. What `pipeline.export` names the folder when no folder is given."""
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir)
+    cfg = config_from_dict(read_run_config(run_dir).get("model", {}), where=f"{run_dir / CONFIG}: model")
+    if n_loops is not None:
+        if "n_loops" not in cfg.runtime_kwargs():
+            raise ValueError(f"n_loops: the {cfg.arch!r} family has no loop count")
+        cfg = cfg.replace(n_loops=check_int_arg("n_loops", n_loops))
+    return name_of(cfg)
 
 
 def write_modeling_code(folder: Path, arch: str) -> None:
