@@ -9,7 +9,12 @@ import sqlite3
 import numpy as np
 import pandas as pd
 
-from .. import results as R
+from ..results.analyses import (CHINCHILLA_TOKENS_PER_PARAM, ablation_table, best_per_d, dense_vs_cart,
+                                stage1_best_per_d, stage2_configs)
+from ..results.query import load_eval_results, load_issues, load_runs, read_meta, run_status, store_domains
+from ..results.schema import FLAGS, GROUPS, RANK_DOMAIN
+from ..results.stats import (config_stats, expected_counts, pct_delta, power_law_fit, residual_fraction, run_metrics,
+                             seed_stats, segment_exponents, spearman)
 from .paper import DOMAINS as PAPER_DOMAINS
 from .paper import PAPER, PAPER_BENCH_COLUMNS
 from .render import DASH, MISSING, Table, fixed, integer, isnan, millions, opt_int, pct, pm, sig, view_from
@@ -47,9 +52,9 @@ def _first(df: pd.DataFrame, keys, cols) -> pd.DataFrame:
 
 # ---- run status --------------------------------------------------------------------------------
 def table_status(con: sqlite3.Connection) -> Table:
-    st = R.run_status(con)
+    st = run_status(con)
     rows = []
-    for g in R.GROUPS:
+    for g in GROUPS:
         s = st.get(g)
         if s is None:
             rows.append({"group": g, "expected": np.nan, "complete": 0, "failed": 0, "incomplete": 0, "missing": 0,
@@ -68,10 +73,10 @@ def table_status(con: sqlite3.Connection) -> Table:
 
 
 def table_problems(con: sqlite3.Connection) -> Table:
-    runs = R.load_runs(con, current=False)
+    runs = load_runs(con, current=False)
     bad = runs[(runs["status"] != "complete") | (runs["in_grid"].fillna(1) == 0)]
     data = bad[["run_id", "status", "in_grid", "failure", "last_logged_step", "planned_steps"]].reset_index(drop=True)
-    issues = R.load_issues(con)
+    issues = load_issues(con)
     view = view_from(data, [("run", "run_id"),
                             ("status", lambda r: r["status"] + (" (not in grid)" if _i(r["in_grid"]) == 0 else "")),
                             ("last logged step", lambda r: integer(r["last_logged_step"])),
@@ -84,7 +89,7 @@ def table_problems(con: sqlite3.Connection) -> Table:
 
 # ---- Table 1: parameters and leverage ------------------------------------------------------------
 def table_params(con: sqlite3.Connection) -> Table:
-    runs = _cart_rows(R.load_runs(con), ("stage1", "stage2"))
+    runs = _cart_rows(load_runs(con), ("stage1", "stage2"))
     ours = _first(runs, ["d_model", "n_prelude", "n_loops"], ["stored_params", "effective_params"])
     ours_keys = {tuple(int(x) for x in k) for k in ours[["d_model", "n_prelude", "n_loops"]].itertuples(index=False)}
     pp, tp = PAPER["params"], PAPER["throughput"]
@@ -125,7 +130,7 @@ def _regime(p) -> str:
 
 
 def table_tokens(con: sqlite3.Connection) -> Table:
-    runs = R.load_runs(con)
+    runs = load_runs(con)
     s2 = _cart_rows(runs, ("stage2",))
     cart = _first(s2, ["d_model", "n_prelude", "n_loops"], ["planned_tokens", "stored_params", "effective_params"])
     trained = s2[s2["status"] == "complete"].groupby(["d_model", "n_prelude", "n_loops"])["tokens"].mean()
@@ -144,8 +149,8 @@ def table_tokens(con: sqlite3.Connection) -> Table:
                      "planned_tokens": tok, "tokens_trained_mean": _f(trained.get(k, np.nan)),
                      "stored_params": st, "effective_params": ef, "tokens_per_stored": rs,
                      "tokens_per_effective": re_,
-                     "chinchilla_eff_pct": 100 * re_ / R.CHINCHILLA_TOKENS_PER_PARAM,
-                     "chinchilla_stored_pct": 100 * rs / R.CHINCHILLA_TOKENS_PER_PARAM,
+                     "chinchilla_eff_pct": 100 * re_ / CHINCHILLA_TOKENS_PER_PARAM,
+                     "chinchilla_stored_pct": 100 * rs / CHINCHILLA_TOKENS_PER_PARAM,
                      "paper_tokens_per_stored": p[0] if p else np.nan,
                      "paper_tokens_per_effective": p[1] if p else np.nan,
                      "paper_chinchilla_eff_pct": p[2] if p else np.nan})
@@ -165,7 +170,7 @@ def table_tokens(con: sqlite3.Connection) -> Table:
         ("paper % Chinchilla (eff)", lambda r: DASH if isnan(r["paper_chinchilla_eff_pct"]) else
          f"{r['paper_chinchilla_eff_pct']:.0f}% ({_regime(r['paper_chinchilla_eff_pct'])})")])
     return Table("table02_tokens", "Table 2: Stage 2 token budget and Chinchilla ratios", data, view, [
-        f"Chinchilla-optimal = {R.CHINCHILLA_TOKENS_PER_PARAM:.0f} tokens per parameter; % = (tokens/param) / 20. "
+        f"Chinchilla-optimal = {CHINCHILLA_TOKENS_PER_PARAM:.0f} tokens per parameter; % = (tokens/param) / 20. "
         "Budget = steps x seq_len x micro_batch x grad_accum from the run config (paper: 1B tokens). "
         "Regime: over > 110%, near 80-110%, sub < 80% (the paper's labels, thresholds ours)."],
         empty_reason=None if data["stored_params"].notna().any() else "no Stage 2 run has a readable config")
@@ -174,7 +179,7 @@ def table_tokens(con: sqlite3.Connection) -> Table:
 # ---- Table 3: FLOPs --------------------------------------------------------------------------------
 def _model_rows(con: sqlite3.Connection) -> pd.DataFrame:
     """One row per Stage 2 CART config and Dense config, with params/FLOPs and seed stats."""
-    runs = R.load_runs(con)
+    runs = load_runs(con)
     parts = []
     for arch, group, keys in (("cart", "stage2", ["d_model", "n_prelude", "n_loops"]),
                               ("dense", "dense", ["d_model", "n_layers"])):
@@ -183,8 +188,8 @@ def _model_rows(con: sqlite3.Connection) -> pd.DataFrame:
             continue
         first = _first(df, keys, ["stored_params", "effective_params", "flops_per_seq", "dense_layer_flops_per_seq",
                                   "seq_len", "tokens_per_step", "planned_tokens"])
-        st = R.seed_stats(df, keys, R.run_metrics(R.store_domains(con)))
-        exp = R.expected_counts(df, keys)
+        st = seed_stats(df, keys, run_metrics(store_domains(con)))
+        exp = expected_counts(df, keys)
         dev = df[df["status"] == "complete"].groupby(keys)["device"].agg(
             lambda s: ", ".join(sorted(set(x for x in s if isinstance(x, str)))))
         m = exp.merge(first, on=keys, how="left").merge(st, on=keys, how="left")
@@ -294,13 +299,13 @@ def table_throughput(con: sqlite3.Connection) -> Table:
 
 # ---- Table 5: Stage 1 best per scale ----------------------------------------------------------------
 def table_stage1_best(con: sqlite3.Connection) -> Table:
-    runs = R.load_runs(con, "stage1")
-    best = R.stage1_best_per_d(con)
+    runs = load_runs(con, "stage1")
+    best = stage1_best_per_d(con)
     exp = runs.groupby("d_model").size() if len(runs) else pd.Series(dtype=int)
     done = runs[runs["status"] == "complete"].groupby("d_model").size() if len(runs) else pd.Series(dtype=int)
     ours_d = {int(d) for d in runs["d_model"].dropna().unique()}
     pb = PAPER["stage1_best"]
-    doms = R.store_domains(con)
+    doms = store_domains(con)
     rows = []
     for d in sorted(ours_d | set(pb)):
         b = best[best["d_model"] == d]
@@ -352,10 +357,10 @@ def _best_r(ppl_by_r: dict):
 def r_benefit_data(con: sqlite3.Connection, stage: str) -> pd.DataFrame:
     """Long rows (d, source, P, R, ppl mean, std, n) of Wikipedia PPL per R, ours and the paper's."""
     rows = []
-    dom = R.RANK_DOMAIN
+    dom = RANK_DOMAIN
     if stage == "stage1":
-        runs = R.load_runs(con, "stage1", status="complete")
-        best = R.stage1_best_per_d(con)
+        runs = load_runs(con, "stage1", status="complete")
+        best = stage1_best_per_d(con)
         for _, b in best.iterrows():
             d, p = int(b["d_model"]), int(b["n_prelude"])
             sel = runs[(runs["d_model"] == d) & (runs["n_prelude"] == p)]
@@ -367,7 +372,7 @@ def r_benefit_data(con: sqlite3.Connection, stage: str) -> pd.DataFrame:
                 rows.append({"d_model": d, "source": "paper", "n_prelude": PAPER["stage1_r_P"], "n_loops": r,
                              "ppl_mean": v, "ppl_std": np.nan, "n": 1})
     else:
-        cfg = R.stage2_configs(con)
+        cfg = stage2_configs(con)
         for _, c in cfg.iterrows():
             if c["n_seeds"] == 0:
                 continue
@@ -441,7 +446,7 @@ def table_r_benefit_stage2(con):
 
 # ---- Table 8: spectral radius --------------------------------------------------------------------------
 def table_spectral(con: sqlite3.Connection) -> Table:
-    cfg = R.stage2_configs(con)
+    cfg = stage2_configs(con)
     ours = {(int(c["d_model"]), int(c["n_loops"])): c for _, c in cfg.iterrows()}
     pr = {(d, r): v for d, by_r in PAPER["rho"].items() for r, v in by_r.items()}
     rows = []
@@ -454,8 +459,8 @@ def table_spectral(con: sqlite3.Connection) -> Table:
                      "n_seeds": int(c["n_seeds"]) if c is not None else 0,
                      "rho_mean": rho, "rho_std": _f(c["spectral_radius_std"]) if c is not None and
                      "spectral_radius_std" in c else np.nan,
-                     "rho_pow_R": float(R.residual_fraction(rho, k[1])),
-                     "paper_rho": p, "paper_rho_pow_R": float(R.residual_fraction(p, k[1]))})
+                     "rho_pow_R": float(residual_fraction(rho, k[1])),
+                     "paper_rho": p, "paper_rho_pow_R": float(residual_fraction(p, k[1]))})
     data = pd.DataFrame(rows)
     view = view_from(data, [
         ("d", "d_model"), ("R", "n_loops"),
@@ -479,22 +484,22 @@ def _reference_variants(con) -> pd.DataFrame:
     """Spot checks like the paper's P=4, R=10 row of Table 9 (a 3-seed mean): ablation variants that
     change only the prelude depth P (and maybe R), no flag; per (d, P, R), n expected, n complete and
     the seed statistics over the complete runs (a multi-seed variant's seeds, as Stage 2's configs)."""
-    ab = R.load_runs(con, "ablation").dropna(subset=SPOT_KEYS)
+    ab = load_runs(con, "ablation").dropna(subset=SPOT_KEYS)
     if ab.empty:
         return pd.DataFrame(columns=SPOT_KEYS)
     plain = np.ones(len(ab), dtype=bool)
-    for f in R.FLAGS:
+    for f in FLAGS:
         plain &= ~(ab[f].fillna(0).astype(int).astype(bool)).to_numpy()
-    base = R.read_meta(con).get("ablation_base") or {}
+    base = read_meta(con).get("ablation_base") or {}
     if base.get("n_prelude") is not None:
         plain &= (ab["n_prelude"] != base["n_prelude"]).to_numpy(dtype=bool)
     spot = ab[plain & (ab["n_loops"] > 1).to_numpy(dtype=bool)]
-    return R.config_stats(spot, SPOT_KEYS, R.store_domains(con)) if len(spot) else pd.DataFrame(columns=SPOT_KEYS)
+    return config_stats(spot, SPOT_KEYS, store_domains(con)) if len(spot) else pd.DataFrame(columns=SPOT_KEYS)
 
 
 def table_stage2_ppl(con: sqlite3.Connection) -> Table:
     models = _model_rows(con)
-    doms = R.store_domains(con)
+    doms = store_domains(con)
     ours = {_model_key(r): r for _, r in models.iterrows()}
     refs = _reference_variants(con)
     ours |= {("ref", int(r["d_model"]), int(r["n_prelude"]), int(r["n_loops"])): r for _, r in refs.iterrows()}
@@ -549,10 +554,10 @@ def table_stage2_ppl(con: sqlite3.Connection) -> Table:
 
 # ---- Table 10: Dense vs CART ----------------------------------------------------------------------------
 def table_dense_vs_cart(con: sqlite3.Connection) -> Table:
-    dense, ref = R.dense_vs_cart(con)
+    dense, ref = dense_vs_cart(con)
     rows = []
     cart_paper = PAPER["stage2_ppl"][(1024, 6, 6)]
-    doms = R.store_domains(con)
+    doms = store_domains(con)
     both = list(dict.fromkeys([*doms, *PAPER_DOMAINS]))
     r = {"row": "CART, best R at the Dense width", "kind": "cart",
          "detail": (f"{ref['run_id'].split('/')[0]} d={int(ref['d_model'])} P={int(ref['n_prelude'])} "
@@ -562,7 +567,7 @@ def table_dense_vs_cart(con: sqlite3.Connection) -> Table:
         r[f"ppl_{dom}"] = _f(ref.get(f"ppl_{dom}_mean")) if ref else np.nan
         r[f"paper_ppl_{dom}"] = cart_paper[PAPER_DOMAINS.index(dom)] if dom in PAPER_DOMAINS else np.nan
     rows.append(r)
-    s2 = R.load_runs(con, "stage2")
+    s2 = load_runs(con, "stage2")
     if ref:
         hit = s2[(s2["d_model"] == ref["d_model"]) & (s2["n_loops"] == ref["n_loops"])]["stored_params"].dropna()
         rows[0]["stored_params"] = _f(hit.iloc[0]) if len(hit) else np.nan
@@ -582,7 +587,7 @@ def table_dense_vs_cart(con: sqlite3.Connection) -> Table:
             r[f"ppl_{dom}"] = _f(o.get(f"ppl_{dom}_mean")) if o is not None else np.nan
             r[f"paper_ppl_{dom}"] = p[i] if p and i is not None else np.nan
             dlt[f"ppl_{dom}"] = _f(o.get(f"delta_ppl_{dom}_pct")) if o is not None else np.nan
-            dlt[f"paper_ppl_{dom}"] = float(R.pct_delta(p[i], cart_paper[i])) if p and i is not None else np.nan
+            dlt[f"paper_ppl_{dom}"] = float(pct_delta(p[i], cart_paper[i])) if p and i is not None else np.nan
         rows += [r, dlt]
     data = pd.DataFrame(rows)
     fmt = (lambda c: lambda r: (pct(r[c]) if r["kind"] == "delta" else sig(r[c], 4)))
@@ -601,9 +606,9 @@ def table_dense_vs_cart(con: sqlite3.Connection) -> Table:
 # ---- Table 11: cross-scale scaling, power-law fits, Spearman ---------------------------------------------
 def scaling_points(con: sqlite3.Connection) -> dict:
     """(d, PPL) points of the best config per d: ours at Stage 1 and Stage 2, the paper's (Table 11)."""
-    dom = R.RANK_DOMAIN
-    s1 = R.stage1_best_per_d(con)
-    s2 = R.best_per_d(R.stage2_configs(con))
+    dom = RANK_DOMAIN
+    s1 = stage1_best_per_d(con)
+    s2 = best_per_d(stage2_configs(con))
     return {
         ("stage1", "ours"): (s1["d_model"].astype(float).to_numpy(), s1[f"ppl_{dom}"].astype(float).to_numpy()),
         ("stage2", "ours"): (s2["d_model"].astype(float).to_numpy(), s2[f"ppl_{dom}_mean"].astype(float).to_numpy()),
@@ -617,7 +622,7 @@ def scaling_points(con: sqlite3.Connection) -> dict:
 def table_cross_scale(con: sqlite3.Connection) -> Table:
     pts = scaling_points(con)
     ds = sorted({float(d) for (x, _) in pts.values() for d in x})
-    seg = {k: {s["to"]: s["exponent"] for s in R.segment_exponents(*v)} for k, v in pts.items()}
+    seg = {k: {s["to"]: s["exponent"] for s in segment_exponents(*v)} for k, v in pts.items()}
     rows = []
     for d in ds:
         row = {"d_model": int(d)}
@@ -652,7 +657,7 @@ def table_power_law(con: sqlite3.Connection) -> Table:
     pts = scaling_points(con)
     rows = []
     for (stage, src), (x, y) in pts.items():
-        fit = R.power_law_fit(x, y)
+        fit = power_law_fit(x, y)
         rows.append({"stage": stage, "source": src, "n_points": int(np.isfinite(y).sum()),
                      "d_min": float(np.min(x)) if len(x) else np.nan, "d_max": float(np.max(x)) if len(x) else np.nan,
                      "exponent": fit["exponent"] if fit else np.nan, "prefactor": fit["prefactor"] if fit else np.nan,
@@ -674,9 +679,9 @@ def table_power_law(con: sqlite3.Connection) -> Table:
 
 def spearman_data(con: sqlite3.Connection) -> pd.DataFrame:
     """Cells present at both stages (same d, P, R): Stage 1 PPL vs Stage 2 seed-mean PPL."""
-    dom = R.RANK_DOMAIN
-    s1 = R.load_runs(con, "stage1", status="complete")[["d_model", "n_prelude", "n_loops", f"ppl_{dom}"]]
-    s2 = R.stage2_configs(con)
+    dom = RANK_DOMAIN
+    s1 = load_runs(con, "stage1", status="complete")[["d_model", "n_prelude", "n_loops", f"ppl_{dom}"]]
+    s2 = stage2_configs(con)
     if s1.empty or s2.empty or f"ppl_{dom}_mean" not in s2:
         return pd.DataFrame(columns=["d_model", "n_prelude", "n_loops", "stage1_ppl", "stage2_ppl"])
     s2 = s2[["d_model", "n_prelude", "n_loops", f"ppl_{dom}_mean"]]
@@ -689,9 +694,9 @@ def table_spearman(con: sqlite3.Connection) -> Table:
     cells = spearman_data(con)
     rows = []
     for d, g in cells.groupby("d_model", sort=True):
-        rows.append({"scope": f"d={int(d)}", **R.spearman(g["stage1_ppl"], g["stage2_ppl"])})
+        rows.append({"scope": f"d={int(d)}", **spearman(g["stage1_ppl"], g["stage2_ppl"])})
     if len(cells):
-        rows.append({"scope": "all widths", **R.spearman(cells["stage1_ppl"], cells["stage2_ppl"])})
+        rows.append({"scope": "all widths", **spearman(cells["stage1_ppl"], cells["stage2_ppl"])})
     data = pd.DataFrame(rows, columns=["scope", "rho", "p", "n"])
     def cell_names(scope: str) -> str:
         sel = cells[cells["d_model"] == int(scope[2:])] if scope.startswith("d=") else cells
@@ -774,8 +779,8 @@ def _wide(df: pd.DataFrame, index: list[str], with_paper: bool) -> pd.DataFrame:
 
 
 def table_variable_r(con: sqlite3.Connection) -> Table:
-    ev = R.load_eval_results(con, "variable_r").dropna(subset=["n_loops"])
-    runs = R.load_runs(con, current=False)
+    ev = load_eval_results(con, "variable_r").dropna(subset=["n_loops"])
+    runs = load_runs(con, current=False)
     trained = dict(zip(runs["run_id"], runs["n_loops"]))
     pv = PAPER["variable_r"]
 
@@ -804,8 +809,8 @@ def table_variable_r(con: sqlite3.Connection) -> Table:
 
 
 def _bench_rows(con) -> pd.DataFrame:
-    ev = R.load_eval_results(con, "benchmarks")
-    runs = R.load_runs(con, current=False)[["run_id", "d_model", "n_loops"]].rename(columns={"n_loops": "trained_R"})
+    ev = load_eval_results(con, "benchmarks")
+    runs = load_runs(con, current=False)[["run_id", "d_model", "n_loops"]].rename(columns={"n_loops": "trained_R"})
     return ev.merge(runs, on="run_id", how="left")
 
 
@@ -870,8 +875,8 @@ PAPER_ABLATION = {(1024, 4, 10): PAPER["stage2_ppl"][(1024, 4, 10)]}  # Table 9'
 
 
 def table_ablation(con: sqlite3.Connection) -> Table:
-    table, base = R.ablation_table(con)
-    doms = R.store_domains(con)
+    table, base = ablation_table(con)
+    doms = store_domains(con)
     rows = []
     if base.get("config"):
         b = base["config"]
@@ -892,7 +897,7 @@ def table_ablation(con: sqlite3.Connection) -> Table:
             for suf in ("", "_vs_mean", "_vs_matched"):
                 row[f"delta_{d}{suf}_pct"] = _f(r.get(f"delta_ppl_{d}{suf}_pct"))
         key = (_i(r["d_model"]), _i(r["n_prelude"]), _i(r["n_loops"]))
-        plain = all(not bool(_i(r[f]) or 0) for f in R.FLAGS)
+        plain = all(not bool(_i(r[f]) or 0) for f in FLAGS)
         p = PAPER_ABLATION.get(key) if plain else None
         for i, d in enumerate(PAPER_DOMAINS):
             row[f"paper_ppl_{d}"] = p[i] if p else np.nan
