@@ -393,7 +393,7 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("killed mid-build")
-    monkeypatch.setattr(R, "populate", boom)
+    monkeypatch.setattr(results.store, "populate", boom)  # what build_store calls
     with pytest.raises(RuntimeError):
         results.build_store(db, root)
     assert db.read_bytes() == before
