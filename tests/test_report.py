@@ -266,7 +266,8 @@ def test_a_multi_seed_spot_check_is_one_seed_mean_beside_the_papers(tmp_path):
     """ablation.multi_seed's P=4, R=10 spot check: Table 9 averages its complete seeds (n complete /
     n expected, mean ± std) beside the paper's 3-seed value; the ablation table has a row per seed,
     each compared with the Stage 2 base run of its own seed."""
-    from cart.report.tables import table_ablation, table_stage2_ppl
+    from cart.report.tables.ablation import table_ablation
+    from cart.report.tables.scaling import table_stage2_ppl
     params = S.make_project(tmp_path, eval_source=None)
     p = load_params(params)
     spot = {"d_model": 1024, "n_prelude": 4, "n_loops": 10}

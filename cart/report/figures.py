@@ -18,7 +18,8 @@ from ..results.query import load_eval_log, load_eval_results, load_runs, load_tr
 from ..results.schema import GROUPS, RANK_DOMAIN  # noqa: E402
 from ..results.stats import power_law_fit  # noqa: E402
 from .paper import PAPER, PAPER_BENCH_COLUMNS  # noqa: E402
-from .tables import gains, r_benefit_data, scaling_points  # noqa: E402
+from .tables.recurrence import gains, r_benefit_data  # noqa: E402
+from .tables.scaling import scaling_points  # noqa: E402
 
 RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
       "legend.fontsize": 7, "path.simplify": False, "svg.hashsalt": "cart", "figure.max_open_warning": 0}
