@@ -1,7 +1,7 @@
 """DVC stage: build the results store. `python -m pipeline.results`
 
 Reads runs/<group>/<name>/{config,summary}.json, plots/<group>/<name>/{train,eval}.tsv and
-eval/{benchmarks,variable_r}.tsv into one SQLite file, results/results.db (cart/results.py),
+eval/{benchmarks,variable_r}.tsv into one SQLite file, results/results.db (cart/results/),
 written atomically. params.yaml's grids say which runs are expected, so missing ones are rows
 with status 'missing' rather than silently absent.
 """
@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from cart.params import load_params, section
-from cart.results import build_store, plan_from_params
+from cart.results.plan import plan_from_params
+from cart.results.store import build_store
 from pipeline._cli import run
 
 DB = Path("results") / "results.db"

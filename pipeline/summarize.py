@@ -1,6 +1,6 @@
 """DVC stage: every run group's summary. `python -m pipeline.summarize [group ...]` (default: all)
 
-Loads the run directories into one in-memory results store (cart/results.py) and writes
+Loads the run directories into one in-memory results store (cart/results/) and writes
 metrics/<group>.json per group: small, numbers first, for `dvc metrics show/diff`. Runs the grid
 expects but that are missing, incomplete or failed are listed under "runs" instead of failing the
 stage. metrics/stage2.json's best_per_d and best_run_id choose the models the evaluation stages load.
@@ -15,7 +15,10 @@ from pathlib import Path
 from cart.experiments import summary_groups
 from cart.io import atomic_write_json
 from cart.params import load_params
-from cart.results import GROUPS, memory_store, plan_from_params, summarize_group
+from cart.results.plan import plan_from_params
+from cart.results.schema import GROUPS
+from cart.results.store import memory_store
+from cart.results.summary import summarize_group
 from pipeline._cli import run
 
 

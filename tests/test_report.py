@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cart import results as R
+from cart import results
 from cart.models import CARTConfig
 from cart.params import load_params
 from cart.report import LAYOUT, ReportSettings, build_report
@@ -34,7 +34,7 @@ DPI = 40  # small images keep the tests fast; the rendering path is the same
 def _store(root: Path, eval_source="local", vr_source=None) -> Path:
     params = S.make_project(root, eval_source=eval_source, vr_source=vr_source)
     db = root / "results" / "results.db"
-    R.build_store(db, root, R.plan_from_params(load_params(params)))
+    results.build_store(db, root, results.plan_from_params(load_params(params)))
     return db
 
 
@@ -150,7 +150,7 @@ def test_report_is_byte_identical_for_the_same_store(report, tmp_path):
 def test_report_on_a_store_with_no_results(tmp_path):
     params = S.make_project(tmp_path / "src", eval_source=None)
     db = tmp_path / "results.db"
-    R.build_store(db, tmp_path / "nothing", R.plan_from_params(load_params(params)))
+    results.build_store(db, tmp_path / "nothing", results.plan_from_params(load_params(params)))
     out = tmp_path / "reports"
     counts = build_report(db, ReportSettings(out_dir=str(out), dpi=DPI))
     text = (out / "REPORT.md").read_text()
@@ -185,7 +185,7 @@ def test_our_paper_sized_config_matches_the_papers_parameter_count(tmp_path):
     (tmp_path / "runs" / "dense" / "L7-s42").mkdir(parents=True)
     (tmp_path / "runs" / "dense" / "L7-s42" / "config.json").write_text("{broken")
     db = tmp_path / "r.db"
-    R.build_store(db, tmp_path)
+    results.build_store(db, tmp_path)
     out = tmp_path / "reports"
     build_report(db, ReportSettings(out_dir=str(out), dpi=DPI))
     t1 = _csv(out, "table01_params")
@@ -266,7 +266,8 @@ def test_a_multi_seed_spot_check_is_one_seed_mean_beside_the_papers(tmp_path):
     """ablation.multi_seed's P=4, R=10 spot check: Table 9 averages its complete seeds (n complete /
     n expected, mean ± std) beside the paper's 3-seed value; the ablation table has a row per seed,
     each compared with the Stage 2 base run of its own seed."""
-    from cart.report.tables import table_ablation, table_stage2_ppl
+    from cart.report.tables.ablation import table_ablation
+    from cart.report.tables.scaling import table_stage2_ppl
     params = S.make_project(tmp_path, eval_source=None)
     p = load_params(params)
     spot = {"d_model": 1024, "n_prelude": 4, "n_loops": 10}
@@ -278,8 +279,8 @@ def test_a_multi_seed_spot_check_is_one_seed_mean_beside_the_papers(tmp_path):
     S.write_run(tmp_path, "ablation", "P4R10-s44", S.cart(1024, 4, 10), 44, 31.0, status="failed", steps_done=20,
                 variant="P4R10")
     db = tmp_path / "results" / "results.db"
-    R.build_store(db, tmp_path, R.plan_from_params(load_params(params)))
-    con = R.connect(db)
+    results.build_store(db, tmp_path, results.plan_from_params(load_params(params)))
+    con = results.connect(db)
 
     t9 = table_stage2_ppl(con).data
     row = t9[t9["model"] == "CART spot check"].set_index(["d_model", "n_prelude", "n_loops"]).loc[(1024, 4, 10)]
@@ -296,7 +297,7 @@ def test_a_multi_seed_spot_check_is_one_seed_mean_beside_the_papers(tmp_path):
         assert ab.loc[f"P4R10-s{seed}", "delta_wikipedia_pct"] == pytest.approx(want, rel=1e-6)
     assert np.isnan(ab.loc["P4R10-s44", "delta_wikipedia_pct"])  # failed, and seed 44 is not in Stage 2
     assert ab.loc["X", "delta_wikipedia_pct"] == pytest.approx(1.0, abs=1e-6)  # single-seed: ablation.seed
-    table, _ = R.ablation_table(con)
+    table, _ = results.ablation_table(con)
     base = dict(zip(table["name"], table["base_run_id"]))
     assert (base["P4R10-s43"], base["X"]) == ("stage2/d256-R4-s43", "stage2/d256-R4-s42")
     assert pd.isna(base["P4R10-s44"])

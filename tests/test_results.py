@@ -18,7 +18,7 @@ from scipy import stats
 from cart.accounting import count_params, forward_flops
 from cart.models import CARTConfig, DenseConfig
 from cart.params import load_params
-from cart import results as R
+from cart import results
 from cart.training.curves import CurveWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def cart(d, p, r, **flags) -> CARTConfig:
 def write_eval(root: Path, source: str = "local", vr_source: str | None = None) -> None:
     """eval/benchmarks.tsv from `source`, eval/variable_r.tsv from vr_source (default: the same)."""
     vr_source = vr_source or source
-    cols = R.EVAL_RESULT_COLUMNS
+    cols = results.EVAL_RESULT_COLUMNS
     rows = []
     best = {64: "stage2/d64-R2-s42", 128: "stage2/d128-R4-s43", 256: "stage2/d256-R4-s42"}
     for d, rid in best.items():
@@ -216,7 +216,7 @@ def write_family_runs(root: Path) -> None:
 
 def write_study_eval(root: Path, source: str) -> None:
     """eval/lrt.tsv and eval/ratplus.tsv as pipeline/evaluate.py writes them."""
-    cols, rows = R.EVAL_RESULT_COLUMNS, []
+    cols, rows = results.EVAL_RESULT_COLUMNS, []
     for run_id, bpb in (("lrt/shared-s42", 1.50), ("lrt/layerwise-s42", 1.48), ("sweep_dense/lr3e-3-s42", 1.53)):
         lrt = run_id.startswith("lrt/")
         for mode in (("merged", "sequential", "zero") if lrt else ("",)):
@@ -308,13 +308,13 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     params = make_project(root)
     db = root / "results" / "results.db"
-    counts = R.build_store(db, root, R.plan_from_params(load_params(params)))
+    counts = results.build_store(db, root, results.plan_from_params(load_params(params)))
     return root, params, db, counts
 
 
 def runs_by_id(db) -> dict:
-    con = R.connect(db)
-    df = R.load_runs(con, current=False)
+    con = results.connect(db)
+    df = results.load_runs(con, current=False)
     con.close()
     return {r["run_id"]: r for _, r in df.iterrows()}
 
@@ -356,16 +356,16 @@ def test_store_columns_come_from_accounting_and_summaries(project):
     assert d["arch"] == "dense" and d["n_layers"] == 3 and pd.isna(d["n_loops"]) and np.isnan(d["spectral_radius"])
     x = runs["ablation/X"]
     assert x["variant"] == "X" and x["unfreeze_kv"] == 1 and x["d_model"] == 256
-    con = R.connect(db)
+    con = results.connect(db)
     cfg = json.loads(con.execute("SELECT config_json FROM runs WHERE run_id='ablation/X'").fetchone()[0])
     assert cfg["model"]["unfreeze_kv"] is True
-    tl = R.load_train_log(con, [FAILED])
+    tl = results.load_train_log(con, [FAILED])
     assert list(tl["step"]) == [5, 10, 15, 20] and tl["spectral_radius"].notna().all()
-    dl = R.load_train_log(con, ["dense/L3-s42"])
+    dl = results.load_train_log(con, ["dense/L3-s42"])
     assert dl["spectral_radius"].isna().all() and len(dl) == RUN["steps"] // 5
-    el = R.load_eval_log(con, ["stage2/d64-R2-s42"])
+    el = results.load_eval_log(con, ["stage2/d64-R2-s42"])
     assert len(el) == 2 * len(DOMAINS) and set(el["domain"]) == set(DOMAINS)
-    ev = R.load_eval_results(con)
+    ev = results.load_eval_results(con)
     assert set(ev["file"]) == {"benchmarks", "variable_r", "lrt", "ratplus", "sampled_r"} and len(ev) > 0  # every eval/*.tsv
     con.close()
 
@@ -388,14 +388,14 @@ def test_store_write_is_atomic(tmp_path, monkeypatch):
     root = tmp_path
     make_project(root, eval_source=None)
     db = root / "r.db"
-    R.build_store(db, root)
+    results.build_store(db, root)
     before = db.read_bytes()
 
     def boom(*a, **k):
         raise RuntimeError("killed mid-build")
-    monkeypatch.setattr(R, "populate", boom)
+    monkeypatch.setattr(results.store, "populate", boom)  # what build_store calls
     with pytest.raises(RuntimeError):
-        R.build_store(db, root)
+        results.build_store(db, root)
     assert db.read_bytes() == before
     assert [p.name for p in root.iterdir() if p.name.startswith(".r.db")] == []
 
@@ -406,14 +406,14 @@ def test_store_records_unreadable_files_instead_of_crashing(tmp_path):
     (tmp_path / "plots/stage2/d64-R4-s42/plots/metrics/train/loss.tsv").write_text("step\tloss\n5\t3.0\n10\tnan-ish\n")
     (tmp_path / "eval").mkdir(exist_ok=True)
     (tmp_path / "eval/benchmarks.tsv").write_text("garbage\n")
-    con = R.memory_store(tmp_path, None, eval_dir="eval")
-    runs = R.load_runs(con).set_index("run_id")
+    con = results.memory_store(tmp_path, None, eval_dir="eval")
+    runs = results.load_runs(con).set_index("run_id")
     assert runs.loc["stage2/d64-R2-s42", "status"] == "incomplete"
     assert pd.isna(runs.loc["stage2/d64-R2-s42", "in_grid"])  # no plan: no grid
-    tl = R.load_train_log(con, ["stage2/d64-R4-s42"])
+    tl = results.load_train_log(con, ["stage2/d64-R4-s42"])
     loss = tl.set_index("step")["loss"]  # loss.tsv replaced by a torn file: its bad value reads as missing
     assert loss[5] == 3.0 and loss.drop(5).isna().all() and tl["tokens"].notna().all()
-    issues = R.load_issues(con)
+    issues = results.load_issues(con)
     assert any("unreadable JSON" in m for m in issues["message"])
     assert any("non-numeric" in m and p.endswith("loss.tsv") for p, m in zip(issues["path"], issues["message"]))
     con.close()
@@ -431,12 +431,12 @@ def test_a_completed_run_with_damaged_weights_is_a_failed_run(tmp_path, damage, 
     make_project(tmp_path, eval_source=None)
     weights = tmp_path / "runs/stage2/d64-R2-s42/model.safetensors"
     damage(weights)
-    con = R.memory_store(tmp_path, None)
-    runs = R.load_runs(con).set_index("run_id")
+    con = results.memory_store(tmp_path, None)
+    runs = results.load_runs(con).set_index("run_id")
     assert runs.loc["stage2/d64-R2-s42", "status"] == "failed"
     assert message in runs.loc["stage2/d64-R2-s42", "failure"] and "dvc checkout" in runs.loc["stage2/d64-R2-s42", "failure"]
     assert runs.loc["stage2/d64-R4-s42", "status"] == "complete"  # its neighbour's whole weights pass
-    issues = R.load_issues(con)
+    issues = results.load_issues(con)
     assert list(issues["path"]) == [str(weights)]
     con.close()
 
@@ -447,21 +447,21 @@ def test_runs_imported_without_weights_are_complete_but_damaged_weights_still_fa
     """bench/gpu_import marks a runs/ folder whose weights stayed on the GPU machine: there an absent
     file is expected, while a truncated one still fails the run."""
     make_project(tmp_path, eval_source=None)
-    (tmp_path / "runs" / R.WEIGHTS_NOT_KEPT).write_text("")
+    (tmp_path / "runs" / results.WEIGHTS_NOT_KEPT).write_text("")
     damage(tmp_path / "runs/stage2/d64-R2-s42/model.safetensors")
-    con = R.memory_store(tmp_path, None)
-    assert R.load_runs(con).set_index("run_id").loc["stage2/d64-R2-s42", "status"] == status
+    con = results.memory_store(tmp_path, None)
+    assert results.load_runs(con).set_index("run_id").loc["stage2/d64-R2-s42", "status"] == status
     con.close()
 
 
 def test_empty_project_builds_an_empty_store(tmp_path):
     params = make_project(tmp_path / "src", eval_source=None)
-    plan = R.plan_from_params(load_params(params))
-    con = R.memory_store(tmp_path / "empty", plan)
-    runs = R.load_runs(con)
+    plan = results.plan_from_params(load_params(params))
+    con = results.memory_store(tmp_path / "empty", plan)
+    runs = results.load_runs(con)
     assert len(runs) == len(plan.expected) and set(runs["status"]) == {"missing"}
-    for g in R.GROUPS:
-        s = R.summarize_group(con, g)
+    for g in results.GROUPS:
+        s = results.summarize_group(con, g)
         assert s["runs"]["n_complete"] == 0 and len(s["runs"]["missing"]) == s["runs"]["n_expected"]
     con.close()
 
@@ -493,18 +493,18 @@ def test_wrong_schema_run_files_are_one_issue_naming_the_file(tmp_path, file, ch
     params = make_project(tmp_path, eval_source=None)
     path = tmp_path / "runs" / file
     _edit_json(path, change)
-    con = R.memory_store(tmp_path, R.plan_from_params(load_params(params)))
-    issues = R.load_issues(con)
+    con = results.memory_store(tmp_path, results.plan_from_params(load_params(params)))
+    issues = results.load_issues(con)
     assert [(p, m[:len(message)]) for p, m in zip(issues["path"], issues["message"])] == [(str(path), message)]
     run_id = "/".join(file.split("/")[:2])
-    run = R.load_runs(con).set_index("run_id").loc[run_id]
+    run = results.load_runs(con).set_index("run_id").loc[run_id]
     if file.endswith("summary.json"):
         assert run["status"] == "failed" and run["failure"].startswith("summary.json is not a run summary (")
-        assert run_id in R.summarize_group(con, "stage2")["runs"]["failed"]
+        assert run_id in results.summarize_group(con, "stage2")["runs"]["failed"]
     else:
         assert run["status"] == "complete"
-    for group in R.GROUPS:
-        R.summarize_group(con, group)
+    for group in results.GROUPS:
+        results.summarize_group(con, group)
     con.close()
 
 
@@ -518,43 +518,43 @@ def test_a_killed_build_leaves_no_temporary_store_behind_the_next(tmp_path):
     for f in left:
         f.write_bytes(b"half a store")
     (db.parent / "notes.txt").write_text("mine")
-    R.build_store(db, tmp_path)
+    results.build_store(db, tmp_path)
     assert sorted(p.name for p in db.parent.iterdir()) == ["notes.txt", "results.db"]
 
 
 # ---- statistics --------------------------------------------------------------------------------------
 def test_power_law_fit_recovers_known_exponent():
     d = np.array([256, 512, 768, 1024], dtype=float)
-    fit = R.power_law_fit(d, 3000.0 * d ** -0.62)
+    fit = results.power_law_fit(d, 3000.0 * d ** -0.62)
     assert fit["exponent"] == pytest.approx(0.62, abs=1e-12) and fit["r2"] == pytest.approx(1.0)
     assert fit["prefactor"] == pytest.approx(3000.0, rel=1e-9)
     rng = np.random.default_rng(0)
     d = np.geomspace(64, 4096, 12)
     noisy = 500 * d ** -0.35 * np.exp(rng.normal(0, 0.01, d.size))
-    fit = R.power_law_fit(d, noisy)
+    fit = results.power_law_fit(d, noisy)
     assert fit["exponent"] == pytest.approx(0.35, abs=0.02) and 0.95 < fit["r2"] < 1.0
-    segs = R.segment_exponents([512, 256, 1024], [2 ** -0.5 * 10, 10, 2 ** -1.0 * 10])
+    segs = results.segment_exponents([512, 256, 1024], [2 ** -0.5 * 10, 10, 2 ** -1.0 * 10])
     assert [s["to"] for s in segs] == [512, 1024]
     assert [s["exponent"] for s in segs] == pytest.approx([0.5, 0.5])
-    assert R.power_law_fit([256], [10.0]) is None
+    assert results.power_law_fit([256], [10.0]) is None
 
 
 def test_spearman_matches_scipy():
     a, b = [1, 2, 3, 4], [1, 3, 2, 4]
-    got = R.spearman(a, b)
+    got = results.spearman(a, b)
     ref = stats.spearmanr(a, b)
     assert got["rho"] == pytest.approx(0.8) and got["rho"] == pytest.approx(ref.statistic)
     assert got["p"] == pytest.approx(ref.pvalue) and got["n"] == 4
-    assert R.spearman([10, 20, 30], [3, 2, 1])["rho"] == pytest.approx(-1.0)
-    assert R.spearman([1.0, np.nan, 3.0], [2.0, 5.0, 4.0])["n"] == 2
-    assert R.spearman([1], [1])["rho"] is None
-    assert R.spearman([1, 1, 1], [1, 2, 3])["rho"] is None  # constant ranking
+    assert results.spearman([10, 20, 30], [3, 2, 1])["rho"] == pytest.approx(-1.0)
+    assert results.spearman([1.0, np.nan, 3.0], [2.0, 5.0, 4.0])["n"] == 2
+    assert results.spearman([1], [1])["rho"] is None
+    assert results.spearman([1, 1, 1], [1, 2, 3])["rho"] is None  # constant ranking
 
 
 def test_seed_stats_and_rho_pow_r(project):
     _, _, db, _ = project
-    con = R.connect(db)
-    cfg = R.stage2_configs(con).set_index(["d_model", "n_loops"])
+    con = results.connect(db)
+    cfg = results.stage2_configs(con).set_index(["d_model", "n_loops"])
     row = cfg.loc[(256, 4)]
     vals = [s2_ppl(256, 4, s) for s in SEEDS]
     assert row["n_seeds"] == 2 and row["ppl_wikipedia_mean"] == pytest.approx(np.mean(vals))

@@ -163,10 +163,10 @@ def test_eval_settings_are_validated_naming_the_key():
 def _store(root: Path, source: str) -> Path:
     import test_results as S
 
-    from cart import results as R
+    from cart import results
     params = S.make_project(root, eval_source=source)
     db = root / "results.db"
-    R.build_store(db, root, R.plan_from_params(load_params(params)))
+    results.build_store(db, root, results.plan_from_params(load_params(params)))
     return db
 
 
@@ -184,20 +184,20 @@ def synthetic(tmp_path_factory):
 def test_the_store_ingests_every_row_and_the_summary_keeps_the_spectral_radius(synthetic):
     import test_results as S
 
-    from cart import results as R
+    from cart import results
     root, db, _ = synthetic
-    con = R.connect(db)
+    con = results.connect(db)
     try:
-        ev = R.load_eval_results(con, "sampled_r")
+        ev = results.load_eval_results(con, "sampled_r")
         per_r = len(S.DOMAINS) * 2 + 1  # PPL and BPB per domain, one benchmark row
         per_exit = len(S.DOMAINS) * 3  # PPL, BPB and mean loops per domain
         assert len(ev) == len(S.SAMPLED) * (len(S.SAMPLED_R) * per_r + per_exit)
         assert set(ev["n_loops"]) == set(S.SAMPLED_R) and set(ev["experiment"]) == {"sampled_r"}
-        summary = R.summarize_group(con, "sampled_r")
+        summary = results.summarize_group(con, "sampled_r")
         assert summary["runs"]["n_complete"] == len(S.SAMPLED)
         assert {n: r["spectral_radius"] for n, r in summary["per_run"].items()} == \
             {f"{v}-s42": rho for v, (_, _, rho) in S.SAMPLED.items()}
-        assert "spectral_radius" not in next(iter(R.summarize_group(con, "lrt")["per_run"].values()))
+        assert "spectral_radius" not in next(iter(results.summarize_group(con, "lrt")["per_run"].values()))
     finally:
         con.close()
 
@@ -244,10 +244,10 @@ def test_the_adaptive_exit_table_puts_loops_used_beside_the_fixed_r_ppl(syntheti
 
 
 def test_smoke_numbers_are_labelled_as_smoke(tmp_path):
-    from cart import results as R
+    from cart import results
     from cart.report.studies import fig_sampled_r, table_sampled_r
     db = _store(tmp_path, "builtin")
-    con = R.connect(db)
+    con = results.connect(db)
     try:
         t = table_sampled_r(con)
         assert t.notes[0].startswith("SMOKE") and "not a result" in t.notes[0]
@@ -257,10 +257,10 @@ def test_smoke_numbers_are_labelled_as_smoke(tmp_path):
 
 
 def test_no_rows_render_as_not_run(tmp_path):
-    from cart import results as R
+    from cart import results
     from cart.report.studies import fig_sampled_r, table_sampled_r
     db = _store(tmp_path, None)
-    con = R.connect(db)
+    con = results.connect(db)
     try:
         t = table_sampled_r(con)
         assert t.empty_reason.startswith("eval/sampled_r.tsv absent") and t.view.empty

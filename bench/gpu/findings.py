@@ -25,7 +25,7 @@ import pandas as pd
 import yaml
 
 from bench.gpu.stage1_findings import COLLAPSE_PPL
-from cart import results as S
+from cart import results
 from cart.experiments import GROUPS
 from cart.io import atomic_write_text
 from cart.models.cart.config import PAPER_TEXT_VS_CODE
@@ -72,7 +72,7 @@ def _sci(v: float, digits: int = 1) -> str:
 
 
 def _pct(new, ref) -> float:
-    return float(S.pct_delta(new, ref))
+    return float(results.pct_delta(new, ref))
 
 
 def _gap(a: float, b: float) -> float:
@@ -188,16 +188,16 @@ class Profile:
 
     def __init__(self, root: Path, earlier: dict[str, list[dict]] | None = None):
         self.root = root
-        con = S.connect(root / "results.db")
+        con = results.connect(root / "results.db")
         try:
-            runs = S.load_runs(con, with_json=True)
-            self.stage2 = S.stage2_configs(con)
-            self.dense = S.dense_configs(con)
-            self.dense_vs_cart = S.dense_vs_cart(con)
-            self.ablation, self.ablation_base = S.ablation_table(con)
-            self.evals = S.load_eval_results(con)
-            self.eval_log = S.load_eval_log(con)
-            self.mean_r = S.train_diag_mean(con, "n_loops")
+            runs = results.load_runs(con, with_json=True)
+            self.stage2 = results.stage2_configs(con)
+            self.dense = results.dense_configs(con)
+            self.dense_vs_cart = results.dense_vs_cart(con)
+            self.ablation, self.ablation_base = results.ablation_table(con)
+            self.evals = results.load_eval_results(con)
+            self.eval_log = results.load_eval_log(con)
+            self.mean_r = results.train_diag_mean(con, "n_loops")
         finally:
             con.close()
         self._json = {r: (json.loads(c), json.loads(s))
@@ -376,7 +376,7 @@ def row_d512(p: Profile, d: int = 512, below: int = 256) -> list[str]:
                      f"d={below} run"
     ours = (f"seed range {', '.join(ranges)} (seed spread up to {_f(seed_spread[d])}% against "
             f"{_f(seed_spread[below])}% at d={below}); {claim}")
-    best = S.best_per_d(p.stage2).set_index("d_model")
+    best = results.best_per_d(p.stage2).set_index("d_model")
     b_wide, b_narrow = best.loc[d], best.loc[below]
     gap = _pct(b_wide[MEAN], b_narrow[MEAN])
     paper = PAPER["stage2_r"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cart import results as S
+from cart import results
 from cart.report.paper import PAPER
 
 WIDTHS = (256, 512, 768, 1024)
@@ -48,13 +48,13 @@ class Campaign:
 
     def __init__(self, root: Path):
         self.root = root
-        con = S.connect(root / "results.db")
+        con = results.connect(root / "results.db")
         try:
-            self.stage1 = S.load_runs(con, "stage1")
-            self.dense = S.load_runs(con, "stage1_dense")
-            self.variants = S.load_runs(con, "stage1_variants")
-            self.eval_log = S.load_eval_log(con)
-            self.domains = S.store_domains(con)
+            self.stage1 = results.load_runs(con, "stage1")
+            self.dense = results.load_runs(con, "stage1_dense")
+            self.variants = results.load_runs(con, "stage1_variants")
+            self.eval_log = results.load_eval_log(con)
+            self.domains = results.store_domains(con)
         finally:
             con.close()
         self.done = self.stage1[self.stage1["status"] == "complete"]
@@ -189,8 +189,8 @@ def render(root: Path) -> str:
     # ---- power law ----
     lines += ["", "## Power law of the best PPL per width", ""]
     if len(order) >= 2:
-        ours_fit = S.power_law_fit([d for d, _ in order], [v for _, v in order])
-        paper_fit = S.power_law_fit(list(WIDTHS), [PAPER["stage1_best"][d][2] for d in WIDTHS])
+        ours_fit = results.power_law_fit([d for d, _ in order], [v for _, v in order])
+        paper_fit = results.power_law_fit(list(WIDTHS), [PAPER["stage1_best"][d][2] for d in WIDTHS])
         lines += [f"PPL = c x d^-a over the best config per width: ours a = {_f(ours_fit['exponent'], 3)} "
                   f"(R^2 {_f(ours_fit['r2'], 3)}, {ours_fit['n']} widths{', partial grids' if partial else ''}); "
                   f"the paper's four values give a = {_f(paper_fit['exponent'], 3)} (derived: the paper's printed "

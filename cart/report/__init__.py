@@ -19,7 +19,8 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from .. import results as R
+from ..results.query import read_meta
+from ..results.store import connect
 from .figures import render_figures
 from .render import Table, markdown_table, write_csv
 from .studies import TABLES as STUDY_TABLES
@@ -90,7 +91,7 @@ def _figure_section(name: str, caption: str | None, need: str) -> list[str]:
 
 def render(con: sqlite3.Connection, out: Path, dpi: int = 100) -> dict:
     """Write the whole report into `out` (an empty folder)."""
-    meta = R.read_meta(con)
+    meta = read_meta(con)
     tables = {}
     for fn in (*TABLES, *STUDY_TABLES):
         t = fn(con)
@@ -146,7 +147,7 @@ def build_report(db_path: str | Path, settings: ReportSettings) -> dict:
     """Render the report from the store at db_path into settings.out_dir, replacing it whole."""
     out_dir = Path(settings.out_dir)
     _check_out_dir(out_dir)
-    con = R.connect(db_path)
+    con = connect(db_path)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     old = None

@@ -14,9 +14,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedFormatter, FixedLocator, MaxNLocator, NullLocator  # noqa: E402
 
-from .. import results as R  # noqa: E402
+from ..results.query import load_eval_log, load_eval_results, load_runs, load_train_log  # noqa: E402
+from ..results.schema import GROUPS, RANK_DOMAIN  # noqa: E402
+from ..results.stats import power_law_fit  # noqa: E402
 from .paper import PAPER, PAPER_BENCH_COLUMNS  # noqa: E402
-from .tables import gains, r_benefit_data, scaling_points  # noqa: E402
+from .tables.recurrence import gains, r_benefit_data  # noqa: E402
+from .tables.scaling import scaling_points  # noqa: E402
 
 RC = {"figure.dpi": 100, "savefig.dpi": 100, "font.size": 9, "axes.grid": True, "grid.alpha": 0.3,
       "legend.fontsize": 7, "path.simplify": False, "svg.hashsalt": "cart", "figure.max_open_warning": 0}
@@ -51,11 +54,11 @@ def _d_axis(ax, ds) -> None:
 def fig_loss(con: sqlite3.Connection, group: str, path: Path, dpi: int) -> str | None:
     """Train loss vs step (left) and validation loss on the ranking domain vs step (right), one
     line per run of the group (failed/incomplete runs included, marked in the legend)."""
-    runs = R.load_runs(con, group)
+    runs = load_runs(con, group)
     runs = runs[runs["status"] != "missing"]
-    train = R.load_train_log(con, runs["run_id"])
-    evals = R.load_eval_log(con, runs["run_id"])
-    evals = evals[evals["domain"] == R.RANK_DOMAIN]
+    train = load_train_log(con, runs["run_id"])
+    evals = load_eval_log(con, runs["run_id"])
+    evals = evals[evals["domain"] == RANK_DOMAIN]
     if train.empty and evals.empty:
         return None
     with plt.rc_context(RC):
@@ -71,7 +74,7 @@ def fig_loss(con: sqlite3.Connection, group: str, path: Path, dpi: int) -> str |
             if len(e):
                 axes[1].plot(e["step"], e["loss"], color=color, lw=1, marker="o", ms=2, label=label)
         axes[0].set(title=f"{group}: training loss", xlabel="optimizer step", ylabel="train loss (nats/token)")
-        axes[1].set(title=f"{group}: validation loss ({R.RANK_DOMAIN})", xlabel="optimizer step",
+        axes[1].set(title=f"{group}: validation loss ({RANK_DOMAIN})", xlabel="optimizer step",
                     ylabel="validation loss (nats/token)")
         handles = {}
         for ax in axes:  # a run with train rows only (stopped before its first eval) is still listed
@@ -83,16 +86,16 @@ def fig_loss(con: sqlite3.Connection, group: str, path: Path, dpi: int) -> str |
                            ncol=1 + len(labels) // 24, fontsize=6)
         fig.tight_layout()
         _save(fig, path, dpi)
-    return f"Training and validation ({R.RANK_DOMAIN}) loss per run, {group}"
+    return f"Training and validation ({RANK_DOMAIN}) loss per run, {group}"
 
 
 def fig_stage1_curves(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     """The paper's Figure 3: validation PPL on the ranking domain vs step, one panel per width, one line
     per Stage 1 config (colour = P, line style = R)."""
-    runs = R.load_runs(con, "stage1")
+    runs = load_runs(con, "stage1")
     runs = runs[runs["status"] != "missing"].dropna(subset=["d_model", "n_prelude", "n_loops"])
-    evals = R.load_eval_log(con, runs["run_id"])
-    evals = evals[(evals["domain"] == R.RANK_DOMAIN)].dropna(subset=["ppl"])
+    evals = load_eval_log(con, runs["run_id"])
+    evals = evals[(evals["domain"] == RANK_DOMAIN)].dropna(subset=["ppl"])
     if evals.empty:
         return None
     ds = sorted(int(d) for d in runs["d_model"].unique())
@@ -108,12 +111,12 @@ def fig_stage1_curves(con: sqlite3.Connection, path: Path, dpi: int) -> str | No
                     p, nl = int(r["n_prelude"]), int(r["n_loops"])
                     ax.plot(e["step"], e["ppl"], color=colors[p], ls=styles[rs.index(nl) % len(styles)], lw=1,
                             label=f"P{p} R{nl}")
-            ax.set(title=f"Stage 1, d = {d}", xlabel="optimizer step", ylabel=f"validation PPL ({R.RANK_DOMAIN})",
+            ax.set(title=f"Stage 1, d = {d}", xlabel="optimizer step", ylabel=f"validation PPL ({RANK_DOMAIN})",
                    yscale="log")
             ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         _save(fig, path, dpi)
-    return f"Stage 1 validation PPL ({R.RANK_DOMAIN}) vs step per width (colour = P, line style = R)"
+    return f"Stage 1 validation PPL ({RANK_DOMAIN}) vs step per width (colour = P, line style = R)"
 
 
 def fig_r_benefit(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
@@ -147,9 +150,9 @@ def fig_r_benefit(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
 
 def fig_spectral(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     """LTI spectral radius vs step, Stage 1 (left) and Stage 2 (right), colour = d."""
-    runs = R.load_runs(con)
+    runs = load_runs(con)
     runs = runs[(runs["arch"] == "cart") & runs["group"].isin(["stage1", "stage2"]) & (runs["status"] != "missing")]
-    log = R.load_train_log(con, runs["run_id"]).dropna(subset=["spectral_radius"])
+    log = load_train_log(con, runs["run_id"]).dropna(subset=["spectral_radius"])
     if log.empty:
         return None
     ds = sorted(int(d) for d in runs["d_model"].dropna().unique())
@@ -194,7 +197,7 @@ def fig_ppl_vs_d(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
             name = "Stage 1" if stage == "stage1" else "Stage 2"
             ax.plot(x[ok], y[ok], "o" if src == "ours" else "s", color=color, mfc=None if src == "ours" else "none",
                     label=f"{name}, {src}")
-            fit = R.power_law_fit(x[ok], y[ok])
+            fit = power_law_fit(x[ok], y[ok])
             if fit:
                 xs = np.geomspace(x[ok].min(), x[ok].max(), 50)
                 ax.plot(xs, fit["prefactor"] * xs ** -fit["exponent"], "-" if src == "ours" else "--", color=color,
@@ -211,10 +214,10 @@ def fig_ppl_vs_d(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
 
 def fig_variable_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     """Every variable-R metric vs inference R; the trained R is marked."""
-    ev = R.load_eval_results(con, "variable_r").dropna(subset=["n_loops", "value"])
+    ev = load_eval_results(con, "variable_r").dropna(subset=["n_loops", "value"])
     if ev.empty:
         return None
-    runs = R.load_runs(con, current=False)
+    runs = load_runs(con, current=False)
     trained = dict(zip(runs["run_id"], runs["n_loops"]))
     panels = sorted({(t, m) for t, m in zip(ev["task"], ev["metric"])}, key=lambda tm: (tm[0].startswith("ppl:"), tm))
     acc = ev["metric"].astype(str).str.startswith("acc")
@@ -258,7 +261,7 @@ def fig_variable_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
 def render_figures(con: sqlite3.Connection, fig_dir: Path, dpi: int) -> list[tuple[str, str | None, str]]:
     """[(file name, caption or None when there was nothing to plot, what it needs)] in paper order."""
     out = []
-    for group in R.GROUPS:
+    for group in GROUPS:
         name = f"loss_{group}.png"
         out.append((name, fig_loss(con, group, fig_dir / name, dpi), f"train/eval curves of {group} runs"))
     for name, fn, need in (("stage1_curves.png", fig_stage1_curves, "Stage 1 runs with validation logs"),

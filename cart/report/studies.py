@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import results as R
+from ..results.query import load_eval_results, load_runs, read_meta, store_domains, train_diag_mean
+from ..results.schema import RANK_DOMAIN
 from ..models.cart.config import PAPER_TEXT_VS_CODE
 from .render import DASH, Table, isnan, pct, sig, view_from
 
@@ -24,7 +25,7 @@ def _title(domain: str) -> str:
 
 
 def _complete(con, group: str) -> pd.DataFrame:
-    runs = R.load_runs(con, group)
+    runs = load_runs(con, group)
     return runs[runs["status"] == "complete"]
 
 
@@ -35,12 +36,12 @@ def _lr(run: pd.Series) -> float:
 
 # ---- learning-rate sweeps ----------------------------------------------------------------------------
 def table_lr_sweep(con: sqlite3.Connection) -> Table:
-    doms = R.store_domains(con)
+    doms = store_domains(con)
     rows = []
     for group, family in (("sweep_cart", "CART"), ("sweep_dense", "Dense")):
-        runs = R.load_runs(con, group, with_json=True)
-        done = runs[(runs["status"] == "complete") & runs[f"ppl_{R.RANK_DOMAIN}"].notna()]
-        best = done.sort_values(f"ppl_{R.RANK_DOMAIN}")["run_id"].iloc[0] if len(done) else None
+        runs = load_runs(con, group, with_json=True)
+        done = runs[(runs["status"] == "complete") & runs[f"ppl_{RANK_DOMAIN}"].notna()]
+        best = done.sort_values(f"ppl_{RANK_DOMAIN}")["run_id"].iloc[0] if len(done) else None
         for _, r in runs.iterrows():
             rows.append({"family": family, "run_id": r["run_id"], "lr": _lr(r), "status": r["status"],
                          "best": r["run_id"] == best, "final_train_loss": r["final_train_loss"],
@@ -57,14 +58,14 @@ def table_lr_sweep(con: sqlite3.Connection) -> Table:
     return Table("table16_lr_sweep", "Learning-rate sweep: each family at its own best lr", data,
                  view_from(data, spec), [
                      "Same data, token budget and run settings for every row; best = lowest final validation PPL "
-                     f"on {R.RANK_DOMAIN} (what the family's other runs use in this profile). A shared lr can favour "
+                     f"on {RANK_DOMAIN} (what the family's other runs use in this profile). A shared lr can favour "
                      "one family by a wide margin this early in training."],
                  empty_reason=None if data["status"].eq("complete").any() else "no complete sweep run")
 
 
 # ---- LRT vs Dense ------------------------------------------------------------------------------------
 def _eval(con, study: str) -> pd.DataFrame:
-    ev = R.load_eval_results(con, study)
+    ev = load_eval_results(con, study)
     return ev[ev["experiment"] == study] if len(ev) else ev
 
 
@@ -82,12 +83,12 @@ def _bench(ev: pd.DataFrame, run_id: str, setting: str, shots: int, task: str, m
 
 def table_lrt(con: sqlite3.Connection) -> Table:
     ev = _eval(con, "lrt")
-    doms = R.store_domains(con)
+    doms = store_domains(con)
     title = "LRT vs Dense at matched training data (the paper's reference deltas beside ours)"
     if ev.empty:
         return Table("table17_lrt", title, pd.DataFrame(), pd.DataFrame(),
                      empty_reason="eval/lrt.tsv absent (evaluate lrt stage not run)")
-    runs = R.load_runs(con).set_index("run_id")
+    runs = load_runs(con).set_index("run_id")
     shots = sorted(int(k) for k in ev["num_fewshot"].dropna().unique())
     tasks = sorted(t for t in ev["task"].dropna().unique() if not t.startswith("ppl:"))
     control = next((r for r in ev["run_id"].unique() if not r.startswith("lrt/")), None)
@@ -111,7 +112,7 @@ def table_lrt(con: sqlite3.Connection) -> Table:
     data = pd.DataFrame(rows)
     base = data[data["run_id"] == control].iloc[0] if control in set(data["run_id"]) else None
 
-    def bpb(r, d=R.RANK_DOMAIN):
+    def bpb(r, d=RANK_DOMAIN):
         for s in ("sequential", "merged", "plain"):
             v = r.get(f"bpb_{d}_{s}")
             if v is not None and not isnan(v):
@@ -123,13 +124,13 @@ def table_lrt(con: sqlite3.Connection) -> Table:
              else pct(100 * (r["stored_params"] / base["stored_params"] - 1))),
             ("train tok/s vs Dense", lambda r: DASH if base is None or isnan(base["tokens_per_s"])
              else f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x"),
-            (f"BPB {_title(R.RANK_DOMAIN)} (mode)", lambda r: f"{sig(bpb(r)[0], 4)} ({bpb(r)[1]})"),
+            (f"BPB {_title(RANK_DOMAIN)} (mode)", lambda r: f"{sig(bpb(r)[0], 4)} ({bpb(r)[1]})"),
             ("Δ BPB vs Dense", lambda r: DASH if base is None or r["run_id"] == control
              else pct(100 * (bpb(r)[0] / bpb(base)[0] - 1)))]
     for s in ("merged", "sequential", "zero"):
-        col = f"ppl_{R.RANK_DOMAIN}_{s}"
+        col = f"ppl_{RANK_DOMAIN}_{s}"
         if col in data:
-            spec.append((f"PPL {_title(R.RANK_DOMAIN)} {s}", (lambda c: lambda r: sig(r.get(c), 4))(col)))
+            spec.append((f"PPL {_title(RANK_DOMAIN)} {s}", (lambda c: lambda r: sig(r.get(c), 4))(col)))
     for task in tasks:
         for k in shots:
             spec.append((f"{task} {k}-shot", (lambda c: lambda r: sig(100 * r.get(c, np.nan), 3))(f"{task}_{k}shot")))
@@ -160,7 +161,7 @@ def ratplus_long(con: sqlite3.Connection) -> pd.DataFrame:
     ev = _eval(con, "ratplus")
     if ev.empty:
         return pd.DataFrame()
-    runs = R.load_runs(con, with_json=True).set_index("run_id")
+    runs = load_runs(con, with_json=True).set_index("run_id")
     rows = []
     for (run_id, pattern), g in ev.groupby(["run_id", "setting"], sort=True):
         cfg = json.loads(runs.loc[run_id, "config_json"]) if run_id in runs.index else {}
@@ -172,7 +173,7 @@ def ratplus_long(con: sqlite3.Connection) -> pd.DataFrame:
                 "Dense control" if model is not None and model.arch == "dense" else
                 f"RAT+ {runs.loc[run_id, 'variant']}" if run_id in runs.index else run_id)
         rows.append({"model": kind, "run_id": run_id, "pattern": pattern,
-                     "ppl": _ppl(ev, run_id, pattern, R.RANK_DOMAIN),
+                     "ppl": _ppl(ev, run_id, pattern, RANK_DOMAIN),
                      "mean_acc": float(accs["value"].mean()) if len(accs) else np.nan,
                      "attention_flops": attention_flops(model, pattern, T) if model is not None and T else np.nan,
                      "kv_cache_bytes": kv_cache_bytes(model, pattern, T, 2) if model is not None and T else np.nan})
@@ -190,7 +191,7 @@ def table_ratplus(con: sqlite3.Connection) -> Table:
                                 else np.nan for _, r in data.iterrows()]
     data = data.sort_values(["model", "run_id", "attention_flops"], ascending=[True, True, False]).reset_index(drop=True)
     spec = [("model", "model"), ("run", "run_id"), ("pattern", "pattern"),
-            (f"PPL {_title(R.RANK_DOMAIN)}", lambda r: sig(r["ppl"], 4)),
+            (f"PPL {_title(RANK_DOMAIN)}", lambda r: sig(r["ppl"], 4)),
             ("vs its dense", lambda r: pct(r["ppl_vs_dense_pct"])),
             ("mean acc (%)", lambda r: sig(100 * r["mean_acc"], 3)),
             ("attn GFLOPs/seq", lambda r: sig(r["attention_flops"] / 1e9, 3)),
@@ -223,7 +224,7 @@ def fig_ratplus(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("attention GFLOPs per sequence (sparser ->)")
-        ax.set_ylabel(f"validation PPL ({R.RANK_DOMAIN})")
+        ax.set_ylabel(f"validation PPL ({RANK_DOMAIN})")
         ax.legend()
         _save(fig, path, dpi)
     return "RAT+ and the Dense control: validation PPL vs attention FLOPs across patterns"
@@ -258,9 +259,9 @@ def sampled_r_long(con: sqlite3.Connection) -> pd.DataFrame:
     ev = ev.dropna(subset=["n_loops"])
     if ev.empty:
         return pd.DataFrame()
-    runs = R.load_runs(con, with_json=True).set_index("run_id")
-    realised = R.train_diag_mean(con, "n_loops")
-    doms = R.store_domains(con)
+    runs = load_runs(con, with_json=True).set_index("run_id")
+    realised = train_diag_mean(con, "n_loops")
+    doms = store_domains(con)
     rows = []
     for (run_id, r), g in ev.groupby(["run_id", "n_loops"], sort=True):
         cfg = json.loads(runs.loc[run_id, "config_json"]) if run_id in runs.index and \
@@ -288,7 +289,7 @@ def _ppl_r(g: pd.DataFrame, domain: str, metric: str = "ppl") -> float:
 
 
 def _sampled_r_smoke(con, data: pd.DataFrame) -> bool:
-    return bool(data["smoke"].any()) or R.read_meta(con).get("profile") == "smoke"
+    return bool(data["smoke"].any()) or read_meta(con).get("profile") == "smoke"
 
 
 def _paper_fixed_r_note() -> str:
@@ -309,7 +310,7 @@ def table_sampled_r(con: sqlite3.Connection) -> Table:
     if data.empty:
         return Table("table20_sampled_r", title, data, pd.DataFrame(),
                      empty_reason="eval/sampled_r.tsv absent (evaluate sampled_r stage not run)")
-    dom = R.RANK_DOMAIN
+    dom = RANK_DOMAIN
     Rs = sorted(data["n_loops"].unique())
     rows = []
     for run_id, g in data.groupby("run_id", sort=False):
@@ -359,8 +360,8 @@ def adaptive_exit_long(con: sqlite3.Connection) -> pd.DataFrame:
     exits, fixed = ev[setting.str.startswith("exit<")], sampled_r_long(con)
     if exits.empty:
         return pd.DataFrame()
-    runs = R.load_runs(con, with_json=True).set_index("run_id")
-    doms = R.store_domains(con)
+    runs = load_runs(con, with_json=True).set_index("run_id")
+    doms = store_domains(con)
     rows = []
     for (run_id, label), g in exits.groupby(["run_id", "setting"], sort=True):
         cfg = json.loads(runs.loc[run_id, "config_json"]) if run_id in runs.index and \
@@ -388,7 +389,7 @@ def table_adaptive_exit(con: sqlite3.Connection) -> Table:
         return Table("table21_adaptive_exit", title, data, pd.DataFrame(),
                      empty_reason="no adaptive-exit rows in eval/sampled_r.tsv (eval_sampled_r.exit_thresholds empty "
                                   "or the evaluate sampled_r stage not run)")
-    dom = R.RANK_DOMAIN
+    dom = RANK_DOMAIN
     spec = [("scheme", "scheme"), ("run", "run_id"), ("threshold", lambda r: sig(r["threshold"], 3)),
             ("max R", lambda r: str(r["max_loops"])),
             (f"mean loops used ({_title(dom)})", lambda r: sig(r[f"mean_loops_{dom}"], 3)),
@@ -402,7 +403,7 @@ def table_adaptive_exit(con: sqlite3.Connection) -> Table:
              "(the fixed-R rows of the table above).",
              "A token's trajectory depends only on the anchor and its own state, so its exit state is exactly the "
              "state the model gives it at R = its loop count (tested); X and W cannot exit per token."]
-    if bool(data["smoke"].any()) or R.read_meta(con).get("profile") == "smoke":
+    if bool(data["smoke"].any()) or read_meta(con).get("profile") == "smoke":
         notes.insert(0, SAMPLED_R_SMOKE + ".")
     return Table("table21_adaptive_exit", title, data, view_from(data, spec), notes)
 
@@ -417,7 +418,7 @@ def fig_sampled_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
     data = sampled_r_long(con)
     if data.empty:
         return None
-    col = f"ppl_{R.RANK_DOMAIN}"
+    col = f"ppl_{RANK_DOMAIN}"
     with plt.rc_context(RC):
         fig, (ax, rel) = plt.subplots(1, 2, figsize=(9, 3.4))
         for scheme, g in data.groupby("scheme", sort=False):
@@ -433,7 +434,7 @@ def fig_sampled_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
         pr = sorted(pv)
         rel.plot(pr, [pv[r][3] / pv[tr][3] for r in pr], "--s", mfc="none", color="grey",
                  label=f"paper, fixed R={tr}: LAMBADA ppl (Table 12)")
-        ax.set(xlabel="inference R (core iterations)", ylabel=f"validation PPL ({R.RANK_DOMAIN})", yscale="log")
+        ax.set(xlabel="inference R (core iterations)", ylabel=f"validation PPL ({RANK_DOMAIN})", yscale="log")
         rel.set(xlabel="inference R (core iterations)", ylabel="PPL / PPL at the trained R", yscale="log")
         for a in (ax, rel):
             a.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -450,7 +451,7 @@ def fig_sampled_r(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
 # ---- the CART paper's text vs its authors' code ---------------------------------------------------------
 def table_paper_text_vs_code(con: sqlite3.Connection) -> Table:
     data = pd.DataFrame([d._asdict() for d in PAPER_TEXT_VS_CODE])
-    runs = R.load_runs(con, with_json=True)
+    runs = load_runs(con, with_json=True)
     variants = {}
     for _, r in runs[runs["arch"] == "cart"].iterrows():
         if isinstance(r.get("config_json"), str):
