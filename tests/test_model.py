@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from cart import CARTConfig, DenseConfig, LTIGate, build_model, generate
 from cart.models import config_from_dict
 from cart.models.ratplus_config import RATPlusConfig
-from conftest import assert_compiled_step_matches_eager
+from conftest import assert_compiled_step_matches_eager, assert_decisive_argmax
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)
 VARIANTS = {
@@ -162,7 +162,11 @@ def test_generate_greedy_matches_argmax():
     assert out.shape == (1, 9) and torch.equal(out[:, :5], prompt)
     with torch.no_grad():
         for i in range(5, 9):
-            assert out[0, i] == m(out[:, :i])[0, -1].argmax()
+            # cached decoding against the full forward: equal tokens only where the argmax is decisive
+            # (top-2 gap 1e-3 against float differences of ~1e-6 at these logits' scale, ~0.1)
+            logits = m(out[:, :i])[0, -1]
+            assert_decisive_argmax(logits, 1e-3)
+            assert out[0, i] == logits.argmax()
     sampled = generate(m, prompt, max_new_tokens=3, temperature=1.0, top_k=5)
     assert sampled.shape == (1, 8) and int(sampled.max()) < 61
 
