@@ -7,7 +7,6 @@ import torch
 from cart.generation import generate
 from cart.models import build_model
 from cart.models.cart_config import CARTConfig
-from conftest import assert_greedy_decisive
 
 
 def tiny(**fields):
@@ -129,6 +128,7 @@ def loop_changes(model, idx: torch.Tensor, R: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("r", [2, 4])
 def test_cached_decoding_with_the_exit_equals_the_full_forward_with_it(r):
+    from conftest import assert_greedy_decisive
     model = tiny()
     prompts = [torch.randint(0, 64, (n,)) for n in (5, 9)]
     with torch.no_grad():

@@ -23,7 +23,7 @@ pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from cart import benchmarks as B  # noqa: E402
-from conftest import assert_greedy_decisive, smoke_benchmark_text  # noqa: E402
+from conftest import smoke_benchmark_text  # noqa: E402
 from cart.checkpoint import load_run_model, save_weights, write_run_config  # noqa: E402
 from cart.generation import generate  # noqa: E402
 from cart.harness import CARTLM, evaluate_benchmarks, quiet_lm_eval  # noqa: E402
@@ -241,6 +241,7 @@ def test_forward_honours_each_runtime_arg(case, name, value, family_export, tok_
 
 def test_generate_honours_the_pattern(family_export, tok_dir):
     """generate() hands the argument to every step and to the decode cache it builds."""
+    from conftest import assert_greedy_decisive
     model, folder = family_export("ratplus")
     prompt = torch.tensor(encode(tok_dir, TEXTS[1]))
     hf = load_hf(folder)
@@ -380,6 +381,7 @@ def test_unsupported_sentencepiece_model_is_refused_before_writing(cart_run, tmp
 @pytest.mark.parametrize("use_cache", [True, False])
 @pytest.mark.parametrize("n_loops", [None, 5])
 def test_hf_generate_equals_native_greedy(loaded, cart_run, tok_dir, use_cache, n_loops):
+    from conftest import assert_greedy_decisive
     tok = AutoTokenizer.from_pretrained(loaded.name_or_path, trust_remote_code=True)
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     runtime = {} if n_loops is None else {"n_loops": n_loops}

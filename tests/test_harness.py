@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import cart
 from cart import benchmarks as B
 from cart.benchmarks import smoke
-from conftest import assert_decisive_argmax, smoke_benchmark_text
+from conftest import smoke_benchmark_text
 from cart.checkpoint import save_weights, write_run_config
 from cart.harness import CARTLM, BenchmarkSettings, Tokenizer, evaluate_benchmarks, quiet_lm_eval
 from cart.params import build
@@ -416,6 +416,7 @@ def hand_prompt(task, doc):
 
 def check_against_hand(results, model, sp, tasks, names):
     """Per item: choice log-likelihoods by hand -> acc/acc_norm (LAMBADA: greedy, ppl) as logged."""
+    from conftest import assert_decisive_argmax
     for task, name in zip(tasks, names):
         samples = results["samples"][name]
         accs, norms, lls = [], [], []

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from cart import CARTConfig, DenseConfig, LTIGate, build_model, generate
 from cart.models import config_from_dict
 from cart.models.ratplus_config import RATPlusConfig
-from conftest import assert_compiled_step_matches_eager, assert_decisive_argmax
+from conftest import assert_compiled_step_matches_eager
 
 SMALL = dict(vocab_size=61, d_model=32, head_dim=8, n_prelude=2, n_loops=3, ffn_multiple=16)
 VARIANTS = {
@@ -156,6 +156,7 @@ def test_bf16_autocast_stays_within_bf16_rounding(name):
 
 
 def test_generate_greedy_matches_argmax():
+    from conftest import assert_decisive_argmax
     m = tiny()
     prompt = torch.randint(0, 61, (1, 5))
     out = generate(m, prompt, max_new_tokens=4, temperature=0)
