@@ -135,3 +135,30 @@ def assert_compiled_step_matches_eager(make_model, x) -> None:
     (l0, n0, g0), (l1, n1, g1) = results[False], results[True]
     assert l1 == pytest.approx(l0, rel=1e-5) and n1 == pytest.approx(n0, rel=1e-4)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(g0, g1))
+
+
+def assert_decisive_argmax(logits, margin: float, what: str = "logits") -> None:
+    """Every row's largest value (last dim) exceeds its runner-up by more than `margin`.
+
+    A test that compares argmax tokens (or an accuracy's chosen answer) between two computations that
+    agree only up to float rounding (cached against uncached decoding, batched and padded against one
+    row, another CPU's kernels) holds on every CPU only when no choice is within that rounding of a
+    tie. The caller passes a margin well above the float error between the two computations; inputs
+    that are not decisive fail here, on every CPU alike, instead of flipping a token on one of them."""
+    import torch
+    top = torch.as_tensor(logits).double().topk(2, dim=-1).values
+    gap = top[..., 0] - top[..., 1]
+    assert bool((gap > margin).all()), (
+        f"{what}: the argmax is not decisive: smallest top-2 gap {float(gap.min()):.3g} <= margin {margin:g}; "
+        f"pick inputs whose choices are further apart than float rounding")
+
+
+def assert_greedy_decisive(model, prompt, out, margin: float, **runtime) -> None:
+    """The greedy tokens `out[len(prompt):]` generated after 1-D `prompt` are each the decisive argmax
+    (assert_decisive_argmax) of the full forward of `out` at the position before it. A causal model's
+    logits at a position are those of the forward of the prefix alone, so one forward checks every step."""
+    import torch
+    with torch.no_grad():
+        logits = model(out[None, :-1], **runtime)[0, len(prompt) - 1:]
+    assert_decisive_argmax(logits, margin, "greedy tokens")
+    assert torch.equal(logits.argmax(-1), out[len(prompt):]), "the tokens are not the full forward's greedy ones"

@@ -2,7 +2,11 @@
 times the anchor K/V is computed and from which tensor, which core block runs at each loop, which
 loop-index row is added to the core's input, and that the cross-attention has no RoPE. Each test
 names a behaviour an ablation flag promises (docs/cart.md, Ablations), so a flag that silently
-does something else fails here even where the logits stay plausible."""
+does something else fails here even where the logits stay plausible.
+
+torch.equal is used only where the test reruns a module on the very tensor the hook recorded as its
+input (the same operation on the same values and shape, so the same bits on any CPU); an added
+table row, a sum computed another way, is compared at float rounding."""
 import math
 
 import pytest

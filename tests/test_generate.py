@@ -6,6 +6,7 @@ import torch
 from cart.generation import generate, has_cached_decoding, sample
 from cart.models import CARTConfig, DenseConfig, build_model
 from cart.models.layers import LanguageModel
+from conftest import assert_decisive_argmax
 
 V = 61
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,12 +224,20 @@ def test_noncausal_cross_attention_cannot_decode():
 
 # ---- generate() ----
 
+# Smallest top-2 logit gap of every step of naive_greedy: the tokens it is compared with come from
+# other computations (cached decoding, a padded batch) whose logits agree with it to about 1e-5 (the
+# cached-vs-full checks above), so a gap of 1e-3 leaves no token to float rounding on any CPU.
+GREEDY_MARGIN = 1e-3
+
+
 def naive_greedy(model, prompt: torch.Tensor, n: int, eos=None, **runtime) -> torch.Tensor:
-    """Argmax over the full forward of the whole sequence, one token at a time."""
+    """Argmax over the full forward of the whole sequence, one token at a time; each argmax decisive."""
     seq = prompt.clone()
     with torch.no_grad():
         for _ in range(n):
-            nxt = model(seq[None], **runtime)[0, -1].argmax()
+            logits = model(seq[None], **runtime)[0, -1]
+            assert_decisive_argmax(logits, GREEDY_MARGIN, "naive_greedy")
+            nxt = logits.argmax()
             seq = torch.cat([seq, nxt[None]])
             if eos is not None and int(nxt) == eos:
                 break
@@ -252,6 +261,8 @@ def test_padded_tensor_input_equals_list_input():
     mask = (torch.arange(9)[None, :] >= pad[:, None]).long()
     out = generate(model, padded, max_new_tokens=5, attention_mask=mask, temperature=0)
     listed = generate(model, prompts, max_new_tokens=5, temperature=0)
+    # exact by construction: both are the same (3, 9) left-padded batch through the same calls; the pads'
+    # ids differ (7 here, pad_token_id in the list's) but masked keys add exactly zero
     assert torch.equal(out[:, :9], padded)
     for b, o in enumerate(listed):
         assert torch.equal(out[b, 9:], o[len(prompts[b]):])
@@ -297,6 +308,8 @@ def test_eos_stops_each_row_and_pads_it():
     free = generate(model, prompts, max_new_tokens=8, temperature=0)
     eos = int(free[0][len(prompts[0]) + 2])  # a token row 0 emits
     out = generate(model, prompts, max_new_tokens=8, temperature=0, eos_token_id=eos)
+    # exact by construction: a finished row stays in the batch, so both runs make the same calls on the
+    # same shapes up to the last step the shorter one takes
     for p, f, o in zip(prompts, free, out):  # list output: cut right after the row's first EOS
         assert torch.equal(o, f[:len(p) + first_eos_end(f[len(p):], eos)])
     assert len(out[0]) < len(free[0]) and int(out[0][-1]) == eos

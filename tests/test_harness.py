@@ -84,8 +84,16 @@ def make_run(run_dir: Path, tok_dir: Path, n_loops=2, d_model=64, seed=0, seq_le
     return run_dir
 
 
-def hand_ll(model, ctx_ids, cont_ids, n_loops=None, max_length=None):
-    """sum_i log p(cont_i | everything before it), one sequence at a time, no batching."""
+# lm-eval's batched, padded log-likelihoods agree with hand_ll's to 1e-4 (asserted below; ~1e-5 seen):
+# a choice it takes (the best-scoring answer, or whether a continuation is greedy) is compared with
+# the hand computation's only where the alternatives are 1e-3 apart, so float rounding decides none
+DECISIVE = 1e-3
+
+
+def hand_ll(model, ctx_ids, cont_ids, n_loops=None, max_length=None, greedy_margin=None):
+    """sum_i log p(cont_i | everything before it), one sequence at a time, no batching. greedy_margin:
+    assert that at every continuation position the target's log-probability is further than this
+    from the best other token's (the greedy flag is then the same for any computation within it)."""
     ids = list(ctx_ids) + list(cont_ids)
     if max_length is not None:
         ids = ids[-(max_length + 1):]
@@ -95,6 +103,11 @@ def hand_ll(model, ctx_ids, cont_ids, n_loops=None, max_length=None):
     first = len(ids) - len(cont_ids) - 1  # the position whose output predicts cont[0]
     lps = [logp[first + i, t].item() for i, t in enumerate(cont_ids)]
     greedy = all(logp[first + i].argmax().item() == t for i, t in enumerate(cont_ids))
+    if greedy_margin is not None:
+        for i, t in enumerate(cont_ids):
+            row = logp[first + i]
+            gap = abs(float(row[t] - torch.cat([row[:t], row[t + 1:]]).max()))
+            assert gap > greedy_margin, f"continuation token {i}: greedy or not is {gap:.2g} from a tie"
     return sum(lps), greedy
 
 
@@ -141,7 +154,7 @@ PAIRS = [("Tom walks into the garden and sees a red ball.", " Tom picks up the b
 def test_loglikelihood_equals_hand_computed_sums(lm, model, tok):
     got = lm.loglikelihood([req(c, x) for c, x in PAIRS], disable_tqdm=True)  # batches of 3, padded
     for (c, x), (ll, greedy) in zip(PAIRS, got):
-        want, want_greedy = hand_ll(model, *hand_pair(tok.sp, c, x))
+        want, want_greedy = hand_ll(model, *hand_pair(tok.sp, c, x), greedy_margin=DECISIVE)
         assert ll == pytest.approx(want, abs=1e-4)
         assert greedy == want_greedy
     assert len({round(ll, 3) for ll, _ in got}) == len(PAIRS)  # results are not shuffled together
@@ -403,12 +416,14 @@ def hand_prompt(task, doc):
 
 def check_against_hand(results, model, sp, tasks, names):
     """Per item: choice log-likelihoods by hand -> acc/acc_norm (LAMBADA: greedy, ppl) as logged."""
+    from conftest import assert_decisive_argmax
     for task, name in zip(tasks, names):
         samples = results["samples"][name]
         accs, norms, lls = [], [], []
         for s in samples:
             ctx, conts, gold = hand_prompt(task, s["doc"])
-            scores = [hand_ll(model, *hand_pair(sp, ctx, c)) for c in conts]
+            margin = DECISIVE if task == "lambada_openai" else None  # its acc is the greedy flag
+            scores = [hand_ll(model, *hand_pair(sp, ctx, c), greedy_margin=margin) for c in conts]
             got = [r[0] for r in s["filtered_resps"]]
             assert got == pytest.approx([ll for ll, _ in scores], abs=1e-4), task
             if task == "lambada_openai":
@@ -417,6 +432,12 @@ def check_against_hand(results, model, sp, tasks, names):
                 assert s["acc"] == accs[-1]
                 continue
             ll = [x for x, _ in scores]
+            assert_decisive_argmax(torch.tensor(ll), DECISIVE, f"{task} choices (acc)")
+            # acc_norm ranks log-likelihood per character: an error of DECISIVE / 2 in each of two
+            # choices' log-likelihoods moves their gap by at most DECISIVE / (the shorter's length)
+            chars = [len(c[1:]) for c in conts]
+            assert_decisive_argmax(torch.tensor([x / n for x, n in zip(ll, chars)]), DECISIVE / min(chars),
+                                   f"{task} choices (acc_norm)")
             pred = max(range(len(ll)), key=ll.__getitem__)
             norm = max(range(len(ll)), key=lambda i: ll[i] / len(conts[i][1:]))  # minus the " " delimiter
             accs.append(float(pred == gold))

@@ -156,13 +156,18 @@ def test_bf16_autocast_stays_within_bf16_rounding(name):
 
 
 def test_generate_greedy_matches_argmax():
+    from conftest import assert_decisive_argmax
     m = tiny()
     prompt = torch.randint(0, 61, (1, 5))
     out = generate(m, prompt, max_new_tokens=4, temperature=0)
     assert out.shape == (1, 9) and torch.equal(out[:, :5], prompt)
     with torch.no_grad():
         for i in range(5, 9):
-            assert out[0, i] == m(out[:, :i])[0, -1].argmax()
+            # cached decoding against the full forward: equal tokens only where the argmax is decisive
+            # (top-2 gap 1e-3 against float differences of ~1e-6 at these logits' scale, ~0.1)
+            logits = m(out[:, :i])[0, -1]
+            assert_decisive_argmax(logits, 1e-3)
+            assert out[0, i] == logits.argmax()
     sampled = generate(m, prompt, max_new_tokens=3, temperature=1.0, top_k=5)
     assert sampled.shape == (1, 8) and int(sampled.max()) < 61
 
