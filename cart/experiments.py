@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, get_type_hints
 
-from .training.loop_sampling import LoopSampling
+from .loop_sampling import LoopSampling
 from .models import ModelConfig, config_from_dict
 from .models.names import NameForm
 from .params import build, check_value, section, view
@@ -73,11 +73,11 @@ class TrainSettings:
     zero_optimizer: bool = False
     # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
     weight_decay_scope: Literal["matrices", "all"] = "matrices"
-    # the R of each optimizer step (cart/training/loop_sampling.py); fixed: the model's n_loops, as the paper
+    # the R of each optimizer step (cart/loop_sampling.py); fixed: the model's n_loops, as the paper
     loop_sampling: LoopSampling = LoopSampling()
     # gradients through the last k loop iterations only (CART.recur, Huginn's truncation); None: all
     backprop_loops: int | None = None
-    # opt-in speed levers that pipeline.bench measures (metrics/bench_gpu.json, docs/performance.md):
+    # opt-in speed levers that bench.throughput.train_step measures (metrics/bench_gpu.json, docs/performance.md):
     # torch.compile's mode (reduce-overhead: CUDA graphs over the compiled step, 1.28-1.34x at d256 and
     # 1.02x at d1024 on an H200; the paper profile's Stage 2 and Dense groups use it) and torchao's float8
     # training of the linear layers (a CUDA GPU with FP8; loss parity held at d1024 over 300 real-data

@@ -1,4 +1,4 @@
-"""pipeline.bench's bookkeeping (never its timings): the sweep projection, the lever rows."""
+"""bench.throughput.train_step's bookkeeping (never its timings): the sweep projection, the lever rows."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import assert_decisive_argmax
-from pipeline import bench
+from bench.throughput import train_step as bench
 
 
 def _rows(rate_of, lever="base"):
@@ -57,7 +57,7 @@ def test_project_names_what_it_cannot_use(tmp_path):
     with pytest.raises(SystemExit, match="graphs: CART d1024 P6 R10$"):
         bench.project_from([partial])
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(SystemExit, match=r"--project .*bad\.json: not a pipeline\.bench output"):
+    with pytest.raises(SystemExit, match=r"--project .*bad\.json: not a bench\.throughput\.train_step output"):
         bench.project_from([partial, str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="no measured rows"):
         bench.project_from([_write_rows(tmp_path / "empty.json", [])])

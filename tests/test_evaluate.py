@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from cart.evaluation.metrics import bits_per_byte, eval_loss, perplexity
+from cart.training.validation import bits_per_byte, eval_loss, perplexity
 from cart.models import CARTConfig, build_model, config_from_dict
 from cart.models.base import IGNORE_INDEX
 

@@ -82,7 +82,7 @@ def test_cuda_graph_decoding_equals_the_eager_cache(flags):
 @pytest.mark.parametrize("lever,library", [("fused_loss", "liger_kernel"), ("cce", "cut_cross_entropy"),
                                            ("cce_exact", "cut_cross_entropy")])
 def test_fused_head_losses_equal_the_models_loss_and_gradients(lever, library, compile):
-    """pipeline.bench's head-loss levers (Liger's fused linear cross-entropy, Cut Cross-Entropy with and
+    """bench.throughput.train_step's head-loss levers (Liger's fused linear cross-entropy, Cut Cross-Entropy with and
     without its gradient filter, each after the compiled hidden states) give the model's own training loss
     and gradients: Liger in fp32 (bf16 would hide a wrong row); under bf16 autocast (Cut Cross-Entropy's
     backward takes nothing else) every lever's loss is the model's to bf16 rounding of its logits and its
@@ -91,7 +91,7 @@ def test_fused_head_losses_equal_the_models_loss_and_gradients(lever, library, c
     pytest.importorskip(library)
     from cart import CARTConfig, build_model
     from cart.models.base import IGNORE_INDEX
-    from pipeline.bench import make_bench_loss_fn
+    from bench.throughput.train_step import make_bench_loss_fn
     torch.manual_seed(0)
     model = build_model(CARTConfig(vocab_size=512, d_model=64, head_dim=16, n_prelude=1, n_loops=2)).cuda()
     x, y = torch.randint(0, 512, (2, 64), device="cuda"), torch.randint(0, 512, (2, 64), device="cuda")

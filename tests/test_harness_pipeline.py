@@ -253,7 +253,7 @@ def test_a_nan_evaluation_fails_the_stage_naming_the_run_and_what_was_measured(t
 
 def test_a_benchmark_metric_that_is_not_finite_is_refused_naming_it(tmp_path, monkeypatch):
     import cart.evaluation.harness
-    from cart.evaluation.metrics import NonFiniteEvaluation
+    from cart.training.validation import NonFiniteEvaluation
     from cart.evaluation.session import EvalSession
     root = fake_repo(tmp_path)
     session = EvalSession(load_params(root / "params.yaml"), root, 0, progress=False)

@@ -1,4 +1,4 @@
-"""Training with a sampled recurrence depth (cart/training/loop_sampling.py): the sampler's distributions,
+"""Training with a sampled recurrence depth (cart/loop_sampling.py): the sampler's distributions,
 bad settings, truncated backpropagation (CART.recur), compiling one iteration for every R, and
 the training loop: per-step R logged, exact resume of the R sequence, the same R on DDP ranks."""
 import json
@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 from cart.training.checkpoint import SUMMARY
 from cart.training.curves import read_curves
 from cart.experiments import RunPaths, TrainSettings, resolve_run
-from cart.training.loop_sampling import LoopSampling
+from cart.loop_sampling import LoopSampling
 from cart.models import build_model, count_params
 from cart.models.cart.model import CART
 from cart.models.cart.config import CARTConfig

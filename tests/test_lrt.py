@@ -194,7 +194,7 @@ def test_generate_with_and_without_cache_is_the_greedy_argmax_of_the_default_for
 def test_training_validation_names_the_merged_passes():
     """The training stage's periodic validation stays the parallel passes (merged), by name now
     that it is not the default."""
-    from cart.evaluation.metrics import eval_loss
+    from cart.training.validation import eval_loss
     m = perturbed()
     cfg = m.config
     x, y = tokens(), tokens(seed=3)

@@ -81,7 +81,7 @@ def test_named_configs_are_the_papers_models():
 
 
 def _parse_config_before(name: str, vocab: int):
-    """pipeline.bench's parser before the name grammar, the reference the names in use must still meet."""
+    """bench.throughput.train_step's parser before the name grammar, the reference the names in use must still meet."""
     kind, *parts = name.split("-")
     unfreeze = kind == "cart" and parts[-1:] == ["X"]
     parts = parts[:-1] if unfreeze else parts
@@ -106,8 +106,8 @@ def _bench_names_in_use() -> set[str]:
 
 
 def test_bench_and_decode_names_parse_as_before():
-    """pipeline.bench's parse_config (bench's decode benchmark reads its names with it too)."""
-    from pipeline.bench import DEFAULT_CONFIGS, parse_config
+    """bench.throughput.train_step's parse_config (bench's decode benchmark reads its names with it too)."""
+    from bench.throughput.train_step import DEFAULT_CONFIGS, parse_config
     in_use = _bench_names_in_use()
     assert {"cart-d1024-R6", "cart-d1024-R6-X", "dense-L7", "dense-L12-d1024", "dense-L7-d1024"} <= in_use
     others = {"cart-R6-d256", "cart-d256-R6-P4", "cart-P2-d64-R3", "dense-d512-L3", "cart-d64-R3-X"}
@@ -128,7 +128,7 @@ def test_a_bad_config_name_is_named_with_the_forms_expected(name):
 
 
 def test_the_benchmarks_take_cart_and_dense_alone():
-    from pipeline.bench import parse_config
+    from bench.throughput.train_step import parse_config
     parse_config_name("lrt-d64-L2")
     with pytest.raises(ValueError, match=r"bad config name 'lrt-d64-L2': expected cart-d.* or dense\[-d<d_model>\]"
                                          r"-L<n_layers> \(words"):

@@ -739,7 +739,7 @@ def row_ratplus(p: Profile) -> list[str]:
 
 
 def _sampled_r_bench(path: Path) -> tuple[dict, dict[str, dict]]:
-    """(the whole-graph fixed-R row, scheme -> its per-iteration row) of a `pipeline.bench` sampled-R output."""
+    """(the whole-graph fixed-R row, scheme -> its per-iteration row) of a `bench.throughput.train_step` sampled-R output."""
     bench = _read_json(path)
     whole = next(r for r in bench["rows"] if r["loop_sampling"] == "fixed" and not r["compile_by_iteration"])
     return whole, {r["loop_sampling"].split()[0]: r for r in bench["loop_sampling_rows"]}
@@ -750,7 +750,7 @@ def row_sampled_r_cost(p: Profile) -> list[str]:
     sampled = {s: r["cost_vs_fixed"] for s, r in rows.items() if s != "fixed"}
     within = [s for s, c in sampled.items() if c <= SAMPLED_R_COST_TARGET]
     missed = [s for s, c in sampled.items() if c > SAMPLED_R_COST_TARGET]
-    return [f"Sampled-R training cost on GPU (`pipeline.bench`, {whole['model']}, compile)",
+    return [f"Sampled-R training cost on GPU (`bench.throughput.train_step`, {whole['model']}, compile)",
             "per-iteration compile vs whole-graph fixed R: "
             + ", ".join(f"{s} {_signed(100 * r['cost_vs_fixed'])}" for s, r in rows.items())
             + f" ({max(r['graphs'] for r in rows.values())} graphs, "

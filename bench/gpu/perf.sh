@@ -6,20 +6,20 @@
 # .gpu-site: bash ../shared/tools/gpu_site.sh .gpu-site, then the wheels of pyproject.toml's `bench` extra
 # (pip download --no-deps) unzipped into it (~28 MB; with .gpu-data's 11 MB under the 64 MiB a call carries).
 # .gpu-data: SHARED=../shared bash bench/gpu/perf.sh data, here (not on the GPU machine: ../shared stays here).
-#   bash bench/gpu/perf.sh decode     # bench.throughput.decode: cached vs uncached greedy decoding (issue 21)
+#   bash bench/gpu/perf.sh decode     # bench.throughput.decode: cached vs uncached greedy decoding
 #   bash bench/gpu/perf.sh decode_batch   # the same at batch 1 in another order, and at batch 32
 #   bash bench/gpu/perf.sh decode_fresh   # one process per config and batch (1, 32)
-#   bash bench/gpu/perf.sh sampled    # pipeline.bench: sampled-R compile cost vs fixed R (issue 20)
-#   bash bench/gpu/perf.sh levers     # pipeline.bench: fused loss and FP8 against the training step (issue 22)
-#   bash bench/gpu/perf.sh sweep      # pipeline.bench: every paper-profile Stage 2 config + the sweep projection
-#   bash bench/gpu/perf.sh ddp [N]    # bench/gpu/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers (issue 22)
+#   bash bench/gpu/perf.sh sampled    # bench.throughput.train_step: sampled-R compile cost vs fixed R
+#   bash bench/gpu/perf.sh levers     # bench.throughput.train_step: fused loss and FP8 against the training step
+#   bash bench/gpu/perf.sh sweep      # bench.throughput.train_step: every paper-profile Stage 2 config + the sweep projection
+#   bash bench/gpu/perf.sh ddp [N]    # bench/gpu/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers
 #   bash bench/gpu/perf.sh graph_decode   # tests/test_gpu.py, then bench.throughput.decode with CUDA-graph decoding, batch 1 and 32
 #   bash bench/gpu/perf.sh parity     # fp8 against bf16: 300 steps on real tokens (.gpu-data/wiki_5m.bin), loss of the last 20
 #   bash bench/gpu/perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
 #   bash bench/gpu/perf.sh profile    # the top GPU kernels of a training step: CART d1024 R6, CART d256 R6, Dense 7L
 #   bash bench/gpu/perf.sh pack       # sweep packing: 1, 2 and 4 CART d256 runs at once on one GPU, summed tok/s (PACK_MPS=1: under MPS)
 #   bash bench/gpu/perf.sh decode_profile   # bench.throughput.decode_profile: new shapes vs seen ones, where a decoding step goes
-#   bash bench/gpu/perf.sh combos     # pipeline.bench: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
+#   bash bench/gpu/perf.sh combos     # bench.throughput.train_step: levers alone and combined (graphs+fused_adamw+...), d256, d1024, Dense 7L
 #   bash bench/gpu/perf.sh combo_parity   # $PARITY_LEVERS against base: 300 steps on real tokens, CART d1024 R6
 #   bash bench/gpu/perf.sh train_levers   # the training stage itself (1 GPU, CART d1024 R6) with $TRAIN_SETTINGS
 #   bash bench/gpu/perf.sh heads      # Cut Cross-Entropy (cce, cce_exact) on real tokens: speed and 300-step parity at once
@@ -31,7 +31,7 @@
 #   bash bench/gpu/perf.sh real300    # graphs+fused_adamw, 300 steps on real tokens: d256, d1024, Dense 7L (speed and loss)
 # SWEEP_LEVERS / PACK_LEVERS / PROFILE_LEVERS (default base) pick the levers the sweep / pack / profile parts run with (SWEEP_CONFIGS: a
 # subset of the sweep's configs, for a second call when one call's 10 minutes end before the last config; then `python -m
-# pipeline.bench --project first.json second.json` prints the projection of both); DDP_SETTINGS the
+# bench.throughput.train_step --project first.json second.json` prints the projection of both); DDP_SETTINGS the
 # train settings of the ddp part's extra rows (default: bigger buckets, then those with a sharded optimizer).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -71,23 +71,23 @@ for part in "$@"; do
           2>&1 | tee -a "$OUT/decode_fresh.log"
       done; done ;;
     sampled)
-      timeout 300 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 60 --warmup 10 \
+      timeout 300 python3 -m bench.throughput.train_step --configs cart-d1024-R6 --micro-batch 32 --steps 60 --warmup 10 \
         --loop-sampling uniform poisson_lognormal --out "$OUT/sampled_r.json" 2>&1 | tee "$OUT/sampled_r.log" ;;
     levers)
-      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 cart-d256-R6 --micro-batch 32 \
+      timeout 420 python3 -m bench.throughput.train_step --configs cart-d1024-R6 dense-L7 cart-d256-R6 --micro-batch 32 \
         --steps 20 --warmup 5 --levers base fused_loss fp8 --out "$OUT/levers.json" 2>&1 | tee "$OUT/levers.log" ;;
     sweep)
-      timeout ${SWEEP_TIMEOUT:-540} python3 -m pipeline.bench ${SWEEP_CONFIGS:+--configs $SWEEP_CONFIGS} --micro-batch 32 --steps 10 --warmup 3 \
+      timeout ${SWEEP_TIMEOUT:-540} python3 -m bench.throughput.train_step ${SWEEP_CONFIGS:+--configs $SWEEP_CONFIGS} --micro-batch 32 --steps 10 --warmup 3 \
         --levers ${SWEEP_LEVERS:-base} --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log" ;;
     combos)
-      timeout 240 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
+      timeout 240 python3 -m bench.throughput.train_step --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
         --levers base graphs fused_adamw graphs+fused_adamw fused_adamw+fused_loss graphs+fused_adamw+fused_loss \
         --out "$OUT/combos_d256.json" 2>&1 | tee "$OUT/combos_d256.log"
-      timeout 300 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
+      timeout 300 python3 -m bench.throughput.train_step --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
         --levers base graphs+fused_adamw graphs+fused_adamw+fused_loss \
         --out "$OUT/combos_d1024.json" 2>&1 | tee "$OUT/combos_d1024.log" ;;
     combo_parity)
-      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
+      timeout 420 python3 -m bench.throughput.train_step --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
         --levers base ${PARITY_LEVERS:-graphs+fused_adamw} --data .gpu-data/wiki_5m.bin --out "$OUT/combo_parity.json" \
         2>&1 | tee "$OUT/combo_parity.log" ;;
     train_levers)
@@ -99,23 +99,23 @@ for part in "$@"; do
                "cart-d1024-R6 300 base graphs+fused_adamw graphs+fused_adamw+cce" \
                "dense-L7 60 graphs+fused_adamw graphs+fused_adamw+cce"; do
         set -- $c
-        timeout 330 python3 -m pipeline.bench --configs "$1" --micro-batch 32 --steps "$2" --warmup 8 \
+        timeout 330 python3 -m bench.throughput.train_step --configs "$1" --micro-batch 32 --steps "$2" --warmup 8 \
           --levers "${@:3}" --data .gpu-data/wiki_5m.bin --out "$OUT/heads_$1.json" 2>&1 | tee "$OUT/heads_$1.log" || true
       done ;;
-    fp8_combos)  # fp8 on top of the kept levers (round 3 measured it alone: +2.5% CART d1024, +4.6% Dense 7L)
-      timeout 330 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
+    fp8_combos)  # fp8 on top of the kept levers (measured alone, docs/performance.md: +2.5% CART d1024, +4.6% Dense 7L)
+      timeout 330 python3 -m bench.throughput.train_step --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 30 --warmup 8 \
         --levers graphs+fused_adamw graphs+fused_adamw+fp8 --out "$OUT/fp8_combos.json" 2>&1 | tee "$OUT/fp8_combos.log" ;;
     inductor_calls)  # what the compiled training step calls besides Inductor's own kernels (extern kernels, aten fallbacks)
       for c in ${PROFILE_CONFIGS:-cart-d256-R6}; do
         timeout 240 python3 -m bench.throughput.inductor_calls --config "$c" 2>&1 | tee "$OUT/inductor_calls_$c.log" | tail -25
       done ;;
     fp8_parity)  # the same pair on real tokens, 300 steps: speed and the loss of the last 20 steps at once
-      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 --warmup 8 \
+      timeout 420 python3 -m bench.throughput.train_step --configs cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 --warmup 8 \
         --levers graphs+fused_adamw graphs+fused_adamw+fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/fp8_parity.json" \
         2>&1 | tee "$OUT/fp8_parity.log" ;;
     autotune)
       for c in ${AUTOTUNE_CONFIGS:-cart-d256-R6 cart-d1024-R6}; do
-        timeout ${AUTOTUNE_TIMEOUT:-270} python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 30 --warmup 8 \
+        timeout ${AUTOTUNE_TIMEOUT:-270} python3 -m bench.throughput.train_step --configs "$c" --micro-batch 32 --steps 30 --warmup 8 \
           --levers graphs+fused_adamw fused_adamw+autotune graphs+fused_adamw+autotune \
           --out "$OUT/autotune_$c.json" 2>&1 | tee "$OUT/autotune_$c.log" || true
       done ;;
@@ -143,24 +143,24 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
       timeout 240 python3 -m bench.throughput.ce_kernels --out "$OUT/ce_kernels.json" 2>&1 | tee "$OUT/ce_kernels.log" ;;
     real300)  # one process; REAL300_TAG names the files (A/B of a code change: run it once per version)
       name="real300${REAL300_TAG:+_$REAL300_TAG}"
-      timeout 280 python3 -m pipeline.bench --configs cart-d256-R6 cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 \
+      timeout 280 python3 -m bench.throughput.train_step --configs cart-d256-R6 cart-d1024-R6 dense-L7 --micro-batch 32 --steps 300 \
         --warmup 8 --levers graphs+fused_adamw --data .gpu-data/wiki_5m.bin \
         --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" ;;
     decode_profile)
       timeout 200 python3 -m bench.throughput.decode_profile 2>&1 | tee "$OUT/decode_profile.log" ;;
     parity)
-      timeout 420 python3 -m pipeline.bench --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
+      timeout 420 python3 -m bench.throughput.train_step --configs cart-d1024-R6 --micro-batch 32 --steps 300 --warmup 5 \
         --levers base fp8 --data .gpu-data/wiki_5m.bin --out "$OUT/parity.json" 2>&1 | tee "$OUT/parity.log" ;;
     small)
       for mode in default reduce-overhead; do
-        timeout 150 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
+        timeout 150 python3 -m bench.throughput.train_step --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
           $([ "$mode" = default ] || echo --compile-mode "$mode") --out "$OUT/small_$mode.json" 2>&1 | tee -a "$OUT/small.log"
       done
-      timeout 150 python3 -m pipeline.bench --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
+      timeout 150 python3 -m bench.throughput.train_step --configs cart-d256-R6 --micro-batch 32 --steps 40 --warmup 10 \
         --optimizer adamw --out "$OUT/small_fused_adamw.json" 2>&1 | tee -a "$OUT/small.log" ;;
     profile)
       for c in ${PROFILE_CONFIGS:-cart-d1024-R6 cart-d256-R6 dense-L7}; do
-        timeout 150 python3 -m pipeline.bench --configs "$c" --micro-batch 32 --steps 10 --warmup 5 --profile \
+        timeout 150 python3 -m bench.throughput.train_step --configs "$c" --micro-batch 32 --steps 10 --warmup 5 --profile \
           --levers ${PROFILE_LEVERS:-base} \
           --out "$OUT/profile_$c.json" 2>&1 | tee "$OUT/profile_$c.log"
       done ;;
@@ -179,7 +179,7 @@ for f in ({}, {'unfreeze_kv': True}, {'self_attn_core': True}, 'dense'):
       for n in ${PACK_NS:-1 2 4}; do
         rm -rf "/tmp/pack_$n"
         for i in $(seq "$n"); do
-          timeout 240 python3 -m pipeline.bench --configs ${PACK_CONFIG:-cart-d256-R6} --micro-batch 32 --steps ${PACK_STEPS:-60} \
+          timeout 240 python3 -m bench.throughput.train_step --configs ${PACK_CONFIG:-cart-d256-R6} --micro-batch 32 --steps ${PACK_STEPS:-60} \
             --warmup 10 --levers ${PACK_LEVERS:-base} --barrier "/tmp/pack_$n,$n" --out "$OUT/pack${tag}_${n}_$i.json" \
             > "$OUT/pack${tag}_${n}_$i.log" 2>&1 &
         done

@@ -108,7 +108,7 @@ if [ "$JOB" = job5 ] && [ $status = 0 ] && python3 -c "import sys, torch; sys.ex
 then  # GPU benches on the then idle GPU (issues 20 and 21)
   mkdir -p gpu_bench
   timeout 90 python3 -m bench.throughput.decode --out gpu_bench/decode.json 2>&1 | tee -a "$OUT/$JOB.log"
-  timeout 240 python3 -m pipeline.bench --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal \
+  timeout 240 python3 -m bench.throughput.train_step --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal \
     --micro-batch 32 --steps 30 --out gpu_bench/sampled_r.json 2>&1 | tee -a "$OUT/$JOB.log"
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$OUT/$JOB.log" 2>&1 || true

@@ -15,7 +15,7 @@ the total (prefill included) is printed too. Every mode decodes once before it i
 the first pass over new shapes is slow (the uncached forward and the dynamic cache meet a new
 sequence length every step: 40-90 ms a step on an H200 where a seen shape takes 7 ms); its median
 step is kept as `first_pass_median_step_s`. Also the cache's size per token of context: from the
-config (`kv_cache_values_per_token`) and as allocated. Config names as pipeline.bench's (cart/models/names.py),
+config (`kv_cache_values_per_token`) and as allocated. Config names as bench.throughput.train_step's (cart/models/names.py),
 where a -X word sets CART's unfreeze_kv ablation (its anchor cached per loop).
 """
 from __future__ import annotations
@@ -30,13 +30,13 @@ import torch
 from cart import build_model
 from cart.generation import GraphedDecodeStep
 from cart.io import atomic_write_json
-from pipeline.bench import parse_config
+from bench.throughput.train_step import parse_config
 
 DEFAULT_CONFIGS = ("cart-d1024-R6", "cart-d1024-R6-X", "dense-L7-d1024", "dense-L12-d1024")
 
 
 def config_of(name: str, vocab: int):
-    """A config name of pipeline.bench's (cart/models/names.py; -X: CART's unfreeze_kv)."""
+    """A config name of bench.throughput.train_step's (cart/models/names.py; -X: CART's unfreeze_kv)."""
     return parse_config(name, vocab)
 
 

@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     from cart import build_model
     from cart.device import autocast, resolve_dtype
     from cart.training.step import make_loss_fn
-    from pipeline.bench import parse_config
+    from bench.throughput.train_step import parse_config
     device = torch.device(args.device)
     model = build_model(parse_config(args.config, args.vocab)).to(device)
     loss_fn = make_loss_fn(model, True)

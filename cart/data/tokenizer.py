@@ -8,7 +8,7 @@ The tokenizer stage (`python -m pipeline.tokenizer`) writes
 
 `bytes_per_token[domain]` is measured on that domain's VALIDATION text as laid out in the
 validation bins: UTF-8 bytes of the documents / (their tokens + one EOS separator per document),
-so BPB = loss / ln 2 / bytes_per_token for a validation window (cart/evaluation/metrics.py).
+so BPB = loss / ln 2 / bytes_per_token for a validation window (cart/training/validation.py).
 
 A trained tokenizer uses byte fallback and no normalisation, so decode(encode(x)) == x for any
 text. Control ids follow Llama: unk 0, bos 1, eos 2, no pad.

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..device import autocast, resolve_device, resolve_dtype
-from .metrics import NonFiniteEvaluation
+from ..training.validation import NonFiniteEvaluation
 from ..io import sha256_file
 from ..models.base import check_int_arg
 

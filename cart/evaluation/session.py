@@ -256,7 +256,7 @@ class EvalSession:
 
     def ppl_rows(self, lm, val: dict, common: dict, sources: dict, **runtime) -> list[dict]:
         """Validation PPL and BPB per domain of `lm`'s model at `runtime` (e.g. pattern="D8")."""
-        from .metrics import NonFiniteEvaluation, bits_per_byte, eval_loss, perplexity
+        from ..training.validation import NonFiniteEvaluation, bits_per_byte, eval_loss, perplexity
         from ..models.base import IGNORE_INDEX
         bpt = lm.tok.bytes_per_token
         missing = [d for d in val if d not in bpt]
@@ -288,7 +288,7 @@ class EvalSession:
     def benchmark_rows(self, lm, shots: int, common: dict, limit: int | None = None) -> list[dict]:
         """The `benchmarks` tasks at `shots` shots (lm.runtime / lm.n_loops set the model's setting);
         `limit` items per task, or benchmarks.limit."""
-        from .metrics import NonFiniteEvaluation
+        from ..training.validation import NonFiniteEvaluation
         from .harness import evaluate_benchmarks
         b = self.bench
         try:

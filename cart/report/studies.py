@@ -335,7 +335,7 @@ def table_sampled_r(con: sqlite3.Connection) -> Table:
     notes = [f"Validation PPL on {dom} (every domain and BPB in the CSV) of each sampled_r run, inference R changed "
              "at evaluation time with no fine-tuning. Every run: the same d, P, mean R and token budget (Stage 2's "
              "run settings); the fixed run is the paper's recipe, the others draw R afresh every optimizer step "
-             "(cart/training/loop_sampling.py). Mean R (realised) = the average of the R each step logged.",
+             "(cart/loop_sampling.py). Mean R (realised) = the average of the R each step logged.",
              _paper_fixed_r_note(),
              "Spectral radius (final max sigmoid(a) of the LTI gate: below 1 a contraction under paper_text, only "
              "what the authors log under paper_code): "

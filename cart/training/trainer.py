@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from ..accounting import count_params, forward_flops, mfu, peak_flops_for
 from ..data.bins import BatchReader, domains, read_meta, val_batches
-from ..evaluation.metrics import bits_per_byte, eval_loss, perplexity
+from .validation import bits_per_byte, eval_loss, perplexity
 from ..experiments import RunPaths, RunSpec
 from ..io import atomic_write_json, remove_stale_temps, require_free_space, sha256_file
 from ..models import build_model

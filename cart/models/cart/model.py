@@ -405,7 +405,7 @@ class CART(LanguageModel):
         reaches the loss only through the anchor K, V that the last k iterations read, and the shared
         core, gate, HC and LIE get gradient from those k iterations alone. k >= R is full
         backpropagation. Values are the same either way. (X and W read no anchor of h_0, so their
-        prelude would get no gradient at all: cart.training.loop_sampling rejects truncation for them.)"""
+        prelude would get no gradient at all: cart.loop_sampling rejects truncation for them.)"""
         anchor = self.kv_source.before_loop(self, x, decoding)
         pe = None if self.lie is None else self.lie(R, x.device)
         frozen = 0 if backprop_loops is None else max(0, R - check_int_arg("backprop_loops", backprop_loops))

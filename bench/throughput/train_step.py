@@ -1,16 +1,16 @@
 """Training-throughput benchmark, outside the DVC DAG: CART and Dense side by side, one GPU, one run.
 
-    python -m pipeline.bench                      # the full table (GPU)
-    python -m pipeline.bench --configs cart-d256-R6 dense-L7 --steps 5 --device cpu   # a quick look
+    python -m bench.throughput.train_step                      # the full table (GPU)
+    python -m bench.throughput.train_step --configs cart-d256-R6 dense-L7 --steps 5 --device cpu   # a quick look
 
 Each config trains for --steps optimizer steps after --warmup steps (compilation happens there)
 on random tokens already on the device, through the same `train_step` and optimizer code as the
 training stage. Prints tokens/s, MFU in the paper's accounting (6 x effective params x tokens/s /
 peak), MFU counting the real FLOPs (attention and LM head included), peak memory, and CART/Dense.
 
-Sampled recurrence depth (cart/training/loop_sampling.py), each CART config at its R as the mean:
+Sampled recurrence depth (cart/loop_sampling.py), each CART config at its R as the mean:
 
-    python -m pipeline.bench --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal --steps 100
+    python -m bench.throughput.train_step --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal --steps 100
 
 adds, per config, a fixed-R row compiled one iteration at a time (as sampled training compiles)
 and a row per scheme (`uniform` = U{1..2R-1}, `poisson_lognormal` = Huginn's with sigma 0.5 and
@@ -27,7 +27,7 @@ as the bins stage writes, or --data-dtype uint32) instead of one random batch, t
 every lever, and each row gets `loss_last20` (the mean loss of the last 20 steps) and
 `loss_vs_base` (its ratio to the base row's):
 
-    python -m pipeline.bench --configs cart-d1024-R6 --levers base fp8 --steps 300 --data wiki.bin
+    python -m bench.throughput.train_step --configs cart-d1024-R6 --levers base fp8 --steps 300 --data wiki.bin
 
 Sweep packing (several small runs on one GPU at once): start N processes with `--barrier DIR,N`;
 each waits after its warm-up until all N have compiled, so their timed steps overlap, and the
@@ -51,7 +51,7 @@ from torch._dynamo.utils import counters
 from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_flops_for, train_flops_per_token
 from cart.experiments import TrainSettings
 from cart.models.names import config_from_name, config_name, parse_config_name
-from cart.training.loop_sampling import LoopSampling
+from cart.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
 from cart.params import build, load_params, section
 from cart.device import resolve_dtype
@@ -296,7 +296,7 @@ def project_from(paths: list[str]) -> dict[str, dict]:
             with open(path) as f:
                 found = json.load(f)["rows"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"--project {path}: not a pipeline.bench output with rows ({type(e).__name__}: {e})")
+            raise SystemExit(f"--project {path}: not a bench.throughput.train_step output with rows ({type(e).__name__}: {e})")
         rows |= {(r["model"], r.get("lever", "base")): r for r in found if "tokens_per_s" in r}
     if not rows:
         raise SystemExit(f"--project {' '.join(paths)}: no measured rows")
