@@ -444,7 +444,7 @@ def test_a_completed_run_with_damaged_weights_is_a_failed_run(tmp_path, damage, 
 @pytest.mark.parametrize("damage,status", [(lambda w: w.unlink(), "complete"),
                                            (lambda w: w.write_bytes(w.read_bytes()[:-5]), "failed")])
 def test_runs_imported_without_weights_are_complete_but_damaged_weights_still_fail(tmp_path, damage, status):
-    """bench/gpu_import marks a runs/ folder whose weights stayed on the GPU machine: there an absent
+    """bench/gpu/import_runs.py marks a runs/ folder whose weights stayed on the GPU machine: there an absent
     file is expected, while a truncated one still fails the run."""
     make_project(tmp_path, eval_source=None)
     (tmp_path / "runs" / results.WEIGHTS_NOT_KEPT).write_text("")

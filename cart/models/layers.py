@@ -363,7 +363,7 @@ class LanguageModel(nn.Module):
         token id outside the vocabulary (torch's embedding would raise a bare IndexError on CPU and
         a device assert on CUDA). The id check reads the tokens back, a host sync, so it is left
         out where that costs: under torch.compile (it would break the graph) and in a training
-        step on an accelerator (cart/step.py's steps never sync; the bins' declared vocab_size is
+        step on an accelerator (cart/training/step.py's steps never sync; the bins' declared vocab_size is
         checked against the model's when the training stage opens them)."""
         if idx.dim() != 2 or idx.shape[1] == 0:
             raise ValueError(f"idx: expected (batch, T) token ids with T >= 1, got shape {tuple(idx.shape)}")

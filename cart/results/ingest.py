@@ -58,7 +58,7 @@ def read_tsv(path: Path, columns: Iterable[str], issues: list, run_id: str | Non
     return df
 
 
-# A runs/ folder imported without its weights (bench/gpu_import: the GPU machine's checkpoints are not
+# A runs/ folder imported without its weights (bench/gpu/import_runs.py: the GPU machine's checkpoints are not
 # brought back) holds this file; there a missing model.safetensors is expected, a damaged one is not.
 WEIGHTS_NOT_KEPT = "WEIGHTS_NOT_KEPT"
 
