@@ -459,6 +459,57 @@ def test_fsdp2_resume_is_exact_and_its_checkpoint_loads_in_one_process(tiny_data
     assert c.keys() == a.keys() and all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
 
 
+def _fsdp2_gradients_rank(rank: int, world: int, store: str, out: str) -> None:
+    """One rank of test_fsdp2_gradients_match_one_process_for_every_family: each family's model sharded
+    over the ranks, each rank a half of the batch; rank 0 saves every run's largest gradient error."""
+    import torch.distributed as dist
+
+    from cart.experiments import resolve_run, run_names
+    from cart.models import build_model
+    from cart.training import distributed
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    params = tiny_params()
+    names = run_names(params, ("dense", "lrt", "ratplus", "ablation"))
+    errors = {}
+    for group, run_names_ in names.items():
+        for name in run_names_:
+            spec = resolve_run(params, group, name, params["tokenizer"]["vocab_size"])
+            torch.manual_seed(0)
+            whole = build_model(spec.model)
+            torch.manual_seed(0)
+            sharded = distributed.shard(build_model(spec.model), distributed.DistInfo(rank, world, rank),
+                                        torch.device("cpu"))
+            x = torch.randint(0, spec.model.vocab_size, (2 * world, 32), generator=torch.Generator().manual_seed(1))
+            mine = x[2 * rank:2 * rank + 2]
+            for kwargs in spec.model.train_substeps():
+                whole(x, targets=x, **kwargs).backward()
+                sharded(mine, targets=mine, **kwargs).backward()
+            reference = {k: p.grad for k, p in whole.named_parameters()}
+            errors[f"{group}/{name}"] = max(
+                (distributed.full_tensor(p.grad) - reference[k]).abs().max().item()
+                if p.grad is not None and reference[k] is not None else
+                0.0 if p.grad is None and reference[k] is None else float("inf")  # a gradient on one side only
+                for k, p in sharded.named_parameters())
+    if rank == 0:
+        torch.save(errors, out)
+    dist.destroy_process_group()
+
+
+def test_fsdp2_gradients_match_one_process_for_every_family(tmp_path):
+    """fully_shard per block, then the root, computes every family's gradients (CART with its shared
+    core called R times and every ablation, Dense, LRT, RAT+ with its two sub-steps): each rank's half
+    of the batch, reduce-scattered, gives the whole batch's gradient to float rounding: 5e-7, ~20 float32
+    ulps at the largest gradient (~0.2), the two halves summed in another order; a gradient not reduced
+    or a shard lost errs by the size of the gradient itself."""
+    import torch.multiprocessing as mp
+    out = tmp_path / "errors.pt"
+    mp.start_processes(_fsdp2_gradients_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2,
+                       start_method="spawn")
+    errors = torch.load(out, weights_only=True)
+    assert {k.split("/")[0] for k in errors} == {"dense", "lrt", "ratplus", "ablation"}
+    assert all(e < 5e-7 for e in errors.values()), errors
+
+
 def test_fsdp2_with_zero_optimizer_is_refused():
     """train.zero_optimizer shards a DDP run's optimizer state; fsdp2 shards it already: together, a
     ValueError naming both keys, before any work; an unknown train.data_parallel names its choices."""
