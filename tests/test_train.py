@@ -510,6 +510,23 @@ def test_fsdp2_gradients_match_one_process_for_every_family(tmp_path):
     assert all(e < 5e-7 for e in errors.values()), errors
 
 
+def test_fsdp2_reads_checkpoint_weights_with_the_one_process_checks(tmp_path):
+    """An FSDP2 resume reads the whole weights file on every rank (checkpoint.read_weights): another
+    model's names and non-finite weights are refused as load_weights refuses them, naming the file."""
+    from cart.training.checkpoint import read_weights, save_weights
+    model = torch.nn.Linear(4, 4)
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path)
+    assert read_weights(model, path).keys() == {"weight", "bias"}
+    with pytest.raises(ValueError, match=r"w\.safetensors does not match the model: missing \['0\.bias', '0\.weight'\]"):
+        read_weights(torch.nn.Sequential(model), path)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    save_weights(model, path)
+    with pytest.raises(ValueError, match=r"w\.safetensors: tensor weight holds NaN or infinite values$"):
+        read_weights(model, path)
+
+
 def test_fsdp2_with_zero_optimizer_is_refused():
     """train.zero_optimizer shards a DDP run's optimizer state; fsdp2 shards it already: together, a
     ValueError naming both keys, before any work; an unknown train.data_parallel names its choices."""

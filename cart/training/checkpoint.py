@@ -19,7 +19,6 @@ from safetensors import SafetensorError
 import torch
 from torch import nn
 
-from . import distributed
 from ..io import atomic_path, atomic_write_json, read_json, sha256_file
 from ..models import ModelConfig, build_model, config_from_dict
 
@@ -43,8 +42,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {path}")
-    if distributed.is_sharded(model):
-        return _load_sharded(model, path)
     try:
         missing, unexpected = safetensors.torch.load_model(_unwrap(model), str(path), strict=False)
     except (SafetensorError, OSError) as e:  # bad header, truncation, garbage
@@ -59,9 +56,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     check_weights(model, path)
 
 
-def _load_sharded(model: nn.Module, path: Path) -> None:
-    """load_weights for a model FSDP2 shards: every rank reads the whole file, checks it as
-    load_weights does, and keeps its shard."""
+def read_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The whole weights of a checkpoint, checked as load_weights checks them (the model's names, floating
+    point, finite), for a model that loads them another way: an FSDP2 run, whose every rank reads the
+    file and keeps its shard (distributed.load_full_model_state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {path}")
     try:
         tensors = safetensors.torch.load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -71,10 +72,7 @@ def _load_sharded(model: nn.Module, path: Path) -> None:
         raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(expected - set(tensors))[:5]}, "
                          f"unexpected {sorted(set(tensors) - expected)[:5]} (was it trained with another config?)")
     check_weights(model, path, tensors)
-    try:
-        distributed.load_full_model_state(model, tensors)
-    except RuntimeError as e:  # shape mismatches
-        raise ValueError(f"checkpoint {path} does not match the model (trained with another config?): {e}") from None
+    return tensors
 
 
 def check_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:

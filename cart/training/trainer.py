@@ -200,10 +200,11 @@ class Trainer:
         if not weights.is_file() or sha256_file(weights) != state["weights_sha256"]:
             raise ValueError(f"checkpoint weights {weights} are missing or do not match trainer_state.pt; "
                              f"delete {self.paths.run_dir} to restart the run")
-        ckpt.load_weights(self.model, weights)
         if self.sharded:  # every rank reads the whole state and keeps its shard
+            distributed.load_full_model_state(self.model, ckpt.read_weights(self.model, weights))
             distributed.load_full_optimizer_state(self.model, self.opt, state["optimizer"])
         else:
+            ckpt.load_weights(self.model, weights)
             self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.reader.load_state_dict(state["reader"])
