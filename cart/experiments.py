@@ -71,6 +71,11 @@ class TrainSettings:
     # shard the optimizer's state across the DDP ranks (torch's ZeroRedundancyOptimizer): each rank
     # keeps and updates 1/nproc of it, then broadcasts its parameters; the same updates as unsharded
     zero_optimizer: bool = False
+    # how several processes split the work: ddp (every rank holds the whole model and optimizer state,
+    # gradients all-reduced) or fsdp2 (torch's fully_shard per block, then the root: parameters,
+    # gradients and optimizer state sharded, all-gathered block by block); checkpoints hold the whole
+    # unsharded state either way. No effect on one process
+    data_parallel: Literal["ddp", "fsdp2"] = "ddp"
     # which parameters weight decay applies to: matrices only (ours), or all (the CART authors' code)
     weight_decay_scope: Literal["matrices", "all"] = "matrices"
     # the R of each optimizer step (cart/loop_sampling.py); fixed: the model's n_loops, as the paper
@@ -103,6 +108,9 @@ class TrainSettings:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}: out of range, got {getattr(self, name)}")
+        if self.zero_optimizer and self.data_parallel == "fsdp2":
+            raise ValueError("zero_optimizer: ZeroRedundancyOptimizer shards a DDP run's optimizer state; "
+                             "data_parallel: fsdp2 shards it already; set zero_optimizer: false or data_parallel: ddp")
 
     def peak_lr(self, d_model: int) -> float:
         """(reconstructed) the paper's peak lr was lost; lr * 512/d is the spec's rule."""

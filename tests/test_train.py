@@ -334,29 +334,212 @@ def test_damaged_checkpoint_is_detected(tiny_project):
 def test_ddp_two_processes_match_one(tiny_data, tmp_path):
     """train.nproc: 2 re-launches under torchrun (gloo on CPU); accumulation is split across ranks,
     so the run sees the same batches per step and ends at (numerically) the same weights; with
-    train.zero_optimizer each rank keeps half the optimizer state, and the checkpoint all of it."""
+    train.zero_optimizer each rank keeps half the optimizer state, and the checkpoint all of it;
+    with train.data_parallel: fsdp2 each rank keeps half of every block's parameters, gradients and
+    optimizer state, and the checkpoint is the whole state in the one-process format.
+
+    Tolerances: the runs differ only in the order in which micro-batch gradients are summed (per rank,
+    then across ranks), so float32 rounding (eps 1.2e-7) is all that separates them: logged losses
+    agree to 1e-5 relative (~100 eps; the loss moves by >= 0.03 between logs), weights of ~0.02 to 1e-4."""
     import shutil
-    finals = {}
-    for nproc, zero in ((1, False), (2, False), (2, True)):
-        proj = tmp_path / f"nproc{nproc}-zero{zero}"
+    finals, losses, states = {}, {}, {}
+    for nproc, zero, parallel in ((1, False, "ddp"), (2, False, "ddp"), (2, True, "ddp"), (2, False, "fsdp2")):
+        key = nproc, zero, parallel
+        proj = tmp_path / f"nproc{nproc}-zero{zero}-{parallel}"
         proj.mkdir()
         shutil.copytree(tiny_data / "data", proj / "data")
         p = tiny_params()
-        p["train"]["nproc"], p["train"]["zero_optimizer"] = nproc, zero
+        p["train"].update(nproc=nproc, zero_optimizer=zero, data_parallel=parallel)
         write_params(proj, p)
         proc = _run_cli(proj)
         out = proc.stdout.read().decode()
         assert proc.wait(timeout=600) == 0, out
         assert out.count("complete | steps 12") == 1  # rank 0 alone reports
-        assert ("optimizer state sharded across 2 ranks" in out) == zero
-        finals[nproc, zero] = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
+        assert ("optimizer state sharded across 2 ranks (ZeroRedundancyOptimizer)" in out) == zero
+        assert ("optimizer state sharded across 2 ranks (FSDP2)" in out) == (parallel == "fsdp2")
+        finals[key] = weights(proj / "runs/stage2/d32-R2-s42/model.safetensors")
+        losses[key] = list(read_curves(proj / "plots/stage2/d32-R2-s42")[0]["loss"])
         summary = json.loads((proj / "runs/stage2/d32-R2-s42" / SUMMARY).read_text())
         assert summary["tokens"] == 12 * 2 * 2 * 32  # same tokens per step at any process count
-        state = torch.load(proj / "runs/stage2/d32-R2-s42/trainer_state.pt", weights_only=False)
-        assert len(state["optimizer"]["state"]) == len(finals[nproc, zero])  # every parameter's moments
-    for k in finals[1, False]:
-        assert torch.allclose(finals[1, False][k], finals[2, False][k], atol=1e-4), k
-        assert torch.equal(finals[2, False][k], finals[2, True][k]), k  # sharding changes no update
+        states[key] = torch.load(proj / "runs/stage2/d32-R2-s42/trainer_state.pt", weights_only=False)["optimizer"]
+        assert len(states[key]["state"]) == len(finals[key])  # every parameter's moments
+    one, ddp, fsdp2 = (1, False, "ddp"), (2, False, "ddp"), (2, False, "fsdp2")
+    assert len(losses[one]) == 6
+    for other in (ddp, fsdp2):
+        assert losses[other] == pytest.approx(losses[one], rel=1e-5), other
+    assert losses[fsdp2] == pytest.approx(losses[ddp], rel=1e-5)
+    # the fsdp2 checkpoint's optimizer state is the one-process format: the same numbering and groups
+    assert states[fsdp2]["param_groups"] == states[one]["param_groups"]
+    for i, moments in states[one]["state"].items():
+        assert states[fsdp2]["state"][i].keys() == moments.keys()
+        assert all(states[fsdp2]["state"][i][k].shape == v.shape for k, v in moments.items())
+    for k in finals[one]:
+        assert torch.allclose(finals[one][k], finals[ddp][k], atol=1e-4), k
+        assert torch.allclose(finals[one][k], finals[fsdp2][k], atol=1e-4), k
+        assert torch.equal(finals[ddp][k], finals[2, True, "ddp"][k]), k  # sharding changes no update
+
+
+def _fsdp2_rank(rank: int, world: int, project: str, store: str, stop_after: int | None) -> None:
+    """One rank of a train.data_parallel: fsdp2 run of the project's stage2/d32-R2-s42, as torchrun
+    would start it; `stop_after`: every rank gets SIGTERM's flag after that step (a deterministic
+    interruption: checkpoint, then exit)."""
+    import torch.distributed as dist
+
+    import cart.training.trainer as T
+    os.chdir(project)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    if stop_after is not None:
+        real = T.Trainer._loop_kwargs
+
+        def stopping(self, step):
+            if step + 1 == stop_after:
+                self._signal = signal.SIGTERM
+            return real(self, step)
+        T.Trainer._loop_kwargs = stopping
+    spec = spec_for()
+    try:
+        T.train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    except SystemExit as e:
+        if stop_after is None or e.code != 128 + signal.SIGTERM:
+            raise RuntimeError(f"rank {rank} exited with {e.code}") from None
+        return
+    if stop_after is not None:
+        raise RuntimeError(f"rank {rank} was not interrupted")
+
+
+def test_fsdp2_resume_is_exact_and_its_checkpoint_loads_in_one_process(tiny_data, tmp_path, capsys):
+    """A train.data_parallel: fsdp2 run stopped after step 5 (its checkpoint gathered whole from the
+    shards) and resumed under fsdp2 ends bit-identical to the uninterrupted fsdp2 run (same ranks, same
+    order of every sum). The same checkpoint resumed by one process (train.nproc: 1) continues from it,
+    ending at the uninterrupted run's weights to float rounding (1e-4 on weights of ~0.02, as the DDP
+    test: one process sums the micro-batch gradients in another order)."""
+    import torch.multiprocessing as mp
+
+    def project(name: str, nproc: int) -> Path:
+        proj = tmp_path / name
+        proj.mkdir()
+        shutil.copytree(tiny_data / "data", proj / "data")
+        p = tiny_params()
+        p["train"].update(nproc=nproc, data_parallel="fsdp2")
+        write_params(proj, p)
+        return proj
+
+    def launch(proj: Path, stop_after: int | None = None) -> None:
+        store = tmp_path / f"store-{proj.name}-{stop_after}"
+        mp.start_processes(_fsdp2_rank, args=(2, str(proj), str(store), stop_after), nprocs=2, start_method="spawn")
+
+    run = "runs/stage2/d32-R2-s42"
+    straight, stopped = project("straight", 2), project("stopped", 2)
+    launch(straight)
+    launch(stopped, stop_after=5)
+    assert torch.load(stopped / run / "trainer_state.pt", weights_only=True)["step"] == 5
+    assert not (stopped / run / SUMMARY).exists()
+    alone = tmp_path / "alone"  # the stopped run's folder, resumed by one process
+    shutil.copytree(stopped, alone)
+    p = tiny_params()
+    p["train"].update(nproc=1, data_parallel="fsdp2")
+    write_params(alone, p)
+    launch(stopped)
+    a, b = weights(straight / run / "model.safetensors"), weights(stopped / run / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summaries = [json.loads((p / run / SUMMARY).read_text()) for p in (straight, stopped)]
+    assert summaries[0]["final_train_loss"] == summaries[1]["final_train_loss"]
+    assert summaries[0]["final_eval"] == summaries[1]["final_eval"]
+
+    cwd = os.getcwd()
+    os.chdir(alone)
+    try:
+        spec = spec_for()
+        summary = train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    finally:
+        os.chdir(cwd)
+    assert "resuming at step 5/12" in capsys.readouterr().out and summary["status"] == "complete"
+    c = weights(alone / run / "model.safetensors")
+    assert c.keys() == a.keys() and all(torch.allclose(a[k], c[k], atol=1e-4) for k in a)
+
+
+def _fsdp2_gradients_rank(rank: int, world: int, store: str, out: str) -> None:
+    """One rank of test_fsdp2_gradients_match_one_process_for_every_family: each family's model sharded
+    over the ranks, each rank a half of the batch; rank 0 saves every run's largest gradient error."""
+    import torch.distributed as dist
+
+    from cart.experiments import resolve_run, run_names
+    from cart.models import build_model
+    from cart.training import distributed
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
+    params = tiny_params()
+    names = run_names(params, ("dense", "lrt", "ratplus", "ablation"))
+    errors = {}
+    for group, run_names_ in names.items():
+        for name in run_names_:
+            spec = resolve_run(params, group, name, params["tokenizer"]["vocab_size"])
+            torch.manual_seed(0)
+            whole = build_model(spec.model)
+            torch.manual_seed(0)
+            sharded = distributed.shard(build_model(spec.model), distributed.DistInfo(rank, world, rank),
+                                        torch.device("cpu"))
+            x = torch.randint(0, spec.model.vocab_size, (2 * world, 32), generator=torch.Generator().manual_seed(1))
+            mine = x[2 * rank:2 * rank + 2]
+            for kwargs in spec.model.train_substeps():
+                whole(x, targets=x, **kwargs).backward()
+                sharded(mine, targets=mine, **kwargs).backward()
+            reference = {k: p.grad for k, p in whole.named_parameters()}
+            errors[f"{group}/{name}"] = max(
+                (distributed.full_tensor(p.grad) - reference[k]).abs().max().item()
+                if p.grad is not None and reference[k] is not None else
+                0.0 if p.grad is None and reference[k] is None else float("inf")  # a gradient on one side only
+                for k, p in sharded.named_parameters())
+    if rank == 0:
+        torch.save(errors, out)
+    dist.destroy_process_group()
+
+
+def test_fsdp2_gradients_match_one_process_for_every_family(tmp_path):
+    """fully_shard per block, then the root, computes every family's gradients (CART with its shared
+    core called R times and every ablation, Dense, LRT, RAT+ with its two sub-steps): each rank's half
+    of the batch, reduce-scattered, gives the whole batch's gradient to float rounding: 5e-7, ~20 float32
+    ulps at the largest gradient (~0.2), the two halves summed in another order; a gradient not reduced
+    or a shard lost errs by the size of the gradient itself."""
+    import torch.multiprocessing as mp
+    out = tmp_path / "errors.pt"
+    mp.start_processes(_fsdp2_gradients_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2,
+                       start_method="spawn")
+    errors = torch.load(out, weights_only=True)
+    assert {k.split("/")[0] for k in errors} == {"dense", "lrt", "ratplus", "ablation"}
+    assert all(e < 5e-7 for e in errors.values()), errors
+
+
+def test_fsdp2_reads_checkpoint_weights_with_the_one_process_checks(tmp_path):
+    """An FSDP2 resume reads the whole weights file on every rank (checkpoint.read_weights): another
+    model's names and non-finite weights are refused as load_weights refuses them, naming the file."""
+    from cart.training.checkpoint import read_weights, save_weights
+    model = torch.nn.Linear(4, 4)
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path)
+    assert read_weights(model, path).keys() == {"weight", "bias"}
+    with pytest.raises(ValueError, match=r"w\.safetensors does not match the model: missing \['0\.bias', '0\.weight'\]"):
+        read_weights(torch.nn.Sequential(model), path)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    save_weights(model, path)
+    with pytest.raises(ValueError, match=r"w\.safetensors: tensor weight holds NaN or infinite values$"):
+        read_weights(model, path)
+
+
+def test_fsdp2_with_zero_optimizer_is_refused():
+    """train.zero_optimizer shards a DDP run's optimizer state; fsdp2 shards it already: together, a
+    ValueError naming both keys, before any work; an unknown train.data_parallel names its choices."""
+    from cart.experiments import TrainSettings
+    from cart.params import build
+    train = tiny_params()["train"]
+    with pytest.raises(ValueError, match=r"^train: zero_optimizer: .* data_parallel: fsdp2 shards it already; set "
+                                         r"zero_optimizer: false or data_parallel: ddp$"):
+        build(TrainSettings, train | {"zero_optimizer": True, "data_parallel": "fsdp2"}, "train")
+    with pytest.raises(ValueError, match=r"^train\.data_parallel: 'fsdp' is not one of \['ddp', 'fsdp2'\]$"):
+        build(TrainSettings, train | {"data_parallel": "fsdp"}, "train")
+    for zero, parallel in ((True, "ddp"), (False, "fsdp2")):
+        assert build(TrainSettings, train | {"zero_optimizer": zero, "data_parallel": parallel}, "train")
 
 
 def test_mfu_is_per_gpu_under_ddp():

@@ -4,6 +4,8 @@
 #   bash bench/gpu/ddp_scaling.sh <tokenizer.model> [N=2] [steps=40] [model=cart|dense] [setting ...]
 # Each `setting` (key=value of the train section, e.g. ddp_bucket_cap_mb=100
 # ddp_gradient_as_bucket_view=true) is one more N-GPU row: the lever, against the default N-GPU row.
+# On N > 1 GPUs an FSDP2 row (data_parallel=fsdp2: fully_shard per block, torch's defaults otherwise)
+# always follows the default DDP row; every row starts from the DDP defaults, so levers stay apart.
 # Works in a scratch copy (`$WORK`, default /tmp/ddp_scaling) so the repository's outputs are
 # untouched; every row trains from a fresh run directory (a finished run would be skipped) and the
 # table goes to $WORK/scaling.tsv (`$OUT/ddp_scaling_<model>.tsv` too when OUT is set).
@@ -37,7 +39,8 @@ row() {  # row <nproc> <setting or "default">
   python3 - "$1" "$2" <<'PY'
 import sys, yaml
 p = yaml.safe_load(open("params.yaml"))
-p["train"].update(nproc=int(sys.argv[1]), ddp_bucket_cap_mb=25, ddp_gradient_as_bucket_view=False)
+p["train"].update(nproc=int(sys.argv[1]), ddp_bucket_cap_mb=25, ddp_gradient_as_bucket_view=False,
+                  zero_optimizer=False, data_parallel="ddp")
 if sys.argv[2] != "default":
     for kv in sys.argv[2].split(","):
         k, v = kv.split("=")
@@ -58,13 +61,14 @@ PY
 }
 row 1 default
 [ "$N" = 1 ] || row "$N" default  # one GPU: the levers against the 1-GPU row
+[ "$N" = 1 ] || row "$N" data_parallel=fsdp2
 for s in "$@"; do row "$N" "$s"; done
 python3 - "$N" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open("scaling.tsv"), delimiter="\t"))
 one = float(rows[0]["tokens_per_s"])
 for r in rows[1:]:
-    print(f"DDP scaling {r['model']} on {r['nproc']} GPUs ({r['setting']}): {float(r['tokens_per_s']) / one:.2f}x "
+    print(f"Scaling {r['model']} on {r['nproc']} GPUs ({r['setting']}): {float(r['tokens_per_s']) / one:.2f}x "
           f"({one:,.0f} -> {float(r['tokens_per_s']):,.0f} tok/s), mfu per GPU {r['mfu_per_gpu']}")
 PY
 if [ -n "${OUT:-}" ]; then cp scaling.tsv "$OUT/ddp_scaling_$MODEL.tsv"; fi

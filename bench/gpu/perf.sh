@@ -12,7 +12,7 @@
 #   bash bench/gpu/perf.sh sampled    # bench.throughput.train_step: sampled-R compile cost vs fixed R
 #   bash bench/gpu/perf.sh levers     # bench.throughput.train_step: fused loss and FP8 against the training step
 #   bash bench/gpu/perf.sh sweep      # bench.throughput.train_step: every paper-profile Stage 2 config + the sweep projection
-#   bash bench/gpu/perf.sh ddp [N]    # bench/gpu/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers
+#   bash bench/gpu/perf.sh ddp [N]    # bench/gpu/ddp_scaling.sh: 1 vs N GPUs, DDP bucket levers, ZeRO, FSDP2
 #   bash bench/gpu/perf.sh graph_decode   # tests/test_gpu.py, then bench.throughput.decode with CUDA-graph decoding, batch 1 and 32
 #   bash bench/gpu/perf.sh parity     # fp8 against bf16: 300 steps on real tokens (.gpu-data/wiki_5m.bin), loss of the last 20
 #   bash bench/gpu/perf.sh small      # CART d256: CUDA graphs over the compiled step; torch's fused AdamW vs 8-bit AdamW
@@ -122,7 +122,7 @@ for part in "$@"; do
     ddp)
       n=$(nvidia-smi -L | wc -l)
       for model in ${DDP_MODELS:-cart dense}; do
-        OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 280 bash bench/gpu/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
+        OUT="$(realpath "$OUT")" WORK=/tmp/ddp_$model timeout 360 bash bench/gpu/ddp_scaling.sh .gpu-data/llama2_tokenizer.model \
           "$n" 40 "$model" ${DDP_SETTINGS:-ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true \
           ddp_bucket_cap_mb=100,ddp_gradient_as_bucket_view=true,zero_optimizer=true} \
           2>&1 | tee "$OUT/ddp_$model.log"

@@ -25,10 +25,15 @@ from ..models import ModelConfig, build_model, config_from_dict
 CONFIG, WEIGHTS, STATE, SUMMARY = "config.json", "model.safetensors", "trainer_state.pt", "summary.json"
 
 
-def save_weights(model: nn.Module, path: str | Path) -> str:
-    """Write weights atomically; return their sha256."""
+def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -> str:
+    """Write weights atomically: a model's, or a whole state dict (an FSDP2 run's, gathered by
+    distributed.full_model_state; the models share no tensor between two names, so the file is the one
+    save_model writes); return their sha256."""
     with atomic_path(path) as tmp:
-        safetensors.torch.save_model(_unwrap(model), str(tmp))
+        if isinstance(model, dict):
+            safetensors.torch.save_file(model, str(tmp))
+        else:
+            safetensors.torch.save_model(_unwrap(model), str(tmp))
         digest = sha256_file(tmp)
     return digest
 
@@ -51,16 +56,36 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     check_weights(model, path)
 
 
-def check_weights(model: nn.Module, path: Path) -> None:
-    """The loaded weights are finite, and were floating point in the file: load_state_dict would
-    cast an integer tensor silently (the file's dtypes are read from its header alone)."""
+def read_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
+    """The whole weights of a checkpoint, checked as load_weights checks them (the model's names, floating
+    point, finite), for a model that loads them another way: an FSDP2 run, whose every rank reads the
+    file and keeps its shard (distributed.load_full_model_state)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"checkpoint {path} is corrupted or not a safetensors file: {e}") from e
+    expected = set(model.state_dict())
+    if set(tensors) != expected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(expected - set(tensors))[:5]}, "
+                         f"unexpected {sorted(set(tensors) - expected)[:5]} (was it trained with another config?)")
+    check_weights(model, path, tensors)
+    return tensors
+
+
+def check_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """The loaded weights (the model's, or `tensors` about to be loaded) are finite, and were floating
+    point in the file: load_state_dict would cast an integer tensor silently (the file's dtypes are
+    read from its header alone)."""
     with safetensors.safe_open(str(path), framework="pt") as f:
         for name in f.keys():
             dtype = f.get_slice(name).get_dtype()
             if not dtype.startswith(("F", "BF")):
                 raise ValueError(f"checkpoint {path}: tensor {name} is {dtype} in the file, not a floating-point "
                                  f"weight")
-    for name, tensor in _unwrap(model).state_dict().items():
+    for name, tensor in (_unwrap(model).state_dict() if tensors is None else tensors).items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
 

@@ -123,7 +123,7 @@ def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device,
     """Forward/backward over the micro-batches of one optimizer step (gradient accumulation) and
     clip. Returns (sum of micro-batch losses, pre-clip grad norm) as device tensors: no host sync,
     so the caller decides when to look. With DDP, gradients are all-reduced on the last
-    micro-batch only. `forward_kwargs` go to every forward (e.g. one sub-step's attention pattern).
+    micro-batch only; with FSDP2, reduce-scattered on the last one. `forward_kwargs` go to every forward (e.g. one sub-step's attention pattern).
     `graphed`: loss_fn replays CUDA graphs (a compile mode in CUDA_GRAPH_MODES). The first backward's
     gradients then become the parameters' .grad while still living in the graph's output memory,
     which the next micro-batch's replay overwrites (pytorch/pytorch#169545: an error, or silently
@@ -140,4 +140,4 @@ def train_step(loss_fn, batches, params, grad_clip: float, device: torch.device,
                 if p.grad is not None:
                     p.grad = p.grad.clone()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    return loss_sum, grad_norm
+    return loss_sum, distributed.full_tensor(grad_norm)  # FSDP2: the norm over every shard, replicated

@@ -38,7 +38,7 @@ from ..data.tokenizer import tokenizer_info
 
 # Settings that change how a run is executed or logged, not what it computes: editing them keeps a
 # finished run finished and lets an interrupted one resume (on another GPU count, too).
-RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every", "zero_optimizer")
+RESULT_NEUTRAL = ("nproc", "log_every", "checkpoint_every", "zero_optimizer", "data_parallel")
 # Inside a run folder: the completed runs a changed config replaced, one folder each (never deleted here).
 REPLACED = "replaced"
 # The first optimizer steps of a process, timed apart: compilation and CUDA-graph capture happen in
@@ -168,12 +168,21 @@ class Trainer:
         self._write_checkpoint(step)
         self.timing["checkpoint_s"] += time.perf_counter() - t0
 
+    def _gather_checkpoint(self) -> None:
+        """Under FSDP2, every rank sends rank 0 its shards of the model and optimizer state: the
+        checkpoint holds them whole, in the format an unsharded run writes."""
+        t0 = time.perf_counter()
+        self._full_state = (distributed.full_model_state(self.model),
+                            distributed.full_optimizer_state(self.model, self.opt))
+        self.timing["checkpoint_s"] += time.perf_counter() - t0
+
     def _write_checkpoint(self, step: int) -> None:
         name = f"weights-{step:07d}.safetensors"
-        digest = ckpt.save_weights(self.model, self.paths.run_dir / name)
+        weights, optimizer = self._full_state if self.sharded else (self.model, self.opt.state_dict())
+        digest = ckpt.save_weights(weights, self.paths.run_dir / name)
         ckpt.save_state({
             "step": step, "weights": name, "weights_sha256": digest,
-            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "optimizer": optimizer, "scheduler": self.sched.state_dict(),
             "reader": self.reader.state_dict(), "rng": torch.get_rng_state(),
             "train_time_s": self.train_time, "tokens": self.tokens, "grad_norm_ema": self.grad_ema,
             "interval_loss": list(self.interval_loss),
@@ -192,8 +201,12 @@ class Trainer:
         if not weights.is_file() or sha256_file(weights) != state["weights_sha256"]:
             raise ValueError(f"checkpoint weights {weights} are missing or do not match trainer_state.pt; "
                              f"delete {self.paths.run_dir} to restart the run")
-        ckpt.load_weights(self.model, weights)
-        self.opt.load_state_dict(state["optimizer"])
+        if self.sharded:  # every rank reads the whole state and keeps its shard
+            distributed.load_full_model_state(self.model, ckpt.read_weights(self.model, weights))
+            distributed.load_full_optimizer_state(self.model, self.opt, state["optimizer"])
+        else:
+            ckpt.load_weights(self.model, weights)
+            self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.reader.load_state_dict(state["reader"])
         torch.set_rng_state(state["rng"])
@@ -224,9 +237,10 @@ class Trainer:
                                      f"last good checkpoint kept")
             bpt = self.tok["bytes_per_token"][dom]
             out[dom] = {"loss": loss, "ppl": perplexity(loss), "bpb": bits_per_byte(loss, bpt)}
-            self.curves.log_eval(step, dom, out[dom])
+            if self.dist.is_main:
+                self.curves.log_eval(step, dom, out[dom])
         eval_peak = self._note_peak_memory("eval")
-        if eval_peak is not None:
+        if eval_peak is not None and self.dist.is_main:
             self.curves.log_train(step, {"eval_peak_mem_gib": eval_peak})
         self.timing["eval_s"] += time.perf_counter() - t0
         return out
@@ -263,6 +277,13 @@ class Trainer:
             ckpt.load_weights(self.model, self.parent_weights)
         if t.fp8:  # before the optimizer and compile: the float8 modules own the same parameters
             to_float8(self.model, self.device)
+        # FSDP2 shards the parameters in place, so before the optimizer, which must hold the shards
+        self.sharded = t.data_parallel == "fsdp2" and self.dist.enabled
+        if self.sharded:
+            distributed.shard(self.model, self.dist, self.device)
+            if self.dist.is_main:
+                print(f"{spec.run_id}: parameters, gradients and optimizer state sharded across {self.dist.world} "
+                      f"ranks (FSDP2)")
         self.opt = make_optimizer(self.model, t, spec.model.d_model, self.device, self.dist.world)
         if hasattr(self.opt, "consolidate_state_dict") and self.dist.is_main:
             print(f"{spec.run_id}: optimizer state sharded across {self.dist.world} ranks (ZeroRedundancyOptimizer)")
@@ -304,13 +325,17 @@ class Trainer:
         try:
             self._loop(start)
         except NonFiniteError as e:
+            rho = self._rho()  # on every rank: under FSDP2 reading the gate gathers it
             if self.dist.is_main:
-                self._finish("failed", str(e), None, None)
+                self._finish("failed", str(e), None, None, rho, None)
             raise
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        summary = self._finish("complete", None, self.last_eval, self.last_loss) if self.dist.is_main else {}
+        rho = self._rho()
+        weights = distributed.full_model_state(self.model) if self.sharded else self.model
+        summary = (self._finish("complete", None, self.last_eval, self.last_loss, rho, weights)
+                   if self.dist.is_main else {})
         self.dist.barrier()
         distributed.teardown(self.dist)
         return summary
@@ -381,20 +406,22 @@ class Trainer:
                 logged_once = True
                 row = {"tokens": self.tokens, "loss": last_loss, "lr": self.sched.get_last_lr()[0],
                        "grad_norm": gn, "spectral_radius": self._rho(), "tokens_per_s": tok_s,
-                       "mfu": self._mfu(tok_s)}
+                       "mfu": self._mfu(tok_s)} | self._diagnostics()  # every rank: FSDP2 gathers the gate
                 if len(self.substeps) > 1:
                     means = self.dist.mean(substep_acc / self.interval_loss[1]).tolist()
                     row |= {f"loss_{name}": v for name, v in zip(spec.model.train_substep_names(), means)}
                     substep_acc.zero_()
                 if self.dist.is_main:
-                    self.curves.log_train(done, row | self._diagnostics())
+                    self.curves.log_train(done, row)
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tok_s:,.0f}")
                 loss_acc.zero_()
                 self.interval_loss, interval_tokens = [0.0, 0], 0
-            if eval_now and self.dist.is_main:
+            if eval_now and (self.dist.is_main or self.sharded):  # FSDP2's forward needs every rank
                 self.last_eval = self._evaluate(done)
             if ckpt_now and hasattr(self.opt, "consolidate_state_dict"):  # sharded: every rank sends rank 0 its part
                 self.opt.consolidate_state_dict(to=0)
+            if ckpt_now and self.sharded:
+                self._gather_checkpoint()
             if ckpt_now and self.dist.is_main:
                 # the logging interval's running loss travels with the checkpoint, so a resumed run
                 # logs the same mean loss for the interval it resumes in (under DDP, rank 0's share
@@ -436,11 +463,19 @@ class Trainer:
         return gn
 
     def _diagnostics(self) -> dict:
-        """What a model reports about itself beyond rho (e.g. CART's gate and HyperConnection weights)."""
-        return self.model.diagnostics() if hasattr(self.model, "diagnostics") else {}
+        """What a model reports about itself beyond rho (e.g. CART's gate and HyperConnection weights).
+        Under FSDP2 a collective: every rank calls it."""
+        if not hasattr(self.model, "diagnostics"):
+            return {}
+        with distributed.gathered(self.model):
+            return self.model.diagnostics()
 
     def _rho(self) -> float | None:
-        return self.model.spectral_radius() if hasattr(self.model, "spectral_radius") else None
+        """The model's spectral radius (None for families without one). Under FSDP2 a collective."""
+        if not hasattr(self.model, "spectral_radius"):
+            return None
+        with distributed.gathered(self.model):
+            return self.model.spectral_radius()
 
     def _mfu(self, tok_s: float | None) -> float | None:
         """Paper-MFU per GPU: tok_s counts every rank's tokens, self.peak is one GPU's."""
@@ -448,11 +483,14 @@ class Trainer:
             return None
         return mfu(self.spec.model, tok_s / self.dist.world, self.peak)
 
-    def _finish(self, status: str, failure: str | None, final_eval: dict | None, last_loss: float | None) -> dict:
+    def _finish(self, status: str, failure: str | None, final_eval: dict | None, last_loss: float | None,
+                rho: float | None, weights) -> dict:
+        """The summary and, for a complete run, its final `weights` (the model, or its gathered state
+        dict under FSDP2); `rho` read by every rank beforehand."""
         spec, paths = self.spec, self.paths
         self._note_peak_memory("train")
         if status == "complete":
-            ckpt.save_weights(self.model, paths.run_dir / ckpt.WEIGHTS)
+            ckpt.save_weights(weights, paths.run_dir / ckpt.WEIGHTS)
         # steady-state throughput: the median logged interval after warm-up, else the overall mean
         rates = sorted(self.steady_rates)
         tok_s = rates[len(rates) // 2] if rates else (self.tokens / self.train_time if self.train_time > 0 else None)
@@ -463,7 +501,7 @@ class Trainer:
             "peak_flops": self.peak, "device": _device_name(self.device), "torch": torch.__version__,
             "git_commit": git_commit(), "params": self.counts,
             "flops_per_seq": forward_flops(spec.model, spec.run.seq_len),
-            "spectral_radius": self._rho(), "final_train_loss": last_loss, "final_eval": final_eval,
+            "spectral_radius": rho, "final_train_loss": last_loss, "final_eval": final_eval,
             "peak_mem_gib": self.peak_mem["train"], "eval_peak_mem_gib": self.peak_mem["eval"],
             "timing": {k: round(v, 3) for k, v in self.timing.items()} | {"warmup_steps": WARMUP_STEPS},
         }
