@@ -1,4 +1,4 @@
-"""gpu/FINDINGS.md (bench/gpu/findings.py): the committed file is what the committed store renders to, so
+"""gpu/FINDINGS.md (bench/gpu/findings/): the committed file is what the committed store renders to, so
 none of its numbers can go stale; its claims follow the numbers, and a difference within the run-to-run
 spread (seeds, and runs trained twice: runs/*/*/earlier/) is not called a finding."""
 import copy
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from bench.gpu import findings as gpu_findings
+from bench.gpu.findings import common, training
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ROOT / "gpu"
-RANK = gpu_findings.RANK
+RANK = common.RANK
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,13 @@ def test_the_width_claim_is_counted_from_the_runs(profile):
     con.close()
     worse = sum(v > max(ppl[256]) for v in ppl[512])
     assert worse < len(ppl[512])  # the store: not every d=512 run is worse than d=256
-    claim = gpu_findings.row_d512(profile)[1]
+    claim = training.row_d512(profile)[1]
     assert f"{worse} of {len(ppl[512])} d=512 runs worse than every d=256 run" in claim
     assert "every d=512 run worse" not in claim
 
     def d512_all_worse(runs):
         runs.loc[(runs["group"] == "stage2") & (runs["d_model"] == 512), RANK] += 1_000.0
-    assert "every d=512 run worse than every d=256 run" in gpu_findings.row_d512(_with_runs(profile, d512_all_worse))[1]
+    assert "every d=512 run worse than every d=256 run" in training.row_d512(_with_runs(profile, d512_all_worse))[1]
 
 
 def test_the_spread_includes_runs_trained_twice(profile, seeds_only):
@@ -83,15 +84,15 @@ def _gap(a, b):
 
 
 def test_a_difference_within_the_spread_is_not_a_finding(profile, seeds_only):
-    base, d, _ = gpu_findings._base(profile)
-    rows = profile.ablation.set_index("run_id").loc[[f"ablation/{n}" for n in gpu_findings.ABLATIONS]]
+    base, d, _ = training._base(profile)
+    rows = profile.ablation.set_index("run_id").loc[[f"ablation/{n}" for n in common.ABLATIONS]]
     gaps = {r["variant"]: _gap(r[RANK], base) for _, r in rows.sort_values("delta_ppl_wikipedia_pct",
                                                                           ascending=False).iterrows()}
     within = [name for name, gap in gaps.items() if gap <= profile.noise(d)]
     beyond = [name for name, gap in gaps.items() if gap > profile.noise(d)]
     assert within and beyond  # the store has both kinds
-    verdict = gpu_findings.row_ablations(profile)[3]
-    assert f": {gpu_findings._join(beyond)}; within it, not established: {gpu_findings._join(within)} " in verdict
+    verdict = training.row_ablations(profile)[3]
+    assert f": {common._join(beyond)}; within it, not established: {common._join(within)} " in verdict
 
     # Stage 1: the best R at each P against its runner-up, under the spread with and without the re-trainings
     con = sqlite3.connect(GPU / "results.db")
@@ -103,7 +104,7 @@ def test_a_difference_within_the_spread_is_not_a_finding(profile, seeds_only):
         pairs.setdefault(P, []).append((R, ppl))
     named = {}
     for p in (profile, seeds_only):
-        verdict = gpu_findings.row_stage1(p)[3]
+        verdict = training.row_stage1(p)[3]
         named[id(p)] = set()
         for P, ((r1, a), (r2, b), *_) in pairs.items():
             said = f"P{P} R{r1} vs R{r2} " in verdict
@@ -134,12 +135,12 @@ def test_an_import_keeps_a_run_trained_again_as_an_earlier_training(tmp_path):
     _write(ws / "stage2" / "d256-R2-s42", _summary(190.0), first_config)
     _write(ws / "dense" / "L7-s42", _summary(200.0), {"model": {}})
     file_runs(ws, dest)
-    assert gpu_findings.earlier_trainings(tmp_path / "gpu") == {}
+    assert common.earlier_trainings(tmp_path / "gpu") == {}
     _write(ws / "stage2" / "d256-R2-s42", _summary(195.0), {"model": {"d_model": 256, "new": 1}, "code_sha256": "two"})
     file_runs(ws, dest)
     _write(ws / "stage2" / "d256-R2-s42", _summary(195.0, peak_mem_gib=7.5))  # the same training re-imported
     file_runs(ws, dest)
-    earlier = gpu_findings.earlier_trainings(tmp_path / "gpu")
+    earlier = common.earlier_trainings(tmp_path / "gpu")
     assert list(earlier) == ["stage2/d256-R2-s42"]
     (first,) = earlier["stage2/d256-R2-s42"]
     assert first["summary"]["final_eval"]["wikipedia"]["ppl"] == 190.0 and first["config"] == first_config
@@ -157,4 +158,4 @@ def test_import_records_come_from_calls_json_and_a_missing_one_is_named(tmp_path
     _write(tmp_path / "runs" / "g" / "n" / "earlier" / "1", _summary(1.0))
     (tmp_path / "runs" / "g" / "n" / "earlier" / "1" / "summary.json").unlink()
     with pytest.raises(ValueError, match="an earlier training without its summary.json"):
-        gpu_findings.earlier_trainings(tmp_path)
+        common.earlier_trainings(tmp_path)

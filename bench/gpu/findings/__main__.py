@@ -1,0 +1,6 @@
+"""`python -m bench.gpu.findings gpu [--check]`."""
+import sys
+
+from . import main
+
+sys.exit(main())
