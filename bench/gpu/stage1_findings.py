@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from cart import results
+from cart.io import atomic_write_text
 from cart.report.paper import PAPER
 
 WIDTHS = (256, 512, 768, 1024)
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
         same = path.is_file() and path.read_text() == text
         print(f"{path}: {'matches' if same else 'differs from'} the store")
         return 0 if same else 1
-    path.write_text(text)
+    atomic_write_text(path, text)
     print(f"wrote {path}")
     return 0
 
