@@ -375,6 +375,27 @@ def test_a_token_outside_the_vocabulary_is_one_value_error(arch, bad):
         model(idx, targets=torch.zeros_like(idx))
 
 
+def test_the_id_check_names_the_id_outside_the_vocabulary_whatever_the_others():
+    """The message names the offending id: the one above the vocabulary when the smallest id is 0
+    (inside it), and a lone token is checked as any other."""
+    model = family_models()["dense"]
+    with pytest.raises(ValueError, match=r"^idx: token id 61 is outside the vocabulary"):
+        model(torch.tensor([[0, 5, 61]]))
+    with pytest.raises(ValueError, match=r"^idx: token id 61 is outside the vocabulary"):
+        model(torch.tensor([[61]]))
+
+
+def test_the_id_check_reads_no_ids_from_an_empty_batch_nor_under_torch_compile(monkeypatch):
+    """No row: nothing to read back (min() of no ids would raise). While dynamo traces, reading the ids
+    back would break the graph, so only the shape is checked there."""
+    model = family_models()["dense"]
+    model.check_tokens(torch.zeros(0, 4, dtype=torch.long))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    model.check_tokens(torch.tensor([[3, 61]]))
+    with pytest.raises(ValueError, match=r"T >= 1"):
+        model.check_tokens(torch.zeros(1, 0, dtype=torch.long))
+
+
 @pytest.mark.parametrize("arch", ["cart", "dense", "lrt", "ratplus"])
 def test_an_empty_sequence_is_one_value_error(arch):
     model = family_models()[arch]

@@ -247,6 +247,15 @@ def test_decode_cache_bytes_are_the_spec_slots(text, dtype):
     assert cache.nbytes() == 2 * slots * heads * hd * torch.finfo(dtype).bits // 8
 
 
+def test_a_topk_pattern_stores_every_key_and_has_no_cache_regions():
+    from cart.models.patterns import cache_regions, stored_slots
+    p = parse_pattern("D4-K2")
+    assert stored_slots(p, 37) == 37
+    with pytest.raises(ValueError, match=r"^pattern: D4-K2 has a top-k term, which may pick any earlier block; "
+                                         r"it has no pattern cache$"):
+        cache_regions(p, 37)
+
+
 def test_decode_cache_refuses_a_topk_pattern():
     with pytest.raises(ValueError, match=r"^pattern: D4-K2 has a top-k term, which may pick any earlier block, so "
                                          r"its decode cache would keep every key; evaluate it with the full forward$"):
