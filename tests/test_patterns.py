@@ -315,6 +315,7 @@ def test_per_head_pattern_strings_round_trip_and_split_the_heads():
      r"^pattern: dense\+D4\+W2 gives 3 head groups, which do not split n_heads=4 evenly; give a number of groups "
      r"that divides 4$"),
     (lambda: parse_layer_pattern("dense+D4+W2").heads(4), r"^pattern: dense\+D4\+W2 gives 3 head groups"),
+    (lambda: parse_layer_pattern(4), r"^pattern: expected a pattern string \('dense' or .*, got 4$"),
     (lambda: layer_patterns("dense+", 2), r"^pattern: '': bad term ''"),
     (lambda: HeadPatterns((DENSE,)), r"^HeadPatterns\.groups: expected a tuple of 2 or more Patterns"),
     (lambda: HeadPatterns([DENSE, DENSE]), r"^HeadPatterns\.groups: expected a tuple of 2 or more Patterns"),
