@@ -542,3 +542,14 @@ def test_benchmark_params_are_validated(tmp_path):
         build(BenchmarkSettings, {**good, "tasks": ["hellaswag", "mmlu"]}, "benchmarks")
     with pytest.raises(ValueError, match="missing key"):
         build(BenchmarkSettings, {k: v for k, v in good.items() if k != "limit"}, "benchmarks")
+
+
+def test_every_task_file_is_package_data():
+    """A non-editable install carries the lm-eval task files: pyproject's package-data globs match
+    every YAML under cart/."""
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cart"]
+    packaged = {p for g in globs for p in (root / "cart").glob(g)}
+    assert packaged and packaged == set((root / "cart").rglob("*.yaml"))
