@@ -159,3 +159,17 @@ def test_summarizing_twice_keeps_the_carried_verdicts_of_a_module_with_timeouts(
                                                                  "unchecked": [a[1]]}))
     counts = mutation.summarize({})["modules"][A]
     assert (counts["killed"], counts["timeout"], counts["survived"], counts["not_checked"]) == (2, 1, 1, 1)
+
+
+def test_a_module_whose_code_changed_keeps_no_verdicts_of_its_changed_functions(project, tmp_path):
+    """g changed but mutmut generates as many mutants as before: the module's count alone would pass
+    its record as exact; the recorded function hashes tell that only f's verdicts still hold."""
+    old = mutation.function_hashes(A)
+    (tmp_path / A).write_text(SOURCE.replace("x * 2", "x * 3"))
+    f, g = ([f"cart.models.a.x_{fn}__mutmut_{i}" for i in (1, 2)] for fn in "fg")
+    commit(tmp_path, {A: module(killed=4), B: module()}, {})
+    summary = json.loads((tmp_path / "mutation.json").read_text())
+    (tmp_path / "mutation.json").write_text(json.dumps(summary | {"function_hashes": {A: old}}))
+    project(A, dict.fromkeys(f + g, NOT_CHECKED) | {g[0]: 0})
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["survived"], counts["not_checked"]) == (2, 1, 1)

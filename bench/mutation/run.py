@@ -116,12 +116,15 @@ def _final_record(previous: dict, path: str) -> dict | None:
 
 def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, str] | None:
     """mutant name -> status of a module's mutants as the committed summary records them (a listed
-    survivor's, timeout's or unchecked mutant's status, every other mutant killed), or None where that record cannot be exact for
-    the mutants not `rerun` here: the module not judged in full there (not_checked, timeouts or
-    'other' it does not name), or its mutants not the ones mutmut generates here (their number or
-    names differ: the code changed)."""
+    survivor's, timeout's or unchecked mutant's status, every other mutant killed), or None where
+    that record cannot be exact for the mutants not `rerun` here: the module not judged in full there (not_checked, timeouts or
+    'other' it does not name), or its mutants not the ones mutmut generates here (its code's function
+    hashes differ from the recorded ones, or their number or names differ: the code changed)."""
     module = _final_record(previous, path)
     if module is None:
+        return None
+    before = previous.get("function_hashes", {}).get(path)
+    if before is not None and before != function_hashes(path):  # the code changed, the count may not have
         return None
     listed = listed_statuses(previous, path)
     names = set(names)
