@@ -136,3 +136,40 @@ def test_a_changed_module_keeps_the_verdicts_of_its_unchanged_functions(project,
     (tmp_path / "mutation.json").write_text(json.dumps(summary | {"function_hashes": {}}))
     counts = mutation.summarize({})["modules"][A]
     assert (counts["killed"], counts["survived"], counts["sigkill"], counts["not_checked"]) == (1, 1, 1, 3)
+
+
+def test_summarizing_twice_keeps_the_carried_verdicts_of_a_module_with_timeouts(project, tmp_path):
+    """The summary names its timeouts and unchecked mutants, so it is an exact record for the next
+    summary of the same partial run: rewriting it from the same mutants/ changes nothing."""
+    a = names("a", 5)
+    commit(tmp_path, {A: module(killed=4, survived=1), B: module()}, {a[4]: "unexplained"}, {a[4]: "survived"})
+    # a[0] timed out here, a[1] not checked; a[2], a[3] (killed) and a[4] keep their committed verdicts
+    project(A, {a[0]: 36, a[1]: NOT_CHECKED, a[2]: NOT_CHECKED, a[3]: NOT_CHECKED, a[4]: NOT_CHECKED})
+    project(B, {})
+    first = mutation.summarize({})
+    counts = first["modules"][A]
+    assert (counts["killed"], counts["timeout"], counts["survived"], counts["not_checked"]) == (3, 1, 1, 0)
+    assert (first["timeouts"], first["unchecked"]) == ([a[0]], [])
+    (tmp_path / "mutation.json").write_text(json.dumps(first))
+    again = mutation.summarize({})
+    assert again["modules"][A] == counts and again["timeouts"] == [a[0]]
+    # a mutant not checked in that run stays unchecked in the next, the rest carried
+    project(A, {a[0]: NOT_CHECKED, a[1]: NOT_CHECKED, a[2]: 1, a[3]: NOT_CHECKED, a[4]: NOT_CHECKED})
+    (tmp_path / "mutation.json").write_text(json.dumps(first | {"modules": {A: module(killed=2, timeout=1, survived=1, not_checked=1), B: module()},
+                                                                 "unchecked": [a[1]]}))
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["timeout"], counts["survived"], counts["not_checked"]) == (2, 1, 1, 1)
+
+
+def test_a_module_whose_code_changed_keeps_no_verdicts_of_its_changed_functions(project, tmp_path):
+    """g changed but mutmut generates as many mutants as before: the module's count alone would pass
+    its record as exact; the recorded function hashes tell that only f's verdicts still hold."""
+    old = mutation.function_hashes(A)
+    (tmp_path / A).write_text(SOURCE.replace("x * 2", "x * 3"))
+    f, g = ([f"cart.models.a.x_{fn}__mutmut_{i}" for i in (1, 2)] for fn in "fg")
+    commit(tmp_path, {A: module(killed=4), B: module()}, {})
+    summary = json.loads((tmp_path / "mutation.json").read_text())
+    (tmp_path / "mutation.json").write_text(json.dumps(summary | {"function_hashes": {A: old}}))
+    project(A, dict.fromkeys(f + g, NOT_CHECKED) | {g[0]: 0})
+    counts = mutation.summarize({})["modules"][A]
+    assert (counts["killed"], counts["survived"], counts["not_checked"]) == (2, 1, 1)

@@ -223,6 +223,9 @@ def test_flex_kernel_takes_the_two_branch_form_for_static_patterns_only(monkeypa
     # the top-k term depends on the keys, which the block masks cannot express: masked SDPA, the same output
     assert torch.equal(pa.pattern_attention(q, k, v, topk, kernel="flex"), pa.pattern_attention(q, k, v, topk))
     assert calls == ["D4-W2-P1"]
+    # a per-head pattern passes the kernel on to each group of heads: its static group takes the two branches
+    pa.pattern_attention(q, k, v, parse_layer_pattern("dense+D4-W2-P1"), kernel="flex")
+    assert calls == ["D4-W2-P1", "D4-W2-P1"]
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

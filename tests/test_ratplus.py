@@ -325,6 +325,8 @@ def test_decode_cache_without_a_pattern_is_for_the_eval_pattern():
         for row, got in zip(rows, logits):
             torch.testing.assert_close(got, model.eval()(torch.tensor([row]))[0], atol=1e-5, rtol=1e-5)
     assert [kv.pattern for kv, _ in cache.layers] == [parse_pattern("W8-P2")] * 2
+    # decoding is evaluation: a model left in training mode still gets the eval_pattern's cache
+    assert [kv.pattern for kv, _ in model.train().new_cache(1, 8).layers] == [parse_pattern("W8-P2")] * 2
 
 
 @pytest.mark.parametrize("family", ["ratplus", "dense_control"])
@@ -417,9 +419,26 @@ def test_attention_flops_and_kv_cache_shrink_about_d_fold():
     assert kv_cache_bytes(cfg, "dense", T, 2) == 2 * 32 * T * 2 + 2 * 32 * 4
     with pytest.raises(ValueError, match="pattern: D64-K8"):
         attention_flops(cfg, "D64-K8", T)
+    # every layer's head split is checked before any layer is counted: the first layer's top-k error
+    # does not hide the second layer's uneven split (n_heads = 4)
+    with pytest.raises(ValueError, match=r"pattern: dense\+D4\+W8 gives 3 head groups"):
+        attention_flops(RATPlusConfig(**SMALL), "D64-K8,dense+D4+W8", T)
 
 
 # ---- training ----
+
+def test_substep_names_are_the_logged_loss_names():
+    """The trainer logs each sub-step's loss as loss_<name>: loss_sparse, loss_dense (the authors'
+    names) for joint training, loss_train for one update at train_pattern."""
+    assert RATPlusConfig(**SMALL, sparse_pattern="D8").train_substep_names() == ("sparse", "dense")
+    assert RATPlusConfig(**SMALL, joint_train=False, train_pattern="D4-W8").train_substep_names() == ("train",)
+
+
+def test_a_family_with_one_update_names_its_one_substep():
+    """ConfigBase's default: one plain update per batch, one sub-step name (its loss is logged as
+    loss_substep0 beside loss)."""
+    assert DenseConfig(**SMALL).train_substep_names() == ("substep0",)
+
 
 def test_joint_training_substeps_are_sparse_then_dense():
     cfg = RATPlusConfig(**SMALL, sparse_pattern="D8")

@@ -88,31 +88,43 @@ def function_of(name: str) -> str:
 
 
 def listed_statuses(previous: dict, path: str) -> dict[str, str]:
-    """mutant name -> status of each survivor the committed summary lists for a module (summaries
-    before survivor_status: a reason says sigkill; the rest survived)."""
+    """mutant name -> status of each mutant the committed summary names for a module: its survivors
+    (summaries before survivor_status: a reason says sigkill; the rest survived), its timeouts and
+    its mutants not checked (the lists `timeouts` and `unchecked`; every other mutant was killed)."""
     known = previous.get("survivor_status", {})
     prefix = module_of(path) + "."
-    return {n: known.get(n, "sigkill" if r.startswith("sigkill") else "survived")
-            for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
+    listed = {n: known.get(n, "sigkill" if r.startswith("sigkill") else "survived")
+              for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
+    for status, key in (("timeout", "timeouts"), ("not_checked", "unchecked")):
+        listed |= {n: status for n in previous.get(key, []) if n.startswith(prefix)}
+    return listed
 
 
 def _final_record(previous: dict, path: str) -> dict | None:
-    """A module's committed counts, or None where some of its verdicts were not final (mutants not
-    checked, timed out, or in a state this summary does not name)."""
+    """A module's committed counts, or None where the summary does not name every mutant that was not
+    killed: timeouts or mutants not checked it counts but does not list (summaries before `timeouts`
+    and `unchecked`), or mutants in a state it does not name."""
     module = previous["modules"].get(path)
-    if module is None or module["not_checked"] or module["timeout"] or module["other"]:
+    if module is None or module["other"]:
         return None
+    prefix = module_of(path) + "."
+    for status, key in (("timeout", "timeouts"), ("not_checked", "unchecked")):
+        if module[status] != sum(n.startswith(prefix) for n in previous.get(key, [])):
+            return None
     return module
 
 
 def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, str] | None:
     """mutant name -> status of a module's mutants as the committed summary records them (a listed
-    survivor's status, every other mutant killed), or None where that record cannot be exact for
-    the mutants not `rerun` here: the module not judged in full there (not_checked, timeouts or
-    'other' it does not name), or its mutants not the ones mutmut generates here (their number or
-    names differ: the code changed)."""
+    survivor's, timeout's or unchecked mutant's status, every other mutant killed), or None where
+    that record cannot be exact for the mutants not `rerun` here: the module not judged in full there (not_checked, timeouts or
+    'other' it does not name), or its mutants not the ones mutmut generates here (its code's function
+    hashes differ from the recorded ones, or their number or names differ: the code changed)."""
     module = _final_record(previous, path)
     if module is None:
+        return None
+    before = previous.get("function_hashes", {}).get(path)
+    if before is not None and before != function_hashes(path):  # the code changed, the count may not have
         return None
     listed = listed_statuses(previous, path)
     names = set(names)
@@ -121,7 +133,8 @@ def committed_statuses(previous: dict, path: str, names, rerun=()) -> dict[str, 
     # summaries before survivor_status cannot tell survived from no_tests when the module counted
     # some of the latter (the split of those two is unknown: not exact)
     known = previous.get("survivor_status", {})
-    if module["no_tests"] and not all(n in known for n in set(listed) - set(rerun)):
+    unsure = {n for n, s in listed.items() if s in ("survived", "sigkill")} - set(rerun)
+    if module["no_tests"] and not all(n in known for n in unsure):
         return None
     return {n: listed.get(n, "killed") for n in names}
 
@@ -143,6 +156,7 @@ def summarize(runtimes: dict[str, float]) -> dict:
     previous = json.loads(SUMMARY.read_text()) if SUMMARY.is_file() else {"modules": {}}
     reasons = tomllib.loads(EQUIVALENTS.read_text()) if EQUIVALENTS.is_file() else {}
     modules, survivors, survivor_status, hashes = {}, {}, {}, {}
+    unfinished = {"timeout": [], "not_checked": []}  # named, so a later partial run can carry the rest
     for path in targets():
         results = module_results(path)
         if path in previous["modules"] and all(v == "not_checked" for v in results.values()):
@@ -153,6 +167,8 @@ def summarize(runtimes: dict[str, float]) -> dict:
             # their reasons refreshed from the equivalents listed since
             survivors |= {n: reasons.get(n, r) for n, r in previous.get("survivors", {}).items() if n.startswith(prefix)}
             survivor_status |= {n: s for n, s in previous.get("survivor_status", {}).items() if n.startswith(prefix)}
+            for status, key in (("timeout", "timeouts"), ("not_checked", "unchecked")):
+                unfinished[status] += [n for n in previous.get(key, []) if n.startswith(prefix)]
             if path in previous.get("function_hashes", {}):  # the code those verdicts were given for
                 hashes[path] = previous["function_hashes"][path]
             continue
@@ -177,6 +193,8 @@ def summarize(runtimes: dict[str, float]) -> dict:
                 survivors[name] = reasons.get(name, "unexplained" if status != "sigkill" else
                                               "sigkill: no verdict yet (re-run it by name)")
                 survivor_status[name] = status
+            elif status in unfinished:
+                unfinished[status].append(name)
     total = {k: sum(m[k] for m in modules.values()) for k in ("mutants", *COUNTED)}
     judged = total["mutants"] - total["not_checked"]
     total["killed_fraction"] = round((total["killed"] + total["timeout"]) / judged, 4) if judged else None
@@ -185,10 +203,11 @@ def summarize(runtimes: dict[str, float]) -> dict:
                     "test runs the mutated function; sigkill = the worker was killed before a verdict (not "
                     "counted as killed); survivors lists every survived, no-test and sigkill mutant with the "
                     "reason it is equivalent (bench/mutation/equivalents.toml) or 'unexplained', and "
-                    "survivor_status its status; a module re-run here in part keeps the committed verdicts of "
+                    "survivor_status its status; timeouts and unchecked name the mutants timed out and not checked; a module re-run here in part keeps the committed verdicts of "
                     "the mutants not re-run (of its unchanged functions, by function_hashes, where its code changed)",
             "total": total, "modules": modules, "survivors": dict(sorted(survivors.items())),
             "survivor_status": dict(sorted(survivor_status.items())),
+            "timeouts": sorted(unfinished["timeout"]), "unchecked": sorted(unfinished["not_checked"]),
             "function_hashes": hashes}
 
 
