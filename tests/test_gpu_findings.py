@@ -159,3 +159,23 @@ def test_import_records_come_from_calls_json_and_a_missing_one_is_named(tmp_path
     (tmp_path / "runs" / "g" / "n" / "earlier" / "1" / "summary.json").unlink()
     with pytest.raises(ValueError, match="an earlier training without its summary.json"):
         common.earlier_trainings(tmp_path)
+
+
+def test_an_import_of_new_runs_keeps_the_committed_ones(tmp_path):
+    """An archive that brings one new run adds it: the committed runs (config, summary, curves, logs,
+    the bins' meta) go into the workspace first, so filing it keeps them and the store is rebuilt
+    from all of them, even though the archives they came in are gone."""
+    from bench.gpu.import_runs import file_runs, seed_from_committed
+    dest, ws = tmp_path / "gpu", tmp_path / "ws"
+    _write(dest / "runs" / "dense" / "L7-s42", _summary(200.0), {"model": {}})
+    (dest / "plots" / "dense" / "L7-s42").mkdir(parents=True)
+    (dest / "plots" / "dense" / "L7-s42" / "metrics.json").write_text("{}")
+    (dest / "bins_meta.json").write_text('{"files": {}}')
+    seed_from_committed(dest, ws)
+    _write(ws / "runs" / "stage2" / "d256-R2-s42", _summary(190.0), {"model": {"d_model": 256}})  # the archive's
+    file_runs(ws / "runs", dest / "runs")
+    assert sorted(p.relative_to(dest / "runs").as_posix() for p in (dest / "runs").glob("*/*")) == \
+        ["dense/L7-s42", "stage2/d256-R2-s42"]
+    assert (ws / "plots" / "dense" / "L7-s42" / "metrics.json").is_file()
+    assert (ws / "data" / "bins" / "meta.json").read_text() == '{"files": {}}'
+    assert common.earlier_trainings(dest) == {}  # the committed training filed again is no second training

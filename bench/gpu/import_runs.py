@@ -4,7 +4,8 @@ outputs (apart from the default profile's DVC outputs):
     python -m bench.gpu.import_runs out/job1.tgz out/job2.tgz ...     # later archives win
     python -m bench.gpu.import_runs --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
 
-The archives are unpacked into one workspace, where the group summaries, the results store and the
+What the destination already holds is copied into one workspace and the archives are unpacked over
+it (so an import adds to the committed runs), where the group summaries, the results store and the
 report are rebuilt from every job's runs and evaluation rows (CPU work: the GPU jobs need not keep
 a machine warm for them), then filed:
 
@@ -39,7 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tuple[str, ...] = ("gpu",)) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
-        for a in archives:  # later archives overwrite earlier ones
+        seed_from_committed(dest, ws)
+        for a in archives:  # later archives overwrite earlier ones, and what dest held
             with tarfile.open(a) as t:
                 t.extractall(ws, filter="data")
         shutil.copy(REPO / "params.yaml", ws / "params.yaml")
@@ -84,6 +86,27 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tu
 
 
 EARLIER = "earlier"  # runs/<group>/<name>/earlier/<n>/: the earlier trainings of a run trained again
+
+
+def seed_from_committed(dest: Path, ws: Path) -> None:
+    """What dest already holds goes into the workspace before the archives: each run's config and
+    summary, curves, metrics, evaluation rows, logs, the bins' meta and the GPU benches. An import of
+    new archives then adds to the committed runs instead of replacing them, so the archives of
+    earlier calls need not be kept (the store and report are rebuilt from everything)."""
+    if not dest.is_dir():
+        return
+    for f in dest.glob("runs/*/*/*.json"):  # not runs/<group>/<name>/earlier/: file_runs keeps those
+        target = ws / "runs" / f.parent.parent.name / f.parent.name / f.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+    for name in ("plots", "metrics", "eval", "logs"):
+        if (dest / name).is_dir():
+            shutil.copytree(dest / name, ws / name, dirs_exist_ok=True)
+    if (dest / "bins_meta.json").is_file():
+        (ws / "data" / "bins").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(dest / "bins_meta.json", ws / "data" / "bins" / "meta.json")
+    if (dest / "bench").is_dir():
+        shutil.copytree(dest / "bench", ws / "gpu_bench", dirs_exist_ok=True)
 
 
 def file_runs(src: Path, dest: Path) -> None:
