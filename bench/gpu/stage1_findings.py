@@ -260,9 +260,11 @@ def render(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", type=Path, help="the campaign folder, e.g. gpu/stage1")
+def findings_cli(argv, render, description: str, root_help: str) -> int:
+    """A FINDINGS.md renderer's command line: write root/FINDINGS.md from render(root), or with --check
+    compare it with the committed file and exit 1 where it is stale."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("root", type=Path, help=root_help)
     ap.add_argument("--check", action="store_true", help="compare with the committed FINDINGS.md, write nothing")
     args = ap.parse_args(argv)
     text, path = render(args.root), args.root / "FINDINGS.md"
@@ -273,6 +275,10 @@ def main(argv=None) -> int:
     atomic_write_text(path, text)
     print(f"wrote {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    return findings_cli(argv, render, __doc__.splitlines()[0], "the campaign folder, e.g. gpu/stage1")
 
 
 if __name__ == "__main__":

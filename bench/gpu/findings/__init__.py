@@ -13,12 +13,11 @@ again the runs evaluation reads). tests/test_gpu_findings.py renders the file ag
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import yaml
 
-from cart.io import atomic_write_text
+from bench.gpu.stage1_findings import findings_cli
 from cart.report.paper import PAPER
 
 from .common import RANK, REPO, _f, _join, _table, config_changes, import_record, job_steps, packed_runs
@@ -178,15 +177,4 @@ def render(root: Path, earlier: dict[str, list[dict]] | None = None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root", type=Path, help="the profile's folder: gpu")
-    ap.add_argument("--check", action="store_true", help="compare with the committed FINDINGS.md, write nothing")
-    args = ap.parse_args(argv)
-    text, path = render(args.root), args.root / "FINDINGS.md"
-    if args.check:
-        same = path.is_file() and path.read_text() == text
-        print(f"{path}: {'matches' if same else 'differs from'} the store")
-        return 0 if same else 1
-    atomic_write_text(path, text)
-    print(f"wrote {path}")
-    return 0
+    return findings_cli(argv, render, __doc__.splitlines()[0], "the profile's folder: gpu")
