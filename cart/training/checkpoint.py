@@ -39,27 +39,19 @@ def save_weights(model: nn.Module | dict[str, torch.Tensor], path: str | Path) -
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    tensors = read_weights(model, path)
     try:
-        missing, unexpected = safetensors.torch.load_model(_unwrap(model), str(path), strict=False)
-    except (SafetensorError, OSError) as e:  # bad header, truncation, garbage
-        raise ValueError(f"checkpoint {path} is corrupted or not a safetensors file: {e}") from e
+        _unwrap(model).load_state_dict(tensors)
     except RuntimeError as e:  # load_state_dict's shape mismatches
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise ValueError(f"checkpoint {path} does not match the model (trained with another config?): "
                          f"{first}") from None
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]} (was it trained with another config?)")
-    check_weights(model, path)
 
 
 def read_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
-    """The whole weights of a checkpoint, checked as load_weights checks them (the model's names, floating
-    point, finite), for a model that loads them another way: an FSDP2 run, whose every rank reads the
-    file and keeps its shard (distributed.load_full_model_state)."""
+    """The whole weights of a checkpoint, checked (the model's names, floating point in the file, finite):
+    what load_weights loads, and what an FSDP2 run's every rank reads to keep its shard
+    (distributed.load_full_model_state)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {path}")
@@ -67,25 +59,24 @@ def read_weights(model: nn.Module, path: str | Path) -> dict[str, torch.Tensor]:
         tensors = safetensors.torch.load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"checkpoint {path} is corrupted or not a safetensors file: {e}") from e
-    expected = set(model.state_dict())
+    expected = set(_unwrap(model).state_dict())
     if set(tensors) != expected:
         raise ValueError(f"checkpoint {path} does not match the model: missing {sorted(expected - set(tensors))[:5]}, "
                          f"unexpected {sorted(set(tensors) - expected)[:5]} (was it trained with another config?)")
-    check_weights(model, path, tensors)
+    check_weights(path, tensors)
     return tensors
 
 
-def check_weights(model: nn.Module, path: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """The loaded weights (the model's, or `tensors` about to be loaded) are finite, and were floating
-    point in the file: load_state_dict would cast an integer tensor silently (the file's dtypes are
-    read from its header alone)."""
+def check_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """The weights about to be loaded are finite, and floating point in the file: load_state_dict would
+    cast an integer tensor silently (the file's dtypes are read from its header alone)."""
     with safetensors.safe_open(str(path), framework="pt") as f:
         for name in f.keys():
             dtype = f.get_slice(name).get_dtype()
             if not dtype.startswith(("F", "BF")):
                 raise ValueError(f"checkpoint {path}: tensor {name} is {dtype} in the file, not a floating-point "
                                  f"weight")
-    for name, tensor in (_unwrap(model).state_dict() if tensors is None else tensors).items():
+    for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"checkpoint {path}: tensor {name} holds NaN or infinite values")
 
