@@ -88,6 +88,13 @@ class TrainSettings:
     # training of the linear layers (a CUDA GPU with FP8; loss parity held at d1024 over 300 real-data
     # steps, but 1.02x there and 0.74x at d256)
     compile_mode: Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"] = "default"
+    # what one compiled graph covers in a looped model (CART): the whole unrolled model and loss, or
+    # the loop's iteration (one graph for every r and every R, so configs of one width that differ
+    # only in R, and in P for all but the prelude, reuse Inductor's cached graphs: less compile per
+    # config, a little more Python between graphs each step). auto: iteration when R is sampled per
+    # step (it must: Dynamo would compile a graph per R, eager past 8), else model. Models without a
+    # loop always compile whole
+    compile_scope: Literal["auto", "model", "iteration"] = "auto"
     fp8: bool = False
     # how windows are cut from the bins (cart/data/bins.py): the last target of a training window that ends
     # on a chunk boundary ignored (no target from another domain) or kept (the CART authors'), and
@@ -108,9 +115,17 @@ class TrainSettings:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}: out of range, got {getattr(self, name)}")
+        if self.compile_scope == "model" and self.loop_sampling.varies:
+            raise ValueError("compile_scope: model compiles a graph per R, and past 8 runs the rest eagerly; "
+                             "with a sampled R (loop_sampling) use auto or iteration")
         if self.zero_optimizer and self.data_parallel == "fsdp2":
             raise ValueError("zero_optimizer: ZeroRedundancyOptimizer shards a DDP run's optimizer state; "
                              "data_parallel: fsdp2 shards it already; set zero_optimizer: false or data_parallel: ddp")
+
+    @property
+    def compiles_by_iteration(self) -> bool:
+        """Whether a compiled looped model compiles its loop one iteration at a time."""
+        return self.compile_scope == "iteration" or (self.compile_scope == "auto" and self.loop_sampling.varies)
 
     def peak_lr(self, d_model: int) -> float:
         """(reconstructed) the paper's peak lr was lost; lr * 512/d is the spec's rule."""

@@ -2,7 +2,6 @@
 every family read back to the fields they were written from, names on disk and in the benchmarks'
 JSON read as before, and a bad name fails naming itself and the forms expected."""
 import glob
-import json
 import re
 from pathlib import Path
 

@@ -41,7 +41,7 @@ def test_the_job_log_is_read_into_runs_and_steps():
   pipeline.train stage1 d256-P2-R2 --no-progress               exit 0   101.0s
   pipeline.train stage1 d256-P2-R4 --no-progress               exit 1    12.5s
 train:stage1/d256-*: 2 command(s) in 150.2s
-stage1 job: parallel 2 mps 0 selection stage1/d512-P2-R2
+stage1 job: parallel 2 mps 0 selection stage1/d512-P2-R2 params params+stage1_by_iteration.yaml
   pipeline.train stage1 d512-P2-R2 --no-progress               exit 0    79.8s
 train:stage1/d512-P2-R2: 1 command(s) in 80.0s
 """
@@ -50,7 +50,8 @@ train:stage1/d512-P2-R2: 1 command(s) in 80.0s
                     "stage1/d256-P2-R4": {"process_s": 12.5, "exit": 1, "parallel": 4, "mps": 1},
                     "stage1/d512-P2-R2": {"process_s": 79.8, "exit": 0, "parallel": 2, "mps": 0}}
     assert steps == [{"selection": "stage1/d256-*", "commands": 2, "wall_s": 150.2, "parallel": 4, "mps": 1},
-                     {"selection": "stage1/d512-P2-R2", "commands": 1, "wall_s": 80.0, "parallel": 2, "mps": 0}]
+                     {"selection": "stage1/d512-P2-R2", "commands": 1, "wall_s": 80.0, "parallel": 2, "mps": 0,
+                      "params": "params+stage1_by_iteration.yaml"}]
 
 
 def test_a_width_is_measured_whole_or_projected_by_flops(paper):
@@ -64,6 +65,17 @@ def test_a_width_is_measured_whole_or_projected_by_flops(paper):
     flops = {i: forward_flops(resolve_run(paper, "stage1", i.split("/")[1], 32_000).model, 512) for i in ids}
     expected = 120.0 * sum(flops.values()) / (flops[ids[0]] + flops[ids[-1]]) / 60
     assert out["mode"] == "projected" and math.isclose(out["minutes"], expected, abs_tol=0.005)
+    # measured over several steps of this width alone, a config trained again counting at its last step
+    steps = [{"selection": f"{ids[0]},{ids[-1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1},
+             {"selection": "stage1/d512-P2-R2,stage1/d512-P6-R8", "commands": 2, "wall_s": 90.0, "parallel": 2, "mps": 1},
+             {"selection": "stage1/d512-P[34]-*,stage1/d512-P6-R[246],stage1/d512-P2-R[468]", "commands": 14,
+              "wall_s": 510.0, "parallel": 4, "mps": 1}]
+    out = sweep_stage1.width_projection(paper, whole, steps, 512)
+    assert (out["mode"], out["minutes"], out["parallel"]) == ("measured", 10.0, 4)
+    assert sweep_stage1.width_projection(paper, whole, steps[:2], 512)["mode"] == "projected"
+    # ... but not where a config's last training ran beside another width's
+    steps.append({"selection": f"{ids[0]},stage1/d256-P2-R2", "commands": 2, "wall_s": 60.0, "parallel": 2, "mps": 1})
+    assert sweep_stage1.width_projection(paper, whole, steps, 512)["mode"] == "projected"
     # a step that also trained runs of another width says nothing about this one's cost
     mixed = [dict(steps[0], selection=f"{ids[0]},{ids[-1]},stage1/d256-P2-R2", commands=3)]
     assert sweep_stage1.width_projection(paper, two, mixed, 512)["mode"] == "missing"

@@ -605,6 +605,36 @@ def test_compile_mode_reaches_torch_compile(tiny_project, monkeypatch, mode, pas
     assert graphed == {mode == "reduce-overhead"}
 
 
+@pytest.mark.parametrize("scope,sampled,by_iteration", [("auto", False, False), ("auto", True, True),
+                                                       ("model", False, False), ("iteration", False, True),
+                                                       ("iteration", True, True)])
+def test_compile_scope_decides_whether_the_loop_compiles_by_iteration(tiny_project, monkeypatch, scope, sampled,
+                                                                      by_iteration):
+    """train.compile_scope: a compiled CART run compiles its loop one iteration at a time under
+    `iteration`, and under `auto` exactly when R is sampled (a graph per R otherwise)."""
+    import cart.training.trainer
+    real = cart.training.trainer.make_loss_fn
+    monkeypatch.setattr(cart.training.trainer, "make_loss_fn", lambda model, compile, mode=None: real(model, False))
+    p = tiny_params()
+    p["train"].update(compile="on", compile_scope=scope)  # on: the spy above compiles nothing
+    if sampled:
+        p["train"]["loop_sampling"] = {"scheme": "uniform", "r_min": 1, "r_max": 3}
+    write_params(tiny_project, p)
+    spec = spec_for()
+    trainer = Trainer(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
+    trainer.run()
+    assert getattr(trainer.model.loop, "_torchdynamo_disable", False) == by_iteration
+
+
+def test_compile_scope_model_with_a_sampled_r_is_refused(tiny_project):
+    p = tiny_params()
+    p["train"].update(compile_scope="model", loop_sampling={"scheme": "uniform", "r_min": 1, "r_max": 3})
+    write_params(tiny_project, p)
+    with pytest.raises(ValueError, match=r"^train: compile_scope: model compiles a graph per R, .* with a sampled "
+                                         r"R \(loop_sampling\) use auto or iteration$"):
+        spec_for()
+
+
 def test_graphed_step_accumulates_into_its_own_gradients():
     """Under CUDA graphs the first micro-batch's backward leaves .grad in the graph's output memory,
     which the next replay overwrites (pytorch/pytorch#169545): train_step(graphed=True) copies those

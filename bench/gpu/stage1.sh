@@ -12,7 +12,9 @@
 #
 # `start` takes batches, run one after another: N:<runs>, N runs at once, <runs> comma-separated
 # selections as bench/gpu/job.py takes them (group, group/name, shell patterns of names); a batch is one
-# job step, so its wall time is what those runs cost together. STAGE1_MPS=0 runs them without MPS;
+# job step, so its wall time is what those runs cost together. STAGE1_PARAMS=params+<overlay>.yaml runs them
+# with a params file `pack` wrote with that overlay on top (STAGE1_PACK_OVERLAYS, default
+# stage1_by_iteration: configs/<overlay>.yaml). STAGE1_MPS=0 runs them without MPS;
 # STAGE1_OVERLAY=gpu_stage1_dry adds an overlay after the two profiles (a CPU dry run:
 # configs/gpu_stage1_dry.yaml). The workspace .gpu-ws-stage1/ stays on a warm machine between calls, so
 # a later `start` resumes its runs.
@@ -56,6 +58,10 @@ if have < need:
     raise SystemExit("fewer distinct tokens than Stage 1 reads: raise corpus.train_tokens or change the mixture")
 PY
   cp params.yaml "$REPO/.gpu-stage1/params.yaml"
+  for o in ${STAGE1_PACK_OVERLAYS-stage1_by_iteration}; do  # the campaign's params with a lever on top, to choose on the GPU
+    cp params.yaml params.base.yaml && python3 -m pipeline.profile "$o" > /dev/null && cp params.yaml "$REPO/.gpu-stage1/params+$o.yaml" \
+      && mv params.base.yaml params.yaml || exit 1
+  done
   tar cf - data/bins data/tokenizer data/corpus/manifest.json | xz -9e -T2 > "$REPO/$DATA.tmp" && mv "$REPO/$DATA.tmp" "$REPO/$DATA"
   ls -l "$REPO/$DATA" && du -sh "$REPO/.gpu-site"
   ;;
@@ -73,7 +79,11 @@ run)  # what `start` runs
   if [ ! -f data/bins/meta.json ]; then
     t0=$SECONDS; tar xJf "$REPO/$DATA" || exit 1; echo "data unpacked in $((SECONDS - t0)) s"
   fi
-  if [ -n "${STAGE1_OVERLAY:-}" ]; then params || exit 1; else cp "$REPO/.gpu-stage1/params.yaml" params.yaml; fi
+  if [ -n "${STAGE1_OVERLAY:-}" ]; then
+    params || exit 1; PARAMS_NAME="params+$(echo $STAGE1_OVERLAY | tr ' ' '+').yaml"
+  else
+    PARAMS_NAME=${STAGE1_PARAMS:-params.yaml}; cp "$REPO/.gpu-stage1/$PARAMS_NAME" params.yaml || exit 1
+  fi
   if [ "${STAGE1_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
@@ -85,7 +95,7 @@ run)  # what `start` runs
   status=0
   for batch in "$@"; do
     n=${batch%%:*} sel=${batch#*:}
-    echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel" | tee -a "$WS/logs/job.log"
+    echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel params $PARAMS_NAME" | tee -a "$WS/logs/job.log"
     python3 -m bench.gpu.job "train:$sel" --parallel "$n" 2>&1 | tee -a "$WS/logs/job.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   done

@@ -6,8 +6,9 @@ gpu/stage1/ by bench.gpu.import_runs): metrics/sweep_stage1.json.
 Per run, where its process's wall time went (its summary's `timing`, and the process time that
 bench/gpu/job.py logged): setting up, compiling (the first optimizer steps less that many steady
 steps: compilation and CUDA-graph capture happen there), the other steps, evaluation and checkpoints.
-Per width, the wall time of the job step that trained the whole width when one did ("measured"), else
-a projection from a job step that trained some of its configs (at least 2) and nothing else: that
+Per width, the summed wall time of the job steps that trained all its configs and nothing else
+("measured": a config trained twice counts at its last step), else a projection from a job step
+that trained some of its configs (at least 2) and nothing else: that
 step's wall time x the width's summed forward FLOPs per token over the step's (steps are compute-bound
 at these widths, so GPU time grows with FLOPs; compile and start-up are scaled with them, which
 overstates a width run with more configs at once, where they overlap other runs' steps). The 64-config
@@ -16,6 +17,7 @@ total adds the measured and projected widths.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import re
 import statistics
@@ -30,20 +32,21 @@ from cart.params import load_params
 TARGET_MINUTES = 60
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
 STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
-JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)")
+JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)(?: params (\S+))?")
 
 
 def parse_job_log(text: str) -> tuple[dict, list[dict]]:
-    """(run_id -> {process_s, exit, parallel}, [job steps: selection, commands, wall_s, parallel])."""
-    runs, steps, parallel, mps = {}, [], 1, 0
+    """(run_id -> {process_s, exit, parallel}, [job steps: selection, commands, wall_s, parallel, and the
+    params file when the job named one])."""
+    runs, steps, parallel, mps, params = {}, [], 1, 0, {}
     for line in text.splitlines():
         if m := JOB_LINE.match(line.strip()):
-            parallel, mps = int(m[1]), int(m[2])
+            parallel, mps, params = int(m[1]), int(m[2]), {"params": m[4]} if m[4] else {}
         elif m := RUN_LINE.search(line):
             runs[f"{m[1]}/{m[2]}"] = {"process_s": float(m[4]), "exit": int(m[3]), "parallel": parallel, "mps": mps}
         elif m := STEP_LINE.match(line.strip()):
             steps.append({"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3]), "parallel": parallel,
-                          "mps": mps})
+                          "mps": mps} | params)
     return runs, steps
 
 
@@ -62,28 +65,35 @@ def run_costs(root: Path, processes: dict) -> dict:
         row = {"steps": config["run"]["steps"], "tokens": summary["tokens"], "tokens_per_s": summary["tokens_per_s"],
                "setup_s": timing["setup_s"], "compile_s": round(timing["warmup_steps_s"] - timing["warmup_steps"] * steady, 3),
                "warmup_steps_s": timing["warmup_steps_s"], "steps_s": timing["steps_s"], "eval_s": timing["eval_s"],
-               "checkpoint_s": timing["checkpoint_s"], "device": summary.get("device"), "torch": summary.get("torch")}
+               "checkpoint_s": timing["checkpoint_s"], "device": summary.get("device"), "torch": summary.get("torch"),
+               # what one compiled graph covered (Stage 1's R is fixed: auto compiles the whole model)
+               "compile_scope": "iteration" if config["train"].get("compile_scope") == "iteration" else "model"}
         out[run_id] = row | processes.get(run_id, {})
     return out
 
 
 def step_runs(step: dict, ids: list[str]) -> list[str]:
-    """The run ids of `ids` that a job step's selection names (exactly, not by pattern)."""
-    named = set(step["selection"].split(","))
-    return [i for i in ids if i in named]
+    """The run ids of `ids` that a job step's selection names, as bench/gpu/job.py reads it: a group
+    (every run), group/name or group/<shell pattern>."""
+    patterns = [p if "/" in p else f"{p}/*" for p in step["selection"].split(",")]
+    return [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in patterns)]
 
 
 def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> dict:
-    """One width's minutes: the job step that trained its whole Stage 1 grid, else the projection
-    from a step that trained only some of its configs."""
+    """One width's minutes: measured where job steps that trained nothing but this width's configs
+    trained every one of them (the sum of those steps' wall times; a config trained twice counts
+    at its last step), else the projection from a step that trained only some of its configs."""
     names = [n for n in run_names(params, ["stage1"])["stage1"] if GROUPS["stage1"].parse(n)["d_model"] == d]
     ids = [f"stage1/{n}" for n in names]
     measured = [i for i in ids if i in costs and "process_s" in costs[i]]
-    whole = [s for s in steps if s["selection"] == f"stage1/d{d}-*" and s["commands"] == len(ids)]
-    if whole and len(measured) == len(ids):
-        step = whole[-1]
+    own = {k for k, s in enumerate(steps) if 0 < len(step_runs(s, ids)) == s["commands"]}
+    last = {i: k for k, s in enumerate(steps) for i in step_runs(s, ids)}  # the step each config last trained in
+    if len(last) == len(ids) and set(last.values()) <= own and len(measured) == len(ids):
+        used = [steps[k] for k in sorted(set(last.values()))]
         return {"mode": "measured", "configs": len(ids), "configs_measured": len(measured),
-                "minutes": round(step["wall_s"] / 60, 2), "parallel": step["parallel"], "mps": bool(step["mps"])}
+                "minutes": round(sum(s["wall_s"] for s in used) / 60, 2),
+                "parallel": max(s["parallel"] for s in used), "mps": all(s["mps"] for s in used),
+                "steps": [s["selection"] for s in used]}
     parts = [s for s in steps if len(step_runs(s, ids)) >= 2 and len(step_runs(s, ids)) == s["commands"]]
     if not parts:
         return {"mode": "missing", "configs": len(ids), "configs_measured": len(measured), "minutes": None}

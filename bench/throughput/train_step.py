@@ -105,7 +105,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
     model = build_model(cfg).to(device)
     if "fp8" in levers:
         to_float8(model, device)
-    if compile and by_iteration:
+    if compile and by_iteration and hasattr(model, "compile_by_iteration"):  # a model without a loop compiles whole
         model.compile_by_iteration()
     # each step's R and forward kwargs, as the training loop makes them (Trainer._loop_kwargs)
     looped = isinstance(cfg, CARTConfig)
@@ -167,7 +167,7 @@ def bench_one(cfg, train: TrainSettings, micro_batch: int, grad_accum: int, seq_
         "warmup_s": compile_s, "loss": (loss_sum / grad_accum).item(),
         "loss_last20": (torch.stack(losses[-20:]).mean() / grad_accum).item(),
         "data": "random" if real is None else "real",
-        "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration,
+        "loop_sampling": _sampling_label(loop_sampling), "compile_by_iteration": compile and by_iteration and looped,
         "mean_r": sum(rs[warmup:]) / steps if looped else None, "train_tflops": flops_per_token * tok_s / 1e12,
         "graphs": counters["stats"]["unique_graphs"],
         "graphs_in_timing": counters["stats"]["unique_graphs"] - graphs_before_timing,
@@ -389,8 +389,10 @@ def main(argv=None) -> None:
     ap.add_argument("--vocab", type=int, default=32_000)
     ap.add_argument("--compile", choices=["on", "off"], default="on")
     ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
-    ap.add_argument("--compile-scope", choices=["model", "blocks"], default="model",
-                    help="model: one graph for model + loss (what training uses); blocks: each layer compiled alone")
+    ap.add_argument("--compile-scope", choices=["model", "iteration", "blocks"], default="model",
+                    help="model: one graph for model + loss (train.compile_scope: model); iteration: CART's loop "
+                         "compiled one iteration at a time (train.compile_scope: iteration); blocks: each layer "
+                         "compiled alone")
     ap.add_argument("--profile", action="store_true", help="print the top GPU kernels of the first config")
     ap.add_argument("--sdpa", choices=["auto", "flash", "cudnn", "efficient"], default="auto",
                     help="force one scaled_dot_product_attention backend")
@@ -485,7 +487,9 @@ def main(argv=None) -> None:
             with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
                 row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
                                 args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0,
-                                args.compile_scope, lever=lever, real=real, barrier=barrier)
+                                "blocks" if args.compile_scope == "blocks" else "model",
+                                by_iteration=args.compile_scope == "iteration", lever=lever, real=real,
+                                barrier=barrier)
         except torch.OutOfMemoryError:
             row = {"model": _label(cfg), "lever": lever, "oom": True,
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..experiments import grid_keys, run_names
-from ..io import read_json
 from ..params import build, section
 
 TOKENIZER = Path("data/tokenizer")

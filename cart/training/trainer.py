@@ -313,8 +313,8 @@ class Trainer:
             self.curves = CurveWriter(paths.plots_dir, start if state == "resume" else None)
 
         use_compile = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
-        if use_compile and t.loop_sampling.varies:  # one compiled iteration for every R, not one graph per R
-            self.model.compile_by_iteration()
+        if use_compile and t.compiles_by_iteration and hasattr(self.model, "compile_by_iteration"):
+            self.model.compile_by_iteration()  # one compiled iteration for every R, not one graph per R
         self.ddp = distributed.wrap(self.model, self.dist, self.device, t.ddp_bucket_cap_mb,
                                     t.ddp_gradient_as_bucket_view)
         self.loss_fn = make_loss_fn(self.ddp, use_compile, None if t.compile_mode == "default" else t.compile_mode)
