@@ -94,3 +94,20 @@ def test_committed_findings_are_what_the_store_renders():
     text = (CAMPAIGN / "FINDINGS.md").read_text()
     for paper_ppl in ("184.9", "136.4", "115.0", "97.7"):  # the paper's best per width, beside ours
         assert paper_ppl in text
+
+
+def test_without_a_measured_spread_no_difference_is_called_within_or_beyond_it(tmp_path):
+    """A campaign whose repeated runs are missing has no spread: every comparison says the spread is
+    not measured, none is judged against it."""
+    import shutil
+    import sqlite3
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root)
+    con = sqlite3.connect(root / "results.db")
+    with con:
+        con.execute("DELETE FROM runs WHERE \"group\" = 'stage1_variants'")
+    con.close()
+    text = stage1_findings.render(root)
+    assert "Run-to-run spread (the same config trained again): **—%**" in text
+    assert "the run-to-run spread is not measured yet" in text
+    assert "(spread not measured)" in text and "within the spread" not in text and "beyond the spread" not in text

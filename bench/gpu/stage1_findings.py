@@ -40,6 +40,14 @@ def _signed(v) -> str:
     return "—" if math.isnan(v) else f"{v:+.2f}%"
 
 
+def _against_spread(gap: float, noise: float) -> str:
+    """Whether a relative difference (percent) exceeds the run-to-run spread: within, beyond, or
+    neither said where either is unknown."""
+    if math.isnan(noise) or math.isnan(gap):
+        return "unknown"
+    return "within" if abs(gap) <= noise else "beyond"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -86,6 +94,19 @@ class Campaign:
         return out
 
 
+def run_settings(c: Campaign) -> str:
+    """The precision the Stage 1 runs trained in and whether CUDA graphs replayed their steps, read
+    from each run's config and device (distinct settings joined)."""
+    labels = []
+    for run_id, device in zip(c.done["run_id"], c.done["device"]):
+        t = json.loads((c.root / "runs" / run_id / "config.json").read_text())["train"]
+        cuda = not str(device).startswith("cpu")
+        dtype = {"bfloat16": "bf16", "float32": "fp32"}.get(t["dtype"], "bf16" if cuda else "fp32")
+        graphs = cuda and t["compile"] != "off" and t.get("compile_mode") == "reduce-overhead"
+        labels.append(dtype + (", CUDA graphs" if graphs else ""))
+    return "; ".join(dict.fromkeys(labels))
+
+
 def best_of(df: pd.DataFrame) -> pd.Series | None:
     return df.sort_values([RANK, "run_id"]).iloc[0] if len(df) else None
 
@@ -106,7 +127,7 @@ def render(root: Path) -> str:
         "",
         f"Setup: the authors' model and recipe (`variant: paper_code`, 8-bit AdamW, lr 3e-4, 100 warm-up steps, "
         f"cosine to 3e-5, decay 0.1 on every parameter), 3,000 steps of 32 x 512 tokens (49.2M tokens, each "
-        f"seen once), seed 42, on {', '.join(devices) or 'the GPU'} (bf16, CUDA graphs).",
+        f"seen once), seed 42, on {', '.join(devices) or 'the GPU'} ({run_settings(c)}).",
     ]
     if meta:
         tok = meta["tokens"]
@@ -135,11 +156,11 @@ def render(root: Path) -> str:
     decreasing = all(a[1] > b[1] for a, b in zip(order, order[1:]))
     partial = [d for d in WIDTHS if 0 < len(c.width(d)) < 16]
     lines += ["", f"- Wider is better at every step, as in the paper: **{'yes' if decreasing else 'no'}** "
-              f"({' > '.join(_f(v) for _, v in order)})."]
-    if partial:
-        lines += [f"- At d = {', '.join(map(str, partial))} only {', '.join(str(len(c.width(d))) for d in partial)} of "
-                  "16 configs have run (P2 R2 and P6 R8, for the speed projection): their \"best\" is the better of "
-                  "those, not the grid's."]
+              f"({', '.join(f'd{d} {_f(v)}' for d, v in order)})."]
+    for d in partial:
+        ran = sorted(zip(c.width(d)["n_prelude"].astype(int), c.width(d)["n_loops"].astype(int)))
+        lines += [f"- At d = {d} only {len(ran)} of 16 configs have run ({', '.join(f'P{p} R{r}' for p, r in ran)}): "
+                  "its \"best\" is the best of those, not the grid's."]
 
     # ---- P = 6 best? ----
     lines += ["", "## P = 6 best at every width (the paper's claim)", ""]
@@ -155,7 +176,8 @@ def render(root: Path) -> str:
         lines += [f"- d{d}: best P = {best_p} ({verdict}); best per P: "
                   + ", ".join(f"P{int(p)} {_f(v)}" for p, v in by_p.items())
                   + f". The best other P is {_signed(gap)} from P = 6's best: "
-                  + ("**within** the run-to-run spread, so not a finding." if abs(gap) <= noise else "beyond the spread.")]
+                  + {"within": "**within** the run-to-run spread, so not a finding.", "beyond": "beyond the spread.",
+                     "unknown": "the run-to-run spread is not measured yet."}[_against_spread(gap, noise)]]
 
     # ---- R benefit at P = 6 ----
     lines += ["", "## R benefit at P = 6 (the paper's Table 6)", ""]
@@ -176,8 +198,8 @@ def render(root: Path) -> str:
     measured = [(d, g) for d, g in gains if not math.isnan(g)]
     if measured:
         lines += ["- Ours: " + ", ".join(f"d{d} {_signed(g)}" for d, g in measured)
-                  + (". At d256 the difference is within the run-to-run spread." if abs(dict(measured).get(256, 0))
-                     <= noise else ".")]
+                  + (". At d256 the difference is within the run-to-run spread."
+                     if _against_spread(dict(measured).get(256, math.nan), noise) == "within" else ".")]
 
     # ---- spectral radius ----
     rho = c.done["spectral_radius"].dropna()
@@ -210,7 +232,8 @@ def render(root: Path) -> str:
             gap = _pct(float(b[RANK]), dv)
             rows.append([str(d), f"{dn['stored_params'].iloc[0] / 1e6:.2f}M", _f(dv),
                          f"P6 R{int(b['n_loops'])}, {b['stored_params'] / 1e6:.2f}M", _f(b[RANK]),
-                         _signed(gap) + (" (beyond the spread)" if abs(gap) > noise else " (within the spread)")])
+                         _signed(gap) + {"within": " (within the spread)", "beyond": " (beyond the spread)",
+                                         "unknown": " (spread not measured)"}[_against_spread(gap, noise)]])
     lines += (_table(["d", "Dense 7L stored", "Dense PPL", "CART P6 best (stored)", "CART PPL", "CART vs Dense"], rows)
               if rows else ["No width has both yet."])
 
