@@ -18,7 +18,7 @@
 # unpacked would not fit a call), copies the data files the params name into .gpu-sweep/data, and
 # writes the params (the gpu profile, validated here: validation imports lm-eval, which the set lacks).
 # SWEEP_OVERLAY=gpu_dry adds the CPU dry-run overlay to them; CARRY_PY=3.11 builds the packages for this
-# machine's Python (a CPU dry run here). The GPU machine carries .gpu-sweep alone (about 51 MB).
+# machine's Python (a CPU dry run here). The GPU machine carries .gpu-sweep alone (51 MiB; 62 MiB with the checkout).
 # `run` writes $OUT/sweep_compare.json (bench/gpu/sweep_compare.py says what it holds), the logs of
 # both ways and each run's log; it exits 0 when both trained every run and `dvc status` is clean.
 set -uo pipefail
