@@ -22,10 +22,9 @@
 # each family's lr from job 1's results (configs/gpu_chosen.yaml, committed back into configs/gpu.yaml).
 # Beside the checkout it needs:
 #   .gpu-data/  the shared data folder's files configs/gpu.yaml names (a real copy, not a link)
-#   .gpu-site/  bitsandbytes for the machine's CUDA: bash ../shared/tools/gpu_site.sh .gpu-site
-#   .gpu-whl/   wheels of what the GPU image lacks: dvclive and the dvc pieces it imports, datasets,
-#               lm-eval (its built-in task folders dropped: the project's own tasks are used), submitit
-#               (bench/gpu/job.py's engine; its cloudpickle is in the image) and deps
+#   .gpu-site/  the Python packages the GPU image lacks, for training and evaluation: `bash
+#               bench/gpu/carry.sh eval` (bitsandbytes for the machine's CUDA, dvclive and the dvc pieces
+#               it imports, submitit, datasets, lm-eval without its own task folders, their dependencies)
 # and it writes $OUT/<job>.tgz (every run's config, summary and curves, metrics, eval rows, the store,
 # the report; no weights) and $OUT/<job>.log; `python -m bench.gpu.import_runs` files them under gpu/.
 # With DVC and network, `python -m pipeline.profile gpu && dvc repro` does the same work, with DVC's records.
@@ -61,11 +60,7 @@ if [ "$JOB" = collect ]; then
   exit 0
 fi
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-SITE=/tmp/cart-gpu-site
-if [ ! -d "$SITE" ]; then
-  for w in .gpu-whl/*.whl; do python3 -m zipfile -e "$w" "$SITE" || exit 1; done
-fi
-export PYTHONPATH="$REPO:$REPO/.gpu-site:$SITE"
+export PYTHONPATH="$REPO:$REPO/.gpu-site"
 python3 -c "import bitsandbytes, datasets, dvclive, lm_eval, submitit, torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
   || exit 1
 
