@@ -9,6 +9,8 @@
 #                                   # submitit (bench/gpu/job.py's job engine; cloudpickle is in the image)
 #   bash bench/gpu/carry.sh eval    # and evaluation: datasets, lm-eval (its own task folders dropped:
 #                                   # the project's tasks are used), their dependencies
+#   bash bench/gpu/carry.sh bench   # training and the speed levers bench.throughput.train_step measures
+#                                   # (pyproject.toml's `bench` extra: torchao, liger-kernel, cut-cross-entropy)
 #   bash bench/gpu/carry.sh sweep   # training, the data stages (datasets) and the whole of DVC (dvc init,
 #                                   # repro, status, commit, `python -m pipeline.sweep`): bench/gpu/sweep_compare.sh
 #
@@ -19,13 +21,14 @@
 # part is every package that `pip install --dry-run --report` of dvc==3.67.1 resolves in an empty
 # Python 3.12 environment, less those the image holds.
 set -euo pipefail
-SET=${1:?usage: bash bench/gpu/carry.sh train|eval|sweep [dest=.gpu-site]}
+SET=${1:?usage: bash bench/gpu/carry.sh train|eval|bench|sweep [dest=.gpu-site]}
 DEST=${2:-.gpu-site}
 PY=${CARRY_PY:-3.12}
 TRAIN=(bitsandbytes==0.50.2 dvclive==3.49.1 dvc==3.67.1 dvc-render==1.0.2 dvc-studio-client==0.23.0 funcy==2.1
        ruamel.yaml==0.19.1 flatten-dict==0.5.0 voluptuous==0.16.0 submitit==1.5.4)
 DATA=(datasets==5.2.0 multiprocess==0.70.19 dill==0.4.1)  # the corpus stage reads local files through datasets
 EVAL=("${DATA[@]}" lm-eval==0.4.13)
+BENCH=(torchao==0.17.0 liger-kernel==0.8.5 cut-cross-entropy==25.1.1)  # pyproject.toml's `bench` extra
 # the rest of dvc's dependencies: its data, task queue (celery), SCM (pygit2, dulwich, GitPython, asyncssh),
 # artifact registry (gto, pydantic) and hydra pieces; binary ones for the chosen Python
 DVC=(aiohttp-retry==2.9.1 amqp==5.4.2 annotated-types==0.8.0 appdirs==1.4.4 asyncssh==2.24.1 atpublic==9.0.0
@@ -42,8 +45,9 @@ SDIST=()  # pure-Python packages published without a wheel: built into one here
 case "$SET" in
   train) WANT=("${TRAIN[@]}") ;;
   eval) WANT=("${TRAIN[@]}" "${EVAL[@]}") ;;
+  bench) WANT=("${TRAIN[@]}" "${BENCH[@]}") ;;
   sweep) WANT=("${TRAIN[@]}" "${DATA[@]}" "${DVC[@]}"); SDIST=(antlr4-python3-runtime==4.9.3) ;;  # hydra-core's parser
-  *) echo "unknown set $SET: train | eval | sweep" >&2; exit 2 ;;
+  *) echo "unknown set $SET: train | eval | bench | sweep" >&2; exit 2 ;;
 esac
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The GPU benchmarks of issues 20-22 as self-contained device calls (never tests): each part writes
+# The GPU benchmarks as self-contained device calls (never tests): each part writes
 # its JSON/TSV and log under $OUT (default ./out). Carry .gpu-site (bitsandbytes, liger-kernel,
 # torchao, cut-cross-entropy: see docs/gpu.md) and .gpu-data (the Llama-2 tokenizer.model and wiki_5m.bin,
 # the first 5M Llama-2 tokens of ../shared/data/wikipedia's articles, each ended by EOS, as uint16).
-# .gpu-site: bash ../shared/tools/gpu_site.sh .gpu-site, then the wheels of pyproject.toml's `bench` extra
-# (pip download --no-deps) unzipped into it (~28 MB; with .gpu-data's 11 MB under the 64 MiB a call carries).
+# .gpu-site: bash bench/gpu/carry.sh bench (bitsandbytes and pyproject.toml's `bench` extra; with .gpu-data's
+# 11 MB under the 64 MiB a call carries).
 # .gpu-data: SHARED=../shared bash bench/gpu/perf.sh data, here (not on the GPU machine: ../shared stays here).
 #   bash bench/gpu/perf.sh decode     # bench.throughput.decode: cached vs uncached greedy decoding
 #   bash bench/gpu/perf.sh decode_batch   # the same at batch 1 in another order, and at batch 32

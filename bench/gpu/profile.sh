@@ -100,7 +100,7 @@ status=0
 timeout "${JOB_LIMIT:-510}" python3 -m bench.gpu.job "${STEPS[@]}" --parallel "$PAR" 2>&1 | tee "$OUT/$JOB.log" \
   || status=$?
 if [ "$JOB" = job5 ] && [ $status = 0 ] && python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"
-then  # GPU benches on the then idle GPU (issues 20 and 21)
+then  # GPU benches on the then idle GPU: cached decoding and sampled-R training
   mkdir -p gpu_bench
   timeout 90 python3 -m bench.throughput.decode --out gpu_bench/decode.json 2>&1 | tee -a "$OUT/$JOB.log"
   timeout 240 python3 -m bench.throughput.train_step --configs cart-d1024-R6 --loop-sampling uniform poisson_lognormal \

@@ -1,14 +1,14 @@
 """Cross-entropy over the 32K vocabulary, forward + backward, formulation by formulation (a GPU
-diagnostic for issue 22, never a test):
+diagnostic, never a test):
 
     python -m bench.throughput.ce_kernels [--rows 32768] [--vocab 32000] [--iters 20]
 
-Round 5's d256 profile put the fp32 cross-entropy at 14% of a step: its forward kernel reads the
+A d256 profile (docs/performance.md) put the fp32 cross-entropy at 14% of a step: its forward kernel reads the
 2.1 GB of bf16 logits in 1.43 ms (~1.5 TB/s of the H200's 4.8), its backward reads them again and
 writes their gradient in 1.23 ms. Each formulation below takes the same bf16 logits (a leaf, as the LM
 head's output is to the loss) and targets with some IGNORE_INDEX rows, and is timed for forward +
 backward under torch.compile (CUDA events, median), its loss and gradient compared with the reference:
-F.cross_entropy on the fp32 logits (the loss before round 7), `lm_loss` (this checkout's), the same loss
+F.cross_entropy on the fp32 logits (the plain formulation), `lm_loss` (this checkout's), the same loss
 as logsumexp minus the target's logit with autograd's backward, the reference compiled without split
 reductions, and Liger's cross-entropy kernel when liger-kernel is installed.
 """

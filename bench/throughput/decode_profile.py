@@ -1,4 +1,4 @@
-"""Why eager decoding is slow on a GPU, in two measurements (a diagnostic, never a test; round 4's
+"""Why eager decoding is slow on a GPU, in two measurements (a diagnostic, never a test; the H200
 numbers are in metrics/bench_gpu.json under round4_h200):
 
     python -m bench.throughput.decode_profile
