@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,8 +289,8 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
               on_success: Callable[[Task], None] | None = None, poll_s: float = 2.0, report_s: float = 60.0,
               stop_wait_s: float = 600.0, echo: Callable[[str], None] = print) -> dict[str, Outcome]:
     """Run every task (given in an order where a task comes after those it waits for), at most one per
-    slot at a time, each once the tasks it waits for have succeeded; `on_success(task)` right after a
-    task's command exits 0 (an exception there fails the task). Prints each start and end, and a
+    slot at a time, each once the tasks it waits for have succeeded; `on_success(task)` once a task's
+    command has exited 0 and its slot has taken the next task (an exception there fails the task). Prints each start and end, and a
     progress line every `report_s`. On SIGINT/SIGTERM no new task starts, running local jobs get SIGTERM
     and are waited for (up to `stop_wait_s`; one that then exits 0 is still recorded), SLURM jobs are
     cancelled."""
@@ -303,22 +304,42 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
     running: dict[str, tuple[submitit.Job, int, float]] = {}
     pending = list(tasks)
     stop: list[int] = []
+    # on_success of the tasks that succeeded, one at a time, off the loop (a `dvc commit` takes seconds)
+    recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
+    recording: dict[str, tuple[Future, int | None, float]] = {}
 
-    def collect(name: str) -> None:
+    def finish(name: str) -> tuple[str, int | None, str | None, float]:
+        """A finished job out of its slot: (name, exit code, note, start time)."""
         job, _, t0 = running.pop(name)
         if stop and not isinstance(job, submitit.DebugJob) and not job.paths.result_pickle.exists():
-            code, note = None, "its process was killed while stopping"  # no result will come
-        else:
-            code, note = _exit_code(job)
-        status = "done" if code == 0 else "stopped" if stop else "failed"
-        if status == "done" and on_success is not None:
-            try:
-                on_success(by_name[name])
-            except Exception as e:  # the run is complete: the next sweep records it without retraining
-                status, note = "failed", f"recording failed: {e}"
+            return name, None, "its process was killed while stopping", t0  # no result will come
+        return (name, *_exit_code(job), t0)
+
+    def close(name: str, status: str, code: int | None, note: str | None, t0: float) -> None:
         outcomes[name] = Outcome(status, code, time.time() - t0, note)
         echo(f"{status}: {name} (exit {'-' if code is None else code}, {time.time() - t0:.1f}s)"
              + (f": {note}" if note else "") + ("" if status == "done" else f"; log {by_name[name].log}"))
+
+    def settle(name: str, code: int | None, note: str | None, t0: float) -> None:
+        """A finished task's outcome; one that succeeded is first recorded (on_success), in the
+        recorder's thread, so that the loop goes on starting and collecting jobs meanwhile."""
+        status = "done" if code == 0 else "stopped" if stop else "failed"
+        if status == "done" and on_success is not None:
+            recording[name] = (recorder.submit(on_success, by_name[name]), code, t0)
+        else:
+            close(name, status, code, note, t0)
+
+    def recorded(wait: bool = False) -> None:
+        """Close the tasks whose recording has ended (every one, waiting for them, when `wait`)."""
+        for name, (future, code, t0) in list(recording.items()):
+            if not (wait or future.done()):
+                return  # one recorder, first in first out: the later ones have not ended either
+            del recording[name]
+            try:
+                future.result()
+                close(name, "done", code, "", t0)
+            except Exception as e:  # the run is complete: the next sweep records it without retraining
+                close(name, "failed", code, f"recording failed: {e}", t0)
 
     def start_ready() -> None:
         for task in list(pending):
@@ -345,16 +366,21 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in STOP_SIGNALS}
     t_start = last_report = time.time()
     try:
-        while (pending or running) and not stop:
+        while (pending or running or recording) and not stop:
+            recorded()
             start_ready()
-            if pending and not running and not stop:
+            if pending and not running and not recording and not stop:
                 raise ValueError(f"tasks wait on each other: {[t.name for t in pending]}")
+            finished = False
             for name in list(running):
                 if stop:  # a debug job runs when asked whether it is done: ask no more
                     break
                 if running[name][0].done():
-                    collect(name)
-            if running and not stop:
+                    settle(*finish(name))
+                    finished = True
+            if finished and not stop:  # the freed slots take their next tasks at once
+                start_ready()
+            if (running or recording) and not stop:
                 if time.time() - last_report >= report_s:
                     echo(_progress(t_start, outcomes, running, by_name))
                     last_report = time.time()
@@ -369,9 +395,11 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
             while waited and time.time() < deadline and len(stop) == 1:
                 for name in [n for n in waited if running[n][0].done()]:
                     waited.remove(name)
-                    collect(name)
+                    settle(*finish(name))
                 time.sleep(min(poll_s, 1.0))
     finally:
+        recorded(wait=True)  # every run that succeeded is recorded, stopped or not
+        recorder.shutdown()
         for s, handler in previous.items():
             signal.signal(s, handler)
     for name, (job, _, t0) in running.items():

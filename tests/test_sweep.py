@@ -94,6 +94,24 @@ def test_a_failed_task_blocks_what_waits_for_it_and_the_rest_goes_on(tmp_path):
         run_tasks([_echo_gpu("x", tmp_path, after=["nope"])], None, gpu_slots([]))
 
 
+def test_recording_a_finished_task_does_not_hold_up_the_slot_it_freed(tmp_path):
+    """on_success (a `dvc commit`: seconds) runs beside the loop: while the first task is still being
+    recorded, the slot it freed has taken the next one."""
+    lines = []
+
+    def record(task):
+        deadline = time.time() + 10
+        while task.name == "a" and not any(line.startswith("started: b") for line in lines):
+            if time.time() > deadline:
+                raise TimeoutError("b did not start while a was being recorded")
+            time.sleep(0.01)
+    out = run_tasks([_echo_gpu("a", tmp_path), _echo_gpu("b", tmp_path)],
+                    make_executor(ExecutorOptions("debug", folder=tmp_path / "s")), gpu_slots(["0"]),
+                    on_success=record, poll_s=0.0, echo=lines.append)
+    assert {n: o.status for n, o in out.items()} == {"a": "done", "b": "done"}, out
+    assert [line.split(" (")[0] for line in lines] == ["started: a", "started: b", "done: a", "done: b"]
+
+
 def test_a_failure_to_record_fails_the_task(tmp_path):
     def refuse(task):
         raise RuntimeError("lock held")
