@@ -290,7 +290,8 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
               stop_wait_s: float = 600.0, echo: Callable[[str], None] = print) -> dict[str, Outcome]:
     """Run every task (given in an order where a task comes after those it waits for), at most one per
     slot at a time, each once the tasks it waits for have succeeded; `on_success(task)` once a task's
-    command has exited 0 and its slot has taken the next task (an exception there fails the task). Prints each start and end, and a
+    command exits 0, in a thread beside the loop, one task at a time (an exception there fails the
+    task; a task succeeds, for those waiting on it, once recorded). Prints each start and end, and a
     progress line every `report_s`. On SIGINT/SIGTERM no new task starts, running local jobs get SIGTERM
     and are waited for (up to `stop_wait_s`; one that then exits 0 is still recorded), SLURM jobs are
     cancelled."""
