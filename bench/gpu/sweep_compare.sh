@@ -19,6 +19,7 @@
 # writes the params (the gpu profile, validated here: validation imports lm-eval, which the set lacks).
 # SWEEP_OVERLAY=gpu_dry adds the CPU dry-run overlay to them; CARRY_PY=3.11 builds the packages for this
 # machine's Python (a CPU dry run here). The GPU machine carries .gpu-sweep alone (51 MiB; 62 MiB with the checkout).
+# SWEEP_GROUPS=<groups> (comma-separated) compares those training groups instead of the three.
 # `run` writes $OUT/sweep_compare.json (bench/gpu/sweep_compare.py says what it holds), the logs of
 # both ways and each run's log; it exits 0 when both trained every run and `dvc status` is clean.
 set -uo pipefail
@@ -29,7 +30,7 @@ OUT=${OUT:-$REPO/out}
 BG=/tmp/cart-sweep-bg          # the background run's $OUT, kept while the machine is warm
 SITE=/tmp/cart-sweep-site      # the unpacked packages
 WS=${SWEEP_WS:-/tmp/cart-sweep-ws}   # outside the checkout, whose DVC would take their dvc.yaml for its own
-TRAIN_GROUPS=stage1,sweep_cart,sweep_dense
+TRAIN_GROUPS=${SWEEP_GROUPS:-stage1,sweep_cart,sweep_dense}  # fewer groups (e.g. stage1) fit one call
 N=${2:-8}
 
 since() { python3 -c "import sys, time; print(f'{time.time() - float(sys.argv[1]):.1f}')" "$1"; }
