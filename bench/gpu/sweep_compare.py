@@ -80,7 +80,7 @@ def comparison(args: argparse.Namespace, params: dict, sweep_times: dict, status
         "sweep_wall_s": sweep_s, "sweep_exit": args.sweep_exit,
         "sweep_over_job": round(sweep_s / job_s, 3) if job_s else None,
         # the sweep's own DVC work: planning (index, `dvc status`) and one `dvc commit` per stage, which
-        # runs between polls (no job starts meanwhile); run_s is the sweep inside Python, after imports
+        # runs in the engine's recorder thread, beside the scheduling; run_s is the sweep inside Python, after imports
         "sweep_dvc_overhead": {k: sweep_times.get(k) for k in ("plan_s", "record_s", "records", "record_max_s",
                                                                "run_s")},
         "dvc_status_clean": status_clean(status_text),
