@@ -111,3 +111,41 @@ def test_without_a_measured_spread_no_difference_is_called_within_or_beyond_it(t
     assert "Run-to-run spread (the same config trained again): **—%**" in text
     assert "the run-to-run spread is not measured yet" in text
     assert "(spread not measured)" in text and "within the spread" not in text and "beyond the spread" not in text
+
+
+def _lever_workspace(tmp_path, wall_s: float, ppl_scale: float) -> Path:
+    """A GPU workspace whose last batch re-trained the committed d512 pair under the by-iteration lever,
+    in wall_s seconds, each final Wikipedia PPL scaled by ppl_scale."""
+    ws = tmp_path / "ws"
+    pair = ("stage1/d512-P2-R2", "stage1/d512-P6-R8")
+    for run_id in pair:
+        summary = json.loads((CAMPAIGN / "runs" / run_id / "summary.json").read_text())
+        summary["final_eval"]["wikipedia"]["ppl"] *= ppl_scale
+        (ws / "runs" / run_id).mkdir(parents=True)
+        (ws / "runs" / run_id / "summary.json").write_text(json.dumps(summary))
+    (ws / "logs").mkdir()
+    (ws / "logs" / "job.log").write_text(
+        f"stage1 job: parallel 2 mps 1 selection {','.join(pair)} params params+stage1_by_iteration.yaml\n"
+        + "".join(f"  pipeline.train stage1 {r.split('/')[1]} --no-progress               exit 0    60.0s\n" for r in pair)
+        + f"train:{','.join(pair)}: 2 command(s) in {wall_s}s\n")
+    return ws
+
+
+@pytest.mark.parametrize("wall_s, ppl_scale, chosen", [(100.0, 1.01, "params+stage1_by_iteration.yaml"),
+                                                       (140.0, 1.0, "params.yaml"),     # slower
+                                                       (100.0, 1.05, "params.yaml")])  # beyond the spread
+def test_a_lever_is_kept_when_its_batch_is_faster_and_its_ppl_within_the_spread(tmp_path, capsys, wall_s, ppl_scale,
+                                                                                chosen):
+    """bench/gpu/stage1_lever.py against the committed d512 pair (132.6 s, spread 2.2% from the committed
+    repeats): the chosen params file is the last line printed and is recorded in the workspace."""
+    from bench.gpu import stage1_lever
+    ws = _lever_workspace(tmp_path, wall_s, ppl_scale)
+    assert stage1_lever.main([str(ws), str(CAMPAIGN), "params+stage1_by_iteration.yaml"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == chosen
+    record = json.loads((ws / "logs" / "lever.json").read_text())
+    assert record["wall_s_before"] == 132.6 and record["chosen"] == chosen
+    assert record["spread_pct"] == pytest.approx(max(s["spread_pct"] for s in stage1_findings.Campaign(CAMPAIGN).spread().values()))
+    assert {k: round(v["gap_pct"], 6) for k, v in record["runs"].items()} == \
+        {r: round(100 * (ppl_scale - 1), 6) for r in ("stage1/d512-P2-R2", "stage1/d512-P6-R8")}
+    with pytest.raises(SystemExit, match="ran with params\\+stage1_by_iteration.yaml, not params.yaml"):
+        stage1_lever.main([str(ws), str(CAMPAIGN), "params.yaml"])

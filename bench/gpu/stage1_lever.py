@@ -1,0 +1,93 @@
+"""On the GPU machine, between two Stage 1 batches: whether a speed lever (a params file `pack` wrote
+with an overlay on top) trains the rest of a width. The batch just run re-trained configs that the
+campaign already holds, under the lever; the lever is kept when that batch's wall time fell below the
+committed batch of the same selection and every re-trained config's final Wikipedia PPL lies within
+the run-to-run spread of the committed repeats (the same config trained again):
+
+    python -m bench.gpu.stage1_lever .gpu-ws-stage1 gpu/stage1 params+stage1_by_iteration.yaml
+
+prints the comparison, writes it to <workspace>/logs/lever.json (it comes back with the runs), and
+prints the chosen params file on its last line: the lever's, or params.yaml. Reads JSON and the job
+log only: the GPU machine has no pandas store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench.gpu.sweep_stage1 import parse_job_log, step_runs
+from cart.io import atomic_write_json
+
+RANK = "wikipedia"
+# The committed repeats: the grid's config, and the same config trained again (seed 42) and at seed 137.
+REPEATS = {"stage1/d256-P6-R2": ("stage1_variants/code-R2-s42", "stage1_variants/code-R2-s137"),
+           "stage1/d256-P6-R8": ("stage1_variants/code-R8-s42", "stage1_variants/code-R8-s137")}
+
+
+def final_ppl(root: Path, run_id: str) -> float | None:
+    path = root / "runs" / run_id / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary["final_eval"][RANK]["ppl"] if summary.get("status") == "complete" else None
+
+
+def spread_pct(campaign: Path) -> float:
+    """The largest relative gap (percent) of final Wikipedia PPL between trainings of one config."""
+    gaps = []
+    for runs in ((k, *v) for k, v in REPEATS.items()):
+        vals = [p for p in (final_ppl(campaign, r) for r in runs) if p is not None]
+        if len(vals) > 1:
+            gaps.append(100.0 * (max(vals) - min(vals)) / min(vals))
+    if not gaps:
+        raise SystemExit(f"{campaign}: no config trained twice (runs {sorted(REPEATS)} and their repeats): "
+                         "the run-to-run spread is unknown")
+    return max(gaps)
+
+
+def compare(workspace: Path, campaign: Path) -> dict:
+    """The last batch of the workspace's job log against the campaign's batch of the same selection."""
+    _, steps = parse_job_log((workspace / "logs" / "job.log").read_text())
+    if not steps:
+        raise SystemExit(f"{workspace}/logs/job.log: no finished batch")
+    new = steps[-1]
+    _, committed = parse_job_log((campaign / "logs" / "job.log").read_text())
+    same = [s for s in committed if s["selection"] == new["selection"]]
+    if not same:
+        raise SystemExit(f"{campaign}/logs/job.log: no batch of selection {new['selection']} to compare with")
+    old = same[-1]
+    ids = sorted(f"{p.parent.name}/{p.name}" for p in (workspace / "runs").glob("*/*") if p.is_dir())
+    noise = spread_pct(campaign)
+    runs = {}
+    for run_id in step_runs(new, ids):
+        before, after = final_ppl(campaign, run_id), final_ppl(workspace, run_id)
+        gap = None if before is None or after is None else 100.0 * (after - before) / before
+        runs[run_id] = {"ppl_before": before, "ppl_after": after, "gap_pct": gap}
+    within = bool(runs) and all(r["gap_pct"] is not None and abs(r["gap_pct"]) <= noise for r in runs.values())
+    return {"selection": new["selection"], "wall_s_before": old["wall_s"], "wall_s_after": new["wall_s"],
+            "params_before": old.get("params", "params.yaml"), "params_after": new.get("params"),
+            "spread_pct": noise, "runs": runs, "faster": new["wall_s"] < old["wall_s"], "within_spread": within}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workspace", type=Path, help="the GPU machine's Stage 1 workspace (.gpu-ws-stage1)")
+    ap.add_argument("campaign", type=Path, help="the committed campaign (gpu/stage1)")
+    ap.add_argument("lever", help="the params file the last batch ran with, e.g. params+stage1_by_iteration.yaml")
+    args = ap.parse_args(argv)
+    result = compare(args.workspace, args.campaign)
+    if result["params_after"] != args.lever:
+        raise SystemExit(f"the last batch ran with {result['params_after']}, not {args.lever}")
+    result["chosen"] = args.lever if result["faster"] and result["within_spread"] else "params.yaml"
+    atomic_write_json(args.workspace / "logs" / "lever.json", result)
+    print(f"{result['selection']}: {result['wall_s_before']} s -> {result['wall_s_after']} s under {args.lever}; "
+          f"Wikipedia PPL gaps (%): {({k: v['gap_pct'] for k, v in result['runs'].items()})}, spread {result['spread_pct']:.2f}%",
+          file=sys.stderr)
+    print(result["chosen"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
