@@ -179,3 +179,29 @@ def test_an_import_of_new_runs_keeps_the_committed_ones(tmp_path):
     assert (ws / "plots" / "dense" / "L7-s42" / "metrics.json").is_file()
     assert (ws / "data" / "bins" / "meta.json").read_text() == '{"files": {}}'
     assert common.earlier_trainings(dest) == {}  # the committed training filed again is no second training
+
+
+def test_an_import_adds_each_sessions_batches_to_the_committed_job_log(tmp_path):
+    """Each GPU session starts a job log of its own and every collect brings back that log so far: the
+    imported log is the committed batches, then each session's log once, its latest collect winning;
+    re-importing an archive adds nothing."""
+    import tarfile
+    from bench.gpu.import_runs import seed_from_committed, unpack_archives
+    dest, ws = tmp_path / "gpu", tmp_path / "ws"
+    (dest / "logs").mkdir(parents=True)
+    committed = "train:stage1/d256-*: 16 command(s) in 450.2s\n"
+    (dest / "logs" / "job.log").write_text(committed)
+
+    def archive(name: str, log: str) -> Path:
+        src = tmp_path / name
+        (src / "logs").mkdir(parents=True)
+        (src / "logs" / "job.log").write_text(log)
+        with tarfile.open(tmp_path / f"{name}.tgz", "w:gz") as t:
+            t.add(src / "logs", arcname="logs")
+        return tmp_path / f"{name}.tgz"
+    first = "train:stage1/d512-P2-R2: 1 command(s) in 80.0s\n"
+    second = first + "train:stage1/d512-P3-*: 4 command(s) in 200.0s\n"
+    archives = [archive("collect1", first), archive("collect2", second), archive("again", first)]
+    seed_from_committed(dest, ws)
+    unpack_archives(archives, ws)
+    assert (ws / "logs" / "job.log").read_text() == committed + second

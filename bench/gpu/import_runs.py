@@ -41,9 +41,7 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tu
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         seed_from_committed(dest, ws)
-        for a in archives:  # later archives overwrite earlier ones, and what dest held
-            with tarfile.open(a) as t:
-                t.extractall(ws, filter="data")
+        unpack_archives(archives, ws)
         shutil.copy(REPO / "params.yaml", ws / "params.yaml")
         from cart.results import WEIGHTS_NOT_KEPT  # the archives hold no weights, by design
         (ws / "runs").mkdir(exist_ok=True)
@@ -83,6 +81,33 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tu
             if log.is_file():
                 (dest / "logs").mkdir(exist_ok=True)
                 shutil.copy2(log, dest / "logs" / log.name)
+
+
+JOB_LOG = "logs/job.log"  # the GPU job's batches and runs, with their wall times (bench/gpu/sweep_stage1.py)
+
+
+def unpack_archives(archives: list[Path], ws: Path) -> None:
+    """The archives over the workspace in order (later ones overwrite earlier ones and what dest held),
+    but the job log gains each archive's batches instead of being replaced by them."""
+    job_log = ws / JOB_LOG
+    logs = merge_job_logs([], job_log.read_text()) if job_log.is_file() else []
+    for a in archives:
+        with tarfile.open(a) as t:
+            t.extractall(ws, filter="data")
+            if JOB_LOG in t.getnames():
+                logs = merge_job_logs(logs, t.extractfile(JOB_LOG).read().decode())
+    if logs:
+        job_log.write_text("".join(logs))
+
+
+def merge_job_logs(logs: list[str], new: str) -> list[str]:
+    """The job logs of several GPU sessions, oldest first, with one more archive's. Each session's
+    machine starts a log of its own and every collect brings back that log so far: a log already
+    held whole adds nothing, and one that continues a held log replaces it."""
+    new = new if new.endswith("\n") or not new else new + "\n"
+    if not new or any(new in held for held in logs):
+        return logs
+    return [held for held in logs if not new.startswith(held)] + [new]
 
 
 EARLIER = "earlier"  # runs/<group>/<name>/earlier/<n>/: the earlier trainings of a run trained again
