@@ -65,6 +65,9 @@ def test_a_width_is_measured_whole_or_projected_by_flops(paper):
     flops = {i: forward_flops(resolve_run(paper, "stage1", i.split("/")[1], 32_000).model, 512) for i in ids}
     expected = 120.0 * sum(flops.values()) / (flops[ids[0]] + flops[ids[-1]]) / 60
     assert out["mode"] == "projected" and math.isclose(out["minutes"], expected, abs_tol=0.005)
+    # a later trial of a lever on the same configs is not the campaign's cost
+    lever = dict(steps[0], wall_s=150.0, params="params+stage1_by_iteration.yaml")
+    assert sweep_stage1.width_projection(paper, two, steps + [lever], 512) == out
     # measured over several steps of this width alone, a config trained again counting at its last step
     steps = [{"selection": f"{ids[0]},{ids[-1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1},
              {"selection": "stage1/d512-P2-R2,stage1/d512-P6-R8", "commands": 2, "wall_s": 90.0, "parallel": 2, "mps": 1},

@@ -30,6 +30,7 @@ from cart.models import forward_flops
 from cart.params import load_params
 
 TARGET_MINUTES = 60
+CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
 STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
 JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)(?: params (\S+))?")
@@ -82,7 +83,10 @@ def step_runs(step: dict, ids: list[str]) -> list[str]:
 def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> dict:
     """One width's minutes: measured where job steps that trained nothing but this width's configs
     trained every one of them (the sum of those steps' wall times; a config trained twice counts
-    at its last step), else the projection from a step that trained only some of its configs."""
+    at its last step), else the projection from a step that trained only some of its configs. Only
+    steps run with the campaign's own params count: a step under a lever's params (a trial of it,
+    bench/gpu/stage1_lever.py) costs what the campaign does not."""
+    steps = [s for s in steps if s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS]
     names = [n for n in run_names(params, ["stage1"])["stage1"] if GROUPS["stage1"].parse(n)["d_model"] == d]
     ids = [f"stage1/{n}" for n in names]
     measured = [i for i in ids if i in costs and "process_s" in costs[i]]
