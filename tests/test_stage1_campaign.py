@@ -152,3 +152,34 @@ def test_a_lever_is_kept_when_its_batch_is_faster_and_its_ppl_within_the_spread(
         {r: round(100 * (ppl_scale - 1), 6) for r in ("stage1/d512-P2-R2", "stage1/d512-P6-R8")}
     with pytest.raises(SystemExit, match="ran with params\\+stage1_by_iteration.yaml, not params.yaml"):
         stage1_lever.main([str(ws), str(CAMPAIGN), "params.yaml"])
+
+
+@pytest.mark.parametrize("r2_scale, verdict", [((1.10, 1.20), "yes"), ((1.20, 1.10), "no"), ((1.10, 1.01), None)])
+def test_the_r_benefit_grows_with_width_only_when_every_widths_change_exceeds_the_spread(tmp_path, r2_scale, verdict):
+    """R2 -> R8 at P = 6 per width, each judged against the run-to-run spread; whether it grows with
+    width (the paper's Table 6 trend) is said only when every measured width's change exceeds it."""
+    import shutil
+    import sqlite3
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root)
+    con = sqlite3.connect(root / "results.db")
+    with con:
+        def ppl(group: str, name: str) -> float:
+            return con.execute("SELECT ppl_wikipedia FROM runs WHERE \"group\" = ? AND name = ?", (group, name)).fetchone()[0]
+        for d, scale in zip((256, 512), r2_scale):  # R2 worse than R8 by a chosen factor
+            factor = ppl("stage1", f"d{d}-P6-R8") * scale / ppl("stage1", f"d{d}-P6-R2")
+            # at d256 R2's repeats move with it, so the spread stays as committed
+            con.execute("UPDATE runs SET ppl_wikipedia = ppl_wikipedia * ? WHERE (\"group\" = 'stage1' AND name = ?)"
+                        " OR (? = 256 AND \"group\" = 'stage1_variants' AND name LIKE 'code-R2-%')",
+                        (factor, f"d{d}-P6-R2", d))
+        con.execute("DELETE FROM runs WHERE \"group\" = 'stage1' AND d_model > 512")
+    con.close()
+    text = stage1_findings.render(root)
+    gains = [100 * (1 / s - 1) for s in r2_scale]
+    tags = ["within" if abs(g) <= 2.25 else "beyond" for g in gains]
+    assert (f"- Ours: d256 {gains[0]:+.2f}% ({tags[0]} the spread), d512 {gains[1]:+.2f}% ({tags[1]} the spread)."
+            in text)
+    if verdict:
+        assert f"- Our benefit grows with width, as in the paper: **{verdict}**." in text
+    else:
+        assert "Whether our benefit grows with width is not a finding yet" in text and "grows with width, as" not in text

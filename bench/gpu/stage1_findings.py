@@ -48,6 +48,9 @@ def _against_spread(gap: float, noise: float) -> str:
     return "within" if abs(gap) <= noise else "beyond"
 
 
+SPREAD_TAG = {"within": " (within the spread)", "beyond": " (beyond the spread)", "unknown": " (spread not measured)"}
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -197,9 +200,15 @@ def render(root: Path) -> str:
               f"{_signed(paper_gain[1024])} at d1024)."]
     measured = [(d, g) for d, g in gains if not math.isnan(g)]
     if measured:
-        lines += ["- Ours: " + ", ".join(f"d{d} {_signed(g)}" for d, g in measured)
-                  + (". At d256 the difference is within the run-to-run spread."
-                     if _against_spread(dict(measured).get(256, math.nan), noise) == "within" else ".")]
+        lines += ["- Ours: " + ", ".join(f"d{d} {_signed(g)}{SPREAD_TAG[_against_spread(g, noise)]}" for d, g in measured)
+                  + "."]
+        judged = {_against_spread(g, noise) for _, g in measured}
+        if len(measured) > 1 and judged == {"beyond"}:
+            grows = all(b < a for (_, a), (_, b) in zip(measured, measured[1:]))
+            lines += [f"- Our benefit grows with width, as in the paper: **{'yes' if grows else 'no'}**."]
+        elif len(measured) > 1:
+            lines += ["- Whether our benefit grows with width is not a finding yet: not every width's change "
+                      "exceeds the run-to-run spread."]
 
     # ---- spectral radius ----
     rho = c.done["spectral_radius"].dropna()
@@ -232,8 +241,7 @@ def render(root: Path) -> str:
             gap = _pct(float(b[RANK]), dv)
             rows.append([str(d), f"{dn['stored_params'].iloc[0] / 1e6:.2f}M", _f(dv),
                          f"P6 R{int(b['n_loops'])}, {b['stored_params'] / 1e6:.2f}M", _f(b[RANK]),
-                         _signed(gap) + {"within": " (within the spread)", "beyond": " (beyond the spread)",
-                                         "unknown": " (spread not measured)"}[_against_spread(gap, noise)]])
+                         _signed(gap) + SPREAD_TAG[_against_spread(gap, noise)]])
     lines += (_table(["d", "Dense 7L stored", "Dense PPL", "CART P6 best (stored)", "CART PPL", "CART vs Dense"], rows)
               if rows else ["No width has both yet."])
 

@@ -1,8 +1,9 @@
 """On the GPU machine, between two Stage 1 batches: whether a speed lever (a params file `pack` wrote
 with an overlay on top) trains the rest of a width. The batch just run re-trained configs that the
 campaign already holds, under the lever; the lever is kept when that batch's wall time fell below the
-committed batch of the same selection and every re-trained config's final Wikipedia PPL lies within
-the run-to-run spread of the committed repeats (the same config trained again):
+committed batch of the same selection run with the campaign's params, and every re-trained config's
+final Wikipedia PPL lies within the run-to-run spread of the committed repeats (the same config
+trained again):
 
     python -m bench.gpu.stage1_lever .gpu-ws-stage1 gpu/stage1 params+stage1_by_iteration.yaml
 
@@ -17,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.gpu.sweep_stage1 import parse_job_log, step_runs
+from bench.gpu.sweep_stage1 import CAMPAIGN_PARAMS, parse_job_log, step_runs
 from cart.io import atomic_write_json
 
 RANK = "wikipedia"
@@ -54,9 +55,11 @@ def compare(workspace: Path, campaign: Path) -> dict:
         raise SystemExit(f"{workspace}/logs/job.log: no finished batch")
     new = steps[-1]
     _, committed = parse_job_log((campaign / "logs" / "job.log").read_text())
-    same = [s for s in committed if s["selection"] == new["selection"]]
+    same = [s for s in committed if s["selection"] == new["selection"]
+            and s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS]
     if not same:
-        raise SystemExit(f"{campaign}/logs/job.log: no batch of selection {new['selection']} to compare with")
+        raise SystemExit(f"{campaign}/logs/job.log: no batch of selection {new['selection']} run with "
+                         f"{CAMPAIGN_PARAMS} to compare with")
     old = same[-1]
     ids = sorted(f"{p.parent.name}/{p.name}" for p in (workspace / "runs").glob("*/*") if p.is_dir())
     noise = spread_pct(campaign)
