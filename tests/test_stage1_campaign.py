@@ -183,3 +183,24 @@ def test_the_r_benefit_grows_with_width_only_when_every_widths_change_exceeds_th
         assert f"- Our benefit grows with width, as in the paper: **{verdict}**." in text
     else:
         assert "Whether our benefit grows with width is not a finding yet" in text and "grows with width, as" not in text
+
+
+def test_a_config_trained_again_is_listed_with_its_earlier_training_and_what_changed(tmp_path):
+    """An earlier training kept under runs/<group>/<name>/earlier/ (bench/gpu/import_runs.py) appears
+    beside the latest: both final Wikipedia PPLs, the change, the config fields that differ."""
+    import shutil
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root)
+    for folder in root.glob("runs/*/*/earlier"):
+        shutil.rmtree(folder)
+    run = root / "runs" / "stage1" / "d256-P2-R2"
+    summary, config = (json.loads((run / f).read_text()) for f in ("summary.json", "config.json"))
+    latest = summary["final_eval"]["wikipedia"]["ppl"]
+    summary["final_eval"]["wikipedia"]["ppl"] = latest * 1.1
+    config["train"]["lr"] = 1e-3
+    (run / "earlier" / "1").mkdir(parents=True)
+    for name, data in (("summary.json", summary), ("config.json", config)):
+        (run / "earlier" / "1" / name).write_text(json.dumps(data))
+    text = stage1_findings.render(root)
+    row = f"| stage1/d256-P2-R2 | {latest * 1.1:.1f} | {latest:.1f} | {100 * (1 / 1.1 - 1):+.2f}% | train.lr |"
+    assert row in text and text.count("| stage1/d") == 1

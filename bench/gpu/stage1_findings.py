@@ -23,7 +23,8 @@ from cart.io import atomic_write_text
 from cart.report.paper import PAPER
 
 WIDTHS = (256, 512, 768, 1024)
-RANK = "ppl_wikipedia"
+DOMAIN = "wikipedia"  # the paper ranks Stage 1 by Wikipedia PPL
+RANK = f"ppl_{DOMAIN}"
 COLLAPSE_PPL = 10.0  # the leak study: the step where validation PPL first falls below this
 
 
@@ -288,6 +289,19 @@ def render(root: Path) -> str:
     lines += _table(["config", "grid run, seed 42", "again, seed 42", "seed 137", "spread"], rows)
     lines += ["", "Seed 42 twice differs by GPU nondeterminism alone (cuDNN attention, atomics, MPS); seed 137 adds "
               "the initialisation. Claims resting on smaller differences are reported as not established."]
+    from bench.gpu.findings.common import config_changes, earlier_trainings  # that package imports this module
+    rows = []
+    for run_id, trainings in earlier_trainings(c.root).items():
+        now = json.loads((c.root / "runs" / run_id / "summary.json").read_text())
+        config = json.loads((c.root / "runs" / run_id / "config.json").read_text())
+        for old in trainings:
+            before, after = old["summary"]["final_eval"][DOMAIN]["ppl"], now["final_eval"][DOMAIN]["ppl"]
+            differ, added = config_changes(old["config"] or {}, config)
+            rows.append([run_id, _f(before), _f(after), _signed(_pct(after, before)), ", ".join(differ + added) or "none"])
+    if rows:
+        lines += ["", "Other configs trained more than once (the store holds the latest training; "
+                  "the earlier ones stay under `runs/<group>/<name>/earlier/`):", ""]
+        lines += _table(["run", "earlier training", "latest", "change", "config fields that differ"], rows)
     return "\n".join(lines) + "\n"
 
 
