@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.gpu.sweep_stage1 import CAMPAIGN_PARAMS, parse_job_log, step_runs
 from cart.io import atomic_write_json
 
-RANK = "wikipedia"
+DOMAIN = "wikipedia"  # the paper ranks Stage 1 by Wikipedia PPL
 # The committed repeats: the grid's config, and the same config trained again (seed 42) and at seed 137.
 REPEATS = {"stage1/d256-P6-R2": ("stage1_variants/code-R2-s42", "stage1_variants/code-R2-s137"),
            "stage1/d256-P6-R8": ("stage1_variants/code-R8-s42", "stage1_variants/code-R8-s137")}
@@ -32,7 +32,7 @@ def final_ppl(root: Path, run_id: str) -> float | None:
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    return summary["final_eval"][RANK]["ppl"] if summary.get("status") == "complete" else None
+    return summary["final_eval"][DOMAIN]["ppl"] if summary.get("status") == "complete" else None
 
 
 def spread_pct(campaign: Path) -> float:
@@ -70,7 +70,7 @@ def compare(workspace: Path, campaign: Path) -> dict:
         runs[run_id] = {"ppl_before": before, "ppl_after": after, "gap_pct": gap}
     within = bool(runs) and all(r["gap_pct"] is not None and abs(r["gap_pct"]) <= noise for r in runs.values())
     return {"selection": new["selection"], "wall_s_before": old["wall_s"], "wall_s_after": new["wall_s"],
-            "params_before": old.get("params", "params.yaml"), "params_after": new.get("params"),
+            "params_before": old.get("params", CAMPAIGN_PARAMS), "params_after": new.get("params"),
             "spread_pct": noise, "runs": runs, "faster": new["wall_s"] < old["wall_s"], "within_spread": within}
 
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     result = compare(args.workspace, args.campaign)
     if result["params_after"] != args.lever:
         raise SystemExit(f"the last batch ran with {result['params_after']}, not {args.lever}")
-    result["chosen"] = args.lever if result["faster"] and result["within_spread"] else "params.yaml"
+    result["chosen"] = args.lever if result["faster"] and result["within_spread"] else CAMPAIGN_PARAMS
     atomic_write_json(args.workspace / "logs" / "lever.json", result)
     print(f"{result['selection']}: {result['wall_s_before']} s -> {result['wall_s_after']} s under {args.lever}; "
           f"Wikipedia PPL gaps (%): {({k: v['gap_pct'] for k, v in result['runs'].items()})}, spread {result['spread_pct']:.2f}%",
