@@ -21,10 +21,10 @@ import pandas as pd
 from cart import results
 from cart.io import atomic_write_text
 from cart.report.paper import PAPER
+from cart.results.schema import RANK_DOMAIN
 
 WIDTHS = (256, 512, 768, 1024)
-DOMAIN = "wikipedia"  # the paper ranks Stage 1 by Wikipedia PPL
-RANK = f"ppl_{DOMAIN}"
+RANK = f"ppl_{RANK_DOMAIN}"
 COLLAPSE_PPL = 10.0  # the leak study: the step where validation PPL first falls below this
 
 
@@ -98,6 +98,11 @@ class Campaign:
         return out
 
 
+def largest_spread(spread: dict) -> float:
+    """The largest run-to-run spread (percent) of Campaign.spread(); NaN where no config was trained twice."""
+    return max((s["spread_pct"] for s in spread.values() if not math.isnan(s["spread_pct"])), default=math.nan)
+
+
 def run_settings(c: Campaign) -> str:
     """The precision the Stage 1 runs trained in and whether CUDA graphs replayed their steps, read
     from each run's config and device (distinct settings joined)."""
@@ -120,7 +125,7 @@ def render(root: Path) -> str:
     meta = json.loads((root / "bins_meta.json").read_text()) if (root / "bins_meta.json").is_file() else {}
     devices = sorted(set(c.done["device"].dropna()))
     spread = c.spread()
-    noise = max((s["spread_pct"] for s in spread.values() if not math.isnan(s["spread_pct"])), default=math.nan)
+    noise = largest_spread(spread)
     lines = [
         "# Stage 1 at the paper's budget: findings",
         "",
@@ -295,7 +300,7 @@ def render(root: Path) -> str:
         now = json.loads((c.root / "runs" / run_id / "summary.json").read_text())
         config = json.loads((c.root / "runs" / run_id / "config.json").read_text())
         for old in trainings:
-            before, after = old["summary"]["final_eval"][DOMAIN]["ppl"], now["final_eval"][DOMAIN]["ppl"]
+            before, after = old["summary"]["final_eval"][RANK_DOMAIN]["ppl"], now["final_eval"][RANK_DOMAIN]["ppl"]
             differ, added = config_changes(old["config"] or {}, config)
             rows.append([run_id, _f(before), _f(after), _signed(_pct(after, before)), ", ".join(differ + added) or "none"])
     if rows:

@@ -8,44 +8,37 @@ trained again):
     python -m bench.gpu.stage1_lever .gpu-ws-stage1 gpu/stage1 params+stage1_by_iteration.yaml
 
 prints the comparison, writes it to <workspace>/logs/lever.json (it comes back with the runs), and
-prints the chosen params file on its last line: the lever's, or params.yaml. Reads JSON and the job
-log only: the GPU machine has no pandas store.
+prints the chosen params file on its last line: the lever's, or params.yaml. The spread comes from
+the committed store (bench/gpu/stage1_findings.py); the new trainings from the workspace's summaries.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from bench.gpu.stage1_findings import Campaign, largest_spread
 from bench.gpu.sweep_stage1 import CAMPAIGN_PARAMS, parse_job_log, step_runs
 from cart.io import atomic_write_json
-
-DOMAIN = "wikipedia"  # the paper ranks Stage 1 by Wikipedia PPL
-# The committed repeats: the grid's config, and the same config trained again (seed 42) and at seed 137.
-REPEATS = {"stage1/d256-P6-R2": ("stage1_variants/code-R2-s42", "stage1_variants/code-R2-s137"),
-           "stage1/d256-P6-R8": ("stage1_variants/code-R8-s42", "stage1_variants/code-R8-s137")}
-
+from cart.results.schema import RANK_DOMAIN
 
 def final_ppl(root: Path, run_id: str) -> float | None:
     path = root / "runs" / run_id / "summary.json"
     if not path.is_file():
         return None
     summary = json.loads(path.read_text())
-    return summary["final_eval"][DOMAIN]["ppl"] if summary.get("status") == "complete" else None
+    return summary["final_eval"][RANK_DOMAIN]["ppl"] if summary.get("status") == "complete" else None
 
 
 def spread_pct(campaign: Path) -> float:
-    """The largest relative gap (percent) of final Wikipedia PPL between trainings of one config."""
-    gaps = []
-    for runs in ((k, *v) for k, v in REPEATS.items()):
-        vals = [p for p in (final_ppl(campaign, r) for r in runs) if p is not None]
-        if len(vals) > 1:
-            gaps.append(100.0 * (max(vals) - min(vals)) / min(vals))
-    if not gaps:
-        raise SystemExit(f"{campaign}: no config trained twice (runs {sorted(REPEATS)} and their repeats): "
-                         "the run-to-run spread is unknown")
-    return max(gaps)
+    """The campaign's run-to-run spread (percent of final Wikipedia PPL), as its findings state it."""
+    noise = largest_spread(Campaign(campaign).spread())
+    if math.isnan(noise):
+        raise SystemExit(f"{campaign}: no config trained twice (d256 P6 R2 or R8 and their repeats in "
+                         "stage1_variants): the run-to-run spread is unknown")
+    return noise
 
 
 def compare(workspace: Path, campaign: Path) -> dict:
