@@ -10,7 +10,6 @@ renders the file again from the committed store and compares.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -18,22 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.gpu.findings.common import (COLLAPSE_PPL, RANK, _f, _pct, _table, config_changes, earlier_trainings,
+                                       findings_cli)
 from cart import results
-from cart.io import atomic_write_text
 from cart.report.paper import PAPER
 from cart.results.schema import RANK_DOMAIN
 
 WIDTHS = (256, 512, 768, 1024)
-RANK = f"ppl_{RANK_DOMAIN}"
-COLLAPSE_PPL = 10.0  # the leak study: the step where validation PPL first falls below this
-
-
-def _f(v, digits=1) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.{digits}f}"
-
-
-def _pct(new, ref) -> float:
-    return 100.0 * (new / ref - 1.0)
 
 
 def _signed(v) -> str:
@@ -50,10 +40,6 @@ def _against_spread(gap: float, noise: float) -> str:
 
 
 SPREAD_TAG = {"within": " (within the spread)", "beyond": " (beyond the spread)", "unknown": " (spread not measured)"}
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 class Campaign:
@@ -294,7 +280,6 @@ def render(root: Path) -> str:
     lines += _table(["config", "grid run, seed 42", "again, seed 42", "seed 137", "spread"], rows)
     lines += ["", "Seed 42 twice differs by GPU nondeterminism alone (cuDNN attention, atomics, MPS); seed 137 adds "
               "the initialisation. Claims resting on smaller differences are reported as not established."]
-    from bench.gpu.findings.common import config_changes, earlier_trainings  # that package imports this module
     rows = []
     for run_id, trainings in earlier_trainings(c.root).items():
         now = json.loads((c.root / "runs" / run_id / "summary.json").read_text())
@@ -308,23 +293,6 @@ def render(root: Path) -> str:
                   "the earlier ones stay under `runs/<group>/<name>/earlier/`):", ""]
         lines += _table(["run", "earlier training", "latest", "change", "config fields that differ"], rows)
     return "\n".join(lines) + "\n"
-
-
-def findings_cli(argv, render, description: str, root_help: str) -> int:
-    """A FINDINGS.md renderer's command line: write root/FINDINGS.md from render(root), or with --check
-    compare it with the committed file and exit 1 where it is stale."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("root", type=Path, help=root_help)
-    ap.add_argument("--check", action="store_true", help="compare with the committed FINDINGS.md, write nothing")
-    args = ap.parse_args(argv)
-    text, path = render(args.root), args.root / "FINDINGS.md"
-    if args.check:
-        same = path.is_file() and path.read_text() == text
-        print(f"{path}: {'matches' if same else 'differs from'} the store")
-        return 0 if same else 1
-    atomic_write_text(path, text)
-    print(f"wrote {path}")
-    return 0
 
 
 def main(argv=None) -> int:

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.gpu.stage1_findings import findings_cli
 from cart.report.paper import PAPER
 
-from .common import RANK, REPO, _f, _join, _table, config_changes, import_record, job_steps, packed_runs
+from .common import RANK, REPO, _f, _join, _table, config_changes, findings_cli, import_record, job_steps, packed_runs
 from .evaluation import (
     row_benchmarks,
     row_decode,

@@ -1,15 +1,19 @@
 """Constants, formatting, and the files committed beside the store (earlier trainings, device calls, job logs)."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
 from pathlib import Path
 
 from cart import results
+from cart.io import atomic_write_text
+from cart.results.schema import RANK_DOMAIN
 
 REPO = Path(__file__).resolve().parents[3]
-RANK = "ppl_wikipedia"
+RANK = f"ppl_{RANK_DOMAIN}"
+COLLAPSE_PPL = 10.0  # the leak study: the step where validation PPL first falls below this
 MEAN, STD = f"{RANK}_mean", f"{RANK}_std"
 # The accuracy of a uniform guess: 4 endings (HellaSwag), 4 choices (most ARC-Challenge items), 2
 # solutions (PIQA). An accuracy within two standard errors of it is "at chance".
@@ -143,3 +147,20 @@ def _read_json(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the findings read it (a committed GPU bench or record)")
     return json.loads(path.read_text())
+
+
+def findings_cli(argv, render, description: str, root_help: str) -> int:
+    """A FINDINGS.md renderer's command line: write root/FINDINGS.md from render(root), or with --check
+    compare it with the committed file and exit 1 where it is stale."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("root", type=Path, help=root_help)
+    ap.add_argument("--check", action="store_true", help="compare with the committed FINDINGS.md, write nothing")
+    args = ap.parse_args(argv)
+    text, path = render(args.root), args.root / "FINDINGS.md"
+    if args.check:
+        same = path.is_file() and path.read_text() == text
+        print(f"{path}: {'matches' if same else 'differs from'} the store")
+        return 0 if same else 1
+    atomic_write_text(path, text)
+    print(f"wrote {path}")
+    return 0

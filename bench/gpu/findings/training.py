@@ -5,12 +5,11 @@ import math
 
 import pandas as pd
 
-from bench.gpu.stage1_findings import COLLAPSE_PPL
 from cart import results
 from cart.models.cart.config import PAPER_TEXT_VS_CODE
 from cart.report.paper import PAPER
 
-from .common import ABLATIONS, DENSE, MEAN, RANK, STD, _f, _gap, _join, _k, _pct, _pm, _sci, _signed
+from .common import ABLATIONS, COLLAPSE_PPL, DENSE, MEAN, RANK, STD, _f, _gap, _join, _k, _pct, _pm, _sci, _signed
 from .profile import Profile, _noise, _within
 
 
