@@ -54,6 +54,57 @@ train:stage1/d512-P2-R2: 1 command(s) in 80.0s
                       "params": "params+stage1_by_iteration.yaml"}]
 
 
+def test_a_batch_cut_short_costs_its_finished_runs_until_the_last_of_them_ended():
+    """A batch whose closing line never came (the machine went back): each run starts when the run
+    before it in the log ended (the first wave at 0); the batch counts until its last finished run
+    ended, and lists those runs; the runs stopped or still running are not in it."""
+    log = """stage1 job: parallel 2 mps 1 selection stage1/d512-P3-*,stage1/d512-P4-R2 params params.yaml device NVIDIA H200
+started: pipeline.train stage1 d512-P3-R2 --no-progress (job 11)
+started: pipeline.train stage1 d512-P3-R4 --no-progress (job 12)
+[     61s] done 0 | running 2 | failed 0 | waiting 3 | 1,150,496 tok/s
+done: pipeline.train stage1 d512-P3-R2 --no-progress (exit 0, 100.0s)
+started: pipeline.train stage1 d512-P3-R6 --no-progress (job 13)
+done: pipeline.train stage1 d512-P3-R4 --no-progress (exit 0, 130.0s)
+started: pipeline.train stage1 d512-P3-R8 --no-progress (job 14)
+failed: pipeline.train stage1 d512-P3-R8 --no-progress (exit 1, 5.0s); log logs/stage1-d512-P3-R8.log
+started: pipeline.train stage1 d512-P4-R2 --no-progress (job 15)
+done: pipeline.train stage1 d512-P3-R6 --no-progress (exit 0, 70.5s)
+stopped: pipeline.train stage1 d512-P4-R2 --no-progress (exit -, 20.0s); log logs/stage1-d512-P4-R2.log
+stage1 job: parallel 2 mps 1 selection stage1/d512-P6-R8 params params.yaml device NVIDIA H100 80GB HBM3
+started: pipeline.train stage1 d512-P6-R8 --no-progress (job 16)
+"""
+    runs, steps = sweep_stage1.parse_job_log(log)
+    assert {k: v["process_s"] for k, v in runs.items()} == {
+        "stage1/d512-P3-R2": 100.0, "stage1/d512-P3-R4": 130.0, "stage1/d512-P3-R8": 5.0, "stage1/d512-P3-R6": 70.5}
+    assert runs["stage1/d512-P3-R8"]["exit"] == 1
+    # P3-R6 started when P3-R2 ended (100 s) and ran 70.5 s; the second job finished nothing
+    assert steps == [{"selection": "stage1/d512-P3-*,stage1/d512-P4-R2", "commands": 3, "wall_s": 170.5,
+                      "parallel": 2, "mps": 1, "params": "params.yaml", "device": "NVIDIA H200",
+                      "runs": ["stage1/d512-P3-R2", "stage1/d512-P3-R4", "stage1/d512-P3-R6"], "interrupted": True}]
+    ids = [f"stage1/d512-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    assert sweep_stage1.step_runs(steps[0], ids) == ["stage1/d512-P3-R2", "stage1/d512-P3-R4", "stage1/d512-P3-R6"]
+
+
+def test_each_gpu_model_has_its_own_minutes(paper):
+    """A width trained on two GPU models: each model's minutes count only its own batches (a batch's
+    device from its log line, else from its runs' summaries), and the H200's is the target's."""
+    ids = [f"stage1/d512-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    whole = {i: {"process_s": 60.0} for i in ids}
+    steps = [{"selection": f"{ids[0]},{ids[-1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1},
+             {"selection": "stage1/d512-*", "commands": 16, "wall_s": 900.0, "parallel": 4, "mps": 1,
+              "device": "NVIDIA H100 80GB HBM3"}]
+    sweep_stage1.step_devices(steps, {ids[0]: "NVIDIA H200", ids[-1]: "NVIDIA H200"} | {i: "NVIDIA H100 80GB HBM3" for i in ids[1:-1]})
+    assert steps[0]["device"] == "NVIDIA H200"  # from its runs' summaries
+    h200 = sweep_stage1.width_projection(paper, whole, steps, 512, "NVIDIA H200")
+    h100 = sweep_stage1.width_projection(paper, whole, steps, 512, "NVIDIA H100 80GB HBM3")
+    assert h200["mode"] == "projected" and h200["from_step"]["wall_s"] == 120.0
+    assert (h100["mode"], h100["minutes"]) == ("measured", 15.0)
+    # a step whose runs' summaries name two GPUs gets none
+    mixed = [{"selection": f"{ids[0]},{ids[1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1}]
+    sweep_stage1.step_devices(mixed, {ids[0]: "NVIDIA H200", ids[1]: "NVIDIA H100 80GB HBM3"})
+    assert "device" not in mixed[0]
+
+
 def test_a_width_is_measured_whole_or_projected_by_flops(paper):
     ids = [f"stage1/d512-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
     whole = {i: {"process_s": 60.0} for i in ids}
@@ -152,6 +203,24 @@ def test_a_lever_is_kept_when_its_batch_is_faster_and_its_ppl_within_the_spread(
         {r: round(100 * (ppl_scale - 1), 6) for r in ("stage1/d512-P2-R2", "stage1/d512-P6-R8")}
     with pytest.raises(SystemExit, match="ran with params\\+stage1_by_iteration.yaml, not params.yaml"):
         stage1_lever.main([str(ws), str(CAMPAIGN), "params.yaml"])
+
+
+def test_a_lever_is_judged_only_against_a_finished_batch_on_the_same_gpu(tmp_path):
+    """Wall times of two GPU models, or of a batch cut short, say nothing about a lever."""
+    from bench.gpu import stage1_lever
+    ws = _lever_workspace(tmp_path, 100.0, 1.0)
+    log = ws / "logs" / "job.log"
+    text = log.read_text()
+    log.write_text(text.replace("params+stage1_by_iteration.yaml\n", "params+stage1_by_iteration.yaml device NVIDIA H100 80GB HBM3\n", 1))
+    with pytest.raises(SystemExit, match="on NVIDIA H100 80GB HBM3 to compare with"):
+        stage1_lever.compare(ws, CAMPAIGN)
+    log.write_text(text.replace("params+stage1_by_iteration.yaml\n", "params+stage1_by_iteration.yaml device NVIDIA H200\n", 1))
+    assert stage1_lever.compare(ws, CAMPAIGN)["wall_s_before"] == 132.6
+    log.write_text(text.splitlines(keepends=True)[0]
+                   + "started: pipeline.train stage1 d512-P2-R2 --no-progress (job 1)\n"
+                   + "done: pipeline.train stage1 d512-P2-R2 --no-progress (exit 0, 60.0s)\n")
+    with pytest.raises(SystemExit, match="its last batch did not finish"):
+        stage1_lever.compare(ws, CAMPAIGN)
 
 
 @pytest.mark.parametrize("r2_scale, verdict", [((1.10, 1.20), "yes"), ((1.20, 1.10), "no"), ((1.10, 1.01), None)])

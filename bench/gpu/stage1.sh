@@ -91,11 +91,13 @@ run)  # what `start` runs
   fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
   python3 -c "import torch; print('torch', torch.__version__)"
+  # the GPU as the runs' summaries name it: the cost summary keeps each GPU model's batches apart
+  DEVICE=$(python3 -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')")
   mkdir -p logs
   status=0
   for batch in "$@"; do
     n=${batch%%:*} sel=${batch#*:}
-    echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel params $PARAMS_NAME" | tee -a "$WS/logs/job.log"
+    echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel params $PARAMS_NAME device $DEVICE" | tee -a "$WS/logs/job.log"
     python3 -m bench.gpu.job "train:$sel" --parallel "$n" 2>&1 | tee -a "$WS/logs/job.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   done

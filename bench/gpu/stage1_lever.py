@@ -1,7 +1,7 @@
 """On the GPU machine, between two Stage 1 batches: whether a speed lever (a params file `pack` wrote
 with an overlay on top) trains the rest of a width. The batch just run re-trained configs that the
 campaign already holds, under the lever; the lever is kept when that batch's wall time fell below the
-committed batch of the same selection run with the campaign's params, and every re-trained config's
+committed batch of the same selection run with the campaign's params on the same GPU model, and every re-trained config's
 final Wikipedia PPL lies within the run-to-run spread of the committed repeats (the same config
 trained again):
 
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from bench.gpu.stage1_findings import Campaign, largest_spread
-from bench.gpu.sweep_stage1 import CAMPAIGN_PARAMS, parse_job_log, step_runs
+from bench.gpu.sweep_stage1 import CAMPAIGN_PARAMS, parse_job_log, run_devices, step_devices, step_runs
 from cart.io import atomic_write_json
 from cart.results.schema import RANK_DOMAIN
 
@@ -44,15 +44,17 @@ def spread_pct(campaign: Path) -> float:
 def compare(workspace: Path, campaign: Path) -> dict:
     """The last batch of the workspace's job log against the campaign's batch of the same selection."""
     _, steps = parse_job_log((workspace / "logs" / "job.log").read_text())
-    if not steps:
-        raise SystemExit(f"{workspace}/logs/job.log: no finished batch")
+    if not steps or steps[-1].get("interrupted"):
+        raise SystemExit(f"{workspace}/logs/job.log: its last batch did not finish")
+    step_devices(steps, run_devices(workspace))
     new = steps[-1]
     _, committed = parse_job_log((campaign / "logs" / "job.log").read_text())
-    same = [s for s in committed if s["selection"] == new["selection"]
-            and s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS]
-    if not same:
+    step_devices(committed, run_devices(campaign))
+    same = [s for s in committed if s["selection"] == new["selection"] and not s.get("interrupted")
+            and s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS and s.get("device") == new.get("device")]
+    if not same:  # wall times on two GPU models say nothing about a lever
         raise SystemExit(f"{campaign}/logs/job.log: no batch of selection {new['selection']} run with "
-                         f"{CAMPAIGN_PARAMS} to compare with")
+                         f"{CAMPAIGN_PARAMS} on {new.get('device', 'an unnamed GPU')} to compare with")
     old = same[-1]
     ids = sorted(f"{p.parent.name}/{p.name}" for p in (workspace / "runs").glob("*/*") if p.is_dir())
     noise = spread_pct(campaign)

@@ -13,6 +13,13 @@ step's wall time x the width's summed forward FLOPs per token over the step's (s
 at these widths, so GPU time grows with FLOPs; compile and start-up are scaled with them, which
 overstates a width run with more configs at once, where they overlap other runs' steps). The 64-config
 total adds the measured and projected widths.
+
+A job step the machine's loss cut short (no closing line in the log) still costs its runs that
+finished: each run's start is read off the log (a run starts when the one before it in the log ends,
+the first wave at 0), and the step counts until its last finished run ended. That overstates those
+runs a little (the unfinished runs beside them shared the GPU) and leaves out the GPU time the lost
+runs took. Widths and totals are per GPU model (each job step's `device`): the target is one H200's,
+and a step on another GPU is summarised under `other_devices`, never added to the H200's minutes.
 """
 from __future__ import annotations
 
@@ -30,24 +37,58 @@ from cart.models import forward_flops
 from cart.params import load_params
 
 TARGET_MINUTES = 60
+TARGET_DEVICE = "NVIDIA H200"  # the GPU the 60-minute target is set on
 CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
 STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
-JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)(?: params (\S+))?")
+JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)(?: params (\S+))?(?: device (.+))?$")
+# cart/jobs.py's progress: a run started, or ended with its exit code and seconds
+TASK_LINE = re.compile(r"^(started|done|failed|stopped): pipeline\.train (\S+) (\S+) --no-progress"
+                       r"(?: \(exit (-|\d+), ([\d.]+)s\))?")
 
 
 def parse_job_log(text: str) -> tuple[dict, list[dict]]:
-    """(run_id -> {process_s, exit, parallel}, [job steps: selection, commands, wall_s, parallel, and the
-    params file when the job named one])."""
-    runs, steps, parallel, mps, params = {}, [], 1, 0, {}
-    for line in text.splitlines():
-        if m := JOB_LINE.match(line.strip()):
-            parallel, mps, params = int(m[1]), int(m[2]), {"params": m[4]} if m[4] else {}
+    """(run_id -> {process_s, exit, parallel, mps}, [job steps: selection, commands, wall_s, parallel, mps,
+    and the params file and device when the job named them; a step cut short also lists the `runs` that
+    finished in it and is marked `interrupted`])."""
+    runs, steps, job = {}, [], None
+
+    def cut_short() -> None:  # a job whose closing line never came: the runs that finished in it
+        if job is None or job["closed"]:
+            return
+        done = [i for i, (_, code) in job["ends"].items() if code == 0]
+        if done:
+            steps.append({"selection": job["selection"], "commands": len(done),
+                          "wall_s": round(max(job["ends"][i][0] for i in done), 1)} | job["fields"]
+                         | {"runs": done, "interrupted": True})
+
+    for line in map(str.strip, text.splitlines()):
+        if m := JOB_LINE.match(line):
+            cut_short()
+            fields = {"parallel": int(m[1]), "mps": int(m[2])} | ({"params": m[4]} if m[4] else {}) \
+                | ({"device": m[5].strip()} if m[5] else {})
+            job = {"selection": m[3], "fields": fields, "closed": False, "clock": 0.0, "start": {}, "ends": {}}
+        elif job is None:
+            continue
+        elif m := TASK_LINE.match(line):
+            run_id = f"{m[2]}/{m[3]}"
+            if m[1] == "started":  # when the run before it in the log ended (the first wave at 0)
+                job["start"][run_id] = job["clock"]
+            elif m[5] is not None:
+                end = job["start"].get(run_id, 0.0) + float(m[5])
+                job["clock"] = max(job["clock"], end)
+                code = None if m[4] == "-" else int(m[4])
+                job["ends"][run_id] = (end, code)
+                if code is not None:
+                    runs[run_id] = {"process_s": float(m[5]), "exit": code, "parallel": job["fields"]["parallel"],
+                                    "mps": job["fields"]["mps"]}
         elif m := RUN_LINE.search(line):
-            runs[f"{m[1]}/{m[2]}"] = {"process_s": float(m[4]), "exit": int(m[3]), "parallel": parallel, "mps": mps}
-        elif m := STEP_LINE.match(line.strip()):
-            steps.append({"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3]), "parallel": parallel,
-                          "mps": mps} | params)
+            runs[f"{m[1]}/{m[2]}"] = {"process_s": float(m[4]), "exit": int(m[3]),
+                                      "parallel": job["fields"]["parallel"], "mps": job["fields"]["mps"]}
+        elif m := STEP_LINE.match(line):
+            job["closed"] = True
+            steps.append({"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3])} | job["fields"])
+    cut_short()
     return runs, steps
 
 
@@ -74,19 +115,24 @@ def run_costs(root: Path, processes: dict) -> dict:
 
 
 def step_runs(step: dict, ids: list[str]) -> list[str]:
-    """The run ids of `ids` that a job step's selection names, as bench/gpu/job.py reads it: a group
-    (every run), group/name or group/<shell pattern>."""
+    """The run ids of `ids` that a job step trained: those its selection names, as bench/gpu/job.py
+    reads it (a group: every run; group/name; group/<shell pattern>), or, for a step cut short, those
+    that finished."""
+    if "runs" in step:
+        return [i for i in ids if i in step["runs"]]
     patterns = [p if "/" in p else f"{p}/*" for p in step["selection"].split(",")]
     return [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in patterns)]
 
 
-def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> dict:
+def width_projection(params: dict, costs: dict, steps: list[dict], d: int, device: str | None = None) -> dict:
     """One width's minutes: measured where job steps that trained nothing but this width's configs
     trained every one of them (the sum of those steps' wall times; a config trained twice counts
     at its last step), else the projection from a step that trained only some of its configs. Only
     steps run with the campaign's own params count: a step under a lever's params (a trial of it,
-    bench/gpu/stage1_lever.py) costs what the campaign does not."""
-    steps = [s for s in steps if s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS]
+    bench/gpu/stage1_lever.py) costs what the campaign does not. With `device`, only the steps on
+    that GPU (a step of unknown device counts)."""
+    steps = [s for s in steps if s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS
+             and (device is None or s.get("device", device) == device)]
     names = [n for n in run_names(params, ["stage1"])["stage1"] if GROUPS["stage1"].parse(n)["d_model"] == d]
     ids = [f"stage1/{n}" for n in names]
     measured = [i for i in ids if i in costs and "process_s" in costs[i]]
@@ -110,26 +156,52 @@ def width_projection(params: dict, costs: dict, steps: list[dict], d: int) -> di
             "from_step": {"runs": ran, "wall_s": step["wall_s"], "flops_scale": round(scale, 3)}}
 
 
+def run_devices(root: Path) -> dict[str, str]:
+    """run_id -> the GPU its summary names (its latest training's)."""
+    out = {}
+    for path in sorted(root.glob("runs/*/*/summary.json")):
+        device = json.loads(path.read_text()).get("device")
+        if device:
+            out[f"{path.parent.parent.name}/{path.parent.name}"] = device
+    return out
+
+
+def step_devices(steps: list[dict], devices: dict[str, str]) -> None:
+    """Each step's GPU where its log line did not name it: the one device its trained runs' summaries
+    name (bench/gpu/stage1.sh names it in the log; a run's summary holds only its latest training)."""
+    for step in steps:
+        found = {devices[i] for i in step_runs(step, list(devices))}
+        if "device" not in step and len(found) == 1:
+            step["device"] = found.pop()
+
+
+def device_cost(params: dict, stage1: dict, steps: list[dict], widths: list[int], device: str) -> dict:
+    """One GPU model's minutes: measured, per width, and the 64-config total where no width is missing."""
+    per_width = {str(d): width_projection(params, stage1, steps, d, device) for d in widths}
+    total = [w["minutes"] for w in per_width.values()]
+    return {"gpu_minutes_measured": round(sum(s["wall_s"] for s in steps if s.get("device") == device) / 60, 2),
+            "projected_gpu_minutes_64": round(sum(total), 2) if all(m is not None for m in total) else None,
+            "widths": per_width}
+
+
 def summarize(root: Path, params: dict) -> dict:
     log = root / "logs" / "job.log"
     processes, steps = parse_job_log(log.read_text()) if log.is_file() else ({}, [])
     costs = run_costs(root, processes)
+    step_devices(steps, run_devices(root))
     stage1 = {k: v for k, v in costs.items() if k.startswith("stage1/")}
     widths = sorted({GROUPS["stage1"].parse(n)["d_model"] for n in run_names(params, ["stage1"])["stage1"]})
-    per_width = {str(d): width_projection(params, stage1, steps, d) for d in widths}
-    total = [w["minutes"] for w in per_width.values()]
-    devices = sorted({c["device"] for c in costs.values() if c.get("device")})
+    devices = sorted({c["device"] for c in costs.values() if c.get("device")} | {s["device"] for s in steps if "device" in s})
     torches = sorted({c["torch"] for c in costs.values() if c.get("torch")})
     phases = ("setup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s")
     return {
-        "device": devices[0] if len(devices) == 1 else devices, "torch": torches[0] if len(torches) == 1 else torches,
+        "device": TARGET_DEVICE, "torch": torches[0] if len(torches) == 1 else torches,
         "command": "bash bench/gpu/stage1.sh start <runs> (configs/paper.yaml + configs/paper_offline.yaml); "
                    "python -m bench.gpu.sweep_stage1 gpu/stage1",
         "target_minutes": TARGET_MINUTES,
-        "configs_measured": len(stage1),
-        "gpu_minutes_measured": round(sum(s["wall_s"] for s in steps) / 60, 2),
-        "projected_gpu_minutes_64": round(sum(total), 2) if all(m is not None for m in total) else None,
-        "widths": per_width,
+        "configs_measured": sum(1 for c in stage1.values() if c.get("device") == TARGET_DEVICE),
+        **device_cost(params, stage1, steps, widths, TARGET_DEVICE),
+        "other_devices": {dev: device_cost(params, stage1, steps, widths, dev) for dev in devices if dev != TARGET_DEVICE},
         "seconds_by_phase_stage1": {p: round(sum(c[p] for c in stage1.values()), 1) for p in phases},
         "job_steps": steps,
         "runs": costs,
