@@ -301,3 +301,24 @@ def test_a_multi_seed_spot_check_is_one_seed_mean_beside_the_papers(tmp_path):
     base = dict(zip(table["name"], table["base_run_id"]))
     assert (base["P4R10-s43"], base["X"]) == ("stage2/d256-R4-s43", "stage2/d256-R4-s42")
     assert pd.isna(base["P4R10-s44"])
+
+
+def test_the_spectral_radius_figure_draws_a_panel_per_stage_with_a_log(report, tmp_path):
+    """Stage 1 and Stage 2 side by side where both have logs; a store of Stage 1 alone (the committed
+    Stage 1 campaign) gets one panel, not an empty Stage 2 beside it."""
+    import sqlite3
+    import struct
+
+    from cart.report.figures import fig_spectral
+
+    def png_width(db: Path) -> int:
+        con = sqlite3.connect(db)
+        try:
+            assert fig_spectral(con, tmp_path / "fig.png", DPI) is not None
+        finally:
+            con.close()
+        return struct.unpack(">I", (tmp_path / "fig.png").read_bytes()[16:20])[0]
+
+    both = png_width(report[0])
+    stage1_only = png_width(Path(__file__).resolve().parents[1] / "gpu" / "stage1" / "results.db")
+    assert (both, stage1_only) == (2 * 5.5 * DPI, 5.5 * DPI)

@@ -149,18 +149,20 @@ def fig_r_benefit(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
 
 
 def fig_spectral(con: sqlite3.Connection, path: Path, dpi: int) -> str | None:
-    """LTI spectral radius vs step, Stage 1 (left) and Stage 2 (right), colour = d."""
+    """LTI spectral radius vs step, one panel per stage with a log (Stage 1 left, Stage 2 right),
+    colour = d."""
     runs = load_runs(con)
     runs = runs[(runs["arch"] == "cart") & runs["group"].isin(["stage1", "stage2"]) & (runs["status"] != "missing")]
     log = load_train_log(con, runs["run_id"]).dropna(subset=["spectral_radius"])
     if log.empty:
         return None
+    groups = [g for g in ("stage1", "stage2") if log["run_id"].isin(runs.loc[runs["group"] == g, "run_id"]).any()]
     ds = sorted(int(d) for d in runs["d_model"].dropna().unique())
     cmap = dict(zip(ds, _colors(len(ds))))
     styles = ["-", "--", ":", "-."]
     with plt.rc_context(RC):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-        for ax, group in zip(axes, ("stage1", "stage2")):
+        fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+        for ax, group in zip(axes[0], groups):
             sel = runs[runs["group"] == group].sort_values(["d_model", "n_loops", "run_id"])
             rs = sorted(int(r) for r in sel["n_loops"].dropna().unique())
             shown = set()
