@@ -142,6 +142,28 @@ def test_committed_sweep_metrics_are_what_the_campaign_renders():
     assert committed["configs_measured"] >= 16 and committed["widths"]["256"]["mode"] == "measured"
 
 
+def test_a_batch_on_another_gpu_is_summarised_apart_from_the_h200s(tmp_path):
+    """The committed campaign plus a d768 batch on an H100: the H200's minutes and projection stay as
+    committed, the H100's batch is costed under other_devices."""
+    import shutil
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
+    pair = "stage1/d768-P2-R2,stage1/d768-P6-R8"
+    with open(root / "logs" / "job.log", "a") as log:
+        log.write(f"stage1 job: parallel 2 mps 1 selection {pair} params params.yaml device NVIDIA H100 80GB HBM3\n"
+                  "  pipeline.train stage1 d768-P2-R2 --no-progress               exit 0   150.0s\n"
+                  "  pipeline.train stage1 d768-P6-R8 --no-progress               exit 0   240.0s\n"
+                  f"train:{pair}: 2 command(s) in 240.0s\n")
+    committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
+    out = sweep_stage1.summarize(root, load_params(root / "params.yaml"))
+    for key in ("gpu_minutes_measured", "projected_gpu_minutes_64", "widths"):
+        assert out[key] == committed[key], key
+    h100 = out["other_devices"]["NVIDIA H100 80GB HBM3"]
+    assert h100["gpu_minutes_measured"] == 4.0 and h100["projected_gpu_minutes_64"] is None
+    assert h100["widths"]["768"]["from_step"]["wall_s"] == 240.0
+    assert h100["widths"]["768"]["minutes"] == round(240.0 * committed["widths"]["768"]["from_step"]["flops_scale"] / 60, 2)
+
+
 def test_committed_findings_are_what_the_store_renders():
     assert (CAMPAIGN / "FINDINGS.md").read_text() == stage1_findings.render(CAMPAIGN), \
         "re-run: python -m bench.gpu.stage1_findings gpu/stage1"

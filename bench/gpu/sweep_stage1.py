@@ -191,7 +191,7 @@ def summarize(root: Path, params: dict) -> dict:
     step_devices(steps, run_devices(root))
     stage1 = {k: v for k, v in costs.items() if k.startswith("stage1/")}
     widths = sorted({GROUPS["stage1"].parse(n)["d_model"] for n in run_names(params, ["stage1"])["stage1"]})
-    devices = sorted({c["device"] for c in costs.values() if c.get("device")} | {s["device"] for s in steps if "device" in s})
+    devices = sorted({s["device"] for s in steps if "device" in s})  # the GPUs that ran job steps
     torches = sorted({c["torch"] for c in costs.values() if c.get("torch")})
     phases = ("setup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s")
     return {
