@@ -135,6 +135,29 @@ def test_a_width_is_measured_whole_or_projected_by_flops(paper):
     assert sweep_stage1.width_projection(paper, two, mixed, 512)["mode"] == "missing"
 
 
+def test_the_steps_alone_interpolate_single_run_speeds_in_flops(paper):
+    """steps_only: per width, each config's step time on the line through its width's measured configs
+    (time against forward FLOPs per token), and the optimistic sum at the most efficient one's seconds
+    per FLOP; a width without two measured configs leaves the totals unknown."""
+    ids = [f"d512-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    flops = {n: forward_flops(resolve_run(paper, "stage1", n, 32_000).model, 512) / 512 for n in ids}
+    tokens = 3000 * 32 * 512
+    speeds = {"d512-P2-R2": 1.7e6, "d512-P6-R8": 0.8e6}
+    out = sweep_stage1.steps_only(paper, speeds)
+    t = {n: tokens / v for n, v in speeds.items()}
+    slope = (t["d512-P6-R8"] - t["d512-P2-R2"]) / (flops["d512-P6-R8"] - flops["d512-P2-R2"])
+    line = sum(t["d512-P2-R2"] + slope * (flops[n] - flops["d512-P2-R2"]) for n in ids) / 60
+    best = min(t[n] / flops[n] for n in t) * sum(flops.values()) / 60
+    assert out["widths"]["512"] == {"measured": ["d512-P2-R2", "d512-P6-R8"], "interpolated": round(line, 2),
+                                    "best_efficiency": round(best, 2)}
+    assert best < line  # the cheaper config runs more FLOPs a second here
+    assert out["widths"]["256"] is None and out["minutes_64"] == {"interpolated": None, "best_efficiency": None}
+    whole = dict(speeds, **{f"d{d}-{c}": v for d in (256, 768, 1024) for c, v in (("P2-R2", 2e6), ("P6-R8", 1e6))})
+    assert sweep_stage1.steps_only(paper, whole)["minutes_64"]["interpolated"] > line
+    with pytest.raises(ValueError, match=r"not in the Stage 1 grid: \['d512-P5-R2'\]"):
+        sweep_stage1.steps_only(paper, {"d512-P5-R2": 1e6})
+
+
 def test_committed_sweep_metrics_are_what_the_campaign_renders():
     committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
     fresh = json.loads(json.dumps(sweep_stage1.summarize(CAMPAIGN, sweep_stage1.load_params(CAMPAIGN / "params.yaml"))))

@@ -31,6 +31,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from cart.experiments import GROUPS, resolve_run, run_names
 from cart.io import atomic_write_json
 from cart.models import forward_flops
@@ -38,6 +40,7 @@ from cart.params import load_params
 
 TARGET_MINUTES = 60
 TARGET_DEVICE = "NVIDIA H200"  # the GPU the 60-minute target is set on
+SINGLE_RUN_SPEEDS = "single_run_speeds.json"  # in the campaign's folder: the input of steps_only()
 CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
 STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
@@ -184,6 +187,35 @@ def device_cost(params: dict, stage1: dict, steps: list[dict], widths: list[int]
             "widths": per_width}
 
 
+def steps_only(params: dict, speeds: dict) -> dict:
+    """The 3,000 steps alone, one run at a time, at the single-run tokens/s measured for some configs
+    of each width (`speeds`: run name -> tokens/s): per width, each config's step time interpolated
+    linearly in its forward FLOPs per token through the width's measured configs (least squares; the
+    line through two), and the optimistic sum where every config runs as efficiently (seconds per FLOP)
+    as the width's most efficient measured config. Minutes; a width with fewer than 2 measured configs
+    is left out of both totals' widths and makes them None."""
+    names = run_names(params, ["stage1"])["stage1"]
+    unknown = sorted(set(speeds) - set(names))
+    if unknown:
+        raise ValueError(f"single-run speeds for configs not in the Stage 1 grid: {unknown}")
+    widths, totals = {}, {"interpolated": 0.0, "best_efficiency": 0.0}
+    for d in sorted({GROUPS["stage1"].parse(n)["d_model"] for n in names}):
+        specs = {n: resolve_run(params, "stage1", n, 32_000) for n in names if GROUPS["stage1"].parse(n)["d_model"] == d}
+        flops = {n: forward_flops(s.model, s.run.seq_len) / s.run.seq_len for n, s in specs.items()}
+        seconds = {n: specs[n].run.steps * specs[n].run.tokens_per_step / speeds[n] for n in specs if n in speeds}
+        if len(seconds) < 2:
+            widths[str(d)] = None
+            totals = {k: None for k in totals}
+            continue
+        slope, intercept = np.polyfit([flops[n] for n in seconds], list(seconds.values()), 1)
+        per_flop = min(t / flops[n] for n, t in seconds.items())
+        row = {"measured": sorted(seconds), "interpolated": float(sum(intercept + slope * f for f in flops.values())) / 60,
+               "best_efficiency": float(sum(per_flop * f for f in flops.values())) / 60}
+        widths[str(d)] = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+        totals = {k: None if v is None else v + row[k] for k, v in totals.items()}
+    return {"minutes_64": {k: None if v is None else round(v, 2) for k, v in totals.items()}, "widths": widths}
+
+
 def summarize(root: Path, params: dict) -> dict:
     log = root / "logs" / "job.log"
     processes, steps = parse_job_log(log.read_text()) if log.is_file() else ({}, [])
@@ -194,6 +226,7 @@ def summarize(root: Path, params: dict) -> dict:
     devices = sorted({s["device"] for s in steps if "device" in s})  # the GPUs that ran job steps
     torches = sorted({c["torch"] for c in costs.values() if c.get("torch")})
     phases = ("setup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s")
+    speeds = root / SINGLE_RUN_SPEEDS
     return {
         "device": TARGET_DEVICE, "torch": torches[0] if len(torches) == 1 else torches,
         "command": "bash bench/gpu/stage1.sh start <runs> (configs/paper.yaml + configs/paper_offline.yaml); "
@@ -202,6 +235,8 @@ def summarize(root: Path, params: dict) -> dict:
         "configs_measured": sum(1 for c in stage1.values() if c.get("device") == TARGET_DEVICE),
         **device_cost(params, stage1, steps, widths, TARGET_DEVICE),
         "other_devices": {dev: device_cost(params, stage1, steps, widths, dev) for dev in devices if dev != TARGET_DEVICE},
+        "steps_only": (steps_only(params, json.loads(speeds.read_text())["tokens_per_s"]) | {"speeds": speeds.name}
+                       if speeds.is_file() else None),
         "seconds_by_phase_stage1": {p: round(sum(c[p] for c in stage1.values()), 1) for p in phases},
         "job_steps": steps,
         "runs": costs,
@@ -219,7 +254,8 @@ def main(argv=None) -> int:
     atomic_write_json(args.out, out)
     med = statistics.median([c["compile_s"] for c in out["runs"].values()]) if out["runs"] else None
     print(f"{out['configs_measured']} Stage 1 configs measured, {out['gpu_minutes_measured']} GPU-minutes; "
-          f"projected 64-config screen: {out['projected_gpu_minutes_64']} min (target {TARGET_MINUTES}); "
+          f"projected 64-config screen: {out['projected_gpu_minutes_64']} min (target {TARGET_MINUTES}; "
+          f"the steps alone, one run at a time: {(out['steps_only'] or {}).get('minutes_64')}); "
           f"median compile {med} s -> {args.out}")
     return 0
 
