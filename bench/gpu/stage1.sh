@@ -3,9 +3,10 @@
 # offline corpora) on a GPU machine with no network and no DVC, several runs at once under CUDA MPS.
 # docs/gpu.md has the whole sequence; in short:
 #
-#   here:   bash bench/gpu/stage1.sh pack          # .gpu-site (packages) and .gpu-stage1/data.tar.xz (the bins)
+#   here:   bash bench/gpu/stage1.sh pack          # .gpu-stage1/: site.tar.xz (the packages), data.tar.xz
+#                                                  # (the bins) and the campaign's params files
 #   device: bash bench/gpu/stage1.sh start '4:stage1/d256-*' '2:stage1/d512-P2-R2,stage1/d512-P6-R8' ...
-#           (carry .gpu-site and .gpu-stage1)
+#           (carry .gpu-stage1 alone)
 #           bash bench/gpu/stage1.sh collect 540   # again, on the still-warm machine, until it says finished
 #   here:   python -m bench.gpu.import_runs --profiles paper paper_offline --dest gpu/stage1 out/stage1-*.tgz
 #           python -m bench.gpu.sweep_stage1 gpu/stage1 --out metrics/sweep_stage1.json
@@ -17,9 +18,13 @@
 # stage1_by_iteration: configs/<overlay>.yaml). STAGE1_MPS=0 runs them without MPS;
 # STAGE1_OVERLAY=gpu_stage1_dry adds an overlay after the two profiles (a CPU dry run:
 # configs/gpu_stage1_dry.yaml). The workspace .gpu-ws-stage1/ stays on a warm machine between calls, so
-# a later `start` resumes its runs.
+# a later `start` resumes its runs. `lever <params+overlay.yaml>` runs bench/gpu/stage1_lever.py there
+# after a trial batch and prints the params file the rest of the width trains with.
+#
+# The packages travel as one xz file (4 MB instead of 7.6 MB in 600 files): the checkout with gpu/
+# (16 MB), the data (44 MB) and the packages then fit the 64 MiB a device call carries.
 set -uo pipefail
-CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds>}
+CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds> | lever <params file>}
 shift
 REPO=$PWD
 WS=$REPO/.gpu-ws-stage1
@@ -27,6 +32,16 @@ OUT=${OUT:-$REPO/out}
 BG=/tmp/cart-stage1-bg   # the background job's files, kept while the machine is warm
 PROFILES=(paper paper_offline)
 DATA=.gpu-stage1/data.tar.xz
+SITE_PACK=.gpu-stage1/site.tar.xz
+SITE=/tmp/cart-stage1-site   # the packages unpacked on the GPU machine
+
+site() {  # the packages on PYTHONPATH: the carried archive, unpacked once per machine
+  if [ ! -f "$SITE/.unpacked" ]; then
+    rm -rf "$SITE" && mkdir -p "$SITE" && tar xJf "$REPO/$SITE_PACK" -C "$SITE" --strip-components=1 \
+      && touch "$SITE/.unpacked" || return 1
+  fi
+  export PYTHONPATH=$REPO:$SITE
+}
 
 params() {  # params.yaml of the campaign in the current folder (validating it needs lm-eval, which the
   # GPU machine lacks: `pack` writes it here and the GPU machine copies it)
@@ -63,7 +78,8 @@ PY
       && mv params.base.yaml params.yaml || exit 1
   done
   tar cf - data/bins data/tokenizer data/corpus/manifest.json | xz -9e -T2 > "$REPO/$DATA.tmp" && mv "$REPO/$DATA.tmp" "$REPO/$DATA"
-  ls -l "$REPO/$DATA" && du -sh "$REPO/.gpu-site"
+  (cd "$REPO" && tar cf - .gpu-site | xz -9e -T2 > "$SITE_PACK.tmp" && mv "$SITE_PACK.tmp" "$SITE_PACK") || exit 1
+  ls -l "$REPO/$DATA" "$REPO/$SITE_PACK"
   ;;
 start)  # on the GPU machine: the runs in the background (their own process session outlives the call)
   [ $# -ge 1 ] || { echo "start: name the batches (e.g. '4:stage1/d256-*')" >&2; exit 2; }
@@ -73,7 +89,8 @@ start)  # on the GPU machine: the runs in the background (their own process sess
   echo "started in the background (pid $!): collect with 'bash bench/gpu/stage1.sh collect <seconds>'"
   ;;
 run)  # what `start` runs
-  export PYTHONPATH=$REPO:$REPO/.gpu-site PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+  site || exit 1
+  export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   mkdir -p "$WS" && cd "$WS" || exit 1
   if [ ! -f data/bins/meta.json ]; then
@@ -112,5 +129,9 @@ collect)  # on the still-warm machine: wait up to <seconds>, then bring back wha
   if [ -f "$BG/finished" ]; then echo "finished: exit $(cat "$BG/finished")"; else echo "still running: collect again"; fi
   grep -E "exit [0-9]+ +[0-9.]+s|command\(s\) in|FAILED" "$WS/logs/job.log" 2>/dev/null | tail -n 40
   ;;
-*) echo "unknown command $CMD: pack | start <runs...> | collect <seconds>" >&2; exit 2 ;;
+lever)  # on the GPU machine, after a trial batch: the params file the rest trains with (last line)
+  site || exit 1
+  python3 -m bench.gpu.stage1_lever "$WS" "$REPO/gpu/stage1" "${1:?lever <params+overlay.yaml>}"
+  ;;
+*) echo "unknown command $CMD: pack | start <runs...> | collect <seconds> | lever <params file>" >&2; exit 2 ;;
 esac
