@@ -318,3 +318,19 @@ def test_a_config_trained_again_is_listed_with_its_earlier_training_and_what_cha
     text = stage1_findings.render(root)
     row = f"| stage1/d256-P2-R2 | {latest * 1.1:.1f} | {latest:.1f} | {100 * (1 / 1.1 - 1):+.2f}% | train.lr |"
     assert row in text and text.count("| stage1/d") == 1
+
+
+def test_a_width_trained_on_two_gpu_models_says_so(tmp_path):
+    """Findings name a width whose configs trained on more than one GPU model, with the count on each."""
+    import shutil
+    import sqlite3
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
+    con = sqlite3.connect(root / "results.db")
+    with con:
+        con.execute("UPDATE runs SET device = 'NVIDIA H100 80GB HBM3' WHERE \"group\" = 'stage1' AND name LIKE 'd512-P3-%'")
+    con.close()
+    text = stage1_findings.render(root)
+    assert ("- d = 512 trained on 2 GPU models (NVIDIA H100 80GB HBM3: 4 configs, NVIDIA H200: 12 configs): "
+            "its comparisons include") in text
+    assert "- d = 256 trained on" not in text and "NVIDIA H100 80GB HBM3, NVIDIA H200 (" in text

@@ -156,6 +156,13 @@ def render(root: Path) -> str:
         ran = sorted(zip(c.width(d)["n_prelude"].astype(int), c.width(d)["n_loops"].astype(int)))
         lines += [f"- At d = {d} only {len(ran)} of 16 configs have run ({', '.join(f'P{p} R{r}' for p, r in ran)}): "
                   "its \"best\" is the best of those, not the grid's."]
+    for d in WIDTHS:  # a width trained on two GPU models: its comparisons include their numerics
+        by_device = c.width(d).groupby("device").size()
+        if len(by_device) > 1:
+            lines += [f"- d = {d} trained on {len(by_device)} GPU models ("
+                      + ", ".join(f"{dev}: {n} configs" for dev, n in by_device.items())
+                      + "): its comparisons include the GPUs' different kernels, which move a run like the "
+                      "run-to-run spread does."]
 
     # ---- P = 6 best? ----
     lines += ["", "## P = 6 best at every width (the paper's claim)", ""]
