@@ -334,3 +334,47 @@ def test_a_width_trained_on_two_gpu_models_says_so(tmp_path):
     assert ("- d = 512 trained on 2 GPU models (NVIDIA H100 80GB HBM3: 4 configs, NVIDIA H200: 12 configs): "
             "its comparisons include") in text
     assert "- d = 256 trained on" not in text and "NVIDIA H100 80GB HBM3, NVIDIA H200 (" in text
+
+
+def test_a_whole_width_is_read_as_p_and_r_effects_with_a_standard_error():
+    """grid_effects on a grid that is exactly P's factor times R's: the factors come back and the rest
+    is nil; one cell moved by a factor f leaves a scatter of f^(1/4) (9 degrees of freedom) and a
+    standard error sqrt(1/2) of it; a grid with a config missing is not read."""
+    import pandas as pd
+    p_factor = {2: 1.06, 3: 1.04, 4: 1.02, 6: 1.0}
+    r_factor = {2: 1.0, 4: 0.99, 6: 1.005, 8: 1.03}
+    rows = [{"n_prelude": P, "n_loops": R, "ppl_wikipedia": 100.0 * p_factor[P] * r_factor[R]}
+            for P in p_factor for R in r_factor]
+    exact = stage1_findings.grid_effects(pd.DataFrame(rows))
+    assert exact["R"] == pytest.approx({R: 100 * (f - 1) for R, f in r_factor.items()}, abs=1e-9)
+    assert exact["P"] == pytest.approx({P: 100 * (f - 1) for P, f in p_factor.items()}, abs=1e-9)
+    assert exact["scatter_pct"] == pytest.approx(0, abs=1e-9) and exact["se_pct"] == pytest.approx(0, abs=1e-9)
+    rows[0]["ppl_wikipedia"] *= 1.04
+    moved = stage1_findings.grid_effects(pd.DataFrame(rows))
+    sd = math.log(1.04) / 4
+    assert moved["scatter_pct"] == pytest.approx(100 * math.expm1(sd), rel=1e-9)
+    assert moved["se_pct"] == pytest.approx(100 * math.expm1(sd * math.sqrt(0.5)), rel=1e-9)
+    assert stage1_findings.grid_effects(pd.DataFrame(rows[1:])) is None
+
+
+def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp_path):
+    """The committed d512 (R = 8 +1.17% over R = 2, 2.3 standard errors) is named; with its R = 8 column
+    brought back to R = 2's level no width is; with d256's R = 8 column 5% lower, d256 is, as lowered."""
+    import shutil
+    import sqlite3
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
+    verdict = "- Eight loops instead of two moved PPL by more than two standard errors at: "
+    text = stage1_findings.render(root)
+    assert verdict + "d512 (raised it)." in text
+    assert "| 768 |" not in text.split("## R and P over")[1].split("##")[0]  # a partial width is not read
+
+    def scale_r8(d: int, factor: float) -> str:
+        con = sqlite3.connect(root / "results.db")
+        with con:
+            con.execute("UPDATE runs SET ppl_wikipedia = ppl_wikipedia * ? WHERE \"group\" = 'stage1' AND d_model = ?"
+                        " AND n_loops = 8", (factor, d))
+        con.close()
+        return stage1_findings.render(root)
+    assert verdict + "no width." in scale_r8(512, 1 / 1.0117)
+    assert verdict + "d256 (lowered it)." in scale_r8(256, 0.95)

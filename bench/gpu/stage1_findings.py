@@ -4,9 +4,10 @@ from the campaign's results store (gpu/stage1/results.db), the paper's from cart
     python -m bench.gpu.stage1_findings gpu/stage1            # writes gpu/stage1/FINDINGS.md
     python -m bench.gpu.stage1_findings gpu/stage1 --check    # exit 1 if the committed file is stale
 
-A difference is called a finding only where it exceeds the spread of the same config trained twice
-(stage1_variants: d256 P6 at R2 and R8, seed 42 again and seed 137); tests/test_stage1_campaign.py
-renders the file again from the committed store and compares.
+A difference between two configs is called a finding only where it exceeds the spread of the same
+config trained twice (stage1_variants: d256 P6 at R2 and R8, seed 42 again and seed 137); a difference
+between means over a whole width's grid is judged against the standard error the grid itself gives
+(grid_effects). tests/test_stage1_campaign.py renders the file again from the committed store and compares.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.gpu.findings.common import (COLLAPSE_PPL, RANK, _f, _pct, _table, config_changes, earlier_trainings,
@@ -100,6 +102,24 @@ def run_settings(c: Campaign) -> str:
         graphs = cuda and t["compile"] != "off" and t.get("compile_mode") == "reduce-overhead"
         labels.append(dtype + (", CUDA graphs" if graphs else ""))
     return "; ".join(dict.fromkeys(labels))
+
+
+def grid_effects(width: pd.DataFrame) -> dict | None:
+    """One width's 4 x 4 grid read as log PPL = P's effect + R's effect + the rest (two-way, one run
+    per cell): each R's mean over the four P against R = 2 and each P's mean over the four R against
+    P = 6 (percent), the rest's scatter (percent, 9 degrees of freedom: interactions and noise together)
+    and the standard error it gives a difference between two such means. None unless all 16 ran."""
+    grid = width.pivot_table(index="n_prelude", columns="n_loops", values=RANK)
+    if grid.shape != (4, 4) or grid.isna().any(axis=None) or 2 not in grid.columns or 6 not in grid.index:
+        return None
+    log = np.log(grid.to_numpy(dtype=float))
+    p_mean, r_mean = log.mean(axis=1), log.mean(axis=0)
+    rest = log - p_mean[:, None] - r_mean[None, :] + log.mean()
+    sd = math.sqrt(float((rest ** 2).sum()) / 9)
+    r2, p6 = r_mean[list(grid.columns).index(2)], p_mean[list(grid.index).index(6)]
+    return {"R": {int(R): 100 * math.expm1(m - r2) for R, m in zip(grid.columns, r_mean)},
+            "P": {int(P): 100 * math.expm1(m - p6) for P, m in zip(grid.index, p_mean)},
+            "scatter_pct": 100 * math.expm1(sd), "se_pct": 100 * math.expm1(sd * math.sqrt(2 / 4))}
 
 
 def best_of(df: pd.DataFrame) -> pd.Series | None:
@@ -208,6 +228,25 @@ def render(root: Path) -> str:
         elif len(measured) > 1:
             lines += ["- Whether our benefit grows with width is not a finding yet: not every width's change "
                       "exceeds the run-to-run spread."]
+
+    # ---- R and P over each whole width ----
+    effects = {d: e for d in WIDTHS if (e := grid_effects(c.width(d))) is not None}
+    if effects:
+        lines += ["", "## R and P over each whole width (all 16 configs, not in the paper)", "",
+                  "Each width's grid read as log PPL = P's effect + R's effect + the rest: the change of Wikipedia PPL "
+                  "from R = 2 to each R averaged over the four P, and from P = 6 to each P averaged over the four R. "
+                  "The rest (interactions and noise together) gives the standard error of such a difference of means; "
+                  "the run-to-run spread bounds one config's difference, and a mean of four varies less.", ""]
+        rows = [[str(d), *(_signed(e["R"][R]) for R in (4, 6, 8)), *(_signed(e["P"][P]) for P in (2, 3, 4)),
+                 f"{_f(e['scatter_pct'], 2)}%", f"{_f(e['se_pct'], 2)}%"] for d, e in effects.items()]
+        lines += _table(["d", "R2 -> R4", "R2 -> R6", "R2 -> R8", "P6 -> P2", "P6 -> P3", "P6 -> P4",
+                         "the rest's scatter", "standard error"], rows)
+        clear = [f"d{d} ({'lowered' if e['R'][8] < 0 else 'raised'} it)" for d, e in effects.items()
+                 if abs(e["R"][8]) > 2 * e["se_pct"]]
+        lines += ["", "- R2 -> R8 averaged over P: " + ", ".join(
+            f"d{d} {_signed(e['R'][8])} ({e['R'][8] / e['se_pct']:+.1f} standard errors)" for d, e in effects.items())
+            + ".", "- Eight loops instead of two moved PPL by more than two standard errors at: "
+            + (", ".join(clear) or "no width") + "."]
 
     # ---- spectral radius ----
     rho = c.done["spectral_radius"].dropna()
