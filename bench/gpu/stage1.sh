@@ -14,8 +14,8 @@
 # `start` takes batches, run one after another: N:<runs>, N runs at once, <runs> comma-separated
 # selections as bench/gpu/job.py takes them (group, group/name, shell patterns of names); a batch is one
 # job step, so its wall time is what those runs cost together. STAGE1_PARAMS=params+<overlay>.yaml runs them
-# with a params file `pack` wrote with that overlay on top (STAGE1_PACK_OVERLAYS, default
-# stage1_by_iteration: configs/<overlay>.yaml). STAGE1_MPS=0 runs them without MPS;
+# with a params file `pack` wrote with that overlay on top (STAGE1_PACK_OVERLAYS: names of configs/<overlay>.yaml,
+# none by default). STAGE1_MPS=0 runs them without MPS;
 # STAGE1_OVERLAY=gpu_stage1_dry adds an overlay after the two profiles (a CPU dry run:
 # configs/gpu_stage1_dry.yaml). The workspace .gpu-ws-stage1/ stays on a warm machine between calls, so
 # a later `start` resumes its runs. `lever <params+overlay.yaml>` runs bench/gpu/stage1_lever.py there
@@ -73,7 +73,7 @@ if have < need:
     raise SystemExit("fewer distinct tokens than Stage 1 reads: raise corpus.train_tokens or change the mixture")
 PY
   cp params.yaml "$REPO/.gpu-stage1/params.yaml"
-  for o in ${STAGE1_PACK_OVERLAYS-stage1_by_iteration}; do  # the campaign's params with a lever on top, to choose on the GPU
+  for o in ${STAGE1_PACK_OVERLAYS:-}; do  # the campaign's params with a lever on top, to choose on the GPU
     cp params.yaml params.base.yaml && python3 -m pipeline.profile "$o" > /dev/null && cp params.yaml "$REPO/.gpu-stage1/params+$o.yaml" \
       && mv params.base.yaml params.yaml || exit 1
   done
