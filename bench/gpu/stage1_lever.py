@@ -1,9 +1,9 @@
 """On the GPU machine, between two Stage 1 batches: whether a speed lever (a params file `pack` wrote
 with an overlay on top) trains the rest of a width. The batch just run re-trained configs that the
 campaign already holds, under the lever; the lever is kept when that batch's wall time fell below the
-committed batch of the same selection run with the campaign's params on the same GPU model, and every re-trained config's
-final Wikipedia PPL lies within the run-to-run spread of the committed repeats (the same config
-trained again):
+committed batch of the same selection run with the campaign's params on the same GPU model, and every
+re-trained config's final Wikipedia PPL lies within the run-to-run spread of the committed repeats
+(the same config trained again):
 
     python -m bench.gpu.stage1_lever .gpu-ws-stage1 gpu/stage1 params+stage1_by_iteration.yaml
 
