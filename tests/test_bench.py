@@ -349,3 +349,42 @@ def test_a_stopped_benchmark_keeps_the_rows_it_finished(tmp_path, monkeypatch):
     bench.main(args)  # not stopped: both rows, complete
     got = json.loads(out.read_text())
     assert got["complete"] is True and [r["model"] for r in got["rows"]] == ["CART d64 P2 R2", "Dense 2L d64"]
+
+
+def test_a_run_of_the_dag_is_benched_with_its_own_model_and_training_settings(tmp_path, monkeypatch):
+    """--configs <group>/<run>: the run's model and training settings from --params (Stage 1 of the
+    committed campaign: paper_code, 8-bit AdamW, CUDA graphs), so base is the run's own step and a lever
+    changes only itself; --optimizer and --compile-mode still win, and off CUDA the optimizer is AdamW."""
+    import argparse
+    from pathlib import Path
+
+    from cart.experiments import resolve_run
+    from cart.models import count_params
+    from cart.params import load_params
+    params = Path(__file__).resolve().parents[1] / "gpu" / "stage1" / "params.yaml"
+    spec = resolve_run(load_params(params), "stage1", "d256-P2-R2", 32_000)
+    given = argparse.Namespace(optimizer=None, compile_mode=None, backprop_loops=None)
+    cfg, t, mode, run = bench.row_settings(spec, None, given, torch.device("cuda"))
+    assert (cfg, t.optimizer, t.lr, mode, run) == (spec.model, "adamw8bit", spec.train.lr, "reduce-overhead",
+                                                   "stage1/d256-P2-R2")
+    assert cfg.variant == "paper_code"
+    assert bench.row_settings(spec, None, given, torch.device("cpu"))[1].optimizer == "adamw"
+    chosen = argparse.Namespace(optimizer="adamw", compile_mode="max-autotune-no-cudagraphs", backprop_loops=None)
+    assert bench.row_settings(spec, None, chosen, torch.device("cuda"))[1:3] == (
+        bench.row_settings(spec, None, given, torch.device("cpu"))[1], "max-autotune-no-cudagraphs")
+
+    seen = []
+    real_loss_fn = bench.make_loss_fn
+    monkeypatch.setattr(bench, "make_loss_fn", lambda model, compile, mode=None: (
+        seen.append(("compile", mode)), real_loss_fn(model, False))[1])  # no real compile on the CPU
+    out = tmp_path / "b.json"
+    bench.main(["--params", str(params), "--configs", "stage1/d256-P2-R2", "cart-d64-R2-P2", "--micro-batch", "1",
+                "--seq-len", "16", "--steps", "1", "--warmup", "0", "--device", "cpu", "--levers", "base", "fused_adamw",
+                "--out", str(out)])
+    assert seen == [("compile", "reduce-overhead")] * 2 + [("compile", None)] * 2
+    rows = json.loads(out.read_text())["rows"]
+    assert [r.get("run") for r in rows] == ["stage1/d256-P2-R2"] * 2 + [None] * 2
+    assert rows[0]["stored_m"] == count_params(spec.model)["stored"] / 1e6
+    assert [r["optimizer"] for r in rows] == ["adamw"] * 4 and "speedup_vs_base" in rows[1]
+    with pytest.raises(ValueError, match=r"--configs stage1/d300-P2-R2: "):
+        bench.main(["--params", str(params), "--configs", "stage1/d300-P2-R2", "--device", "cpu", "--out", str(out)])

@@ -158,6 +158,37 @@ def test_the_steps_alone_interpolate_single_run_speeds_in_flops(paper):
         sweep_stage1.steps_only(paper, {"d512-P5-R2": 1e6})
 
 
+def test_single_run_speeds_come_from_the_bench_rows_of_stage1_runs():
+    """stage1.sh bench's output: the base rows (the run's own step) give the speeds, the fused_adamw rows
+    their speed-up; other groups' runs, config-name rows and failed rows are not read. A record of
+    earlier speeds is read as it is."""
+    rows = [{"model": "CART d256 P2 R2", "run": "stage1/d256-P2-R2", "lever": "base", "tokens_per_s": 2.0e6},
+            {"model": "CART d256 P2 R2", "run": "stage1/d256-P2-R2", "lever": "fused_adamw", "tokens_per_s": 2.1e6,
+             "speedup_vs_base": 1.05},
+            {"model": "CART d256 P6 R8", "run": "stage1/d256-P6-R8", "lever": "base", "oom": True},
+            {"model": "CART d256 P6 R2", "run": "stage1_variants/code-R2-s42", "lever": "base", "tokens_per_s": 1.0},
+            {"model": "CART d256 P6 R6", "lever": "base", "tokens_per_s": 1.0}]
+    assert sweep_stage1.single_run_speeds({"rows": rows}) == ({"d256-P2-R2": 2.0e6}, {"d256-P2-R2": 1.05})
+    assert sweep_stage1.single_run_speeds({"tokens_per_s": {"d256-P2-R2": 3.0e6}}) == ({"d256-P2-R2": 3.0e6}, {})
+
+
+def test_a_later_speeds_file_replaces_an_earlier_ones_configs(tmp_path, paper):
+    """Every single_run_speeds*.json of the campaign, in name order: a bench file measured later replaces the
+    record's speeds of the configs it ran and adds fused AdamW's speed-ups; the others stay."""
+    record = {"tokens_per_s": {"d512-P2-R2": 1.7e6, "d512-P6-R8": 0.8e6}}
+    measured = {"rows": [{"model": "CART d512 P6 R8", "run": "stage1/d512-P6-R8", "lever": "base", "tokens_per_s": 1.0e6},
+                         {"model": "CART d512 P6 R8", "run": "stage1/d512-P6-R8", "lever": "fused_adamw",
+                          "tokens_per_s": 1.02e6, "speedup_vs_base": 1.02}]}
+    (tmp_path / "single_run_speeds.json").write_text(json.dumps(record))
+    (tmp_path / "single_run_speeds_120000.json").write_text(json.dumps(measured))
+    paths = sorted(tmp_path.glob(sweep_stage1.SINGLE_RUN_SPEEDS))
+    got = sweep_stage1.steps_only_record(paper, paths)
+    expected = sweep_stage1.steps_only(paper, {"d512-P2-R2": 1.7e6, "d512-P6-R8": 1.0e6})
+    assert got == expected | {"speeds": ["single_run_speeds.json", "single_run_speeds_120000.json"],
+                              "fused_adamw_speedup": {"d512-P6-R8": 1.02}}
+    assert sweep_stage1.steps_only_record(paper, []) is None
+
+
 def test_committed_sweep_metrics_are_what_the_campaign_renders():
     committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
     fresh = json.loads(json.dumps(sweep_stage1.summarize(CAMPAIGN, sweep_stage1.load_params(CAMPAIGN / "params.yaml"))))

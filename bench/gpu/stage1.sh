@@ -19,12 +19,13 @@
 # STAGE1_OVERLAY=gpu_stage1_dry adds an overlay after the two profiles (a CPU dry run:
 # configs/gpu_stage1_dry.yaml). The workspace .gpu-ws-stage1/ stays on a warm machine between calls, so
 # a later `start` resumes its runs. `lever <params+overlay.yaml>` runs bench/gpu/stage1_lever.py there
-# after a trial batch and prints the params file the rest of the width trains with.
+# after a trial batch and prints the params file the rest of the width trains with. `bench <runs...>` times
+# the runs' steps one run alone at a time (bench.throughput.train_step), the input of sweep_stage1's steps_only.
 #
 # The packages travel as one xz file (4 MB instead of 7.6 MB in 600 files): the checkout with gpu/
 # (16 MB), the data (44 MB) and the packages then fit the 64 MiB a device call carries.
 set -uo pipefail
-CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds> | lever <params file>}
+CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds> | lever <params file> | bench <runs...>}
 shift
 REPO=$PWD
 WS=$REPO/.gpu-ws-stage1
@@ -129,9 +130,19 @@ collect)  # on the still-warm machine: wait up to <seconds>, then bring back wha
   if [ -f "$BG/finished" ]; then echo "finished: exit $(cat "$BG/finished")"; else echo "still running: collect again"; fi
   grep -E "exit [0-9]+ +[0-9.]+s|command\(s\) in|FAILED" "$WS/logs/job.log" 2>/dev/null | tail -n 40
   ;;
+bench)  # on the GPU machine: the runs' steps one run alone at a time, as the campaign trains them (base: 8-bit
+  # AdamW under CUDA graphs) and with torch's fused AdamW (STAGE1_BENCH_LEVERS); $OUT/single_run_speeds_<time>.json,
+  # which sweep_stage1 reads from gpu/stage1/ (every single_run_speeds*.json, in name order). About 40 s a row.
+  [ $# -ge 1 ] || { echo "bench: name the runs (e.g. stage1/d256-P2-R2 stage1/d256-P6-R8)" >&2; exit 2; }
+  site || exit 1
+  mkdir -p "$OUT"
+  timeout 570 python3 -m bench.throughput.train_step --params "$REPO/.gpu-stage1/params.yaml" --configs "$@" \
+    --micro-batch 32 --seq-len 512 --steps 60 --warmup 10 --levers ${STAGE1_BENCH_LEVERS:-base fused_adamw} \
+    --out "$OUT/single_run_speeds_$(date +%H%M%S).json" ${STAGE1_BENCH_ARGS:-} 2>&1 | tail -n 30  # STAGE1_BENCH_ARGS: a CPU dry run's
+  ;;
 lever)  # on the GPU machine, after a trial batch: the params file the rest trains with (last line)
   site || exit 1
   python3 -m bench.gpu.stage1_lever "$WS" "$REPO/gpu/stage1" "${1:?lever <params+overlay.yaml>}"
   ;;
-*) echo "unknown command $CMD: pack | start <runs...> | collect <seconds> | lever <params file>" >&2; exit 2 ;;
+*) echo "unknown command $CMD: pack | start <runs...> | collect <seconds> | lever <params file> | bench <runs...>" >&2; exit 2 ;;
 esac

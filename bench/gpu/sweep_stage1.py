@@ -40,7 +40,7 @@ from cart.params import load_params
 
 TARGET_MINUTES = 60
 TARGET_DEVICE = "NVIDIA H200"  # the GPU the 60-minute target is set on
-SINGLE_RUN_SPEEDS = "single_run_speeds.json"  # in the campaign's folder: the input of steps_only()
+SINGLE_RUN_SPEEDS = "single_run_speeds*.json"  # in the campaign's folder, read in name order: steps_only()'s input
 CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
 STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
@@ -216,6 +216,39 @@ def steps_only(params: dict, speeds: dict) -> dict:
     return {"minutes_64": {k: None if v is None else round(v, 2) for k, v in totals.items()}, "widths": widths}
 
 
+def steps_only_record(params: dict, paths: list[Path]) -> dict | None:
+    """steps_only() from the speeds files (a later file's config replaces an earlier one's), with their
+    names and, where they have them, fused AdamW's speed-ups. None without a file."""
+    if not paths:
+        return None
+    speeds, fused = {}, {}
+    for path in paths:
+        more_speeds, more_fused = single_run_speeds(json.loads(path.read_text()))
+        speeds |= more_speeds
+        fused |= more_fused
+    return steps_only(params, speeds) | {"speeds": [p.name for p in paths]} \
+        | ({"fused_adamw_speedup": fused} if fused else {})
+
+
+def single_run_speeds(data: dict) -> tuple[dict, dict]:
+    """(run name -> tokens/s of the campaign's own step, run name -> torch's fused AdamW's speed-up over
+    it) from `bench/gpu/stage1.sh bench`'s output (bench.throughput.train_step rows over stage1 runs: the
+    base row is the run's step, 8-bit AdamW under CUDA graphs), or from a record of speeds measured
+    earlier ({"tokens_per_s": {name: ...}})."""
+    if "rows" not in data:
+        return dict(data["tokens_per_s"]), {}
+    base, fused = {}, {}
+    for row in data["rows"]:
+        group, _, name = row.get("run", "").partition("/")
+        if group != "stage1" or "tokens_per_s" not in row:
+            continue
+        if row["lever"] == "base":
+            base[name] = row["tokens_per_s"]
+        elif row["lever"] == "fused_adamw" and "speedup_vs_base" in row:
+            fused[name] = round(row["speedup_vs_base"], 4)
+    return base, fused
+
+
 def summarize(root: Path, params: dict) -> dict:
     log = root / "logs" / "job.log"
     processes, steps = parse_job_log(log.read_text()) if log.is_file() else ({}, [])
@@ -226,7 +259,6 @@ def summarize(root: Path, params: dict) -> dict:
     devices = sorted({s["device"] for s in steps if "device" in s})  # the GPUs that ran job steps
     torches = sorted({c["torch"] for c in costs.values() if c.get("torch")})
     phases = ("setup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s")
-    speeds = root / SINGLE_RUN_SPEEDS
     return {
         "device": TARGET_DEVICE, "torch": torches[0] if len(torches) == 1 else torches,
         "command": "bash bench/gpu/stage1.sh start <runs> (configs/paper.yaml + configs/paper_offline.yaml); "
@@ -235,8 +267,7 @@ def summarize(root: Path, params: dict) -> dict:
         "configs_measured": sum(1 for c in stage1.values() if c.get("device") == TARGET_DEVICE),
         **device_cost(params, stage1, steps, widths, TARGET_DEVICE),
         "other_devices": {dev: device_cost(params, stage1, steps, widths, dev) for dev in devices if dev != TARGET_DEVICE},
-        "steps_only": (steps_only(params, json.loads(speeds.read_text())["tokens_per_s"]) | {"speeds": speeds.name}
-                       if speeds.is_file() else None),
+        "steps_only": steps_only_record(params, sorted(root.glob(SINGLE_RUN_SPEEDS))),
         "seconds_by_phase_stage1": {p: round(sum(c[p] for c in stage1.values()), 1) for p in phases},
         "job_steps": steps,
         "runs": costs,

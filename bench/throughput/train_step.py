@@ -33,6 +33,11 @@ Sweep packing (several small runs on one GPU at once): start N processes with `-
 each waits after its warm-up until all N have compiled, so their timed steps overlap, and the
 sweep's throughput is the sum of their tokens/s (bench/gpu/perf.sh pack).
 
+A run of the DAG benched as its stage trains it: a config named `<group>/<run>` (e.g.
+`stage1/d256-P2-R2`) is that run's model and training settings (optimizer, compile mode, precision)
+from --params, so `base` is the run's own step and a lever changes only itself (bench/gpu/stage1.sh
+bench: Stage 1's steps one run at a time, 8-bit against fused AdamW).
+
 A sweep measured over several calls (the 12 configs take longer than one 10-minute device call):
 `--project a.json b.json` reads the rows of earlier --out files and prints the projection of each
 lever they cover; it benches nothing.
@@ -49,7 +54,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from cart import CARTConfig, DenseConfig, build_model, count_params, mfu, peak_flops_for, train_flops_per_token
-from cart.experiments import TrainSettings
+from cart.experiments import RunSpec, TrainSettings, resolve_run
 from cart.models.names import config_from_name, config_name, parse_config_name
 from cart.loop_sampling import LoopSampling
 from cart.io import atomic_write_json
@@ -63,11 +68,34 @@ DEFAULT_CONFIGS = ([config_name("cart", d_model=d, n_prelude=6, n_loops=r) for d
 BENCH_FAMILIES = ("cart", "dense")
 
 
-def parse_config(name: str, vocab: int) -> CARTConfig | DenseConfig:
+def parse_config(name: str, vocab: int, params: dict | None = None) -> CARTConfig | DenseConfig | RunSpec:
     """A CART or Dense config name (cart/models/names.py): cart-d<d>-R<R>[-P<P>] (P defaults to 6) or
-    dense-L<layers>[-d<d>] (d defaults to 1024), words in any order; -X adds CART's unfreeze_kv."""
+    dense-L<layers>[-d<d>] (d defaults to 1024), words in any order; -X adds CART's unfreeze_kv. Or a
+    run of the DAG, `<group>/<run>`: its spec from `params` (model and training settings)."""
+    if "/" in name:
+        group, _, run = name.partition("/")
+        try:
+            spec = resolve_run(params, group, run, vocab)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"--configs {name}: {e}") from None
+        if not isinstance(spec.model, (CARTConfig, DenseConfig)):
+            raise ValueError(f"--configs {name}: a {type(spec.model).arch} run; the bench takes CART and Dense")
+        return spec
     parse_config_name(name, BENCH_FAMILIES)  # the families benched here, else a ValueError naming their forms
     return config_from_name(name, vocab_size=vocab)
+
+
+def row_settings(entry, train: TrainSettings, args, device: torch.device):
+    """(config, training settings, compile mode, run id) of one --configs entry: a config name benches
+    with the bench's settings and --compile-mode; a run with its own training settings and compile
+    mode (--optimizer and --compile-mode, when given, still win; off CUDA the optimizer is AdamW)."""
+    if not isinstance(entry, RunSpec):
+        return entry, train, args.compile_mode, None
+    t = entry.train
+    t = dataclasses.replace(t, optimizer=args.optimizer or (t.optimizer if device.type == "cuda" else "adamw"),
+                            loop_sampling=LoopSampling(), backprop_loops=args.backprop_loops)
+    mode = args.compile_mode or (None if t.compile_mode == "default" else t.compile_mode)
+    return entry.model, t, mode, entry.run_id
 
 
 def parse_loop_sampling(spec: str, n_loops: int) -> LoopSampling:
@@ -417,6 +445,8 @@ def main(argv=None) -> None:
     ap.add_argument("--data-dtype", choices=["uint16", "uint32"], default="uint16")
     ap.add_argument("--barrier", default=None, metavar="DIR,N",
                     help="sweep packing: wait after the warm-up until N processes given the same DIR have compiled")
+    ap.add_argument("--params", default="params.yaml", help="the training settings of every row, and the runs "
+                    "that --configs names as <group>/<run>")
     ap.add_argument("--out", default="metrics/bench.json")
     ap.add_argument("--project", nargs="+", default=None, metavar="RESULTS",
                     help="bench nothing: print the sweep projection from the rows of earlier --out files")
@@ -456,7 +486,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"--levers {spec}: {'+'.join(moded)} needs --compile on (it is a torch.compile mode)")
 
     device = torch.device(args.device)
-    train = build(TrainSettings, section(load_params(), "train"), "train")
+    params = load_params(args.params)
+    train = build(TrainSettings, section(params, "train"), "train")
     optimizer = args.optimizer or ("adamw8bit" if device.type == "cuda" else "adamw")
     train = dataclasses.replace(train, optimizer=optimizer, dtype="auto", loop_sampling=LoopSampling(),
                                 backprop_loops=args.backprop_loops)
@@ -464,7 +495,9 @@ def main(argv=None) -> None:
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops_for(name)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    configs = [parse_config(c, args.vocab) for c in args.configs]  # all names checked before any work
+    # (config, training settings, compile mode, run id) per config, all names checked before any work
+    entries = [row_settings(parse_config(c, args.vocab, params), train, args, device) for c in args.configs]
+    configs = [cfg for cfg, *_ in entries]
     # (config, schemes) for the sampled-R rows, each checked against its config before any work
     sampled = [(cfg, [parse_loop_sampling(spec, cfg.n_loops) for spec in args.loop_sampling])
                for cfg in configs if args.loop_sampling and isinstance(cfg, CARTConfig)]
@@ -482,11 +515,11 @@ def main(argv=None) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                 "efficient": SDPBackend.EFFICIENT_ATTENTION}
-    for i, (cfg, lever) in enumerate((c, lv) for c in configs for lv in args.levers):
+    for i, ((cfg, row_train, row_mode, run_id), lever) in enumerate((e, lv) for e in entries for lv in args.levers):
         try:
             with sdpa_kernel(backends[args.sdpa]) if args.sdpa != "auto" else contextlib.nullcontext():
-                row = bench_one(cfg, train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
-                                args.compile == "on", device, peak, args.compile_mode, args.profile and i == 0,
+                row = bench_one(cfg, row_train, args.micro_batch, args.grad_accum, args.seq_len, args.steps, args.warmup,
+                                args.compile == "on", device, peak, row_mode, args.profile and i == 0,
                                 "blocks" if args.compile_scope == "blocks" else "model",
                                 by_iteration=args.compile_scope == "iteration", lever=lever, real=real,
                                 barrier=barrier)
@@ -500,13 +533,14 @@ def main(argv=None) -> None:
                 raise
             row = {"model": _label(cfg), "lever": lever, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
                    "batch": f"{args.micro_batch}x{args.grad_accum}x{args.seq_len}"}
-        rows.append(row)
+        rows.append(row | ({"run": run_id} if run_id else {}))
         print(_fmt_row(row), flush=True)
         atomic_write_json(args.out, header | {"rows": rows, "complete": False})  # a stopped run keeps its rows
     for r in rows:  # each lever's row against Dense 7L and against the same config's base row, same lever run
         ref = next((b for b in rows if b["model"] == "Dense 7L d1024" and b["lever"] == r["lever"]
                     and b.get("mfu_paper")), None)
-        base = next((b for b in rows if b["model"] == r["model"] and b["lever"] == "base" and "tokens_per_s" in b), None)
+        base = next((b for b in rows if b["model"] == r["model"] and b.get("run") == r.get("run")
+                     and b["lever"] == "base" and "tokens_per_s" in b), None)
         if r.get("mfu_paper") and ref:
             r["mfu_vs_dense7l"] = r["mfu_paper"] / ref["mfu_paper"]
         if "tokens_per_s" in r and base and r["lever"] != "base":
