@@ -409,3 +409,11 @@ def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp
         return stage1_findings.render(root)
     assert verdict + "no width." in scale_r8(512, 1 / 1.0117)
     assert verdict + "d256 (lowered it)." in scale_r8(256, 0.95)
+    ahead = "- Averaged over R, P = 6 is ahead of every other P by more than two standard errors at: "
+    assert ahead + "d256, d512." in text
+    con = sqlite3.connect(root / "results.db")
+    with con:  # d512's P4 row brought level with P6's mean
+        con.execute("UPDATE runs SET ppl_wikipedia = ppl_wikipedia / 1.0329 WHERE \"group\" = 'stage1' AND d_model = 512"
+                    " AND n_prelude = 4")
+    con.close()
+    assert ahead + "d256." in stage1_findings.render(root)

@@ -246,7 +246,10 @@ def render(root: Path) -> str:
         lines += ["", "- R2 -> R8 averaged over P: " + ", ".join(
             f"d{d} {_signed(e['R'][8])} ({e['R'][8] / e['se_pct']:+.1f} standard errors)" for d, e in effects.items())
             + ".", "- Eight loops instead of two moved PPL by more than two standard errors at: "
-            + (", ".join(clear) or "no width") + "."]
+            + (", ".join(clear) or "no width") + ".",
+            "- Averaged over R, P = 6 is ahead of every other P by more than two standard errors at: "
+            + (", ".join(f"d{d}" for d, e in effects.items()
+                         if all(v > 2 * e["se_pct"] for P, v in e["P"].items() if P != 6)) or "no width") + "."]
 
     # ---- spectral radius ----
     rho = c.done["spectral_radius"].dropna()
