@@ -417,3 +417,19 @@ def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp
                     " AND n_prelude = 4")
     con.close()
     assert ahead + "d256." in stage1_findings.render(root)
+
+
+def test_the_power_law_against_parameters_counts_each_best_configs_effective_parameters():
+    """The N fit: each width's best config (lowest Wikipedia PPL) at its effective parameter count from the
+    store (not its stored count), the paper's best configs at the effective counts its Table 4 prints."""
+    from cart.results import power_law_fit
+    from cart.report.paper import PAPER
+    c = stage1_findings.Campaign(CAMPAIGN)
+    best = [stage1_findings.best_of(c.width(d)) for d in stage1_findings.WIDTHS]
+    ours = power_law_fit([b["effective_params"] for b in best], [b["ppl_wikipedia"] for b in best])
+    stored = power_law_fit([b["stored_params"] for b in best], [b["ppl_wikipedia"] for b in best])
+    paper = power_law_fit([PAPER["throughput"][(d, p[0], p[1])][0] for d, p in PAPER["stage1_best"].items()],
+                          [p[2] for p in PAPER["stage1_best"].values()])
+    line = next(x for x in (CAMPAIGN / "FINDINGS.md").read_text().splitlines() if x.startswith("Against the best"))
+    assert f"ours a = {ours['exponent']:.3f}" in line and f"the paper's a = {paper['exponent']:.3f}" in line
+    assert f"{stored['exponent']:.3f}" != f"{ours['exponent']:.3f}"  # the two counts give different exponents
