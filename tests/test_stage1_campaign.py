@@ -419,17 +419,28 @@ def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp
     assert ahead + "d256." in stage1_findings.render(root)
 
 
-def test_the_power_law_against_parameters_counts_each_best_configs_effective_parameters():
-    """The N fit: each width's best config (lowest Wikipedia PPL) at its effective parameter count from the
-    store (not its stored count), the paper's best configs at the effective counts its Table 4 prints."""
+def test_the_power_laws_fit_each_widths_best_and_p6_r8_against_d_and_effective_parameters():
+    """The power-law table: ours over each width's best config (lowest Wikipedia PPL) and over P6 R8, against d
+    and against the effective parameter count from the store (not the stored count); the paper's over its
+    best configs (Table 5) and its cross-scale table's P6 R8 (Table 11), N as its Table 4 prints it."""
     from cart.results import power_law_fit
     from cart.report.paper import PAPER
     c = stage1_findings.Campaign(CAMPAIGN)
     best = [stage1_findings.best_of(c.width(d)) for d in stage1_findings.WIDTHS]
-    ours = power_law_fit([b["effective_params"] for b in best], [b["ppl_wikipedia"] for b in best])
-    stored = power_law_fit([b["stored_params"] for b in best], [b["ppl_wikipedia"] for b in best])
-    paper = power_law_fit([PAPER["throughput"][(d, p[0], p[1])][0] for d, p in PAPER["stage1_best"].items()],
-                          [p[2] for p in PAPER["stage1_best"].values()])
-    line = next(x for x in (CAMPAIGN / "FINDINGS.md").read_text().splitlines() if x.startswith("Against the best"))
-    assert f"ours a = {ours['exponent']:.3f}" in line and f"the paper's a = {paper['exponent']:.3f}" in line
-    assert f"{stored['exponent']:.3f}" != f"{ours['exponent']:.3f}"  # the two counts give different exponents
+    r8 = c.done[(c.done["n_prelude"] == 6) & (c.done["n_loops"] == 8)].sort_values("d_model")
+    text = (CAMPAIGN / "FINDINGS.md").read_text()
+
+    def row(label: str) -> list[str]:
+        line = next(x for x in text.splitlines() if x.startswith(f"| {label} |"))
+        return [cell.strip().split(" (")[0] for cell in line.strip("|").split("|")[1:]]
+
+    def a(x, y) -> str:
+        return f"{power_law_fit(x, y)['exponent']:.3f}"
+    ppl = [b["ppl_wikipedia"] for b in best]
+    assert row("best, against N") == [a([b["effective_params"] for b in best], ppl),
+                                      a([PAPER["throughput"][(d, p[0], p[1])][0] for d, p in PAPER["stage1_best"].items()],
+                                        [p[2] for p in PAPER["stage1_best"].values()])]
+    assert a([b["stored_params"] for b in best], ppl) != row("best, against N")[0]  # the two counts differ
+    assert row("P6 R8, against d") == [a(r8["d_model"], r8["ppl_wikipedia"]),
+                                       a(list(PAPER["cross_scale"]), [v[0] for v in PAPER["cross_scale"].values()])]
+    assert row("P6 R8, against d")[1] == "0.458"  # as the report's cross-scale figure fits it
