@@ -42,6 +42,7 @@ TARGET_MINUTES = 60
 TARGET_DEVICE = "NVIDIA H200"  # the GPU the 60-minute target is set on
 SINGLE_RUN_SPEEDS = "single_run_speeds*.json"  # in the campaign's folder, read in name order: steps_only()'s input
 CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
+VOCAB = 32_000  # the Llama-2 tokenizer's, which the campaign trains with
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
 STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
 JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)(?: params (\S+))?(?: device (.+))?$")
@@ -117,6 +118,19 @@ def run_costs(root: Path, processes: dict) -> dict:
     return out
 
 
+def width_names(params: dict) -> dict[int, list[str]]:
+    """The Stage 1 grid's run names by width."""
+    out: dict[int, list[str]] = {}
+    for name in run_names(params, ["stage1"])["stage1"]:
+        out.setdefault(GROUPS["stage1"].parse(name)["d_model"], []).append(name)
+    return dict(sorted(out.items()))
+
+
+def flops_per_token(spec) -> float:
+    """A Stage 1 run's forward FLOPs per token at its own sequence length: what its steps cost."""
+    return forward_flops(spec.model, spec.run.seq_len) / spec.run.seq_len
+
+
 def step_runs(step: dict, ids: list[str]) -> list[str]:
     """The run ids of `ids` that a job step trained: those its selection names, as bench/gpu/job.py
     reads it (a group: every run; group/name; group/<shell pattern>), or, for a step cut short, those
@@ -136,8 +150,7 @@ def width_projection(params: dict, costs: dict, steps: list[dict], d: int, devic
     that GPU (a step of unknown device counts)."""
     steps = [s for s in steps if s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS
              and (device is None or s.get("device", device) == device)]
-    names = [n for n in run_names(params, ["stage1"])["stage1"] if GROUPS["stage1"].parse(n)["d_model"] == d]
-    ids = [f"stage1/{n}" for n in names]
+    ids = [f"stage1/{n}" for n in width_names(params)[d]]
     measured = [i for i in ids if i in costs and "process_s" in costs[i]]
     own = {k for k, s in enumerate(steps) if 0 < len(step_runs(s, ids)) == s["commands"]}
     last = {i: k for k, s in enumerate(steps) for i in step_runs(s, ids)}  # the step each config last trained in
@@ -152,7 +165,7 @@ def width_projection(params: dict, costs: dict, steps: list[dict], d: int, devic
         return {"mode": "missing", "configs": len(ids), "configs_measured": len(measured), "minutes": None}
     step = parts[-1]
     ran = step_runs(step, ids)
-    flops = {i: forward_flops(resolve_run(params, "stage1", i.split("/")[1], 32_000).model, 512) / 512 for i in ids}
+    flops = {i: flops_per_token(resolve_run(params, "stage1", i.split("/")[1], VOCAB)) for i in ids}
     scale = sum(flops.values()) / sum(flops[i] for i in ran)
     return {"mode": "projected", "configs": len(ids), "configs_measured": len(measured),
             "minutes": round(step["wall_s"] * scale / 60, 2), "parallel": step["parallel"], "mps": bool(step["mps"]),
@@ -194,14 +207,14 @@ def steps_only(params: dict, speeds: dict) -> dict:
     line through two), and the optimistic sum where every config runs as efficiently (seconds per FLOP)
     as the width's most efficient measured config. Minutes; a width with fewer than 2 measured configs
     is left out of both totals' widths and makes them None."""
-    names = run_names(params, ["stage1"])["stage1"]
-    unknown = sorted(set(speeds) - set(names))
+    by_width = width_names(params)
+    unknown = sorted(set(speeds) - {n for names in by_width.values() for n in names})
     if unknown:
         raise ValueError(f"single-run speeds for configs not in the Stage 1 grid: {unknown}")
     widths, totals = {}, {"interpolated": 0.0, "best_efficiency": 0.0}
-    for d in sorted({GROUPS["stage1"].parse(n)["d_model"] for n in names}):
-        specs = {n: resolve_run(params, "stage1", n, 32_000) for n in names if GROUPS["stage1"].parse(n)["d_model"] == d}
-        flops = {n: forward_flops(s.model, s.run.seq_len) / s.run.seq_len for n, s in specs.items()}
+    for d, names in by_width.items():
+        specs = {n: resolve_run(params, "stage1", n, VOCAB) for n in names}
+        flops = {n: flops_per_token(s) for n, s in specs.items()}
         seconds = {n: specs[n].run.steps * specs[n].run.tokens_per_step / speeds[n] for n in specs if n in speeds}
         if len(seconds) < 2:
             widths[str(d)] = None
@@ -253,9 +266,9 @@ def summarize(root: Path, params: dict) -> dict:
     log = root / "logs" / "job.log"
     processes, steps = parse_job_log(log.read_text()) if log.is_file() else ({}, [])
     costs = run_costs(root, processes)
-    step_devices(steps, run_devices(root))
+    step_devices(steps, {k: c["device"] for k, c in costs.items() if c.get("device")})
     stage1 = {k: v for k, v in costs.items() if k.startswith("stage1/")}
-    widths = sorted({GROUPS["stage1"].parse(n)["d_model"] for n in run_names(params, ["stage1"])["stage1"]})
+    widths = list(width_names(params))
     devices = sorted({s["device"] for s in steps if "device" in s})  # the GPUs that ran job steps
     torches = sorted({c["torch"] for c in costs.values() if c.get("torch")})
     phases = ("setup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s")
