@@ -3,6 +3,8 @@
 what the committed results store renders to, so no number in them can go stale."""
 import json
 import math
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,21 @@ from pipeline.profile import main as profile_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMPAIGN = ROOT / "gpu" / "stage1"
+
+
+def _campaign_copy(tmp_path: Path) -> Path:
+    """The committed campaign copied to edit (its report and curves left out: nothing here reads them)."""
+    root = tmp_path / "stage1"
+    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
+    return root
+
+
+def _edit_store(root: Path, sql: str, args: tuple = ()) -> None:
+    """One statement on a campaign copy's results store."""
+    con = sqlite3.connect(root / "results.db")
+    with con:
+        con.execute(sql, args)
+    con.close()
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +216,7 @@ def test_committed_sweep_metrics_are_what_the_campaign_renders():
 def test_a_batch_on_another_gpu_is_summarised_apart_from_the_h200s(tmp_path):
     """The committed campaign plus a d768 batch on an H100: the H200's minutes and projection stay as
     committed, the H100's batch is costed under other_devices."""
-    import shutil
-    root = tmp_path / "stage1"
-    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
+    root = _campaign_copy(tmp_path)
     pair = "stage1/d768-P2-R2,stage1/d768-P6-R8"
     with open(root / "logs" / "job.log", "a") as log:
         log.write(f"stage1 job: parallel 2 mps 1 selection {pair} params params.yaml device NVIDIA H100 80GB HBM3\n"
@@ -229,14 +244,8 @@ def test_committed_findings_are_what_the_store_renders():
 def test_without_a_measured_spread_no_difference_is_called_within_or_beyond_it(tmp_path):
     """A campaign whose repeated runs are missing has no spread: every comparison says the spread is
     not measured, none is judged against it."""
-    import shutil
-    import sqlite3
-    root = tmp_path / "stage1"
-    shutil.copytree(CAMPAIGN, root)
-    con = sqlite3.connect(root / "results.db")
-    with con:
-        con.execute("DELETE FROM runs WHERE \"group\" = 'stage1_variants'")
-    con.close()
+    root = _campaign_copy(tmp_path)
+    _edit_store(root, "DELETE FROM runs WHERE \"group\" = 'stage1_variants'")
     text = stage1_findings.render(root)
     assert "Run-to-run spread (the same config trained again): **—%**" in text
     assert "the run-to-run spread is not measured yet" in text
@@ -303,10 +312,7 @@ def test_a_lever_is_judged_only_against_a_finished_batch_on_the_same_gpu(tmp_pat
 def test_the_r_benefit_grows_with_width_only_when_every_widths_change_exceeds_the_spread(tmp_path, r2_scale, verdict):
     """R2 -> R8 at P = 6 per width, each judged against the run-to-run spread; whether it grows with
     width (the paper's Table 6 trend) is said only when every measured width's change exceeds it."""
-    import shutil
-    import sqlite3
-    root = tmp_path / "stage1"
-    shutil.copytree(CAMPAIGN, root)
+    root = _campaign_copy(tmp_path)
     con = sqlite3.connect(root / "results.db")
     with con:
         def ppl(group: str, name: str) -> float:
@@ -333,9 +339,7 @@ def test_the_r_benefit_grows_with_width_only_when_every_widths_change_exceeds_th
 def test_a_config_trained_again_is_listed_with_its_earlier_training_and_what_changed(tmp_path):
     """An earlier training kept under runs/<group>/<name>/earlier/ (bench/gpu/import_runs.py) appears
     beside the latest: both final Wikipedia PPLs, the change, the config fields that differ."""
-    import shutil
-    root = tmp_path / "stage1"
-    shutil.copytree(CAMPAIGN, root)
+    root = _campaign_copy(tmp_path)
     for folder in root.glob("runs/*/*/earlier"):
         shutil.rmtree(folder)
     run = root / "runs" / "stage1" / "d256-P2-R2"
@@ -353,14 +357,8 @@ def test_a_config_trained_again_is_listed_with_its_earlier_training_and_what_cha
 
 def test_a_width_trained_on_two_gpu_models_says_so(tmp_path):
     """Findings name a width whose configs trained on more than one GPU model, with the count on each."""
-    import shutil
-    import sqlite3
-    root = tmp_path / "stage1"
-    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
-    con = sqlite3.connect(root / "results.db")
-    with con:
-        con.execute("UPDATE runs SET device = 'NVIDIA H100 80GB HBM3' WHERE \"group\" = 'stage1' AND name LIKE 'd512-P3-%'")
-    con.close()
+    root = _campaign_copy(tmp_path)
+    _edit_store(root, "UPDATE runs SET device = 'NVIDIA H100 80GB HBM3' WHERE \"group\" = 'stage1' AND name LIKE 'd512-P3-%'")
     text = stage1_findings.render(root)
     assert ("- d = 512 trained on 2 GPU models (NVIDIA H100 80GB HBM3: 4 configs, NVIDIA H200: 12 configs): "
             "its comparisons include") in text
@@ -391,31 +389,23 @@ def test_a_whole_width_is_read_as_p_and_r_effects_with_a_standard_error():
 def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp_path):
     """The committed d512 (R = 8 +1.17% over R = 2, 2.3 standard errors) is named; with its R = 8 column
     brought back to R = 2's level no width is; with d256's R = 8 column 5% lower, d256 is, as lowered."""
-    import shutil
-    import sqlite3
-    root = tmp_path / "stage1"
-    shutil.copytree(CAMPAIGN, root, ignore=shutil.ignore_patterns("report", "plots"))
+    root = _campaign_copy(tmp_path)
     verdict = "- Eight loops instead of two moved PPL by more than two standard errors at: "
     text = stage1_findings.render(root)
     assert verdict + "d512 (raised it)." in text
     assert "| 768 |" not in text.split("## R and P over")[1].split("##")[0]  # a partial width is not read
 
     def scale_r8(d: int, factor: float) -> str:
-        con = sqlite3.connect(root / "results.db")
-        with con:
-            con.execute("UPDATE runs SET ppl_wikipedia = ppl_wikipedia * ? WHERE \"group\" = 'stage1' AND d_model = ?"
-                        " AND n_loops = 8", (factor, d))
-        con.close()
+        _edit_store(root, "UPDATE runs SET ppl_wikipedia = ppl_wikipedia * ? WHERE \"group\" = 'stage1' AND d_model = ?"
+                    " AND n_loops = 8", (factor, d))
         return stage1_findings.render(root)
     assert verdict + "no width." in scale_r8(512, 1 / 1.0117)
     assert verdict + "d256 (lowered it)." in scale_r8(256, 0.95)
     ahead = "- Averaged over R, P = 6 is ahead of every other P by more than two standard errors at: "
     assert ahead + "d256, d512." in text
-    con = sqlite3.connect(root / "results.db")
-    with con:  # d512's P4 row brought level with P6's mean
-        con.execute("UPDATE runs SET ppl_wikipedia = ppl_wikipedia / 1.0329 WHERE \"group\" = 'stage1' AND d_model = 512"
-                    " AND n_prelude = 4")
-    con.close()
+    # d512's P4 row brought level with P6's mean
+    _edit_store(root, "UPDATE runs SET ppl_wikipedia = ppl_wikipedia / 1.0329 WHERE \"group\" = 'stage1' AND d_model = 512"
+                " AND n_prelude = 4")
     assert ahead + "d256." in stage1_findings.render(root)
 
 
