@@ -287,14 +287,16 @@ def _progress(t0: float, outcomes: dict[str, Outcome], running: dict, tasks: dic
 
 def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[dict],
               on_success: Callable[[Task], None] | None = None, poll_s: float = 2.0, report_s: float = 60.0,
-              stop_wait_s: float = 600.0, echo: Callable[[str], None] = print) -> dict[str, Outcome]:
+              stop_wait_s: float = 600.0, echo: Callable[[str], None] = print,
+              start_by: float | None = None) -> dict[str, Outcome]:
     """Run every task (given in an order where a task comes after those it waits for), at most one per
     slot at a time, each once the tasks it waits for have succeeded; `on_success(task)` once a task's
     command exits 0, in a thread beside the loop, one task at a time (an exception there fails the
     task; a task succeeds, for those waiting on it, once recorded). Prints each start and end, and a
     progress line every `report_s`. On SIGINT/SIGTERM no new task starts, running local jobs get SIGTERM
     and are waited for (up to `stop_wait_s`; one that then exits 0 is still recorded), SLURM jobs are
-    cancelled."""
+    cancelled. From `start_by` (a time.time()) on no new task starts either: the running ones finish and
+    the rest are left waiting (a machine lent for a fixed time then loses no run half-trained)."""
     by_name = {t.name: t for t in tasks}
     unknown = sorted({a for t in tasks for a in t.after} - set(by_name))
     if unknown:
@@ -352,7 +354,7 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
         for task in list(pending):
             taken = {slot for _, slot, _ in running.values()}
             free = [i for i in range(len(slots)) if i not in taken]
-            if not free or stop:
+            if not free or stop or late():
                 return
             if all(a in outcomes for a in task.after):  # all succeeded: failures were blocked above
                 # the free slot whose GPUs run the fewest jobs now
@@ -364,13 +366,16 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
                 gpus = slots[slot].get("CUDA_VISIBLE_DEVICES")
                 echo(f"started: {task.name} (job {job.job_id}" + (f", GPU {gpus}" if gpus else "") + ")")
 
+    def late() -> bool:
+        return start_by is not None and time.time() >= start_by
+
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in STOP_SIGNALS}
     t_start = last_report = time.time()
     try:
-        while (pending or running or recording) and not stop:
+        while (running or recording or (pending and not late())) and not stop:
             recorded()
             start_ready()
-            if pending and not running and not recording and not stop:
+            if pending and not running and not recording and not stop and not late():
                 raise ValueError(f"tasks wait on each other: {[t.name for t in pending]}")
             finished = False
             for name in list(running):
@@ -406,5 +411,7 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
     for name, (job, _, t0) in running.items():
         outcomes[name] = Outcome("stopped", None, time.time() - t0, f"job {job.job_id} told to stop")
     for task in pending:
-        outcomes[task.name] = Outcome("waiting")
+        outcomes[task.name] = Outcome("waiting", note="not started by the deadline" if late() else "")
+    if pending and late() and not stop:
+        echo(f"deadline: {len(pending)} task(s) not started")
     return outcomes

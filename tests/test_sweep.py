@@ -112,6 +112,18 @@ def test_recording_a_finished_task_does_not_hold_up_the_slot_it_freed(tmp_path):
     assert [line.split(" (")[0] for line in lines] == ["started: a", "started: b", "done: a", "done: b"]
 
 
+def test_no_task_starts_after_the_deadline_and_those_started_finish(tmp_path):
+    """start_by: the task started before it runs to its end; the one whose slot frees only after it is
+    left waiting, said so, and the loop ends without it."""
+    slow = Task("slow", "sleep 2; echo finished", tmp_path / "slow.log", cwd=tmp_path)
+    lines = []
+    out = run_tasks([slow, _echo_gpu("next", tmp_path)], make_executor(ExecutorOptions("debug", folder=tmp_path / "s")),
+                    gpu_slots([]), poll_s=0.0, echo=lines.append, start_by=time.time() + 1.0)
+    assert (out["slow"].status, out["next"].status) == ("done", "waiting"), out
+    assert out["next"].note == "not started by the deadline" and "finished" in (tmp_path / "slow.log").read_text()
+    assert not (tmp_path / "next.log").exists() and lines[-1] == "deadline: 1 task(s) not started"
+
+
 def test_a_failure_to_record_fails_the_task(tmp_path):
     def refuse(task):
         raise RuntimeError("lock held")

@@ -46,14 +46,19 @@ def _run(cmd: list[str]) -> tuple[list[str], int, float]:
     return cmd, subprocess.run(cmd).returncode, time.time() - t0
 
 
-def _run_jobs(cmds: list[list[str]], logs: list[Path], parallel: int) -> list[tuple[list[str], int, float]]:
-    """The commands as submitit jobs on this machine, `parallel` at once, each to its log."""
+def _run_jobs(cmds: list[list[str]], logs: list[Path], parallel: int,
+              start_by: float | None = None) -> list[tuple[list[str], int | None, float]]:
+    """The commands as submitit jobs on this machine, `parallel` at once, each to its log: (command,
+    exit code (-1: its job died; None: not started by `start_by`), seconds)."""
     tasks = [Task(" ".join(c[2:]), shlex.join(c), log, curves=(RunPaths.for_run(c[3], c[4]).plots_dir,)
                   if c[2] == "pipeline.train" else ()) for c, log in zip(cmds, logs)]
     outcomes = run_tasks(tasks, make_executor(ExecutorOptions("local")), gpu_slots([], max_parallel=parallel),
-                         stop_wait_s=STOP_WAIT_S)
-    return [(c, -1 if outcomes[t.name].exit_code is None else outcomes[t.name].exit_code,
-             outcomes[t.name].seconds or 0.0) for c, t in zip(cmds, tasks)]
+                         stop_wait_s=STOP_WAIT_S, start_by=start_by)
+    done = []
+    for c, t in zip(cmds, tasks):
+        o = outcomes[t.name]
+        done.append((c, None if o.status == "waiting" else -1 if o.exit_code is None else o.exit_code, o.seconds or 0.0))
+    return done
 
 
 def commands(step: str, params: dict) -> list[list[str]]:
@@ -98,25 +103,38 @@ def main(argv=None) -> int:
     ap.add_argument("steps", nargs="+")
     ap.add_argument("--parallel", type=int, default=4, help="training runs at once on the GPU")
     ap.add_argument("--logs", type=Path, default=Path("logs"))
+    ap.add_argument("--start-by", type=float, default=None, metavar="SECONDS",
+                    help="start no training run later than this many seconds after the job starts: the "
+                         "runs started finish, the rest are listed as not started and the job ends there")
     args = ap.parse_args(argv)
+    if args.start_by is not None and args.start_by < 0:
+        raise SystemExit(f"--start-by: must be >= 0 seconds, got {args.start_by:g}")
     params = load_params("params.yaml")
     t_job = time.time()
+    start_by = None if args.start_by is None else t_job + args.start_by
     for step in args.steps:
         cmds, t0 = commands(step, params), time.time()
         # training runs, and evaluation stages (they write disjoint outputs), N at once, each to its log
         log_name = {"train": lambda c: f"{c[3]}-{c[4]}.log",
                     "eval": lambda c: f"eval-{c[-2]}.log"}.get(step.partition(":")[0])
         if log_name and (step.startswith("train:") or args.parallel > 1):
-            done = _run_jobs(cmds, [args.logs / log_name(c) for c in cmds], args.parallel)
+            done = _run_jobs(cmds, [args.logs / log_name(c) for c in cmds], args.parallel,
+                             start_by if step.startswith("train:") else None)
         else:
             done = [_run(c) for c in cmds]
-        failed = [" ".join(c[2:]) for c, code, _ in done if code != 0]
+        failed = [" ".join(c[2:]) for c, code, _ in done if code not in (0, None)]
+        waiting = [" ".join(c[2:]) for c, code, _ in done if code is None]
         for c, code, secs in done:
-            print(f"  {' '.join(c[2:]):60s} exit {code} {secs:7.1f}s", flush=True)
-        print(f"{step}: {len(cmds)} command(s) in {time.time() - t0:.1f}s", flush=True)
+            print(f"  {' '.join(c[2:]):60s} " + ("not started" if code is None else f"exit {code} {secs:7.1f}s"),
+                  flush=True)
+        print(f"{step}: {len(cmds) - len(waiting)} command(s) in {time.time() - t0:.1f}s"
+              + (f", {len(waiting)} not started (--start-by)" if waiting else ""), flush=True)
         if failed:
             print(f"FAILED: {failed} (logs in {args.logs}/)", flush=True)
             return 1
+        if waiting:
+            print(f"job: {time.time() - t_job:.1f}s, stopped at --start-by before {len(waiting)} run(s)", flush=True)
+            return 0
     print(f"job: {time.time() - t_job:.1f}s", flush=True)
     return 0
 

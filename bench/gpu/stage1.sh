@@ -21,6 +21,8 @@
 # a later `start` resumes its runs. `lever <params+overlay.yaml>` runs bench/gpu/stage1_lever.py there
 # after a trial batch and prints the params file the rest of the width trains with. `bench <runs...>` times
 # the runs' steps one run alone at a time (bench.throughput.train_step), the input of sweep_stage1's steps_only.
+# STAGE1_START_BY=<seconds> starts no run later than that after `start` (the runs started finish; the rest
+# are logged as not started): a machine lent for a fixed time then loses no run half-trained.
 #
 # The packages travel as one xz file (4 MB instead of 7.6 MB in 600 files): the checkout with gpu/
 # (16 MB), the data (44 MB) and the packages then fit the 64 MiB a device call carries.
@@ -85,6 +87,7 @@ PY
 start)  # on the GPU machine: the runs in the background (their own process session outlives the call)
   [ $# -ge 1 ] || { echo "start: name the batches (e.g. '4:stage1/d256-*')" >&2; exit 2; }
   for b in "$@"; do [[ $b =~ ^[0-9]+:.+ ]] || { echo "start: batch '$b' is not N:<runs>" >&2; exit 2; }; done
+  [[ ${STAGE1_START_BY:-0} =~ ^[0-9]+$ ]] || { echo "start: STAGE1_START_BY='$STAGE1_START_BY' is not whole seconds" >&2; exit 2; }
   rm -rf "$BG" && mkdir -p "$BG"
   setsid nohup bash "$0" run "$@" > "$BG/console.log" 2>&1 < /dev/null &
   echo "started in the background (pid $!): collect with 'bash bench/gpu/stage1.sh collect <seconds>'"
@@ -114,9 +117,14 @@ run)  # what `start` runs
   mkdir -p logs
   status=0
   for batch in "$@"; do
-    n=${batch%%:*} sel=${batch#*:}
+    n=${batch%%:*} sel=${batch#*:} by=()
+    if [ -n "${STAGE1_START_BY:-}" ]; then  # no run starts later than this many seconds after `start`
+      left=$((STAGE1_START_BY - SECONDS))
+      if [ $left -le 0 ]; then echo "stage1 batch not started (STAGE1_START_BY passed): $sel" | tee -a "$WS/logs/job.log"; continue; fi
+      by=(--start-by "$left")
+    fi
     echo "stage1 job: parallel $n mps ${STAGE1_MPS:-1} selection $sel params $PARAMS_NAME device $DEVICE" | tee -a "$WS/logs/job.log"
-    python3 -m bench.gpu.job "train:$sel" --parallel "$n" 2>&1 | tee -a "$WS/logs/job.log"
+    python3 -m bench.gpu.job "train:$sel" --parallel "$n" "${by[@]}" 2>&1 | tee -a "$WS/logs/job.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   done
   echo $status > "$BG/finished"

@@ -14,7 +14,8 @@ at these widths, so GPU time grows with FLOPs; compile and start-up are scaled w
 overstates a width run with more configs at once, where they overlap other runs' steps). The 64-config
 total adds the measured and projected widths.
 
-A job step the machine's loss cut short (no closing line in the log) still costs its runs that
+A job step stopped at its deadline (`STAGE1_START_BY`: runs not started) costs the runs that finished in it;
+a job step the machine's loss cut short (no closing line in the log) still costs its runs that
 finished: each run's start is read off the log (a run starts when the one before it in the log ends,
 the first wave at 0), and the step counts until its last finished run ended. That overstates those
 runs a little (the unfinished runs beside them shared the GPU) and leaves out the GPU time the lost
@@ -44,7 +45,7 @@ SINGLE_RUN_SPEEDS = "single_run_speeds*.json"  # in the campaign's folder, read 
 CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
 VOCAB = 32_000  # the Llama-2 tokenizer's, which the campaign trains with
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
-STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s")
+STEP_LINE = re.compile(r"^train:(\S+): (\d+) command\(s\) in ([\d.]+)s(?:, (\d+) not started)?")
 JOB_LINE = re.compile(r"^stage1 job: parallel (\d+) mps (\d) selection (\S+)(?: params (\S+))?(?: device (.+))?$")
 # cart/jobs.py's progress: a run started, or ended with its exit code and seconds
 TASK_LINE = re.compile(r"^(started|done|failed|stopped): pipeline\.train (\S+) (\S+) --no-progress"
@@ -54,7 +55,8 @@ TASK_LINE = re.compile(r"^(started|done|failed|stopped): pipeline\.train (\S+) (
 def parse_job_log(text: str) -> tuple[dict, list[dict]]:
     """(run_id -> {process_s, exit, parallel, mps}, [job steps: selection, commands, wall_s, parallel, mps,
     and the params file and device when the job named them; a step cut short also lists the `runs` that
-    finished in it and is marked `interrupted`])."""
+    finished in it and is marked `interrupted`, and a step whose deadline (bench/gpu/job.py --start-by)
+    left runs unstarted lists the `runs` that finished and how many were `not_started`])."""
     runs, steps, job = {}, [], None
 
     def cut_short() -> None:  # a job whose closing line never came: the runs that finished in it
@@ -91,7 +93,10 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
                                       "parallel": job["fields"]["parallel"], "mps": job["fields"]["mps"]}
         elif m := STEP_LINE.match(line):
             job["closed"] = True
-            steps.append({"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3])} | job["fields"])
+            step = {"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3])} | job["fields"]
+            if m[4]:  # the job's deadline left runs of its selection unstarted: it trained those that finished
+                step |= {"runs": [i for i, (_, code) in job["ends"].items() if code == 0], "not_started": int(m[4])}
+            steps.append(step)
     cut_short()
     return runs, steps
 
