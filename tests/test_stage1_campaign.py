@@ -8,11 +8,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.gpu import job as gpu_job, stage1_findings, sweep_stage1
 from cart.experiments import resolve_run
 from cart.models import forward_flops
 from cart.params import load_params
+from conftest import write_params
 from pipeline.profile import main as profile_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,15 @@ def test_gpu_job_selects_runs_by_shell_pattern_once_each(paper):
     assert runs[16:] == [("stage1_variants", "leak-s42"), ("stage1_variants", "leak-s137")]  # d256-P6-R8 once
     with pytest.raises(SystemExit, match=r"\['stage1/d128-\*'\] are not in the params grid"):
         gpu_job.commands("train:stage1/d128-*", paper)
+
+
+@pytest.mark.parametrize("selection", ["stage1", "stage1/d256-*", "stage1/d512-P2-R2,stage1/d512-P6-R8",
+                                       "stage1/d768-P[34]-*,stage1/d768-P6-R[246]", "stage1_dense"])
+def test_the_cost_summary_reads_a_batch_selection_as_the_runner_does(paper, selection):
+    """sweep_stage1.step_runs: the Stage 1 runs a logged selection trained are those bench/gpu/job.py ran."""
+    ids = [f"stage1/{n}" for names in sweep_stage1.width_names(paper).values() for n in names]
+    ran = [f"{c[3]}/{c[4]}" for c in gpu_job.commands(f"train:{selection}", paper)]
+    assert sweep_stage1.step_runs({"selection": selection}, ids) == [i for i in ran if i in ids]
 
 
 def test_the_job_log_is_read_into_runs_and_steps():
@@ -102,6 +113,51 @@ started: pipeline.train stage1 d512-P6-R8 --no-progress (job 16)
     assert sweep_stage1.step_runs(steps[0], ids) == ["stage1/d512-P3-R2", "stage1/d512-P3-R4", "stage1/d512-P3-R6"]
 
 
+def test_a_batch_stopped_at_its_deadline_costs_the_runs_that_finished_in_it():
+    """bench/gpu/job.py --start-by: the step line counts the runs started and says how many were not;
+    the step then trained the runs that finished, not its whole selection."""
+    log = """stage1 batch not started (STAGE1_START_BY passed): stage1/d1024-*
+stage1 job: parallel 2 mps 1 selection stage1/d768-P3-* params params.yaml device NVIDIA H200
+started: pipeline.train stage1 d768-P3-R2 --no-progress (job 11)
+started: pipeline.train stage1 d768-P3-R4 --no-progress (job 12)
+done: pipeline.train stage1 d768-P3-R2 --no-progress (exit 0, 200.0s)
+started: pipeline.train stage1 d768-P3-R6 --no-progress (job 13)
+done: pipeline.train stage1 d768-P3-R4 --no-progress (exit 0, 230.0s)
+done: pipeline.train stage1 d768-P3-R6 --no-progress (exit 0, 250.0s)
+deadline: 1 task(s) not started
+  pipeline.train stage1 d768-P3-R2 --no-progress               exit 0   200.0s
+  pipeline.train stage1 d768-P3-R4 --no-progress               exit 0   230.0s
+  pipeline.train stage1 d768-P3-R6 --no-progress               exit 0   250.0s
+  pipeline.train stage1 d768-P3-R8 --no-progress               not started
+train:stage1/d768-P3-*: 3 command(s) in 452.5s, 1 not started (--start-by)
+"""
+    runs, steps = sweep_stage1.parse_job_log(log)
+    assert sorted(runs) == ["stage1/d768-P3-R2", "stage1/d768-P3-R4", "stage1/d768-P3-R6"]
+    ran = ["stage1/d768-P3-R2", "stage1/d768-P3-R4", "stage1/d768-P3-R6"]
+    assert steps == [{"selection": "stage1/d768-P3-*", "commands": 3, "wall_s": 452.5, "parallel": 2, "mps": 1,
+                      "params": "params.yaml", "device": "NVIDIA H200", "runs": ran, "not_started": 1}]
+    ids = [f"stage1/d768-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    assert sweep_stage1.step_runs(steps[0], ids) == ran
+
+
+def test_gpu_job_starts_no_run_after_its_deadline(tiny_project, capsys):
+    """--start-by 0: every run of the selection is listed as not started, the job ends there with exit
+    0 before its next step, and the cost summary reads the step as having trained nothing."""
+    p = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    p["stage1"]["grid"]["n_loops"] = [2, 3]
+    write_params(tiny_project, p)
+    assert gpu_job.main(["train:stage1", "summarize:stage1", "--parallel", "2", "--start-by", "0"]) == 0
+    out = capsys.readouterr().out
+    names = [c[4] for c in gpu_job.commands("train:stage1", load_params("params.yaml"))]
+    assert len(names) == 2 and [line.split()[2] for line in out.splitlines()
+                                if line.startswith("  pipeline.train") and line.endswith("not started")] == names
+    assert "summarize:stage1" not in out and not list(Path("runs").glob("*/*/summary.json"))
+    _, steps = sweep_stage1.parse_job_log("stage1 job: parallel 2 mps 0 selection stage1\n" + out)
+    assert [(s["commands"], s["runs"], s["not_started"]) for s in steps] == [(0, [], len(names))]
+    with pytest.raises(SystemExit, match="--start-by: must be >= 0"):
+        gpu_job.main(["train:stage1", "--start-by", "-1"])
+
+
 def test_each_gpu_model_has_its_own_minutes(paper):
     """A width trained on two GPU models: each model's minutes count only its own batches (a batch's
     device from its log line, else from its runs' summaries), and the H200's is the target's."""
@@ -120,6 +176,8 @@ def test_each_gpu_model_has_its_own_minutes(paper):
     mixed = [{"selection": f"{ids[0]},{ids[1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1}]
     sweep_stage1.step_devices(mixed, {ids[0]: "NVIDIA H200", ids[1]: "NVIDIA H100 80GB HBM3"})
     assert "device" not in mixed[0]
+    # ... and counts for every GPU model, as its device is unknown
+    assert sweep_stage1.width_projection(paper, whole, mixed, 512, "NVIDIA H200")["mode"] == "projected"
 
 
 def test_a_width_is_measured_whole_or_projected_by_flops(paper):
@@ -144,6 +202,9 @@ def test_a_width_is_measured_whole_or_projected_by_flops(paper):
     out = sweep_stage1.width_projection(paper, whole, steps, 512)
     assert (out["mode"], out["minutes"], out["parallel"]) == ("measured", 10.0, 4)
     assert sweep_stage1.width_projection(paper, whole, steps[:2], 512)["mode"] == "projected"
+    # one config trained once more, alone: its own step replaces its earlier one (90 + 510 + 30 s)
+    alone = {"selection": ids[0], "commands": 1, "wall_s": 30.0, "parallel": 1, "mps": 1}
+    assert sweep_stage1.width_projection(paper, whole, steps + [alone], 512)["minutes"] == 10.5
     # ... but not where a config's last training ran beside another width's
     steps.append({"selection": f"{ids[0]},stage1/d256-P2-R2", "commands": 2, "wall_s": 60.0, "parallel": 2, "mps": 1})
     assert sweep_stage1.width_projection(paper, whole, steps, 512)["mode"] == "projected"
@@ -179,10 +240,12 @@ def test_single_run_speeds_come_from_the_bench_rows_of_stage1_runs():
     """stage1.sh bench's output: the base rows (the run's own step) give the speeds, the fused_adamw rows
     their speed-up; other groups' runs, config-name rows and failed rows are not read. A record of
     earlier speeds is read as it is."""
-    rows = [{"model": "CART d256 P2 R2", "run": "stage1/d256-P2-R2", "lever": "base", "tokens_per_s": 2.0e6},
+    rows = [{"model": "CART d256 P6 R8", "run": "stage1/d256-P6-R8", "lever": "base", "oom": True},
+            {"model": "CART d256 P2 R2", "run": "stage1/d256-P2-R2", "lever": "base", "tokens_per_s": 2.0e6},
             {"model": "CART d256 P2 R2", "run": "stage1/d256-P2-R2", "lever": "fused_adamw", "tokens_per_s": 2.1e6,
              "speedup_vs_base": 1.05},
-            {"model": "CART d256 P6 R8", "run": "stage1/d256-P6-R8", "lever": "base", "oom": True},
+            {"model": "CART d256 P6 R2", "run": "stage1/d256-P6-R2", "lever": "fp8", "tokens_per_s": 1.9e6,
+             "speedup_vs_base": 0.95},
             {"model": "CART d256 P6 R2", "run": "stage1_variants/code-R2-s42", "lever": "base", "tokens_per_s": 1.0},
             {"model": "CART d256 P6 R6", "lever": "base", "tokens_per_s": 1.0}]
     assert sweep_stage1.single_run_speeds({"rows": rows}) == ({"d256-P2-R2": 2.0e6}, {"d256-P2-R2": 1.05})
@@ -196,13 +259,16 @@ def test_a_later_speeds_file_replaces_an_earlier_ones_configs(tmp_path, paper):
     measured = {"rows": [{"model": "CART d512 P6 R8", "run": "stage1/d512-P6-R8", "lever": "base", "tokens_per_s": 1.0e6},
                          {"model": "CART d512 P6 R8", "run": "stage1/d512-P6-R8", "lever": "fused_adamw",
                           "tokens_per_s": 1.02e6, "speedup_vs_base": 1.02}]}
+    later = {"rows": [{"model": "CART d512 P2 R2", "run": "stage1/d512-P2-R2", "lever": "fused_adamw",
+                       "tokens_per_s": 1.75e6, "speedup_vs_base": 1.03}]}
     (tmp_path / "single_run_speeds.json").write_text(json.dumps(record))
     (tmp_path / "single_run_speeds_120000.json").write_text(json.dumps(measured))
+    (tmp_path / "single_run_speeds_130000.json").write_text(json.dumps(later))
     paths = sorted(tmp_path.glob(sweep_stage1.SINGLE_RUN_SPEEDS))
     got = sweep_stage1.steps_only_record(paper, paths)
     expected = sweep_stage1.steps_only(paper, {"d512-P2-R2": 1.7e6, "d512-P6-R8": 1.0e6})
-    assert got == expected | {"speeds": ["single_run_speeds.json", "single_run_speeds_120000.json"],
-                              "fused_adamw_speedup": {"d512-P6-R8": 1.02}}
+    assert got == expected | {"speeds": [p.name for p in paths],
+                              "fused_adamw_speedup": {"d512-P6-R8": 1.02, "d512-P2-R2": 1.03}}
     assert sweep_stage1.steps_only_record(paper, []) is None
 
 
@@ -211,6 +277,26 @@ def test_committed_sweep_metrics_are_what_the_campaign_renders():
     fresh = json.loads(json.dumps(sweep_stage1.summarize(CAMPAIGN, sweep_stage1.load_params(CAMPAIGN / "params.yaml"))))
     assert fresh == committed, "re-run: python -m bench.gpu.sweep_stage1 gpu/stage1"
     assert committed["configs_measured"] >= 16 and committed["widths"]["256"]["mode"] == "measured"
+
+
+def test_the_cost_summary_reads_complete_runs_and_needs_no_job_log(tmp_path):
+    """A run whose summary is not complete is left out (the first one read here: the rest still are);
+    without the job log every run is still costed, by phase, and every width's cost is missing; two
+    torch versions are both named."""
+    root = _campaign_copy(tmp_path)
+    committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
+    first = sorted(root.glob("runs/*/*/summary.json"))[0]
+    for path, key, value in ((first, "status", "failed"), (root / "runs/stage1/d256-P2-R2/summary.json", "torch", "2.12.0")):
+        summary = json.loads(path.read_text())
+        summary[key] = value
+        path.write_text(json.dumps(summary))
+    (root / "logs" / "job.log").unlink()
+    out = sweep_stage1.summarize(root, load_params(root / "params.yaml"))
+    assert set(out["runs"]) == set(committed["runs"]) - {f"{first.parent.parent.name}/{first.parent.name}"}
+    assert not any("process_s" in c for c in out["runs"].values()) and out["job_steps"] == []
+    assert out["torch"] == sorted(["2.12.0", committed["torch"]])
+    assert out["widths"]["256"] == {"mode": "missing", "configs": 16, "configs_measured": 0, "minutes": None}
+    assert out["projected_gpu_minutes_64"] is None
 
 
 def test_a_batch_on_another_gpu_is_summarised_apart_from_the_h200s(tmp_path):
