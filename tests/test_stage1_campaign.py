@@ -338,6 +338,24 @@ def test_without_a_measured_spread_no_difference_is_called_within_or_beyond_it(t
     assert "(spread not measured)" in text and "within the spread" not in text and "beyond the spread" not in text
 
 
+def test_the_findings_verdicts_follow_the_store_where_it_says_otherwise(tmp_path):
+    """The committed store says yes to most of the paper's claims and its leak never collapsed; a copy
+    edited to say otherwise turns each verdict: d512 worse than d256, P = 4 best at d256, a width with
+    one config run and one with none, the leak falling below 10."""
+    root = _campaign_copy(tmp_path)
+    for sql in ("UPDATE runs SET ppl_wikipedia = 2 * ppl_wikipedia WHERE \"group\" = 'stage1' AND d_model = 512",
+                "UPDATE runs SET ppl_wikipedia = 100 WHERE run_id = 'stage1/d256-P4-R2'",
+                "DELETE FROM runs WHERE run_id = 'stage1/d1024-P2-R2' OR run_id LIKE 'stage1/d768-%'",
+                "UPDATE eval_log SET ppl = 5 WHERE run_id = 'stage1_variants/leak-s42' AND domain = 'wikipedia' "
+                "AND step >= 1500"):
+        _edit_store(root, sql)
+    text = stage1_findings.render(root)
+    assert "- Wider is better at every step, as in the paper: **no** (d256 100.0, d512 195.9, d1024 66.9)." in text
+    assert "- At d = 1024 only 1 of 16 configs have run (P6 R8)" in text and "At d = 768" not in text
+    assert "- d256: best P = 4 (no); best per P: P2 151.6, P3 149.9, P4 100.0, P6 146.0." in text
+    assert "- seed 42: validation PPL first below 10 at step 1500; lowest 5.0 (step 1500);" in text
+
+
 def _lever_workspace(tmp_path, wall_s: float, ppl_scale: float) -> Path:
     """A GPU workspace whose last batch re-trained the committed d512 pair under the by-iteration lever,
     in wall_s seconds, each final Wikipedia PPL scaled by ppl_scale."""
@@ -358,6 +376,7 @@ def _lever_workspace(tmp_path, wall_s: float, ppl_scale: float) -> Path:
 
 @pytest.mark.parametrize("wall_s, ppl_scale, chosen", [(100.0, 1.01, "params+stage1_by_iteration.yaml"),
                                                        (140.0, 1.0, "params.yaml"),     # slower
+                                                       (132.6, 1.0, "params.yaml"),     # no faster
                                                        (100.0, 1.05, "params.yaml")])  # beyond the spread
 def test_a_lever_is_kept_when_its_batch_is_faster_and_its_ppl_within_the_spread(tmp_path, capsys, wall_s, ppl_scale,
                                                                                 chosen):
@@ -369,11 +388,27 @@ def test_a_lever_is_kept_when_its_batch_is_faster_and_its_ppl_within_the_spread(
     assert capsys.readouterr().out.splitlines()[-1] == chosen
     record = json.loads((ws / "logs" / "lever.json").read_text())
     assert record["wall_s_before"] == 132.6 and record["chosen"] == chosen
+    assert (record["params_before"], record["params_after"]) == ("params.yaml", "params+stage1_by_iteration.yaml")
+    committed = {r: json.loads((CAMPAIGN / "runs" / r / "summary.json").read_text())["final_eval"]["wikipedia"]["ppl"]
+                 for r in record["runs"]}
+    assert {r: (v["ppl_before"], v["ppl_after"]) for r, v in record["runs"].items()} == \
+        {r: (ppl, ppl * ppl_scale) for r, ppl in committed.items()}
     assert record["spread_pct"] == pytest.approx(max(s["spread_pct"] for s in stage1_findings.Campaign(CAMPAIGN).spread().values()))
     assert {k: round(v["gap_pct"], 6) for k, v in record["runs"].items()} == \
         {r: round(100 * (ppl_scale - 1), 6) for r in ("stage1/d512-P2-R2", "stage1/d512-P6-R8")}
     with pytest.raises(SystemExit, match="ran with params\\+stage1_by_iteration.yaml, not params.yaml"):
         stage1_lever.main([str(ws), str(CAMPAIGN), "params.yaml"])
+
+
+def test_a_lever_whose_trial_run_did_not_complete_is_not_kept(tmp_path, capsys):
+    from bench.gpu import stage1_lever
+    ws = _lever_workspace(tmp_path, 100.0, 1.0)
+    path = ws / "runs" / "stage1" / "d512-P6-R8" / "summary.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"status": "failed"}))
+    assert stage1_lever.main([str(ws), str(CAMPAIGN), "params+stage1_by_iteration.yaml"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "params.yaml"
+    record = json.loads((ws / "logs" / "lever.json").read_text())
+    assert record["runs"]["stage1/d512-P6-R8"]["gap_pct"] is None and record["within_spread"] is False
 
 
 def test_a_lever_is_judged_only_against_a_finished_batch_on_the_same_gpu(tmp_path):
@@ -420,6 +455,22 @@ def test_the_r_benefit_grows_with_width_only_when_every_widths_change_exceeds_th
         assert f"- Our benefit grows with width, as in the paper: **{verdict}**." in text
     else:
         assert "Whether our benefit grows with width is not a finding yet" in text and "grows with width, as" not in text
+
+
+def test_the_setup_line_names_each_precision_and_cuda_graphs_setting_the_runs_trained_with(tmp_path):
+    """run_settings: bf16 under CUDA graphs for every committed run; a run on the CPU is fp32 without graphs
+    (`dtype: auto`), one compiled without reduce-overhead or not at all has no graphs, a dtype set is named."""
+    assert stage1_findings.run_settings(stage1_findings.Campaign(CAMPAIGN)) == "bf16, CUDA graphs"
+    root = _campaign_copy(tmp_path)
+    _edit_store(root, "UPDATE runs SET device = 'cpu' WHERE run_id = 'stage1/d256-P2-R2'")
+    for name, train in (("d256-P2-R4", {"compile": "off"}), ("d256-P2-R6", {"compile_mode": "default"}),
+                        ("d256-P2-R8", {"dtype": "float32"})):
+        path = root / "runs" / "stage1" / name / "config.json"
+        config = json.loads(path.read_text())
+        config["train"] |= train
+        path.write_text(json.dumps(config))
+    labels = stage1_findings.run_settings(stage1_findings.Campaign(root)).split("; ")
+    assert sorted(labels) == ["bf16", "bf16, CUDA graphs", "fp32", "fp32, CUDA graphs"]
 
 
 def test_a_config_trained_again_is_listed_with_its_earlier_training_and_what_changed(tmp_path):
