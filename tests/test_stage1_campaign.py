@@ -329,11 +329,12 @@ def test_committed_findings_are_what_the_store_renders():
 
 def test_without_a_measured_spread_no_difference_is_called_within_or_beyond_it(tmp_path):
     """A campaign whose repeated runs are missing has no spread: every comparison says the spread is
-    not measured, none is judged against it."""
+    not measured, none is judged against it; without its controls, their sections say they are missing."""
     root = _campaign_copy(tmp_path)
-    _edit_store(root, "DELETE FROM runs WHERE \"group\" = 'stage1_variants'")
+    _edit_store(root, "DELETE FROM runs WHERE \"group\" IN ('stage1_variants', 'stage1_dense')")
     text = stage1_findings.render(root)
     assert "Run-to-run spread (the same config trained again): **—%**" in text
+    assert "No width has both yet." in text and "\nNot run yet.\n" in text  # no Dense control, no text reading
     assert "the run-to-run spread is not measured yet" in text
     assert "(spread not measured)" in text and "within the spread" not in text and "beyond the spread" not in text
 

@@ -92,7 +92,8 @@ start)  # on the GPU machine: the runs in the background (their own process sess
   setsid nohup bash "$0" run "$@" > "$BG/console.log" 2>&1 < /dev/null &
   echo "started in the background (pid $!): collect with 'bash bench/gpu/stage1.sh collect <seconds>'"
   ;;
-run)  # what `start` runs
+run)  # what `start` runs; however it ends (a step below failing too), `collect` learns of it at once
+  trap 'code=$?; [ -n "${MPS_UP:-}" ] && echo quit | nvidia-cuda-mps-control; echo $code > "$BG/finished"' EXIT
   site || exit 1
   export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -108,7 +109,7 @@ run)  # what `start` runs
   if [ "${STAGE1_MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
     export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-    nvidia-cuda-mps-control -d && trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    nvidia-cuda-mps-control -d && MPS_UP=1
   fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
   python3 -c "import torch; print('torch', torch.__version__)"
@@ -127,7 +128,7 @@ run)  # what `start` runs
     python3 -m bench.gpu.job "train:$sel" --parallel "$n" "${by[@]}" 2>&1 | tee -a "$WS/logs/job.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
   done
-  echo $status > "$BG/finished"
+  exit $status
   ;;
 collect)  # on the still-warm machine: wait up to <seconds>, then bring back what is done
   end=$((SECONDS + ${1:?collect <seconds>}))
@@ -136,7 +137,8 @@ collect)  # on the still-warm machine: wait up to <seconds>, then bring back wha
   pack_runs "$OUT/stage1-$(date +%H%M%S).tgz"
   cp "$BG/console.log" "$OUT/console.log" 2>/dev/null
   if [ -f "$BG/finished" ]; then echo "finished: exit $(cat "$BG/finished")"; else echo "still running: collect again"; fi
-  grep -E "exit [0-9]+ +[0-9.]+s|command\(s\) in|FAILED" "$WS/logs/job.log" 2>/dev/null | tail -n 40
+  if [ -f "$BG/finished" ] && [ "$(cat "$BG/finished")" != 0 ]; then tail -n 15 "$BG/console.log"; fi
+  grep -E "exit [0-9]+ +[0-9.]+s|command\(s\) in|not started|FAILED" "$WS/logs/job.log" 2>/dev/null | tail -n 40 || true
   ;;
 bench)  # on the GPU machine: the runs' steps one run alone at a time, as the campaign trains them (base: 8-bit
   # AdamW under CUDA graphs) and with torch's fused AdamW (STAGE1_BENCH_LEVERS); $OUT/single_run_speeds_<time>.json,
