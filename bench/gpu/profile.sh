@@ -59,6 +59,8 @@ if [ "$JOB" = collect ]; then
   tail -n 30 "$BG"/job*.log 2>/dev/null
   exit 0
 fi
+# a job that stops early (a check below failing) still says so: `collect` then learns of it at once
+trap 'echo $? > "$OUT/finished"' EXIT
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH="$REPO:$REPO/.gpu-site"
 python3 -c "import bitsandbytes, datasets, dvclive, lm_eval, submitit, torch; print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')" \
@@ -109,5 +111,4 @@ fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$OUT/$JOB.log" 2>&1 || true
 cp params.yaml "$OUT/$JOB.params.yaml"
 pack "$OUT" "$JOB"
-echo $status > "$OUT/finished"
 exit $status
