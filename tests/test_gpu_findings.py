@@ -205,3 +205,57 @@ def test_an_import_adds_each_sessions_batches_to_the_committed_job_log(tmp_path)
     seed_from_committed(dest, ws)
     unpack_archives(archives, ws)
     assert (ws / "logs" / "job.log").read_text() == committed + second
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_an_import_that_fails_while_filing_leaves_the_destination_as_it_was(tmp_path, monkeypatch):
+    """file_workspace writes into a copy of the destination and swaps it in at the end: a failure
+    half-way (here while filing the runs, after the report and store were written) changes nothing
+    there and leaves no copy behind; a whole filing replaces what it rebuilt and keeps the rest."""
+    from bench.gpu import import_runs
+    dest, ws = tmp_path / "gpu" / "stage1", tmp_path / "ws"
+    _write(dest / "runs" / "dense" / "L7-s42", _summary(200.0), {"model": {}})
+    (dest / "report").mkdir()
+    (dest / "report" / "REPORT.md").write_text("the committed report\n")
+    (dest / "FINDINGS.md").write_text("written by hand-run findings, not by the import\n")
+    (ws / "runs").mkdir(parents=True)
+    (ws / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    out_dir = ws / import_runs.load_params(ws / "params.yaml")["report"]["out_dir"]
+    out_dir.mkdir(parents=True)
+    (out_dir / "REPORT.md").write_text("the rebuilt report\n")
+    _write(ws / "runs" / "dense" / "L7-s42", _summary(200.0), {"model": {}})
+    _write(ws / "runs" / "stage2" / "d256-R2-s42", _summary(190.0), {"model": {"d_model": 256}})
+    before = _tree(dest)
+
+    def fail(src, target):
+        raise OSError("disk full")
+    monkeypatch.setattr(import_runs, "file_runs", fail)
+    with pytest.raises(OSError, match="disk full"):
+        import_runs.file_workspace(ws, dest)
+    assert _tree(dest) == before and sorted(p.name for p in dest.parent.iterdir()) == ["stage1"]
+    monkeypatch.undo()
+    import_runs.file_workspace(ws, dest)
+    after = _tree(dest)
+    assert after["report/REPORT.md"] == b"the rebuilt report\n" and after["FINDINGS.md"] == before["FINDINGS.md"]
+    assert "runs/stage2/d256-R2-s42/summary.json" in after and sorted(p.name for p in dest.parent.iterdir()) == ["stage1"]
+
+
+@pytest.mark.slow
+def test_importing_nothing_rebuilds_the_committed_campaign_byte_for_byte(tmp_path):
+    """`python -m bench.gpu.import_runs` with an empty archive over a copy of gpu/stage1: the store, the
+    report, the metrics, the curves and every run's files are rebuilt from what the folder holds, and
+    come out as committed (so each GPU session's import adds its runs and changes nothing else)."""
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+    dest = tmp_path / "stage1"
+    shutil.copytree(GPU / "stage1", dest)
+    with tarfile.open(tmp_path / "empty.tgz", "w:gz"):
+        pass
+    subprocess.run([sys.executable, "-m", "bench.gpu.import_runs", "--profiles", "paper", "paper_offline",
+                    "--dest", str(dest), str(tmp_path / "empty.tgz")], cwd=ROOT, check=True, capture_output=True)
+    assert _tree(dest) == _tree(GPU / "stage1")

@@ -7,7 +7,8 @@ outputs (apart from the default profile's DVC outputs):
 What the destination already holds is copied into one workspace and the archives are unpacked over
 it (so an import adds to the committed runs), where the group summaries, the results store and the
 report are rebuilt from every job's runs and evaluation rows (CPU work: the GPU jobs need not keep
-a machine warm for them), then filed:
+a machine warm for them), then filed, into a copy of the destination that takes its place once whole
+(an import that fails leaves the destination as it was):
 
     gpu/params.yaml        the params the runs were resolved with (the profiles applied to params.yaml)
     gpu/report/            REPORT.md, tables, figures
@@ -33,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from cart.experiments import GROUPS
+from cart.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,17 +54,28 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tu
             subprocess.run([sys.executable, "-m", *args], cwd=ws, env=env, check=True)
         for profile in profiles:
             stage("pipeline.profile", profile)
-        from cart.params import load_params
-        report_dir = load_params(ws / "params.yaml")["report"]["out_dir"]
         for group in GROUPS:
             stage("pipeline.summarize", group)
         stage("pipeline.results")
         stage("pipeline.report")
+        file_workspace(ws, dest, [a.with_suffix(".log") for a in archives])
 
-        dest.mkdir(exist_ok=True)
+
+def file_workspace(ws: Path, dest: Path, logs: list[Path] = ()) -> None:
+    """The rebuilt workspace's outputs into dest, all at once: they are written into a copy of dest
+    (what they do not replace, such as FINDINGS.md, stays), which then takes dest's place, so an import
+    that fails half-way leaves dest as it was."""
+    report_dir = load_params(ws / "params.yaml")["report"]["out_dir"]
+    staging, replaced = (dest.with_name(f"{dest.name}.{what}") for what in ("importing", "replaced"))
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if dest.is_dir():
+        shutil.copytree(dest, staging, symlinks=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
         for src, name in ((report_dir, "report"), ("results/results.db", "results.db"), ("metrics", "metrics"),
                           ("eval", "eval"), ("plots", "plots"), ("logs", "logs"), ("params.yaml", "params.yaml")):
-            target = dest / name
+            target = staging / name
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.is_file():
@@ -70,17 +83,23 @@ def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tu
             if (ws / src).exists():
                 (shutil.copytree if (ws / src).is_dir() else shutil.copy2)(ws / src, target)
         if (ws / "gpu_bench").is_dir():  # job 5's GPU benches (sampled-R compile cost, cached decoding)
-            (dest / "bench").mkdir(exist_ok=True)
+            (staging / "bench").mkdir(exist_ok=True)
             for f in (ws / "gpu_bench").glob("*.json"):
-                shutil.copy2(f, dest / "bench" / f.name)
+                shutil.copy2(f, staging / "bench" / f.name)
         if (ws / "data/bins/meta.json").is_file():  # how much text the runs had (one pass or less)
-            shutil.copy2(ws / "data/bins/meta.json", dest / "bins_meta.json")
-        file_runs(ws / "runs", dest / "runs")
-        for a in archives:
-            log = a.with_suffix(".log")
+            shutil.copy2(ws / "data/bins/meta.json", staging / "bins_meta.json")
+        file_runs(ws / "runs", staging / "runs")
+        for log in logs:
             if log.is_file():
-                (dest / "logs").mkdir(exist_ok=True)
-                shutil.copy2(log, dest / "logs" / log.name)
+                (staging / "logs").mkdir(exist_ok=True)
+                shutil.copy2(log, staging / "logs" / log.name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if dest.is_dir():
+        dest.rename(replaced)
+    staging.rename(dest)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 JOB_LOG = "logs/job.log"  # the GPU job's batches and runs, with their wall times (bench/gpu/sweep_stage1.py)
