@@ -148,6 +148,11 @@ def test_an_import_keeps_a_run_trained_again_as_an_earlier_training(tmp_path):
     assert now["final_eval"]["wikipedia"]["ppl"] == 195.0 and now["peak_mem_gib"] == 7.5
     assert gpu_findings.config_changes(first["config"], json.loads(
         (dest / "stage2" / "d256-R2-s42" / "config.json").read_text())) == ([], ["model.new"])
+    _write(ws / "stage2" / "d256-R2-s42", _summary(193.0))  # a third training: the second joins the first
+    file_runs(ws, dest)
+    assert sorted(p.name for p in (dest / "stage2" / "d256-R2-s42" / "earlier").iterdir()) == ["1", "2"]
+    assert [t["summary"]["final_eval"]["wikipedia"]["ppl"] for t in common.earlier_trainings(tmp_path / "gpu")
+            ["stage2/d256-R2-s42"]] == [190.0, 195.0]
 
 
 def test_import_records_come_from_calls_json_and_a_missing_one_is_named(tmp_path):
