@@ -219,7 +219,8 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_an_import_that_fails_while_filing_leaves_the_destination_as_it_was(tmp_path, monkeypatch):
     """file_workspace writes into a copy of the destination and swaps it in at the end: a failure
     half-way (here while filing the runs, after the report and store were written) changes nothing
-    there and leaves no copy behind; a whole filing replaces what it rebuilt and keeps the rest."""
+    there and leaves no copy behind; a whole filing replaces what it rebuilt and keeps the rest, also
+    where an earlier import stopped between the swap's two renames (its old destination is restored)."""
     from bench.gpu import import_runs
     dest, ws = tmp_path / "gpu" / "stage1", tmp_path / "ws"
     _write(dest / "runs" / "dense" / "L7-s42", _summary(200.0), {"model": {}})
@@ -242,6 +243,7 @@ def test_an_import_that_fails_while_filing_leaves_the_destination_as_it_was(tmp_
         import_runs.file_workspace(ws, dest)
     assert _tree(dest) == before and sorted(p.name for p in dest.parent.iterdir()) == ["stage1"]
     monkeypatch.undo()
+    dest.rename(dest.with_name("stage1.replaced"))  # an import stopped between its two renames
     import_runs.file_workspace(ws, dest)
     after = _tree(dest)
     assert after["report/REPORT.md"] == b"the rebuilt report\n" and after["FINDINGS.md"] == before["FINDINGS.md"]

@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 def import_archives(archives: list[Path], dest: Path = Path("gpu"), profiles: tuple[str, ...] = ("gpu",)) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
+        restore_interrupted(dest)
         seed_from_committed(dest, ws)
         unpack_archives(archives, ws)
         shutil.copy(REPO / "params.yaml", ws / "params.yaml")
@@ -66,7 +67,8 @@ def file_workspace(ws: Path, dest: Path, logs: list[Path] = ()) -> None:
     (what they do not replace, such as FINDINGS.md, stays), which then takes dest's place, so an import
     that fails half-way leaves dest as it was."""
     report_dir = load_params(ws / "params.yaml")["report"]["out_dir"]
-    staging, replaced = (dest.with_name(f"{dest.name}.{what}") for what in ("importing", "replaced"))
+    staging, replaced = _swap_paths(dest)
+    restore_interrupted(dest)
     for leftover in (staging, replaced):
         shutil.rmtree(leftover, ignore_errors=True)
     if dest.is_dir():
@@ -100,6 +102,19 @@ def file_workspace(ws: Path, dest: Path, logs: list[Path] = ()) -> None:
         dest.rename(replaced)
     staging.rename(dest)
     shutil.rmtree(replaced, ignore_errors=True)
+
+
+def _swap_paths(dest: Path) -> tuple[Path, Path]:
+    """Where file_workspace builds the new destination, and where the old one waits while they swap."""
+    return dest.with_name(f"{dest.name}.importing"), dest.with_name(f"{dest.name}.replaced")
+
+
+def restore_interrupted(dest: Path) -> None:
+    """An import stopped between its two renames left the destination under its `.replaced` name:
+    put it back before anything reads or replaces it."""
+    replaced = _swap_paths(dest)[1]
+    if replaced.is_dir() and not dest.exists():
+        replaced.rename(dest)
 
 
 JOB_LOG = "logs/job.log"  # the GPU job's batches and runs, with their wall times (bench/gpu/sweep_stage1.py)
