@@ -251,7 +251,7 @@ def test_an_import_that_fails_while_filing_leaves_the_destination_as_it_was(tmp_
 
 
 @pytest.mark.slow
-def test_importing_nothing_rebuilds_the_committed_campaign_byte_for_byte(tmp_path):
+def test_importing_nothing_rebuilds_the_committed_campaign_as_committed(tmp_path):
     """`python -m bench.gpu.import_runs` with an empty archive over a copy of gpu/stage1: the store, the
     report, the metrics, the curves and every run's files are rebuilt from what the folder holds, and
     come out as committed (so each GPU session's import adds its runs and changes nothing else)."""
