@@ -314,7 +314,8 @@ def test_a_batch_on_another_gpu_is_summarised_apart_from_the_h200s(tmp_path):
     for key in ("gpu_minutes_measured", "projected_gpu_minutes_64", "widths"):
         assert out[key] == committed[key], key
     h100 = out["other_devices"]["NVIDIA H100 80GB HBM3"]
-    assert h100["gpu_minutes_measured"] == 4.0 and h100["projected_gpu_minutes_64"] is None
+    before = committed["other_devices"].get("NVIDIA H100 80GB HBM3", {}).get("gpu_minutes_measured", 0.0)
+    assert h100["gpu_minutes_measured"] == round(before + 4.0, 2) and h100["projected_gpu_minutes_64"] is None
     assert h100["widths"]["768"]["from_step"]["wall_s"] == 240.0
     assert h100["widths"]["768"]["minutes"] == round(240.0 * committed["widths"]["768"]["from_step"]["flops_scale"] / 60, 2)
 
