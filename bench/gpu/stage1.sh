@@ -24,8 +24,8 @@
 # STAGE1_START_BY=<seconds> starts no run later than that after `start` (the runs started finish; the rest
 # are logged as not started): a machine lent for a fixed time then loses no run half-trained.
 #
-# The packages travel as one xz file (4 MB instead of 7.6 MB in 600 files): the checkout with gpu/
-# (16 MB), the data (44 MB) and the packages then fit the 64 MiB a device call carries.
+# The packages travel as one xz file (4 MB instead of 7.6 MB in 600 files), so the checkout with gpu/,
+# the data and the packages fit the 64 MiB a device call carries (docs/stage1.md counts them).
 set -uo pipefail
 CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds> | lever <params file> | bench <runs...>}
 shift

@@ -19,8 +19,8 @@
 # writes the params (the gpu profile, validated here: validation imports lm-eval, which the set lacks).
 # SWEEP_OVERLAY=gpu_dry adds the CPU dry-run overlay to them; CARRY_PY=3.11 builds the packages for this
 # machine's Python (a CPU dry run here). The GPU machine carries .gpu-sweep alone (51 MiB), but with the
-# checkout (16 MB, 11.5 of it gpu/, which grows with every import) that passes the 64 MiB a call carries:
-# the comparison reads nothing under gpu/, so move it out of the checkout for the call (docs/gpu.md).
+# checkout (most of it gpu/, which grows with every import) that passes the 64 MiB a call carries: the
+# comparison reads nothing under gpu/, so move it out of the checkout for the call (docs/gpu.md counts it).
 # SWEEP_GROUPS=<groups> (comma-separated) compares those training groups instead of the three.
 # `run` writes $OUT/sweep_compare.json (bench/gpu/sweep_compare.py says what it holds), the logs of
 # both ways and each run's log; it exits 0 when both trained every run and `dvc status` is clean.

@@ -59,10 +59,13 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
     left runs unstarted lists the `runs` that finished and how many were `not_started`])."""
     runs, steps, job = {}, [], None
 
+    def finished() -> list[str]:  # the runs of the current job that ended with exit 0
+        return [i for i, (_, code) in job["ends"].items() if code == 0]
+
     def cut_short() -> None:  # a job whose closing line never came: the runs that finished in it
         if job is None or job["closed"]:
             return
-        done = [i for i, (_, code) in job["ends"].items() if code == 0]
+        done = finished()
         if done:
             steps.append({"selection": job["selection"], "commands": len(done),
                           "wall_s": round(max(job["ends"][i][0] for i in done), 1)} | job["fields"]
@@ -95,7 +98,7 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
             job["closed"] = True
             step = {"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3])} | job["fields"]
             if m[4]:  # the job's deadline left runs of its selection unstarted: it trained those that finished
-                step |= {"runs": [i for i, (_, code) in job["ends"].items() if code == 0], "not_started": int(m[4])}
+                step |= {"runs": finished(), "not_started": int(m[4])}
             steps.append(step)
     cut_short()
     return runs, steps
