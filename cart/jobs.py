@@ -34,6 +34,8 @@ import submitit
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXECUTORS = ("local", "slurm", "debug")
+# The note of a task left waiting because run_tasks' start_by had passed (not because the run was stopped).
+DEADLINE_NOTE = "not started by the deadline"
 # Options of sbatch that the executor itself writes (--slurm-option may not set them a second time).
 _SBATCH_OWN = {"partition", "time", "gpus-per-node", "job-name", "comment", "output", "error", "signal",
                "open-mode", "account"}
@@ -411,7 +413,7 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
     for name, (job, _, t0) in running.items():
         outcomes[name] = Outcome("stopped", None, time.time() - t0, f"job {job.job_id} told to stop")
     for task in pending:
-        outcomes[task.name] = Outcome("waiting", note="not started by the deadline" if late() else "")
+        outcomes[task.name] = Outcome("waiting", note=DEADLINE_NOTE if late() else "")
     if pending and late() and not stop:
         echo(f"deadline: {len(pending)} task(s) not started")
     return outcomes

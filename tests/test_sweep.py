@@ -16,8 +16,8 @@ import pytest
 import submitit
 import yaml
 
-from cart.jobs import (ExecutorOptions, ShellJob, Task, cuda_mps, gpu_slots, make_executor, run_tasks,
-                       submit)
+from cart.jobs import (DEADLINE_NOTE, ExecutorOptions, Outcome, ShellJob, Task, cuda_mps, gpu_slots, make_executor,
+                       run_tasks, submit)
 from cart.stages import train_command
 from conftest import ROOT, tiny_params, write_params
 
@@ -120,8 +120,17 @@ def test_no_task_starts_after_the_deadline_and_those_started_finish(tmp_path):
     out = run_tasks([slow, _echo_gpu("next", tmp_path)], make_executor(ExecutorOptions("debug", folder=tmp_path / "s")),
                     gpu_slots([]), poll_s=0.0, echo=lines.append, start_by=time.time() + 1.0)
     assert (out["slow"].status, out["next"].status) == ("done", "waiting"), out
-    assert out["next"].note == "not started by the deadline" and "finished" in (tmp_path / "slow.log").read_text()
+    assert out["next"].note == DEADLINE_NOTE and "finished" in (tmp_path / "slow.log").read_text()
     assert not (tmp_path / "next.log").exists() and lines[-1] == "deadline: 1 task(s) not started"
+
+
+def test_the_gpu_runner_counts_only_a_deadline_as_not_started():
+    """bench/gpu/job.py: a run left waiting by the deadline is not started (None, no failure); one left
+    waiting by a stop, cut short by it, or whose job died is a failure (-1)."""
+    from bench.gpu.job import exit_code
+    assert exit_code(Outcome("waiting", note=DEADLINE_NOTE)) is None
+    assert [exit_code(Outcome(s)) for s in ("waiting", "stopped", "failed")] == [-1, -1, -1]
+    assert exit_code(Outcome("done", 0)) == 0 and exit_code(Outcome("failed", 3)) == 3
 
 
 def test_a_failure_to_record_fails_the_task(tmp_path):

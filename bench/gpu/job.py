@@ -31,7 +31,7 @@ from pathlib import Path
 
 from cart.evaluation.session import STUDIES
 from cart.experiments import GROUPS, RunPaths, run_names
-from cart.jobs import ExecutorOptions, Task, gpu_slots, make_executor, run_tasks
+from cart.jobs import DEADLINE_NOTE, ExecutorOptions, Outcome, Task, gpu_slots, make_executor, run_tasks
 from cart.params import load_params
 from cart.stages import train_command
 
@@ -54,11 +54,15 @@ def _run_jobs(cmds: list[list[str]], logs: list[Path], parallel: int,
                   if c[2] == "pipeline.train" else ()) for c, log in zip(cmds, logs)]
     outcomes = run_tasks(tasks, make_executor(ExecutorOptions("local")), gpu_slots([], max_parallel=parallel),
                          stop_wait_s=STOP_WAIT_S, start_by=start_by)
-    done = []
-    for c, t in zip(cmds, tasks):
-        o = outcomes[t.name]
-        done.append((c, None if o.status == "waiting" else -1 if o.exit_code is None else o.exit_code, o.seconds or 0.0))
-    return done
+    return [(c, exit_code(outcomes[t.name]), outcomes[t.name].seconds or 0.0) for c, t in zip(cmds, tasks)]
+
+
+def exit_code(outcome: Outcome) -> int | None:
+    """A job's exit code as this runner reports it: None for a run left unstarted by the deadline, -1
+    for one whose job died, or that a stop left unstarted or cut short (a failure: the job ends 1)."""
+    if outcome.status == "waiting" and outcome.note == DEADLINE_NOTE:
+        return None
+    return -1 if outcome.exit_code is None else outcome.exit_code
 
 
 def commands(step: str, params: dict) -> list[list[str]]:
