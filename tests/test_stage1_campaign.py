@@ -347,7 +347,8 @@ def test_the_findings_verdicts_follow_the_store_where_it_says_otherwise(tmp_path
     root = _campaign_copy(tmp_path)
     for sql in ("UPDATE runs SET ppl_wikipedia = 2 * ppl_wikipedia WHERE \"group\" = 'stage1' AND d_model = 512",
                 "UPDATE runs SET ppl_wikipedia = 100 WHERE run_id = 'stage1/d256-P4-R2'",
-                "DELETE FROM runs WHERE run_id = 'stage1/d1024-P2-R2' OR run_id LIKE 'stage1/d768-%'",
+                "DELETE FROM runs WHERE (run_id LIKE 'stage1/d1024-%' AND run_id != 'stage1/d1024-P6-R8') "
+                "OR run_id LIKE 'stage1/d768-%'",
                 "UPDATE eval_log SET ppl = 5 WHERE run_id = 'stage1_variants/leak-s42' AND domain = 'wikipedia' "
                 "AND step >= 1500"):
         _edit_store(root, sql)
@@ -526,26 +527,28 @@ def test_a_whole_width_is_read_as_p_and_r_effects_with_a_standard_error():
 
 
 def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp_path):
-    """The committed d512 (R = 8 +1.17% over R = 2, 2.3 standard errors) is named; with its R = 8 column
-    brought back to R = 2's level no width is; with d256's R = 8 column 5% lower, d256 is, as lowered."""
+    """The committed d512 (R = 8 +1.17% over R = 2, 2.3 standard errors) and d768 (-1.87%, -3.4) are named;
+    with d512's R = 8 column brought back to R = 2's level only d768 is, and with d768's too no width is;
+    with d256's R = 8 column 5% lower, d256 is, as lowered."""
     root = _campaign_copy(tmp_path)
     verdict = "- Eight loops instead of two moved PPL by more than two standard errors at: "
     text = stage1_findings.render(root)
-    assert verdict + "d512 (raised it)." in text
-    assert "| 768 |" not in text.split("## R and P over")[1].split("##")[0]  # a partial width is not read
+    assert verdict + "d512 (raised it), d768 (lowered it)." in text
+    assert "| 1024 |" not in text.split("## R and P over")[1].split("##")[0]  # a partial width is not read
 
     def scale_r8(d: int, factor: float) -> str:
         _edit_store(root, "UPDATE runs SET ppl_wikipedia = ppl_wikipedia * ? WHERE \"group\" = 'stage1' AND d_model = ?"
                     " AND n_loops = 8", (factor, d))
         return stage1_findings.render(root)
-    assert verdict + "no width." in scale_r8(512, 1 / 1.0117)
+    assert verdict + "d768 (lowered it)." in scale_r8(512, 1 / 1.0117)
+    assert verdict + "no width." in scale_r8(768, 1 / (1 - 0.0187))
     assert verdict + "d256 (lowered it)." in scale_r8(256, 0.95)
     ahead = "- Averaged over R, P = 6 is ahead of every other P by more than two standard errors at: "
-    assert ahead + "d256, d512." in text
+    assert ahead + "d256, d512, d768." in text
     # d512's P4 row brought level with P6's mean
     _edit_store(root, "UPDATE runs SET ppl_wikipedia = ppl_wikipedia / 1.0329 WHERE \"group\" = 'stage1' AND d_model = 512"
                 " AND n_prelude = 4")
-    assert ahead + "d256." in stage1_findings.render(root)
+    assert ahead + "d256, d768." in stage1_findings.render(root)
 
 
 def test_the_power_laws_fit_each_widths_best_and_p6_r8_against_d_and_effective_parameters():
