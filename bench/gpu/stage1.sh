@@ -25,7 +25,8 @@
 # are logged as not started): a machine lent for a fixed time then loses no run half-trained.
 #
 # The packages travel as one xz file (4 MB instead of 7.6 MB in 600 files), so the checkout with gpu/,
-# the data and the packages fit the 64 MiB a device call carries (docs/stage1.md counts them).
+# the data and the packages fit the 64 MiB a device call carries (`pack` ends by counting them:
+# bench/gpu/carry_size.py; docs/stage1.md has the count).
 set -uo pipefail
 CMD=${1:?usage: bash bench/gpu/stage1.sh pack | start <runs...> | collect <seconds> | lever <params file> | bench <runs...>}
 shift
@@ -83,6 +84,7 @@ PY
   tar cf - data/bins data/tokenizer data/corpus/manifest.json | xz -9e -T2 > "$REPO/$DATA.tmp" && mv "$REPO/$DATA.tmp" "$REPO/$DATA"
   (cd "$REPO" && tar cf - .gpu-site | xz -9e -T2 > "$SITE_PACK.tmp" && mv "$SITE_PACK.tmp" "$SITE_PACK") || exit 1
   ls -l "$REPO/$DATA" "$REPO/$SITE_PACK"
+  cd "$REPO" && python3 -m bench.gpu.carry_size .gpu-stage1 || python3 -m bench.gpu.carry_size .gpu-stage1 --aside gpu
   ;;
 start)  # on the GPU machine: the runs in the background (their own process session outlives the call)
   [ $# -ge 1 ] || { echo "start: name the batches (e.g. '4:stage1/d256-*')" >&2; exit 2; }

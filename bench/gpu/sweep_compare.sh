@@ -59,6 +59,7 @@ PY
   ); do mkdir -p "$PACK/data/$(dirname "$f")" && cp -L ".gpu-data/$f" "$PACK/data/$f" || exit 1; done
   echo "profile: $(cat "$PACK/profile"); packages for Python $(cat "$PACK/site.python")"
   ls -l "$PACK/site.tar.xz" && du -sh "$PACK/data" && du -sh "$PACK"
+  python3 -m bench.gpu.carry_size "${PACK#"$REPO"/}" --aside gpu
   ;;
 start)
   rm -rf "$BG" && mkdir -p "$BG"
