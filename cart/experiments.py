@@ -567,13 +567,6 @@ def grid_keys(groups) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for g in groups for k in group_of(g).grids))
 
 
-def summary_groups(group: str) -> tuple[str, ...]:
-    """The run groups a group's summary reads: Dense and the ablations are compared with Stage 2."""
-    return {"dense": ("dense", "stage2"), "ablation": ("ablation", "stage2"),
-            "ratplus_adapt": ("ratplus_adapt", "ratplus"), "stage1_dense": ("stage1_dense", "stage1"),
-            "stage1_variants": ("stage1_variants", "stage1")}.get(group, (group,))
-
-
 def run_names(params: dict, groups=None) -> dict[str, list[str]]:
     """Every run the profile's DAG will train, per group (what dvc.yaml's matrices expand to)."""
     return {name: g.names(params) for name, g in GROUPS.items()

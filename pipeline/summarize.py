@@ -12,7 +12,6 @@ comes out the same leaves the stages reading it alone.
 import argparse
 from pathlib import Path
 
-from cart.experiments import summary_groups
 from cart.io import atomic_write_json
 from cart.params import load_params
 from cart.results.plan import plan_from_params
@@ -35,8 +34,9 @@ def main(argv=None) -> dict[str, dict]:
         ap.error(f"unknown group(s) {unknown}; valid: {list(GROUPS)}")
     if args.out is not None and len(targets) != 1:
         ap.error(f"--out needs exactly one group, got {targets}")
-    read = tuple(dict.fromkeys(g for t in targets for g in summary_groups(t)))
-    con = memory_store(args.root, plan_from_params(load_params(args.params), read), read, eval_dir=None)
+    # every group's runs, whichever are summarized: Dense is compared with Stage 2, the ablations too, and a
+    # group none of whose runs exists yet still lists the domains the others were evaluated on
+    con = memory_store(args.root, plan_from_params(load_params(args.params), GROUPS), GROUPS, eval_dir=None)
     summaries = {}
     try:
         for group in targets:

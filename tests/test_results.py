@@ -642,6 +642,23 @@ def test_one_summarize_stage_writes_every_group_as_each_alone_would(project, tmp
         main(["stage3", "--root", str(root), "--params", str(params)])
 
 
+def test_a_group_with_no_runs_lists_the_projects_domains_alone_as_with_the_others(project, tmp_path):
+    """A group none of whose runs exists yet: its summary alone lists every validation domain the other
+    groups' runs were evaluated on (null), byte-identical to the one the whole stage writes."""
+    import shutil
+    from pipeline.summarize import main
+    src, params, _, _ = project
+    root = tmp_path / "root"
+    for top in ("runs", "plots"):
+        shutil.copytree(src / top, root / top, ignore=shutil.ignore_patterns("lrt"))
+    main(["--root", str(root), "--params", str(params)])
+    alone = tmp_path / "lrt.json"
+    main(["lrt", "--root", str(root), "--params", str(params), "--out", str(alone)])
+    assert alone.read_bytes() == (root / "metrics" / "lrt.json").read_bytes()
+    per_run = json.loads(alone.read_text())["per_run"]
+    assert per_run and all(r["status"] == "missing" and r["ppl_tinystories"] is None for r in per_run.values())
+
+
 def test_summarize_says_what_is_missing_when_stage2_is_absent(tmp_path):
     params = make_project(tmp_path / "src", eval_source=None)
     root = tmp_path / "only_dense"
