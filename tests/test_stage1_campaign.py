@@ -531,6 +531,7 @@ def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp
     with d512's R = 8 column brought back to R = 2's level only d768 is, and with d768's too no width is;
     with d256's R = 8 column 5% lower, d256 is, as lowered."""
     root = _campaign_copy(tmp_path)
+    _edit_store(root, "DELETE FROM runs WHERE run_id = 'stage1/d1024-P2-R2'")  # d1024 partial, however many ran
     verdict = "- Eight loops instead of two moved PPL by more than two standard errors at: "
     text = stage1_findings.render(root)
     assert verdict + "d512 (raised it), d768 (lowered it)." in text
