@@ -393,6 +393,8 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
                     echo(_progress(t_start, outcomes, running, by_name))
                     last_report = time.time()
                 time.sleep(poll_s)
+        # whether the deadline is what left tasks unstarted: decided now, not after a stop's wait outlasts it
+        ended_late = late()
         if stop:
             echo(f"stopping (signal {stop[0]}): {len(running)} running job(s) told to stop, {len(pending)} not started")
             waited = [name for name, (job, _, _) in running.items() if _stop(job)]
@@ -413,7 +415,7 @@ def run_tasks(tasks: list[Task], executor: submitit.AutoExecutor, slots: list[di
     for name, (job, _, t0) in running.items():
         outcomes[name] = Outcome("stopped", None, time.time() - t0, f"job {job.job_id} told to stop")
     for task in pending:
-        outcomes[task.name] = Outcome("waiting", note=DEADLINE_NOTE if late() else "")
-    if pending and late() and not stop:
+        outcomes[task.name] = Outcome("waiting", note=DEADLINE_NOTE if ended_late else "")
+    if pending and ended_late and not stop:
         echo(f"deadline: {len(pending)} task(s) not started")
     return outcomes

@@ -142,18 +142,33 @@ def test_a_failure_to_record_fails_the_task(tmp_path):
 
 
 STOPPABLE = '''
-import json, sys
+import json, sys, time
 from pathlib import Path
 from cart.jobs import ExecutorOptions, Task, gpu_slots, make_executor, run_tasks
 tmp, kind = Path(sys.argv[1]), sys.argv[2]
+save_s, start_by = (sys.argv[3], time.time() + float(sys.argv[4])) if len(sys.argv) > 3 else ("1", None)
 tasks = [Task("quick", "echo quick", tmp / "quick.log", cwd=tmp),
-         Task("slow", "trap 'sleep 1; echo saved > saved; exit 143' TERM; echo running > running; sleep 60 & wait",
+         Task("slow", f"trap 'sleep {save_s}; echo saved > saved; exit 143' TERM; echo running > running; sleep 60 & wait",
               tmp / "slow.log", cwd=tmp),
          Task("later", "echo later", tmp / "later.log", cwd=tmp, after=("slow",))]
 out = run_tasks(tasks, make_executor(ExecutorOptions(kind, folder=tmp / "submitit")), gpu_slots(["0", "1"]),
-                on_success=lambda t: print("recorded", t.name, flush=True), poll_s=0.2)
+                on_success=lambda t: print("recorded", t.name, flush=True), poll_s=0.2, start_by=start_by)
+print(json.dumps({n: o.note for n, o in out.items()}), flush=True)
 print(json.dumps({n: [o.status, o.exit_code] for n, o in out.items()}), flush=True)
 '''
+
+
+def _start_stoppable(tmp_path, kind, *args) -> subprocess.Popen:
+    """STOPPABLE in its own process, once its slow command runs."""
+    (tmp_path / "stoppable.py").write_text(STOPPABLE)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "stoppable.py"), str(tmp_path), kind, *args], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "running").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "running").exists(), "the slow command never started"
+    return proc
 
 
 @pytest.mark.parametrize("kind", ["local", "debug"])
@@ -161,14 +176,7 @@ def test_sigterm_reaches_running_commands_which_are_waited_for(tmp_path, kind):
     """Stopping the engine passes SIGTERM down (local: controller, job, command; debug: the job runs
     in the engine's process) and waits for the command to exit (a training run saves its checkpoint
     then); what finished before is recorded, nothing new starts."""
-    (tmp_path / "stoppable.py").write_text(STOPPABLE)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "stoppable.py"), str(tmp_path), kind], env=env,
-                            stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (tmp_path / "running").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    assert (tmp_path / "running").exists(), "the slow command never started"
+    proc = _start_stoppable(tmp_path, kind)
     time.sleep(1.0)  # the quick task is collected within a poll
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
@@ -177,6 +185,17 @@ def test_sigterm_reaches_running_commands_which_are_waited_for(tmp_path, kind):
     assert json.loads(out.strip().splitlines()[-1]) == {"quick": ["done", 0], "slow": ["stopped", 143],
                                                        "later": ["waiting", None]}
     assert not (tmp_path / "later.log").exists()
+
+
+def test_a_stop_before_the_deadline_leaves_its_unstarted_tasks_stopped_not_late(tmp_path):
+    """A stop that comes before start_by, whose wait for a run saving its state outlasts start_by: the
+    task it left unstarted is the stop's (no deadline note, so bench/gpu/job.py counts a failure)."""
+    proc = _start_stoppable(tmp_path, "local", "6", "4")  # saving takes 6 s; the deadline is 4 s after the start
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    *_, notes, statuses = out.strip().splitlines()
+    assert json.loads(statuses)["later"] == ["waiting", None] and json.loads(notes)["later"] == ""
+    assert (tmp_path / "saved").read_text() == "saved\n" and "deadline:" not in out
 
 
 def test_a_time_limited_job_saves_and_is_requeued_with_its_command(tmp_path):
