@@ -172,6 +172,11 @@ def test_each_gpu_model_has_its_own_minutes(paper):
     h100 = sweep_stage1.width_projection(paper, whole, steps, 512, "NVIDIA H100 80GB HBM3")
     assert h200["mode"] == "projected" and h200["from_step"]["wall_s"] == 120.0
     assert (h100["mode"], h100["minutes"]) == ("measured", 15.0)
+    # a model's configs measured are those whose latest training ran on it (a run of unknown GPU: on each)
+    split = {i: {"process_s": 60.0, "device": "NVIDIA H200" if i in (ids[0], ids[-1]) else "NVIDIA H100 80GB HBM3"}
+             for i in ids} | {ids[1]: {"process_s": 60.0}}
+    assert sweep_stage1.width_projection(paper, split, steps, 512, "NVIDIA H200")["configs_measured"] == 3
+    assert sweep_stage1.width_projection(paper, split, steps, 512, "NVIDIA H100 80GB HBM3")["configs_measured"] == 14
     # a step whose runs' summaries name two GPUs gets none
     mixed = [{"selection": f"{ids[0]},{ids[1]}", "commands": 2, "wall_s": 120.0, "parallel": 2, "mps": 1}]
     sweep_stage1.step_devices(mixed, {ids[0]: "NVIDIA H200", ids[1]: "NVIDIA H100 80GB HBM3"})
@@ -211,6 +216,27 @@ def test_a_width_is_measured_whole_or_projected_by_flops(paper):
     # a step that also trained runs of another width says nothing about this one's cost
     mixed = [dict(steps[0], selection=f"{ids[0]},{ids[-1]},stage1/d256-P2-R2", commands=3)]
     assert sweep_stage1.width_projection(paper, two, mixed, 512)["mode"] == "missing"
+
+
+def test_a_projection_counts_a_same_width_control_beside_the_configs_and_takes_the_widest_step(paper):
+    """A Dense control trained beside some of a width's configs costs its own FLOPs in the step's wall
+    time; of several partial steps, the one that trained most of the width's configs projects it."""
+    ids = [f"stage1/d512-P{p}-R{r}" for p in (2, 3, 4, 6) for r in (2, 4, 6, 8)]
+    spec = {i: resolve_run(paper, *i.split("/"), 32_000) for i in ids + ["stage1_dense/d512-L7"]}
+    flops = {i: forward_flops(s.model, 512) / 512 * s.run.steps * s.run.tokens_per_step for i, s in spec.items()}
+    assert flops["stage1_dense/d512-L7"] != flops[ids[0]]  # else the Dense run's share would not show
+    three = {"selection": f"{ids[0]},{ids[1]},{ids[-1]},stage1_dense/d512-L7", "commands": 4, "wall_s": 300.0,
+             "parallel": 4, "mps": 1}
+    pair = {"selection": f"{ids[2]},{ids[3]}", "commands": 2, "wall_s": 100.0, "parallel": 2, "mps": 1}
+    for steps in ([three, pair], [pair, three]):
+        out = sweep_stage1.width_projection(paper, {}, steps, 512)
+        expected = 300.0 * sum(flops[i] for i in ids) / sum(flops[i] for i in (ids[0], ids[1], ids[-1], "stage1_dense/d512-L7")) / 60
+        assert math.isclose(out["minutes"], expected, abs_tol=0.005)
+        assert out["from_step"]["others"] == ["stage1_dense/d512-L7"] and len(out["from_step"]["runs"]) == 3
+    # of two steps with as many configs, the later
+    later = dict(pair, selection=f"{ids[4]},{ids[5]},{ids[6]}", commands=3, wall_s=200.0)
+    assert sweep_stage1.width_projection(paper, {}, [three, later], 512)["from_step"]["wall_s"] == 200.0
+    assert sweep_stage1.width_projection(paper, {}, [later, three], 512)["from_step"]["wall_s"] == 300.0
 
 
 def test_the_steps_alone_interpolate_single_run_speeds_in_flops(paper):
@@ -300,14 +326,14 @@ def test_the_cost_summary_reads_complete_runs_and_needs_no_job_log(tmp_path):
 
 
 def test_a_batch_on_another_gpu_is_summarised_apart_from_the_h200s(tmp_path):
-    """The committed campaign plus a d768 batch on an H100: the H200's minutes and projection stay as
+    """The committed campaign plus a d512 batch on an H100: the H200's minutes and projection stay as
     committed, the H100's batch is costed under other_devices."""
     root = _campaign_copy(tmp_path)
-    pair = "stage1/d768-P2-R2,stage1/d768-P6-R8"
+    pair = "stage1/d512-P2-R2,stage1/d512-P6-R8"
     with open(root / "logs" / "job.log", "a") as log:
         log.write(f"stage1 job: parallel 2 mps 1 selection {pair} params params.yaml device NVIDIA H100 80GB HBM3\n"
-                  "  pipeline.train stage1 d768-P2-R2 --no-progress               exit 0   150.0s\n"
-                  "  pipeline.train stage1 d768-P6-R8 --no-progress               exit 0   240.0s\n"
+                  "  pipeline.train stage1 d512-P2-R2 --no-progress               exit 0   150.0s\n"
+                  "  pipeline.train stage1 d512-P6-R8 --no-progress               exit 0   240.0s\n"
                   f"train:{pair}: 2 command(s) in 240.0s\n")
     committed = json.loads((ROOT / "metrics" / "sweep_stage1.json").read_text())
     out = sweep_stage1.summarize(root, load_params(root / "params.yaml"))
@@ -316,8 +342,11 @@ def test_a_batch_on_another_gpu_is_summarised_apart_from_the_h200s(tmp_path):
     h100 = out["other_devices"]["NVIDIA H100 80GB HBM3"]
     before = committed["other_devices"].get("NVIDIA H100 80GB HBM3", {}).get("gpu_minutes_measured", 0.0)
     assert h100["gpu_minutes_measured"] == round(before + 4.0, 2) and h100["projected_gpu_minutes_64"] is None
-    assert h100["widths"]["768"]["from_step"]["wall_s"] == 240.0
-    assert h100["widths"]["768"]["minutes"] == round(240.0 * committed["widths"]["768"]["from_step"]["flops_scale"] / 60, 2)
+    assert h100["widths"]["512"]["from_step"]["runs"] == pair.split(",")
+    params = load_params(root / "params.yaml")
+    flops = {n: forward_flops(resolve_run(params, "stage1", n, 32_000).model, 512) for n in sweep_stage1.width_names(params)[512]}
+    expected = 240.0 * sum(flops.values()) / (flops["d512-P2-R2"] + flops["d512-P6-R8"]) / 60
+    assert math.isclose(h100["widths"]["512"]["minutes"], expected, abs_tol=0.005)
 
 
 def test_committed_findings_are_what_the_store_renders():

@@ -7,12 +7,13 @@ Per run, where its process's wall time went (its summary's `timing`, and the pro
 bench/gpu/job.py logged): setting up, compiling (the first optimizer steps less that many steady
 steps: compilation and CUDA-graph capture happen there), the other steps, evaluation and checkpoints.
 Per width, the summed wall time of the job steps that trained all its configs and nothing else
-("measured": a config trained twice counts at its last step), else a projection from a job step
-that trained some of its configs (at least 2) and nothing else: that
-step's wall time x the width's summed forward FLOPs per token over the step's (steps are compute-bound
-at these widths, so GPU time grows with FLOPs; compile and start-up are scaled with them, which
-overstates a width run with more configs at once, where they overlap other runs' steps). The 64-config
-total adds the measured and projected widths.
+("measured": a config trained twice counts at its last step), else a projection from the job step
+that trained most of its configs (at least 2; the later of a tie) and nothing of another width (a
+Dense control or a variant of the same width may run beside them): that step's wall time x the width's
+summed training FLOPs over everything the step trained (forward FLOPs per token x tokens: steps are
+compute-bound at these widths, so GPU time at one width grows with FLOPs; compile and start-up are
+scaled with them, which overstates a width run with more configs at once, where they overlap other
+runs' steps). The 64-config total adds the measured and projected widths.
 
 A job step stopped at its deadline (`STAGE1_START_BY`: runs not started) costs the runs that finished in it;
 a job step the machine's loss cut short (no closing line in the log) still costs its runs that
@@ -42,6 +43,7 @@ from cart.params import load_params
 TARGET_MINUTES = 60
 TARGET_DEVICE = "NVIDIA H200"  # the GPU the 60-minute target is set on
 SINGLE_RUN_SPEEDS = "single_run_speeds*.json"  # in the campaign's folder, read in name order: steps_only()'s input
+CAMPAIGN_GROUPS = ("stage1", "stage1_dense", "stage1_variants")  # what bench/gpu/stage1.sh trains
 CAMPAIGN_PARAMS = "params.yaml"  # what bench/gpu/stage1.sh runs with unless STAGE1_PARAMS names a lever's
 VOCAB = 32_000  # the Llama-2 tokenizer's, which the campaign trains with
 RUN_LINE = re.compile(r"pipeline\.train (\S+) (\S+) --no-progress\s+exit (\d+)\s+([\d.]+)s")
@@ -139,6 +141,18 @@ def flops_per_token(spec) -> float:
     return forward_flops(spec.model, spec.run.seq_len) / spec.run.seq_len
 
 
+def training_flops(params: dict, d: int) -> dict[str, float]:
+    """The campaign's runs of width d (every group bench/gpu/stage1.sh trains) -> forward FLOPs over
+    the whole training (per token x tokens): what a job step spent on each."""
+    out = {}
+    for group, names in run_names(params, list(CAMPAIGN_GROUPS)).items():
+        for name in names:
+            spec = resolve_run(params, group, name, VOCAB)
+            if spec.model.d_model == d:
+                out[f"{group}/{name}"] = flops_per_token(spec) * spec.run.steps * spec.run.tokens_per_step
+    return out
+
+
 def step_runs(step: dict, ids: list[str]) -> list[str]:
     """The run ids of `ids` that a job step trained: those its selection names, as bench/gpu/job.py
     reads it (a group: every run; group/name; group/<shell pattern>), or, for a step cut short, those
@@ -152,14 +166,16 @@ def step_runs(step: dict, ids: list[str]) -> list[str]:
 def width_projection(params: dict, costs: dict, steps: list[dict], d: int, device: str | None = None) -> dict:
     """One width's minutes: measured where job steps that trained nothing but this width's configs
     trained every one of them (the sum of those steps' wall times; a config trained twice counts
-    at its last step), else the projection from a step that trained only some of its configs. Only
-    steps run with the campaign's own params count: a step under a lever's params (a trial of it,
-    bench/gpu/stage1_lever.py) costs what the campaign does not. With `device`, only the steps on
-    that GPU (a step of unknown device counts)."""
+    at its last step), else the projection from the step that trained most of its configs (the module's
+    docstring). Only steps run with the campaign's own params count: a step under a lever's params (a
+    trial of it, bench/gpu/stage1_lever.py) costs what the campaign does not. With `device`, only the
+    steps on that GPU (a step of unknown device counts), and `configs_measured` counts the configs
+    whose latest training ran there."""
     steps = [s for s in steps if s.get("params", CAMPAIGN_PARAMS) == CAMPAIGN_PARAMS
              and (device is None or s.get("device", device) == device)]
     ids = [f"stage1/{n}" for n in width_names(params)[d]]
-    measured = [i for i in ids if i in costs and "process_s" in costs[i]]
+    measured = [i for i in ids if i in costs and "process_s" in costs[i]
+                and (device is None or costs[i].get("device", device) == device)]
     own = {k for k, s in enumerate(steps) if 0 < len(step_runs(s, ids)) == s["commands"]}
     last = {i: k for k, s in enumerate(steps) for i in step_runs(s, ids)}  # the step each config last trained in
     if len(last) == len(ids) and set(last.values()) <= own and len(measured) == len(ids):
@@ -168,16 +184,17 @@ def width_projection(params: dict, costs: dict, steps: list[dict], d: int, devic
                 "minutes": round(sum(s["wall_s"] for s in used) / 60, 2),
                 "parallel": max(s["parallel"] for s in used), "mps": all(s["mps"] for s in used),
                 "steps": [s["selection"] for s in used]}
-    parts = [s for s in steps if len(step_runs(s, ids)) >= 2 and len(step_runs(s, ids)) == s["commands"]]
+    flops = training_flops(params, d)
+    parts = [k for k, s in enumerate(steps) if len(step_runs(s, ids)) >= 2 and len(step_runs(s, list(flops))) == s["commands"]]
     if not parts:
         return {"mode": "missing", "configs": len(ids), "configs_measured": len(measured), "minutes": None}
-    step = parts[-1]
-    ran = step_runs(step, ids)
-    flops = {i: flops_per_token(resolve_run(params, "stage1", i.split("/")[1], VOCAB)) for i in ids}
-    scale = sum(flops.values()) / sum(flops[i] for i in ran)
+    step = steps[max(parts, key=lambda k: (len(step_runs(steps[k], ids)), k))]
+    ran, every = step_runs(step, ids), step_runs(step, list(flops))
+    scale = sum(flops[i] for i in ids) / sum(flops[i] for i in every)
     return {"mode": "projected", "configs": len(ids), "configs_measured": len(measured),
             "minutes": round(step["wall_s"] * scale / 60, 2), "parallel": step["parallel"], "mps": bool(step["mps"]),
-            "from_step": {"runs": ran, "wall_s": step["wall_s"], "flops_scale": round(scale, 3)}}
+            "from_step": {"runs": ran, "others": [i for i in every if i not in ran],
+                          "wall_s": step["wall_s"], "flops_scale": round(scale, 3)}}
 
 
 def run_devices(root: Path) -> dict[str, str]:
