@@ -570,9 +570,16 @@ def test_the_whole_width_section_names_the_widths_where_more_loops_moved_ppl(tmp
         _edit_store(root, "UPDATE runs SET ppl_wikipedia = ppl_wikipedia * ? WHERE \"group\" = 'stage1' AND d_model = ?"
                     " AND n_loops = 8", (factor, d))
         return stage1_findings.render(root)
+    # the trend from the narrowest whole width to the widest (d256 +0.97% to d768 -1.87%: -3.3 standard errors)
+    trend = "R2 -> R8 averaged over P goes from {} at d256 to {} at d768, {} standard errors of that difference: {}."
+    assert trend.format("+0.97%", "-1.87%", "-3.3", "**yes**") in text
     assert verdict + "d768 (lowered it)." in scale_r8(512, 1 / 1.0117)
-    assert verdict + "no width." in scale_r8(768, 1 / (1 - 0.0187))
-    assert verdict + "d256 (lowered it)." in scale_r8(256, 0.95)
+    flat = scale_r8(768, 1 / (1 - 0.0187))
+    assert verdict + "no width." in flat
+    assert trend.format("+0.97%", "+0.00%", "-1.1", "not a finding (within two standard errors)") in flat
+    lowered = scale_r8(256, 0.95)
+    assert verdict + "d256 (lowered it)." in lowered
+    assert trend.format("-4.07%", "+0.00%", "+4.7", "**no**, it shrinks") in lowered
     ahead = "- Averaged over R, P = 6 is ahead of every other P by more than two standard errors at: "
     assert ahead + "d256, d512, d768." in text
     # d512's P4 row brought level with P6's mean
