@@ -296,6 +296,13 @@ def test_a_later_speeds_file_replaces_an_earlier_ones_configs(tmp_path, paper):
     assert got == expected | {"speeds": [p.name for p in paths],
                               "fused_adamw_speedup": {"d512-P6-R8": 1.02, "d512-P2-R2": 1.03}}
     assert sweep_stage1.steps_only_record(paper, []) is None
+    # a file measured on another GPU is named, not read; the target GPU's own files are
+    h100 = dict(measured, device="NVIDIA H100 80GB HBM3", rows=[dict(measured["rows"][0], tokens_per_s=0.5e6)])
+    (tmp_path / "single_run_speeds_140000.json").write_text(json.dumps(h100))
+    (tmp_path / "single_run_speeds_120000.json").write_text(json.dumps(dict(measured, device="NVIDIA H200")))
+    more = sorted(tmp_path.glob(sweep_stage1.SINGLE_RUN_SPEEDS))
+    assert sweep_stage1.steps_only_record(paper, more) == dict(got, other_device_files=["single_run_speeds_140000.json"])
+    assert sweep_stage1.steps_only_record(paper, more[-1:]) is None
 
 
 def test_committed_sweep_metrics_are_what_the_campaign_renders():

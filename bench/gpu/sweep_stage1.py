@@ -254,18 +254,22 @@ def steps_only(params: dict, speeds: dict) -> dict:
     return {"minutes_64": {k: None if v is None else round(v, 2) for k, v in totals.items()}, "widths": widths}
 
 
-def steps_only_record(params: dict, paths: list[Path]) -> dict | None:
-    """steps_only() from the speeds files (a later file's config replaces an earlier one's), with their
-    names and, where they have them, fused AdamW's speed-ups. None without a file."""
-    if not paths:
+def steps_only_record(params: dict, paths: list[Path], device: str = TARGET_DEVICE) -> dict | None:
+    """steps_only() from the speeds files measured on `device` (a later file's config replaces an
+    earlier one's; a file naming another GPU is listed under `other_device_files` and not read), with
+    their names and, where they have them, fused AdamW's speed-ups. None without a file."""
+    data = {p: json.loads(p.read_text()) for p in paths}
+    used = [p for p in paths if data[p].get("device", device) == device]
+    if not used:
         return None
     speeds, fused = {}, {}
-    for path in paths:
-        more_speeds, more_fused = single_run_speeds(json.loads(path.read_text()))
+    for path in used:
+        more_speeds, more_fused = single_run_speeds(data[path])
         speeds |= more_speeds
         fused |= more_fused
-    return steps_only(params, speeds) | {"speeds": [p.name for p in paths]} \
-        | ({"fused_adamw_speedup": fused} if fused else {})
+    others = [p.name for p in paths if p not in used]
+    return steps_only(params, speeds) | {"speeds": [p.name for p in used]} \
+        | ({"fused_adamw_speedup": fused} if fused else {}) | ({"other_device_files": others} if others else {})
 
 
 def single_run_speeds(data: dict) -> tuple[dict, dict]:
