@@ -376,6 +376,9 @@ def test_bins_are_deterministic_and_worker_count_does_not_matter(built, tmp_path
                      progress=False)
     assert {k: v["sha256"] for k, v in one["files"].items()} == \
         {k: v["sha256"] for k, v in built["meta"]["files"].items()}
+    # every file of the output, meta.json included: a rebuild DVC hashes the same retrains nothing downstream
+    assert {f.name: f.read_bytes() for f in (tmp_path / "w1").iterdir()} == \
+        {f.name: f.read_bytes() for f in built["bins"].iterdir()}
     reseeded = build_bins(bparams(chunk_tokens=256, seed=7), built["corpus"], built["tok"], tmp_path / "s7",
                           progress=False)
     assert reseeded["files"]["train.bin"]["sha256"] != built["meta"]["files"]["train.bin"]["sha256"]

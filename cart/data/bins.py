@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -402,7 +401,6 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
     require_free_space(out_dir.parent, int(1.25 * 2 * sum(est_tokens.values()) * dtype.itemsize), "bins")
 
     # ---- tokenize ----
-    t0 = time.perf_counter()
     ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
     pool = ctx.Pool(params.workers, _worker_init, (str(tok_dir / MODEL_FILE),)) if params.workers > 1 else None
     if pool is None:
@@ -467,7 +465,7 @@ def build_bins(params: BinsParams, corpus_dir: str | os.PathLike, tok_dir: str |
                 "mixture": {d: params.mixture[d] / total_w for d in doms},
                 "chunks": used, "n_chunks": n_chunks, "seed": params.seed,
                 "chunk_map": {"file": CHUNK_MAP_FILE, "sha256": sha256_file(tmp / CHUNK_MAP_FILE)},
-                "files": meta_files, "seconds": round(time.perf_counter() - t0, 2),
+                "files": meta_files,
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     finally:
