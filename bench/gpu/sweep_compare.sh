@@ -8,10 +8,10 @@
 # made with `dvc init --no-scm`), the data built once by (a)'s runner, copied to (b) and `dvc commit`ted.
 #
 #   bash bench/gpu/sweep_compare.sh pack           # here: .gpu-sweep/ (packages, params, data files)
-#   bash bench/gpu/sweep_compare.sh run [N]        # on the GPU machine, in the foreground (N=8)
+#   bash bench/gpu/sweep_compare.sh run [N]        # on the GPU machine, in the foreground (N=8 fits an H200; an H100 takes 4)
 #   bash bench/gpu/sweep_compare.sh start [N]      # the same in the background (its own process session,
 #                                                  # so it outlives the call); the whole takes over 10 minutes
-#   bash bench/gpu/sweep_compare.sh collect <s>    # wait up to <s> seconds, copy what is done into $OUT
+#   bash bench/gpu/sweep_compare.sh collect <s>    # wait up to <s> seconds, bring what is done to $OUT
 #
 # `pack` needs .gpu-data (the shared data folder, linked) and network: it builds the `sweep` package set
 # (bash bench/gpu/carry.sh sweep: training and the whole of DVC) as .gpu-sweep/site.tar.xz (76 MB
@@ -69,7 +69,9 @@ start)
 collect)
   end=$((SECONDS + ${2:?collect <seconds>}))
   while [ ! -f "$BG/finished" ] && [ $SECONDS -lt $end ]; do sleep 5; done
-  mkdir -p "$OUT" && cp -r "$BG"/. "$OUT"/
+  # a call brings back only a few files: the record and the console alone, everything else in one tar
+  mkdir -p "$OUT" && cp "$BG"/sweep_compare.json "$BG"/console.log "$OUT"/ 2>/dev/null
+  tar czf "$OUT/sweep_compare.tgz" -C "$BG" .
   if [ -f "$BG/finished" ]; then echo "finished: exit $(cat "$BG/finished")"; else echo "still running: collect again"; fi
   tail -n 5 "$BG"/job.log "$BG"/sweep.log "$BG"/stdout.log 2>/dev/null
   ;;
