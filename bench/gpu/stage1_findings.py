@@ -30,7 +30,7 @@ WIDTHS = (256, 512, 768, 1024)
 
 def _signed(v) -> str:
     """A relative change in percent, or a dash where it cannot be computed."""
-    return "—" if math.isnan(v) else f"{v:+.2f}%"
+    return "—" if math.isnan(v) else f"{round(v, 2) + 0.0:+.2f}%"  # + 0.0: no "-0.00%"
 
 
 def _against_spread(gap: float, noise: float) -> str:
@@ -355,18 +355,27 @@ def render(root: Path) -> str:
     lines += _table(["config", "grid run, seed 42", "again, seed 42", "seed 137", "spread"], rows)
     lines += ["", "Seed 42 twice differs by GPU nondeterminism alone (cuDNN attention, atomics, MPS); seed 137 adds "
               "the initialisation. Claims resting on smaller differences are reported as not established."]
-    rows = []
+    rows, repeats = [], []  # repeats: the changes of trainings again with the same config on the same GPU
     for run_id, trainings in earlier_trainings(c.root).items():
         now = json.loads((c.root / "runs" / run_id / "summary.json").read_text())
         config = json.loads((c.root / "runs" / run_id / "config.json").read_text())
         for old in trainings:
             before, after = old["summary"]["final_eval"][RANK_DOMAIN]["ppl"], now["final_eval"][RANK_DOMAIN]["ppl"]
             differ, added = config_changes(old["config"] or {}, config)
-            rows.append([run_id, _f(before), _f(after), _signed(_pct(after, before)), ", ".join(differ + added) or "none"])
+            gpus = (old["summary"].get("device") or "?", now.get("device") or "?")
+            if not differ + added and gpus[0] == gpus[1] != "?":
+                repeats.append(abs(_pct(after, before)))
+            rows.append([run_id, _f(before), _f(after), _signed(_pct(after, before)), ", ".join(differ + added) or "none",
+                         gpus[1] if gpus[0] == gpus[1] else f"{gpus[0]} -> {gpus[1]}"])
     if rows:
         lines += ["", "Other configs trained more than once (the store holds the latest training; "
                   "the earlier ones stay under `runs/<group>/<name>/earlier/`):", ""]
-        lines += _table(["run", "earlier training", "latest", "change", "config fields that differ"], rows)
+        lines += _table(["run", "earlier training", "latest", "change", "config fields that differ", "GPU"], rows)
+    if repeats:
+        inside = "inside" if max(repeats) <= noise else "**beyond**"
+        lines += ["", f"Trained again with the same config on the same GPU model: {len(repeats)} configs, their change "
+                  f"at most {max(repeats):.2f}% (median {float(np.median(repeats)):.2f}%), {inside} the run-to-run "
+                  f"spread ({_f(noise)}%)."]
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.gpu.findings.common import earlier_trainings
 from cart.experiments import GROUPS, resolve_run, run_names
 from cart.io import atomic_write_json
 from cart.models import forward_flops
@@ -57,8 +58,9 @@ TASK_LINE = re.compile(r"^(started|done|failed|stopped): pipeline\.train (\S+) (
 def parse_job_log(text: str) -> tuple[dict, list[dict]]:
     """(run_id -> {process_s, exit, parallel, mps}, [job steps: selection, commands, wall_s, parallel, mps,
     and the params file and device when the job named them; a step cut short also lists the `runs` that
-    finished in it and is marked `interrupted`, and a step whose deadline (bench/gpu/job.py --start-by)
-    left runs unstarted lists the `runs` that finished and how many were `not_started`])."""
+    finished in it and is marked `interrupted`, a step whose deadline (bench/gpu/job.py --start-by)
+    left runs unstarted lists the `runs` that finished and how many were `not_started`, and a step
+    where runs exited with an error lists them as `failed`])."""
     runs, steps, job = {}, [], None
 
     def finished() -> list[str]:  # the runs of the current job that ended with exit 0
@@ -78,7 +80,8 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
             cut_short()
             fields = {"parallel": int(m[1]), "mps": int(m[2])} | ({"params": m[4]} if m[4] else {}) \
                 | ({"device": m[5].strip()} if m[5] else {})
-            job = {"selection": m[3], "fields": fields, "closed": False, "clock": 0.0, "start": {}, "ends": {}}
+            job = {"selection": m[3], "fields": fields, "closed": False, "clock": 0.0, "start": {}, "ends": {},
+                   "exits": {}}
         elif job is None:
             continue
         elif m := TASK_LINE.match(line):
@@ -94,6 +97,7 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
                     runs[run_id] = {"process_s": float(m[5]), "exit": code, "parallel": job["fields"]["parallel"],
                                     "mps": job["fields"]["mps"]}
         elif m := RUN_LINE.search(line):
+            job["exits"][f"{m[1]}/{m[2]}"] = int(m[3])
             runs[f"{m[1]}/{m[2]}"] = {"process_s": float(m[4]), "exit": int(m[3]),
                                       "parallel": job["fields"]["parallel"], "mps": job["fields"]["mps"]}
         elif m := STEP_LINE.match(line):
@@ -101,6 +105,9 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
             step = {"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3])} | job["fields"]
             if m[4]:  # the job's deadline left runs of its selection unstarted: it trained those that finished
                 step |= {"runs": finished(), "not_started": int(m[4])}
+            failed = {i for i, (_, code) in job["ends"].items() if code not in (0, None)}
+            if failed := sorted(failed | {i for i, code in job["exits"].items() if code != 0}):
+                step["failed"] = failed  # they cost the step GPU time but left no training
             steps.append(step)
     cut_short()
     return runs, steps
@@ -197,23 +204,29 @@ def width_projection(params: dict, costs: dict, steps: list[dict], d: int, devic
                           "wall_s": step["wall_s"], "flops_scale": round(scale, 3)}}
 
 
-def run_devices(root: Path) -> dict[str, str]:
-    """run_id -> the GPU its summary names (its latest training's)."""
-    out = {}
+def run_devices(root: Path) -> dict[str, list[str | None]]:
+    """run_id -> the GPU of each of its trainings, oldest first: its earlier trainings, then its latest."""
+    earlier, out = earlier_trainings(root), {}
     for path in sorted(root.glob("runs/*/*/summary.json")):
-        device = json.loads(path.read_text()).get("device")
-        if device:
-            out[f"{path.parent.parent.name}/{path.parent.name}"] = device
+        run_id = f"{path.parent.parent.name}/{path.parent.name}"
+        out[run_id] = [t["summary"].get("device") for t in earlier.get(run_id, [])] \
+            + [json.loads(path.read_text()).get("device")]
     return out
 
 
-def step_devices(steps: list[dict], devices: dict[str, str]) -> None:
-    """Each step's GPU where its log line did not name it: the one device its trained runs' summaries
-    name (bench/gpu/stage1.sh names it in the log; a run's summary holds only its latest training)."""
-    for step in steps:
-        found = {devices[i] for i in step_runs(step, list(devices))}
-        if "device" not in step and len(found) == 1:
-            step["device"] = found.pop()
+def step_devices(steps: list[dict], devices: dict[str, list[str | None]]) -> None:
+    """Each step's GPU where its log line did not name it: the one GPU of the trainings it made
+    (`devices`: run_devices()). The steps that trained a run pair with its trainings from the latest
+    back, so a step whose runs were trained again later on another GPU keeps its own GPU."""
+    made: dict[int, set[str]] = {}
+    for run_id, trainings in devices.items():
+        trained_in = [k for k, s in enumerate(steps) if step_runs(s, [run_id]) and run_id not in s.get("failed", ())]
+        for k, device in zip(reversed(trained_in), reversed(trainings)):
+            if device:
+                made.setdefault(k, set()).add(device)
+    for k, step in enumerate(steps):
+        if "device" not in step and len(made.get(k, ())) == 1:
+            step["device"] = made[k].pop()
 
 
 def device_cost(params: dict, stage1: dict, steps: list[dict], widths: list[int], device: str) -> dict:
@@ -295,7 +308,7 @@ def summarize(root: Path, params: dict) -> dict:
     log = root / "logs" / "job.log"
     processes, steps = parse_job_log(log.read_text()) if log.is_file() else ({}, [])
     costs = run_costs(root, processes)
-    step_devices(steps, {k: c["device"] for k, c in costs.items() if c.get("device")})
+    step_devices(steps, run_devices(root))
     stage1 = {k: v for k, v in costs.items() if k.startswith("stage1/")}
     widths = list(width_names(params))
     devices = sorted({s["device"] for s in steps if "device" in s})  # the GPUs that ran job steps

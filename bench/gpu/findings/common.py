@@ -43,7 +43,7 @@ def _k(v) -> str:
 
 
 def _signed(v, digits=1) -> str:
-    return "—" if math.isnan(v) else f"{v:+.{digits}f}%"
+    return "—" if math.isnan(v) else f"{round(v, digits) + 0.0:+.{digits}f}%"  # + 0.0: no "-0.0%"
 
 
 def _sci(v: float, digits: int = 1) -> str:
