@@ -393,6 +393,8 @@ def test_without_a_measured_spread_no_difference_is_called_within_or_beyond_it(t
     assert "No width has both yet." in text and "\nNot run yet.\n" in text  # no Dense control, no text reading
     assert "the run-to-run spread is not measured yet" in text
     assert "(spread not measured)" in text and "within the spread" not in text and "beyond the spread" not in text
+    repeats = next(line for line in text.splitlines() if line.startswith("Trained again with the same config"))
+    assert "spread" not in repeats
 
 
 def test_the_findings_verdicts_follow_the_store_where_it_says_otherwise(tmp_path):
@@ -546,8 +548,23 @@ def test_a_config_trained_again_is_listed_with_its_earlier_training_and_what_cha
     for name, data in (("summary.json", summary), ("config.json", config)):
         (run / "earlier" / "1" / name).write_text(json.dumps(data))
     text = stage1_findings.render(root)
-    row = f"| stage1/d256-P2-R2 | {latest * 1.1:.1f} | {latest:.1f} | {100 * (1 / 1.1 - 1):+.2f}% | train.lr |"
+    row = f"| stage1/d256-P2-R2 | {latest * 1.1:.1f} | {latest:.1f} | {100 * (1 / 1.1 - 1):+.2f}% | train.lr | {summary['device']} |"
     assert row in text and text.count("| stage1/d") == 1
+    assert "Trained again with the same config" not in text  # its lr differed
+    # the same config again on the same GPU counts as a repeat; on another GPU it is listed, not counted
+    for name, gpu, scale in (("d256-P2-R4", None, 1.01), ("d256-P2-R6", "NVIDIA B200", 1.5)):
+        run = root / "runs" / "stage1" / name
+        summary, config = (json.loads((run / f).read_text()) for f in ("summary.json", "config.json"))
+        device = summary["device"]
+        summary["final_eval"]["wikipedia"]["ppl"] *= scale
+        summary["device"] = gpu or device
+        (run / "earlier" / "1").mkdir(parents=True)
+        for f, data in (("summary.json", summary), ("config.json", config)):
+            (run / "earlier" / "1" / f).write_text(json.dumps(data))
+    text = stage1_findings.render(root)
+    assert f"| none | NVIDIA B200 -> {device} |" in text
+    assert ("Trained again with the same config on the same GPU model: 1 config, its change at most 0.99% "
+            "(median 0.99%), inside the run-to-run spread (2.2%).") in text
 
 
 def test_a_width_trained_on_two_gpu_models_says_so(tmp_path):

@@ -372,10 +372,11 @@ def render(root: Path) -> str:
                   "the earlier ones stay under `runs/<group>/<name>/earlier/`):", ""]
         lines += _table(["run", "earlier training", "latest", "change", "config fields that differ", "GPU"], rows)
     if repeats:
-        inside = "inside" if max(repeats) <= noise else "**beyond**"
-        lines += ["", f"Trained again with the same config on the same GPU model: {len(repeats)} configs, their change "
-                  f"at most {max(repeats):.2f}% (median {float(np.median(repeats)):.2f}%), {inside} the run-to-run "
-                  f"spread ({_f(noise)}%)."]
+        against = "" if math.isnan(noise) else \
+            f", {'inside' if max(repeats) <= noise else '**beyond**'} the run-to-run spread ({_f(noise)}%)"
+        some = f"{len(repeats)} configs, their" if len(repeats) > 1 else "1 config, its"
+        lines += ["", f"Trained again with the same config on the same GPU model: {some} change at most "
+                  f"{max(repeats):.2f}% (median {float(np.median(repeats)):.2f}%){against}."]
     return "\n".join(lines) + "\n"
 
 

@@ -105,9 +105,10 @@ def parse_job_log(text: str) -> tuple[dict, list[dict]]:
             step = {"selection": m[1], "commands": int(m[2]), "wall_s": float(m[3])} | job["fields"]
             if m[4]:  # the job's deadline left runs of its selection unstarted: it trained those that finished
                 step |= {"runs": finished(), "not_started": int(m[4])}
-            failed = {i for i, (_, code) in job["ends"].items() if code not in (0, None)}
-            if failed := sorted(failed | {i for i, code in job["exits"].items() if code != 0}):
-                step["failed"] = failed  # they cost the step GPU time but left no training
+            failed = {i for i, (_, code) in job["ends"].items() if code not in (0, None)} \
+                | {i for i, code in job["exits"].items() if code != 0}
+            if failed:  # they cost the step GPU time but left no training
+                step["failed"] = sorted(failed)
             steps.append(step)
     cut_short()
     return runs, steps
