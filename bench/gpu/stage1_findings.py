@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.gpu.findings import common
 from bench.gpu.findings.common import (COLLAPSE_PPL, RANK, _f, _pct, _table, config_changes, earlier_trainings,
                                        findings_cli)
 from cart import results
@@ -29,8 +30,8 @@ WIDTHS = (256, 512, 768, 1024)
 
 
 def _signed(v) -> str:
-    """A relative change in percent, or a dash where it cannot be computed."""
-    return "—" if math.isnan(v) else f"{round(v, 2) + 0.0:+.2f}%"  # + 0.0: no "-0.00%"
+    """A relative change in percent to two decimals, or a dash where it cannot be computed."""
+    return common._signed(v, 2)
 
 
 def _against_spread(gap: float, noise: float) -> str:
