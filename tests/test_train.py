@@ -376,16 +376,21 @@ def test_ddp_two_processes_match_one(tiny_data, tmp_path):
     for k in finals[one]:
         assert torch.allclose(finals[one][k], finals[ddp][k], atol=1e-4), k
         assert torch.allclose(finals[one][k], finals[fsdp2][k], atol=1e-4), k
-        assert torch.equal(finals[ddp][k], finals[2, True, "ddp"][k]), k  # sharding changes no update
+        # sharding the optimizer state changes no update; held to rounding, not bits, as gloo does not
+        # promise the same sums from two launches (pytorch/pytorch#36871)
+        assert torch.allclose(finals[ddp][k], finals[2, True, "ddp"][k], atol=1e-4), k
 
 
-def _fsdp2_rank(rank: int, world: int, project: str, store: str, stop_after: int | None) -> None:
+def _fsdp2_rank(rank: int, world: int, project: str, store: str, stop_after: int | None,
+                regathered: str | None = None) -> None:
     """One rank of a train.data_parallel: fsdp2 run of the project's stage2/d32-R2-s42, as torchrun
     would start it; `stop_after`: every rank gets SIGTERM's flag after that step (a deterministic
-    interruption: checkpoint, then exit)."""
+    interruption: checkpoint, then exit); `regathered`: where rank 0 saves the state the run holds
+    right after loading its checkpoint, gathered whole again from the shards."""
     import torch.distributed as dist
 
     import cart.training.trainer as T
+    from cart.training import distributed
     os.chdir(project)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
@@ -397,6 +402,18 @@ def _fsdp2_rank(rank: int, world: int, project: str, store: str, stop_after: int
                 self._signal = signal.SIGTERM
             return real(self, step)
         T.Trainer._loop_kwargs = stopping
+    if regathered is not None:
+        real_load = T.Trainer._load_checkpoint
+
+        def load_then_gather(self):
+            step = real_load(self)
+            state = {"weights": distributed.full_model_state(self.model),
+                     "optimizer": distributed.full_optimizer_state(self.model, self.opt),
+                     "reader": self.reader.state_dict(), "scheduler": self.sched.state_dict()}
+            if rank == 0:
+                torch.save(state, regathered)
+            return step
+        T.Trainer._load_checkpoint = load_then_gather
     spec = spec_for()
     try:
         T.train_run(spec, RunPaths.for_run(spec.group, spec.name), progress=False)
@@ -408,12 +425,28 @@ def _fsdp2_rank(rank: int, world: int, project: str, store: str, stop_after: int
         raise RuntimeError(f"rank {rank} was not interrupted")
 
 
+def _same(a, b) -> bool:
+    """Bit-identical nested state: tensors by torch.equal, the rest by == (a list and a tuple of the
+    same items alike: an optimizer's betas come back from set_optimizer_state_dict as a list)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b
+
+
 def test_fsdp2_resume_is_exact_and_its_checkpoint_loads_in_one_process(tiny_data, tmp_path, capsys):
-    """A train.data_parallel: fsdp2 run stopped after step 5 (its checkpoint gathered whole from the
-    shards) and resumed under fsdp2 ends bit-identical to the uninterrupted fsdp2 run (same ranks, same
-    order of every sum). The same checkpoint resumed by one process (train.nproc: 1) continues from it,
-    ending at the uninterrupted run's weights to float rounding (1e-4 on weights of ~0.02, as the DDP
-    test: one process sums the micro-batch gradients in another order)."""
+    """A train.data_parallel: fsdp2 run stopped after step 5 writes its checkpoint gathered whole from
+    the shards; resumed under fsdp2, every rank keeps its shard of it, and the state gathered again
+    right after loading is the checkpoint bit for bit (weights, optimizer moments and step, reader
+    position, scheduler): resume moves data and computes nothing. The resumed run then ends at the
+    uninterrupted fsdp2 run's weights to float rounding (1e-4 on weights of ~0.02): gloo does not
+    promise the same sums from two launches on CPU (pytorch/pytorch#36871), so the continuation is
+    held to rounding, far below what a faulty resume moves (a reader one window off, or lost
+    optimizer moments: >= 3e-2). The same checkpoint resumed by one process (train.nproc: 1) ends
+    there too (one process sums the micro-batch gradients in another order)."""
     import torch.multiprocessing as mp
 
     def project(name: str, nproc: int) -> Path:
@@ -425,27 +458,37 @@ def test_fsdp2_resume_is_exact_and_its_checkpoint_loads_in_one_process(tiny_data
         write_params(proj, p)
         return proj
 
-    def launch(proj: Path, stop_after: int | None = None) -> None:
+    def launch(proj: Path, stop_after: int | None = None, regathered: Path | None = None) -> None:
         store = tmp_path / f"store-{proj.name}-{stop_after}"
-        mp.start_processes(_fsdp2_rank, args=(2, str(proj), str(store), stop_after), nprocs=2, start_method="spawn")
+        mp.start_processes(_fsdp2_rank, args=(2, str(proj), str(store), stop_after,
+                                              None if regathered is None else str(regathered)),
+                           nprocs=2, start_method="spawn")
 
     run = "runs/stage2/d32-R2-s42"
     straight, stopped = project("straight", 2), project("stopped", 2)
     launch(straight)
     launch(stopped, stop_after=5)
-    assert torch.load(stopped / run / "trainer_state.pt", weights_only=True)["step"] == 5
+    checkpoint = torch.load(stopped / run / "trainer_state.pt", weights_only=True)
+    assert checkpoint["step"] == 5
     assert not (stopped / run / SUMMARY).exists()
     alone = tmp_path / "alone"  # the stopped run's folder, resumed by one process
     shutil.copytree(stopped, alone)
     p = tiny_params()
     p["train"].update(nproc=1, data_parallel="fsdp2")
     write_params(alone, p)
-    launch(stopped)
+    launch(stopped, regathered=tmp_path / "regathered.pt")
+    regathered = torch.load(tmp_path / "regathered.pt", weights_only=True)
+    assert _same(regathered["weights"], weights(alone / run / checkpoint["weights"]))
+    assert _same(regathered["optimizer"], checkpoint["optimizer"])
+    assert regathered["reader"] == checkpoint["reader"] and regathered["scheduler"] == checkpoint["scheduler"]
+
     a, b = weights(straight / run / "model.safetensors"), weights(stopped / run / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     summaries = [json.loads((p / run / SUMMARY).read_text()) for p in (straight, stopped)]
-    assert summaries[0]["final_train_loss"] == summaries[1]["final_train_loss"]
-    assert summaries[0]["final_eval"] == summaries[1]["final_eval"]
+    assert summaries[1]["final_train_loss"] == pytest.approx(summaries[0]["final_train_loss"], rel=1e-5)
+    assert summaries[1]["final_eval"].keys() == summaries[0]["final_eval"].keys()
+    for domain, values in summaries[0]["final_eval"].items():
+        assert summaries[1]["final_eval"][domain] == pytest.approx(values, rel=1e-5), domain
 
     cwd = os.getcwd()
     os.chdir(alone)
